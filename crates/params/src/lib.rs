@@ -1,0 +1,1 @@
+//! Parser for `setParameters` strings (work in progress).

@@ -1,0 +1,202 @@
+//! Project automation, run as `cargo xtask <command>` (rust-analyzer's pattern).
+//!
+//! Plain `std::process::Command` and no dependencies, so it builds in seconds on
+//! a fresh machine.
+
+use std::env;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  ci                       fmt check, clippy -D warnings, tests, docs -D warnings, fuzz corpus replay
+  fuzz [TARGET] [--secs N] coverage-guided fuzzing with cargo-fuzz on nightly (default: every target, 60 s each)
+  bench [ARGS...]          criterion benchmarks of every crate (extra args go to `cargo bench`)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") if args.len() == 1 => ci(),
+        Some("fuzz") => fuzz(&args[1..]),
+        Some("bench") => bench(&args[1..]),
+        Some("-h" | "--help" | "help") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(format!("unknown or malformed command {args:?}\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn cargo() -> OsString {
+    env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// One named step: prints what it runs, runs it from the project root, and
+/// turns a non-zero exit into an error naming the step.
+fn step(name: &str, cmd: &mut Command) -> Result {
+    cmd.current_dir(project_root());
+    println!("\n==> {name}: {cmd:?}");
+    let started = Instant::now();
+    let status = cmd
+        .status()
+        .map_err(|e| format!("step `{name}`: could not start {cmd:?}: {e}"))?;
+    if !status.success() {
+        return Err(format!("step `{name}` failed ({status})"));
+    }
+    println!("==> {name}: ok in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+fn ci() -> Result {
+    let started = Instant::now();
+    step(
+        "fmt",
+        Command::new(cargo()).args(["fmt", "--all", "--", "--check"]),
+    )?;
+    step(
+        "clippy",
+        Command::new(cargo()).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    step(
+        "test",
+        Command::new(cargo()).args(["test", "--workspace", "--locked"]),
+    )?;
+    step(
+        "doc",
+        Command::new(cargo())
+            .args(["doc", "--workspace", "--no-deps", "--locked"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    // Every crate with fuzz targets has a `fuzz_corpus` test that feeds the
+    // committed seed corpus through the same hooks the fuzzer calls.
+    step(
+        "fuzz corpus replay",
+        Command::new(cargo()).args([
+            "test",
+            "--workspace",
+            "--locked",
+            "--test",
+            "fuzz_corpus",
+            "--",
+            "--nocapture",
+        ]),
+    )?;
+    println!("\nci: all steps passed in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+fn fuzz_targets() -> Result<Vec<String>> {
+    let dir = project_root().join("fuzz/fuzz_targets");
+    let mut targets: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("reading {}: {e}", dir.display()))?
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            (path.extension()? == "rs").then(|| path.file_stem()?.to_str().map(str::to_owned))?
+        })
+        .collect();
+    targets.sort();
+    Ok(targets)
+}
+
+fn fuzz(args: &[String]) -> Result {
+    let mut secs: u64 = 60;
+    let mut chosen = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == "--secs" {
+            let value = it.next().ok_or("--secs needs a number of seconds")?;
+            secs = value.parse().map_err(|_| {
+                format!("--secs expects a whole number of seconds, found {value:?}")
+            })?;
+        } else {
+            chosen.push(arg.clone());
+        }
+    }
+    let all = fuzz_targets()?;
+    for target in &chosen {
+        if !all.contains(target) {
+            return Err(format!(
+                "unknown fuzz target {target:?}; targets are {all:?}"
+            ));
+        }
+    }
+    let targets = if chosen.is_empty() { all } else { chosen };
+
+    let nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output();
+    if !nightly.is_ok_and(|o| o.status.success()) {
+        return Err(
+            "fuzzing needs the nightly toolchain (`rustup toolchain install nightly`)".into(),
+        );
+    }
+    let have_cargo_fuzz = Command::new(cargo())
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_cargo_fuzz {
+        step(
+            "install cargo-fuzz",
+            Command::new(cargo()).args(["install", "cargo-fuzz", "--locked"]),
+        )?;
+    }
+
+    let root = project_root();
+    for target in &targets {
+        // New inputs go to a scratch corpus under target/, so the committed
+        // seeds stay small and reviewed.
+        let scratch = root.join("target/fuzz-corpus").join(target);
+        std::fs::create_dir_all(&scratch)
+            .map_err(|e| format!("creating {}: {e}", scratch.display()))?;
+        let seeds = root.join("fuzz/corpus").join(target);
+        step(
+            &format!("fuzz {target} for {secs} s"),
+            Command::new("cargo")
+                .env("RUSTUP_TOOLCHAIN", "nightly")
+                .args(["fuzz", "run", "--fuzz-dir", "fuzz", target])
+                .arg(&scratch)
+                .arg(&seeds)
+                .arg("--")
+                .arg(format!("-max_total_time={secs}")),
+        )?;
+    }
+    Ok(())
+}
+
+fn bench(args: &[String]) -> Result {
+    step(
+        "bench",
+        Command::new(cargo())
+            .args(["bench", "--workspace", "--locked"])
+            .args(args),
+    )
+}

@@ -1,0 +1,359 @@
+//! The destination allowlist: which media-network addresses a relay may forward to.
+//!
+//! A relay that can be pointed anywhere is an open door into the operator's
+//! network, so the list is default-deny and every destination is
+//! *canonicalised* before it is checked: `::ffff:127.0.0.1`, `::127.0.0.1` and
+//! `64:ff9b::7f00:1` all mean 127.0.0.1 to somebody on the path, and are checked
+//! as 127.0.0.1. The unspecified addresses (`0.0.0.0`, `::`, which Linux treats
+//! as "this host"), broadcast and multicast are refused whatever the list says.
+//!
+//! ```
+//! use cloudproxy_transport::allowlist::{Allowlist, Denied};
+//!
+//! let list: Allowlist = "203.0.113.0/24:4000-4100, [2001:db8::/32]:443".parse()?;
+//! assert!(list.check("203.0.113.9:4001".parse()?).is_ok());
+//! // The same host written as an IPv4-mapped IPv6 address is the same host.
+//! assert!(list.check("[::ffff:203.0.113.9]:4001".parse()?).is_ok());
+//! assert!(matches!(
+//!     list.check("127.0.0.1:4001".parse()?),
+//!     Err(Denied::NotAllowed { .. })
+//! ));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Deserializer};
+
+/// The address a packet to `ip` really reaches, for the purpose of policy.
+///
+/// IPv4 addresses embedded in IPv6 forms that reach the IPv4 host are unwrapped:
+/// IPv4-mapped (`::ffff:a.b.c.d`), the deprecated IPv4-compatible form
+/// (`::a.b.c.d`, except `::` and `::1`) and the NAT64 well-known prefix
+/// (`64:ff9b::/96`, which a NAT64 gateway on the path turns back into IPv4).
+///
+/// ```
+/// use cloudproxy_transport::allowlist::canonical_ip;
+/// use std::net::IpAddr;
+///
+/// let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+/// assert_eq!(canonical_ip(mapped), "127.0.0.1".parse::<IpAddr>().unwrap());
+/// ```
+#[must_use]
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    let IpAddr::V6(v6) = ip else { return ip };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
+    }
+    let s = v6.segments();
+    let low_v4 = || Ipv4Addr::from(((u32::from(s[6])) << 16) | u32::from(s[7]));
+    let compatible = s[..6].iter().all(|&x| x == 0) && !(v6.is_unspecified() || v6.is_loopback());
+    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    if compatible || nat64 {
+        IpAddr::V4(low_v4())
+    } else {
+        ip
+    }
+}
+
+/// Why a destination was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Denied {
+    /// `0.0.0.0` or `::`: on Linux a connection to them reaches this host.
+    #[error("destination {addr} is the unspecified address, which reaches the relay host itself")]
+    Unspecified {
+        /// The destination as the client gave it.
+        addr: SocketAddr,
+    },
+    /// Broadcast or multicast: one packet in, many out.
+    #[error("destination {addr} is a broadcast or multicast address")]
+    Broadcast {
+        /// The destination as the client gave it.
+        addr: SocketAddr,
+    },
+    /// Port 0 is not a destination.
+    #[error("destination {addr} has port 0")]
+    PortZero {
+        /// The destination as the client gave it.
+        addr: SocketAddr,
+    },
+    /// No rule of the allowlist covers the destination.
+    #[error("destination {addr} (checked as {canonical}) is not in the relay's allowlist")]
+    NotAllowed {
+        /// The destination as the client gave it.
+        addr: SocketAddr,
+        /// The address that was checked, after canonicalisation.
+        canonical: SocketAddr,
+    },
+}
+
+/// One allowlist entry: a network and a range of ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// The network (a bare address is a /32 or /128).
+    pub net: IpNet,
+    /// The ports allowed on it, inclusive.
+    pub ports: RangeInclusive<u16>,
+}
+
+impl Rule {
+    fn covers(&self, addr: SocketAddr) -> bool {
+        self.net.contains(&addr.ip()) && self.ports.contains(&addr.port())
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.net {
+            IpNet::V4(net) => write!(f, "{net}")?,
+            IpNet::V6(net) => write!(f, "[{net}]")?,
+        }
+        match (*self.ports.start(), *self.ports.end()) {
+            (1, u16::MAX) => Ok(()),
+            (a, b) if a == b => write!(f, ":{a}"),
+            (a, b) => write!(f, ":{a}-{b}"),
+        }
+    }
+}
+
+/// A rule that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "allowlist rule {rule:?}: {problem} (expected NET, NET:PORTS or [V6NET]:PORTS, e.g. 203.0.113.0/24:4000-4100 or [2001:db8::/32]:443)"
+)]
+pub struct RuleParseError {
+    /// The rule text as written.
+    pub rule: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl FromStr for Rule {
+    type Err = RuleParseError;
+
+    /// `NET`, `NET:PORTS` or `[V6NET]:PORTS`, where `NET` is an address or a
+    /// CIDR and `PORTS` a port or an inclusive range `A-B`. No ports means
+    /// ports 1–65535.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = |problem: String| RuleParseError {
+            rule: text.to_owned(),
+            problem,
+        };
+        let text_trimmed = text.trim();
+        let (net_text, ports_text) = if let Some(rest) = text_trimmed.strip_prefix('[') {
+            let (net, after) = rest
+                .split_once(']')
+                .ok_or_else(|| err("missing `]` after the IPv6 network".into()))?;
+            match after {
+                "" => (net, None),
+                _ => match after.strip_prefix(':') {
+                    Some(ports) => (net, Some(ports)),
+                    None => {
+                        return Err(err(format!("expected `:PORTS` after `]`, found {after:?}")));
+                    }
+                },
+            }
+        } else if text_trimmed.matches(':').count() == 1 {
+            let (net, ports) = text_trimmed.split_once(':').unwrap_or((text_trimmed, ""));
+            (net, Some(ports))
+        } else {
+            (text_trimmed, None)
+        };
+        let net = parse_net(net_text).map_err(err)?;
+        let ports = match ports_text {
+            None => 1..=u16::MAX,
+            Some(p) => parse_ports(p).map_err(err)?,
+        };
+        Ok(Self { net, ports })
+    }
+}
+
+fn parse_net(text: &str) -> Result<IpNet, String> {
+    if text.contains('/') {
+        let net: IpNet = text
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IPv4 or IPv6 network in CIDR form"))?;
+        if net.trunc() != net {
+            return Err(format!(
+                "{text:?} has host bits set; did you mean {}?",
+                net.trunc()
+            ));
+        }
+        Ok(net)
+    } else {
+        let ip: IpAddr = text
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IP address or network"))?;
+        Ok(IpNet::from(ip))
+    }
+}
+
+fn parse_ports(text: &str) -> Result<RangeInclusive<u16>, String> {
+    let port = |p: &str| -> Result<u16, String> {
+        match p.trim().parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("{p:?} is not a port from 1 to 65535")),
+            Ok(n) => Ok(n),
+        }
+    };
+    let (first, last) = match text.split_once('-') {
+        Some((a, b)) => (port(a)?, port(b)?),
+        None => {
+            let p = port(text)?;
+            (p, p)
+        }
+    };
+    if first > last {
+        return Err(format!("port range {first}-{last} is empty"));
+    }
+    Ok(first..=last)
+}
+
+impl<'de> Deserialize<'de> for Rule {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A default-deny list of destinations the relay may forward to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Allowlist {
+    rules: Vec<Rule>,
+}
+
+impl Allowlist {
+    /// An allowlist of the given rules.
+    #[must_use]
+    pub fn new(rules: Vec<Rule>) -> Self {
+        Self { rules }
+    }
+
+    /// The rules, in order.
+    #[must_use]
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Checks a destination; on success returns the canonical address, which
+    /// is the one to connect to (so the check and the use cannot disagree).
+    pub fn check(&self, addr: SocketAddr) -> Result<SocketAddr, Denied> {
+        let canonical = SocketAddr::new(canonical_ip(addr.ip()), addr.port());
+        let ip = canonical.ip();
+        if ip.is_unspecified() {
+            return Err(Denied::Unspecified { addr });
+        }
+        if ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+            return Err(Denied::Broadcast { addr });
+        }
+        if addr.port() == 0 {
+            return Err(Denied::PortZero { addr });
+        }
+        if self.rules.iter().any(|rule| rule.covers(canonical)) {
+            Ok(canonical)
+        } else {
+            Err(Denied::NotAllowed { addr, canonical })
+        }
+    }
+
+    /// The sensitive ranges (loopback, private, link-local, cloud metadata…)
+    /// that this list opens, each with the rule that opens it. An operator
+    /// should be told about every one of them at start-up.
+    #[must_use]
+    pub fn risky_openings(&self) -> Vec<RiskyOpening> {
+        let mut found = Vec::new();
+        for rule in &self.rules {
+            for &(range, what) in SENSITIVE_RANGES {
+                let range: IpNet = range.parse().expect("the sensitive ranges are valid CIDRs");
+                if overlaps(&rule.net, &range) {
+                    found.push(RiskyOpening {
+                        rule: rule.clone(),
+                        range,
+                        what,
+                    });
+                }
+            }
+        }
+        found
+    }
+}
+
+impl FromStr for Allowlist {
+    type Err = RuleParseError;
+
+    /// Comma-separated rules (see [`Rule`]'s `FromStr`); an empty string is the
+    /// empty (deny-everything) list.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map(Self::new)
+    }
+}
+
+/// A sensitive range that an allowlist rule opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RiskyOpening {
+    /// The rule that opens it.
+    pub rule: Rule,
+    /// The sensitive range.
+    pub range: IpNet,
+    /// What lives there.
+    pub what: &'static str,
+}
+
+impl fmt::Display for RiskyOpening {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "allowlist rule {} lets clients reach {} ({})",
+            self.rule, self.range, self.what
+        )
+    }
+}
+
+/// Ranges an allowlist should not open without the operator knowing.
+const SENSITIVE_RANGES: &[(&str, &str)] = &[
+    ("127.0.0.0/8", "IPv4 loopback: services on the relay host"),
+    ("::1/128", "IPv6 loopback: services on the relay host"),
+    ("0.0.0.0/8", "\"this network\""),
+    ("10.0.0.0/8", "private network"),
+    ("172.16.0.0/12", "private network"),
+    ("192.168.0.0/16", "private network"),
+    ("100.64.0.0/10", "carrier-grade NAT shared space"),
+    (
+        "169.254.0.0/16",
+        "IPv4 link-local, including the cloud metadata service 169.254.169.254",
+    ),
+    ("fe80::/10", "IPv6 link-local"),
+    (
+        "fc00::/7",
+        "IPv6 unique-local, including cloud metadata fd00:ec2::254",
+    ),
+];
+
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    match (a, b) {
+        (IpNet::V4(a), IpNet::V4(b)) => overlaps_v4(a, b),
+        (IpNet::V6(a), IpNet::V6(b)) => overlaps_v6(a, b),
+        // An IPv6 rule covering ::ffff:0:0/96 would not match anything, since
+        // destinations are canonicalised to IPv4 first; so mixed pairs never
+        // overlap in effect.
+        _ => false,
+    }
+}
+
+fn overlaps_v4(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn overlaps_v6(a: &Ipv6Net, b: &Ipv6Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}

@@ -1,0 +1,521 @@
+//! The proxy service's configuration: a TOML file, every section optional.
+//!
+//! ```
+//! use cloudproxy_transport::config::ServerConfig;
+//!
+//! let config = ServerConfig::from_toml_str(
+//!     "proxy.toml",
+//!     r#"
+//!     [listeners]
+//!     bind = "0.0.0.0"
+//!     advertise = "203.0.113.7"
+//!
+//!     [[apps]]
+//!     id = "my-app"
+//!     max_sessions = 500
+//!     secrets = [{ key_id = 1, secret = "00112233445566778899aabbccddeeff" }]
+//!
+//!     [[ticket_keys]]
+//!     key_id = 7
+//!     secret = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100"
+//!
+//!     [allowlist]
+//!     allow = ["198.51.100.0/24:5000-5100"]
+//!     "#,
+//! )?;
+//! assert_eq!(config.listeners.allocation_ports, [1080, 8000, 25000, 9700]);
+//! assert_eq!(config.listeners.tcp_relay_port, 4000);
+//! assert_eq!(config.apps[0].max_sessions, 500);
+//! # Ok::<(), cloudproxy_transport::config::ConfigError>(())
+//! ```
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use crate::allowlist::Allowlist;
+
+/// The whole configuration of one proxy node.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where the service listens and what it tells clients.
+    pub listeners: Listeners,
+    /// The applications allowed to use this proxy.
+    pub apps: Vec<AppConfig>,
+    /// Keys that sign and verify tickets; the first signs, all verify. Every
+    /// node of a fleet holds the same keys, so any node verifies any ticket.
+    pub ticket_keys: Vec<KeyConfig>,
+    /// Where relays may forward to.
+    pub allowlist: AllowlistConfig,
+    /// Deadlines and sizes.
+    pub limits: Limits,
+}
+
+/// Listening addresses and ports (the guide's whitelist).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listeners {
+    /// Address every listener binds.
+    pub bind: IpAddr,
+    /// Address given to clients in proxy info; defaults to `bind`, which must
+    /// then not be unspecified.
+    pub advertise: Option<IpAddr>,
+    /// Allocation service ports, TCP and UDP; clients try them in order.
+    pub allocation_ports: Vec<u16>,
+    /// TCP port of the message-data relay.
+    pub tcp_relay_port: u16,
+    /// UDP ports of the media relay; sessions are spread over them.
+    pub udp_relay_ports: PortRange,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            advertise: None,
+            allocation_ports: vec![1080, 8000, 25000, 9700],
+            tcp_relay_port: 4000,
+            udp_relay_ports: PortRange(4500..=4650),
+        }
+    }
+}
+
+/// An inclusive port range, written `"4500-4650"` or as one port `4500`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRange(pub RangeInclusive<u16>);
+
+impl PortRange {
+    /// How many ports the range holds.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.clone().count()
+    }
+
+    /// Whether the range holds no port (never true for a parsed range).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.0.start(), self.0.end())
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(u16),
+            Text(String),
+        }
+        let range = match Raw::deserialize(deserializer)? {
+            Raw::One(port) => port..=port,
+            Raw::Text(text) => {
+                let (a, b) = text.split_once('-').unwrap_or((&text, &text));
+                let parse = |p: &str| p.trim().parse::<u16>();
+                match (parse(a), parse(b)) {
+                    (Ok(a), Ok(b)) if a <= b => a..=b,
+                    _ => {
+                        return Err(serde::de::Error::custom(format!(
+                            "expected a port range like \"4500-4650\", found {text:?}"
+                        )));
+                    }
+                }
+            }
+        };
+        Ok(Self(range))
+    }
+}
+
+/// One application: who may allocate relays, and how many at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// The app id clients send.
+    pub id: Spanned<String>,
+    /// The app's secrets; several let a secret be rotated without downtime.
+    pub secrets: Vec<KeyConfig>,
+    /// The most sessions this app may hold at once (the guide's "concurrent
+    /// scale").
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: u32,
+}
+
+fn default_max_sessions() -> u32 {
+    1000
+}
+
+/// A secret with the id that names it on the wire.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Names the key in tickets and credentials, so keys can be rotated.
+    pub key_id: u32,
+    /// The key itself, written in hex, at least 16 bytes.
+    pub secret: Secret,
+}
+
+impl fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyConfig")
+            .field("key_id", &self.key_id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Secret key bytes, decoded from hex; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl Secret {
+    /// The shortest secret accepted, in bytes.
+    pub const MIN_LEN: usize = 16;
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let bytes = decode_hex(&text).map_err(serde::de::Error::custom)?;
+        if bytes.len() < Self::MIN_LEN {
+            return Err(serde::de::Error::custom(format!(
+                "expected a secret of at least {} bytes ({} hex digits), found {} bytes",
+                Self::MIN_LEN,
+                Self::MIN_LEN * 2,
+                bytes.len()
+            )));
+        }
+        Ok(Self(bytes))
+    }
+}
+
+fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
+    if text.len() % 2 != 0 {
+        return Err(format!(
+            "expected an even number of hex digits, found {}",
+            text.len()
+        ));
+    }
+    text.as_bytes()
+        .chunks(2)
+        .enumerate()
+        .map(|(i, pair)| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .ok_or_else(|| {
+                    format!(
+                        "expected hex digits, found {:?} at digit {}",
+                        String::from_utf8_lossy(pair),
+                        i * 2
+                    )
+                })
+        })
+        .collect()
+}
+
+/// The destination allowlist section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AllowlistConfig {
+    /// Rules, each `NET`, `NET:PORTS` or `[V6NET]:PORTS`. Empty denies every
+    /// destination.
+    pub allow: Allowlist,
+}
+
+/// Deadlines and sizes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// A connection must finish its handshake within this many milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// A relay binding with no traffic either way for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// How long an allocation (and its ticket) lives.
+    pub allocation_lifetime_secs: u64,
+    /// Largest frame accepted on any TCP connection.
+    pub max_frame_len: u32,
+    /// Per-direction copy buffer of the TCP relay.
+    pub relay_buffer_len: u32,
+    /// How long shutdown lets sessions drain before closing them.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout_ms: 5_000,
+            idle_timeout_ms: 60_000,
+            allocation_lifetime_secs: 3_600,
+            max_frame_len: 64 * 1024,
+            relay_buffer_len: 64 * 1024,
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    /// The handshake deadline.
+    #[must_use]
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The idle timeout.
+    #[must_use]
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// The allocation lifetime.
+    #[must_use]
+    pub fn allocation_lifetime(&self) -> Duration {
+        Duration::from_secs(self.allocation_lifetime_secs)
+    }
+
+    /// The shutdown drain deadline.
+    #[must_use]
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+}
+
+/// A configuration that cannot be used; the service does not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read the configuration file: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a value has the wrong type or form.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the fault.
+        line: usize,
+        /// 1-based column of the fault.
+        column: usize,
+        /// The parser's report, with the offending line and a caret under it.
+        message: String,
+    },
+    /// The values parse but do not make a usable configuration.
+    #[error("{path}:{line}:{column}: `{key}`: {problem}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the fault (1 when it is not one place).
+        line: usize,
+        /// 1-based column of the fault.
+        column: usize,
+        /// The key at fault, dotted.
+        key: String,
+        /// What is wrong and what was expected.
+        problem: String,
+    },
+}
+
+impl ServerConfig {
+    /// Reads and validates a configuration file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(path, &text)
+    }
+
+    /// Parses and validates configuration text; `path` is only used in errors.
+    pub fn from_toml_str(path: impl AsRef<Path>, text: &str) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let config: Self = toml::from_str(text).map_err(|e| {
+            let (line, column) = line_column(text, e.span().map_or(0, |s| s.start));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.to_string().trim_end().to_owned(),
+            }
+        })?;
+        config.validate(path, text)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let invalid_at = |offset: usize, key: &str, problem: String| {
+            let (line, column) = line_column(text, offset);
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                key: key.to_owned(),
+                problem,
+            }
+        };
+        let invalid = |key: &str, problem: String| invalid_at(key_offset(text, key), key, problem);
+        let mut ids = HashSet::new();
+        for app in &self.apps {
+            let at = app.id.span().start;
+            if app.id.get_ref().is_empty() || app.id.get_ref().len() > 255 {
+                return Err(invalid_at(
+                    at,
+                    "apps.id",
+                    "expected an app id of 1 to 255 bytes".into(),
+                ));
+            }
+            if !ids.insert(app.id.get_ref().as_str()) {
+                return Err(invalid_at(
+                    at,
+                    "apps.id",
+                    format!("app id {:?} is configured twice", app.id.get_ref()),
+                ));
+            }
+            if app.secrets.is_empty() {
+                return Err(invalid_at(
+                    at,
+                    "apps.secrets",
+                    format!(
+                        "app {:?} has no secret, so no client could authenticate as it",
+                        app.id.get_ref()
+                    ),
+                ));
+            }
+            if app.max_sessions == 0 {
+                return Err(invalid_at(
+                    at,
+                    "apps.max_sessions",
+                    format!(
+                        "app {:?} allows 0 sessions; remove the app instead",
+                        app.id.get_ref()
+                    ),
+                ));
+            }
+        }
+        let listeners = &self.listeners;
+        if listeners.allocation_ports.is_empty() {
+            return Err(invalid(
+                "listeners.allocation_ports",
+                "expected at least one allocation port".into(),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for &port in &listeners.allocation_ports {
+            if port != 0 && !seen.insert(port) {
+                return Err(invalid(
+                    "listeners.allocation_ports",
+                    format!("port {port} is listed twice"),
+                ));
+            }
+        }
+        if listeners.tcp_relay_port != 0
+            && listeners
+                .allocation_ports
+                .contains(&listeners.tcp_relay_port)
+        {
+            return Err(invalid(
+                "listeners.tcp_relay_port",
+                format!(
+                    "port {} is also an allocation port",
+                    listeners.tcp_relay_port
+                ),
+            ));
+        }
+        let udp = &listeners.udp_relay_ports.0;
+        if *udp.start() != 0 {
+            if let Some(port) = listeners.allocation_ports.iter().find(|p| udp.contains(p)) {
+                return Err(invalid(
+                    "listeners.udp_relay_ports",
+                    format!(
+                        "range {} includes allocation port {port}",
+                        listeners.udp_relay_ports
+                    ),
+                ));
+            }
+        }
+        if listeners.advertise.is_none() && listeners.bind.is_unspecified() && !self.apps.is_empty()
+        {
+            // Without an advertised address clients would be told to send to 0.0.0.0.
+            return Err(invalid(
+                "listeners.advertise",
+                format!(
+                    "bind is {} so clients need an address to reach the relays; set listeners.advertise to this node's public address",
+                    listeners.bind
+                ),
+            ));
+        }
+        let limits = &self.limits;
+        for (key, value) in [
+            ("limits.handshake_timeout_ms", limits.handshake_timeout_ms),
+            ("limits.idle_timeout_ms", limits.idle_timeout_ms),
+            (
+                "limits.allocation_lifetime_secs",
+                limits.allocation_lifetime_secs,
+            ),
+            ("limits.max_frame_len", u64::from(limits.max_frame_len)),
+            (
+                "limits.relay_buffer_len",
+                u64::from(limits.relay_buffer_len),
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "expected a value above 0".into()));
+            }
+        }
+        if !self.apps.is_empty() && self.ticket_keys.is_empty() {
+            return Err(invalid(
+                "ticket_keys",
+                "apps are configured but no ticket key is; add a [[ticket_keys]] entry".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Byte offset of the line that sets the last segment of a dotted `key`, or 0
+/// when the file does not set it (a default is at fault).
+fn key_offset(text: &str, key: &str) -> usize {
+    let name = key.rsplit('.').next().unwrap_or(key);
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix(name) {
+            if rest.trim_start().starts_with('=') {
+                return offset + (line.len() - trimmed.len());
+            }
+        }
+        offset += line.len();
+    }
+    0
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}

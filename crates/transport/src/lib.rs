@@ -3,6 +3,8 @@
 //! - [`allowlist`]: the default-deny destination policy, with address
 //!   canonicalisation.
 //! - [`config`]: the proxy service's configuration file.
+//! - [`client`]: what the client library uses to reach a proxy.
 
 pub mod allowlist;
+pub mod client;
 pub mod config;

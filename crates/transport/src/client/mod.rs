@@ -1,0 +1,3 @@
+//! The client side: finding and reaching a proxy.
+
+pub mod dial;

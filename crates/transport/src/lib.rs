@@ -4,7 +4,9 @@
 //!   canonicalisation.
 //! - [`config`]: the proxy service's configuration file.
 //! - [`client`]: what the client library uses to reach a proxy.
+//! - [`pump`]: the two-way byte copy behind every TCP relay session.
 
 pub mod allowlist;
 pub mod client;
 pub mod config;
+pub mod pump;

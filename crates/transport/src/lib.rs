@@ -5,8 +5,10 @@
 //! - [`config`]: the proxy service's configuration file.
 //! - [`client`]: what the client library uses to reach a proxy.
 //! - [`pump`]: the two-way byte copy behind every TCP relay session.
+//! - [`server`]: the proxy service.
 
 pub mod allowlist;
 pub mod client;
 pub mod config;
 pub mod pump;
+pub mod server;

@@ -1,0 +1,5 @@
+//! The proxy service that operators run: allocation service, TCP relay and
+//! UDP relay.
+
+pub mod quota;
+pub mod stats;

@@ -1,0 +1,142 @@
+//! Counters of one proxy node, readable at any time as a [`StatsSnapshot`].
+//!
+//! Plain relaxed atomics: each counter is independent, and a snapshot that is
+//! a few packets stale is fine for monitoring. Gauges (the `*_active` figures)
+//! move through [`Active`] guards, so an early return cannot leave them high.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+        /// Live counters, shared by every listener of a node.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $( $(#[$doc])* pub $name: AtomicU64, )*
+        }
+
+        /// A copy of every counter at one moment.
+        #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+        pub struct StatsSnapshot {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        impl Stats {
+            /// Reads every counter.
+            #[must_use]
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $( $name: self.$name.load(Relaxed), )* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Allocation requests answered with proxy info.
+    allocations,
+    /// Allocation requests refused (bad credential, quota, malformed…).
+    allocations_refused,
+    /// Relay bindings refused (bad or expired ticket, destination, quota…).
+    bindings_refused,
+    /// Of those, refused because the destination is not allowed.
+    destinations_refused,
+    /// Connections closed because the handshake did not finish in time.
+    handshake_timeouts,
+    /// Connections or datagrams dropped as malformed.
+    malformed,
+    /// TCP relay sessions now open.
+    tcp_sessions_active,
+    /// TCP relay sessions opened since start.
+    tcp_sessions_total,
+    /// Bytes relayed client → destination over TCP.
+    tcp_bytes_up,
+    /// Bytes relayed destination → client over TCP.
+    tcp_bytes_down,
+    /// UDP bindings now live.
+    udp_bindings_active,
+    /// UDP bindings created since start.
+    udp_bindings_total,
+    /// Datagrams relayed client → destination (UDP and UDP-over-TCP).
+    udp_packets_up,
+    /// Datagrams relayed destination → client.
+    udp_packets_down,
+    /// Payload bytes relayed client → destination.
+    udp_bytes_up,
+    /// Payload bytes relayed destination → client.
+    udp_bytes_down,
+    /// Datagrams dropped: unknown binding, wrong token, or a full queue.
+    udp_dropped,
+}
+
+impl Stats {
+    /// Adds one to a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+}
+
+/// Holds a gauge up by one for as long as it lives.
+#[derive(Debug)]
+pub struct Active {
+    stats: Arc<Stats>,
+    gauge: fn(&Stats) -> &AtomicU64,
+}
+
+impl Active {
+    /// Raises `gauge` (and the matching total, if given) until dropped.
+    pub fn new(
+        stats: &Arc<Stats>,
+        gauge: fn(&Stats) -> &AtomicU64,
+        total: Option<fn(&Stats) -> &AtomicU64>,
+    ) -> Self {
+        gauge(stats).fetch_add(1, Relaxed);
+        if let Some(total) = total {
+            total(stats).fetch_add(1, Relaxed);
+        }
+        Self {
+            stats: Arc::clone(stats),
+            gauge,
+        }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        (self.gauge)(&self.stats).fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauges_follow_guards_and_snapshots_copy_counters() {
+        let stats = Arc::new(Stats::default());
+        let a = Active::new(
+            &stats,
+            |s| &s.tcp_sessions_active,
+            Some(|s| &s.tcp_sessions_total),
+        );
+        let b = Active::new(
+            &stats,
+            |s| &s.tcp_sessions_active,
+            Some(|s| &s.tcp_sessions_total),
+        );
+        Stats::add(&stats.tcp_bytes_up, 1500);
+        Stats::bump(&stats.malformed);
+        let snap = stats.snapshot();
+        assert_eq!(snap.tcp_sessions_active, 2);
+        assert_eq!(snap.tcp_bytes_up, 1500);
+        assert_eq!(snap.malformed, 1);
+        drop((a, b));
+        let snap = stats.snapshot();
+        assert_eq!(snap.tcp_sessions_active, 0);
+        assert_eq!(snap.tcp_sessions_total, 2, "totals do not go down");
+    }
+}

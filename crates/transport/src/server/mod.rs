@@ -1,5 +1,6 @@
 //! The proxy service that operators run: allocation service, TCP relay and
 //! UDP relay.
 
+pub mod lifecycle;
 pub mod quota;
 pub mod stats;

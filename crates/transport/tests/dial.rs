@@ -159,3 +159,57 @@ async fn dead_first_address_real_sockets() {
         .unwrap();
     assert_eq!(winner, live_addr);
 }
+
+mod resolve {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use cloudproxy_params::ProxyServer;
+    use cloudproxy_transport::client::resolve::candidates;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn ip_list_with_default_ports_is_port_major() {
+        let server = ProxyServer::ip_list(
+            vec!["192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap()],
+            0,
+        )
+        .unwrap();
+        let got = candidates(&server, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(
+            got,
+            addrs(&[
+                "192.0.2.1:1080",
+                "192.0.2.2:1080",
+                "192.0.2.1:8000",
+                "192.0.2.2:8000",
+                "192.0.2.1:25000",
+                "192.0.2.2:25000",
+                "192.0.2.1:9700",
+                "192.0.2.2:9700",
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn explicit_port_is_the_only_port() {
+        let server = ProxyServer::ip_list(vec!["::1".parse().unwrap()], 4321).unwrap();
+        let got = candidates(&server, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(got, addrs(&["[::1]:4321"]));
+    }
+
+    /// `localhost` comes from /etc/hosts: no query leaves the machine.
+    #[tokio::test]
+    async fn domain_is_resolved_through_the_system_resolver() {
+        let server = ProxyServer::domain("localhost", 9700).unwrap();
+        let got = candidates(&server, Duration::from_secs(5)).await.unwrap();
+        assert!(!got.is_empty());
+        assert!(
+            got.iter().all(|a| a.ip().is_loopback() && a.port() == 9700),
+            "{got:?}"
+        );
+    }
+}

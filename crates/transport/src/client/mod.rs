@@ -1,3 +1,4 @@
 //! The client side: finding and reaching a proxy.
 
 pub mod dial;
+pub mod resolve;

@@ -460,10 +460,12 @@ fn unescaped_list(i: &str) -> Res<'_, Value<'_>> {
     let list = &i[1..];
     let mut rest = ws(&list[1..]);
     if !rest.starts_with(']') {
+        let mut what = "a quoted IP address or `]`";
         loop {
             if !rest.starts_with('"') {
-                return Err(PErr::expected(rest, "a quoted IP address or `]`"));
+                return Err(PErr::expected(rest, what));
             }
+            what = "a quoted IP address after `,`";
             let (r, _) = string(rest)?;
             let r = ws(r);
             match r.strip_prefix(',') {

@@ -1,0 +1,119 @@
+//! Turning a client's requested destination into addresses the relay may use.
+//!
+//! Shared by every relay (native TCP and UDP, SOCKS5), so they cannot
+//! disagree. A name is resolved by the relay with a deadline and every
+//! *resolved* address is checked: a name that resolves to 127.0.0.1 is as
+//! forbidden as 127.0.0.1 itself (DNS rebinding), and when a name resolves to
+//! both allowed and forbidden addresses only the allowed ones are used.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::allowlist::{Allowlist, Denied};
+
+/// A destination as a client names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination<'a> {
+    /// An address.
+    Addr(SocketAddr),
+    /// A host name and port, resolved by the relay.
+    Name(&'a str, u16),
+}
+
+impl std::fmt::Display for Destination<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Addr(addr) => write!(f, "{addr}"),
+            Self::Name(host, port) => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// Why a destination cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DestinationError {
+    /// The address (or every address the name resolved to) is refused.
+    #[error("{0}")]
+    Denied(Denied),
+    /// The name resolved, but to no address the allowlist permits.
+    #[error("destination {name} resolves only to addresses the relay may not reach ({denied})")]
+    NameDenied {
+        /// The name and port.
+        name: String,
+        /// Why the first resolved address was refused.
+        denied: Denied,
+    },
+    /// The name does not resolve.
+    #[error("destination {name} could not be resolved: {reason}")]
+    Unresolvable {
+        /// The name and port.
+        name: String,
+        /// The resolver's answer.
+        reason: String,
+    },
+    /// The resolver did not answer within the deadline.
+    #[error("destination {name} could not be resolved within {timeout:?}")]
+    ResolveTimeout {
+        /// The name and port.
+        name: String,
+        /// The deadline.
+        timeout: Duration,
+    },
+}
+
+impl DestinationError {
+    /// Whether the refusal is by policy (as opposed to a lookup failure).
+    #[must_use]
+    pub fn is_policy(&self) -> bool {
+        matches!(self, Self::Denied(_) | Self::NameDenied { .. })
+    }
+}
+
+/// The allowed, canonical addresses for `destination`, in resolver order.
+/// Never empty on success.
+pub async fn permitted(
+    destination: &Destination<'_>,
+    allowlist: &Allowlist,
+    dns_timeout: Duration,
+) -> Result<Vec<SocketAddr>, DestinationError> {
+    let (host, port) = match *destination {
+        Destination::Addr(addr) => {
+            return allowlist
+                .check(addr)
+                .map(|a| vec![a])
+                .map_err(DestinationError::Denied);
+        }
+        Destination::Name(host, port) => (host, port),
+    };
+    let name = destination.to_string();
+    let resolved = tokio::time::timeout(dns_timeout, tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| DestinationError::ResolveTimeout {
+            name: name.clone(),
+            timeout: dns_timeout,
+        })?
+        .map_err(|e| DestinationError::Unresolvable {
+            name: name.clone(),
+            reason: e.to_string(),
+        })?;
+    let mut allowed = Vec::new();
+    let mut first_denial = None;
+    for addr in resolved {
+        match allowlist.check(addr) {
+            Ok(addr) if !allowed.contains(&addr) => allowed.push(addr),
+            Ok(_) => {}
+            Err(denied) => {
+                first_denial.get_or_insert(denied);
+            }
+        }
+    }
+    match (allowed.is_empty(), first_denial) {
+        (false, _) => Ok(allowed),
+        (true, Some(denied)) => Err(DestinationError::NameDenied { name, denied }),
+        (true, None) => Err(DestinationError::Unresolvable {
+            name,
+            reason: "the name has no address".into(),
+        }),
+    }
+}

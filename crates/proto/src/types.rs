@@ -267,8 +267,9 @@ impl DomainName {
     /// assert!(DomainName::new("bad..name").is_err());
     /// ```
     pub fn new(s: &str) -> Result<Self, CodecError> {
-        Self::check(s.as_bytes(), 0)?;
-        Ok(Self(s.to_ascii_lowercase()))
+        let lower = s.to_ascii_lowercase();
+        Self::check(lower.as_bytes(), 0)?;
+        Ok(Self(lower))
     }
 
     fn check(b: &[u8], offset: usize) -> Result<(), CodecError> {

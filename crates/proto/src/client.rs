@@ -613,7 +613,21 @@ impl RelayBinding {
             (BindState::Bound { .. }, Frame::Pong(_)) if self.path == Path::Tcp => {
                 self.last_recv = now;
             }
-            (BindState::Binding { .. } | BindState::Bound { .. }, Frame::Error(e)) => {
+            // Over UDP an Error is only expected in answer to a (re-)bind: a
+            // forged one must not tear down a working binding.
+            (BindState::Binding { .. }, Frame::Error(e))
+            | (
+                BindState::Bound {
+                    rebinding: Some(_), ..
+                },
+                Frame::Error(e),
+            ) => {
+                self.close_with(SessionError::Refused {
+                    code: e.code,
+                    message: e.message.as_str().to_owned(),
+                });
+            }
+            (BindState::Bound { .. }, Frame::Error(e)) if self.path == Path::Tcp => {
                 self.close_with(SessionError::Refused {
                     code: e.code,
                     message: e.message.as_str().to_owned(),

@@ -777,3 +777,22 @@ fn stream_mode_over_udp_is_refused_locally() {
         .is_err()
     );
 }
+
+#[test]
+fn forged_udp_error_does_not_tear_down_a_bound_binding() {
+    let mut p = Pair::new();
+    let alloc = p.allocate();
+    let mut b = udp_binding(&mut p, &alloc);
+    let _ = events(&mut b);
+    let forged = Frame::Error(cloudproxy_proto::frame::ErrorFrame::new(
+        ErrorCode::EXPIRED_TICKET,
+    ))
+    .to_bytes();
+    b.handle_input(p.now, forged.clone());
+    assert!(events(&mut b).is_empty());
+    assert!(b.is_bound());
+    // During a re-bind the relay's Error is expected and ends the binding.
+    b.rebind(p.now).unwrap();
+    b.handle_input(p.now, forged);
+    assert_eq!(refused(&events(&mut b)[0]), Some(ErrorCode::EXPIRED_TICKET));
+}

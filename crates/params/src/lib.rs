@@ -176,7 +176,7 @@ impl<'a> Params<'a> {
     /// or an invalid value for a known key.
     pub fn parse(input: &'a str) -> Result<Self, ParamError> {
         let doc = parser::parse_document(input)?;
-        let typed = proxy::interpret(input, &doc.object, &doc.known)?;
+        let typed = proxy::interpret(input, &doc)?;
         Ok(Self {
             object: doc.object,
             enable_proxy: typed.enable_proxy,

@@ -117,33 +117,47 @@ pub(crate) enum KnownKey {
     ProxyServer,
 }
 
+/// How many element positions of an array value are recorded: the three of
+/// `[type, host, port]` and one more to point at an extra element.
+pub(crate) const RECORDED_ITEMS: usize = 4;
+
 /// Where a known key's value sits, for error locations in the typed view.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Known<'a> {
-    pub(crate) key: KnownKey,
     /// Index of the pair in the top-level object.
     pub(crate) index: usize,
     /// The input from the start of the value.
     pub(crate) value_at: &'a str,
-    /// For an array value: the input from the start of each element.
-    pub(crate) items_at: Vec<&'a str>,
+    /// For an array value: the input from the start of each of its first
+    /// [`RECORDED_ITEMS`] elements (`""` past the end).
+    items_at: [&'a str; RECORDED_ITEMS],
 }
 
-/// State shared by one parse.
+impl<'a> Known<'a> {
+    /// The input from the start of element `n` of the array value, or from
+    /// the start of the value when there is no such element.
+    pub(crate) fn item_at(&self, n: usize) -> &'a str {
+        match self.items_at.get(n) {
+            Some(at) if !at.is_empty() => at,
+            _ => self.value_at,
+        }
+    }
+}
+
+/// State shared by one parse. Creating it allocates nothing.
 #[derive(Default)]
 struct Ctx<'a> {
-    /// Stack of key positions of the objects being parsed (for duplicate reports).
-    key_at: Vec<&'a str>,
-    /// Known keys seen in the top-level object.
-    known: Vec<Known<'a>>,
-    /// Hasher for the duplicate check of large objects.
-    hasher: RandomState,
+    /// `rtc.enable_proxy` in the top-level object, if present.
+    enable_proxy: Option<Known<'a>>,
+    /// `rtc.proxy_server` in the top-level object, if present.
+    proxy_server: Option<Known<'a>>,
 }
 
 /// A parsed parameter document: the top-level object and where its known keys are.
 pub(crate) struct Document<'a> {
     pub(crate) object: Object<'a>,
-    pub(crate) known: Vec<Known<'a>>,
+    pub(crate) enable_proxy: Option<Known<'a>>,
+    pub(crate) proxy_server: Option<Known<'a>>,
 }
 
 fn check_len(input: &str) -> Result<(), ParamError> {
@@ -166,7 +180,8 @@ pub(crate) fn parse_document(input: &str) -> Result<Document<'_>, ParamError> {
         .map_err(|e| e.into_param_error(input))?;
     Ok(Document {
         object,
-        known: cx.known,
+        enable_proxy: cx.enable_proxy,
+        proxy_server: cx.proxy_server,
     })
 }
 
@@ -244,6 +259,7 @@ fn enter<'a>(i: &'a str, depth: usize) -> Result<usize, Err<PErr<'a>>> {
 /// empty and the values of known keys are recorded (and `rtc.proxy_server`
 /// gets its compatibility grammar).
 fn object<'a>(i: &'a str, cx: &mut Ctx<'a>, depth: usize, top: bool) -> Res<'a, Object<'a>> {
+    let start = i;
     let depth = enter(i, depth)?;
     let mut i = ws(&i[1..]);
     let mut entries: Vec<(Cow<'a, str>, Value<'a>)> = Vec::new();
@@ -256,11 +272,9 @@ fn object<'a>(i: &'a str, cx: &mut Ctx<'a>, depth: usize, top: bool) -> Res<'a, 
         }
         return Ok((rest, Object::from_unique(entries)));
     }
-    let keys_base = cx.key_at.len();
-    let mut hashes: Option<HashSet<u64>> = None;
+    let mut hashes = None;
     loop {
         if !i.starts_with('"') {
-            cx.key_at.truncate(keys_base);
             let what = if entries.is_empty() {
                 "a string key `\"…\"` or `}`"
             } else {
@@ -269,83 +283,104 @@ fn object<'a>(i: &'a str, cx: &mut Ctx<'a>, depth: usize, top: bool) -> Res<'a, 
             return Err(PErr::expected(i, what));
         }
         let key_at = i;
-        let (rest, key) = string(i).inspect_err(|_| cx.key_at.truncate(keys_base))?;
-        if let Some(first) = find_duplicate(cx, &entries, &mut hashes, &key) {
-            let first = cx.key_at[keys_base + first];
-            cx.key_at.truncate(keys_base);
+        let (rest, key) = string(i)?;
+        if let Some(first) = find_duplicate(&entries, &mut hashes, &key) {
             return Err(Err::Error(PErr {
                 rest: key_at,
                 kind: PErrKind::DuplicateKey {
                     key: key.into_owned(),
-                    first,
+                    first: key_position(start, depth, top, first).unwrap_or(key_at),
                 },
             }));
         }
-        cx.key_at.push(key_at);
+        let known = if top { known_key(&key) } else { None };
         let rest = ws(rest);
         let Some(rest) = rest.strip_prefix(':') else {
-            cx.key_at.truncate(keys_base);
             return Err(PErr::expected(rest, "`:` after the key"));
         };
         let rest = ws(rest);
-        let known = if top {
-            match key.as_ref() {
-                ENABLE_PROXY => Some(KnownKey::EnableProxy),
-                PROXY_SERVER => Some(KnownKey::ProxyServer),
-                _ => None,
-            }
-        } else {
-            None
+        let (after, (v, items_at)) = member_value(rest, cx, depth, known)?;
+        let record = Known {
+            index: entries.len(),
+            value_at: rest,
+            items_at,
         };
-        let parsed = match known {
-            Some(KnownKey::ProxyServer) if rest.starts_with('[') => {
-                proxy_array(rest, cx, depth).map(|(r, (v, items_at))| (r, v, items_at))
-            }
-            _ => value(rest, cx, depth).map(|(r, v)| (r, v, Vec::new())),
-        };
-        let (after, v, items_at) = parsed.inspect_err(|_| cx.key_at.truncate(keys_base))?;
-        if let Some(key) = known {
-            cx.known.push(Known {
-                key,
-                index: entries.len(),
-                value_at: rest,
-                items_at,
-            });
+        match known {
+            Some(KnownKey::EnableProxy) => cx.enable_proxy = Some(record),
+            Some(KnownKey::ProxyServer) => cx.proxy_server = Some(record),
+            None => {}
         }
         entries.push((key, v));
         let after = ws(after);
         match after.as_bytes().first() {
             Some(b',') => i = ws(&after[1..]),
-            Some(b'}') => {
-                cx.key_at.truncate(keys_base);
-                return Ok((&after[1..], Object::from_unique(entries)));
-            }
-            _ => {
-                cx.key_at.truncate(keys_base);
-                return Err(PErr::expected(after, "`,` or `}`"));
-            }
+            Some(b'}') => return Ok((&after[1..], Object::from_unique(entries))),
+            _ => return Err(PErr::expected(after, "`,` or `}`")),
         }
     }
 }
 
-/// Index of an existing entry with key `key`, if any.
+fn known_key(key: &str) -> Option<KnownKey> {
+    match key {
+        ENABLE_PROXY => Some(KnownKey::EnableProxy),
+        PROXY_SERVER => Some(KnownKey::ProxyServer),
+        _ => None,
+    }
+}
+
+/// The value of an object member; `rtc.proxy_server` arrays at the top level
+/// go through [`proxy_array`], which records element positions.
+fn member_value<'a>(
+    rest: &'a str,
+    cx: &mut Ctx<'a>,
+    depth: usize,
+    known: Option<KnownKey>,
+) -> Res<'a, (Value<'a>, [&'a str; RECORDED_ITEMS])> {
+    match known {
+        Some(KnownKey::ProxyServer) if rest.starts_with('[') => proxy_array(rest, cx, depth),
+        _ => value(rest, cx, depth).map(|(r, v)| (r, (v, [""; RECORDED_ITEMS]))),
+    }
+}
+
+/// Where the key of member `index` of the object at `start` begins. Only
+/// called to report a duplicate key, so the hot path need not record key
+/// positions: the members before the duplicate parsed once already, so
+/// parsing them again the same way succeeds.
+fn key_position(start: &str, depth: usize, top: bool, index: usize) -> Option<&str> {
+    let mut cx = Ctx::default();
+    let mut i = ws(start.get(1..)?);
+    for _ in 0..index {
+        let (rest, key) = string(i).ok()?;
+        let known = if top { known_key(&key) } else { None };
+        let rest = ws(ws(rest).strip_prefix(':')?);
+        let (rest, _) = member_value(rest, &mut cx, depth, known).ok()?;
+        i = ws(ws(rest).strip_prefix(',')?);
+    }
+    Some(i)
+}
+
+/// Index of an existing entry with key `key`, if any. Small objects are
+/// scanned; from [`LINEAR_DUPLICATE_SCAN`] keys on, a set of key hashes
+/// (randomly seeded, so inputs cannot be crafted to collide) avoids
+/// quadratic time.
 fn find_duplicate(
-    cx: &Ctx<'_>,
     entries: &[(Cow<'_, str>, Value<'_>)],
-    hashes: &mut Option<HashSet<u64>>,
+    hashes: &mut Option<(RandomState, HashSet<u64>)>,
     key: &str,
 ) -> Option<usize> {
     let linear = |entries: &[(Cow<'_, str>, Value<'_>)]| entries.iter().position(|(k, _)| k == key);
     if entries.len() < LINEAR_DUPLICATE_SCAN {
         return linear(entries);
     }
-    let set = hashes.get_or_insert_with(|| {
-        entries
+    let (hasher, set) = hashes.get_or_insert_with(|| {
+        let hasher = RandomState::new();
+        let set = entries
             .iter()
-            .map(|(k, _)| cx.hasher.hash_one(k.as_ref()))
-            .collect()
+            .map(|(k, _)| hasher.hash_one(k.as_ref()))
+            .collect();
+        (hasher, set)
     });
-    if set.insert(cx.hasher.hash_one(key)) {
+    if set.insert(hasher.hash_one(key)) {
         None
     } else {
         // Same hash: a duplicate or (rarely) a collision; look properly.
@@ -374,23 +409,24 @@ fn array<'a>(i: &'a str, cx: &mut Ctx<'a>, depth: usize) -> Res<'a, Vec<Value<'a
 }
 
 /// The array value of top-level `rtc.proxy_server`: like [`array`], but it
-/// records where each element starts, and the second element (the host) is
-/// parsed by [`proxy_host`].
-#[allow(clippy::type_complexity)]
+/// records where the first elements start, and the second element (the
+/// host) is parsed by [`proxy_host`].
 fn proxy_array<'a>(
     i: &'a str,
     cx: &mut Ctx<'a>,
     depth: usize,
-) -> Res<'a, (Value<'a>, Vec<&'a str>)> {
+) -> Res<'a, (Value<'a>, [&'a str; RECORDED_ITEMS])> {
     let depth = enter(i, depth)?;
     let mut i = ws(&i[1..]);
     let mut items = Vec::new();
-    let mut items_at = Vec::new();
+    let mut items_at = [""; RECORDED_ITEMS];
     if let Some(rest) = i.strip_prefix(']') {
         return Ok((rest, (Value::Array(items), items_at)));
     }
     loop {
-        items_at.push(i);
+        if let Some(slot) = items_at.get_mut(items.len()) {
+            *slot = i;
+        }
         let (rest, v) = if items.len() == 1 {
             proxy_host(i, cx, depth)?
         } else {
@@ -514,7 +550,9 @@ fn control_in_string(rest: &str) -> Err<PErr<'_>> {
 /// the offset of the first backslash.
 fn string_escaped(i: &str, mut p: usize) -> Res<'_, Cow<'_, str>> {
     let bytes = i.as_bytes();
-    let mut out = String::with_capacity(p + 16);
+    // Room for the rest of a typical string, so short strings with escapes
+    // do not reallocate; escapes only shrink the text.
+    let mut out = String::with_capacity(i.len().min(p + 64));
     out.push_str(&i[1..p]);
     let mut run = p;
     while let Some(&b) = bytes.get(p) {

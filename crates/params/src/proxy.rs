@@ -6,8 +6,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::error::{Location, ParamError};
-use crate::parser::{ENABLE_PROXY, Known, KnownKey, PROXY_SERVER};
-use crate::value::{Number, Object, Value};
+use crate::parser::{Document, ENABLE_PROXY, Known, PROXY_SERVER};
+use crate::value::{Number, Value};
 
 /// The proxy server the SDK uses when `rtc.enable_proxy` is `true` and no
 /// `rtc.proxy_server` is set: `[1, "ap-proxy.agora.io", 0]`.
@@ -217,32 +217,27 @@ pub(crate) struct Typed {
 
 /// Interprets the known keys of a parsed document. `input` is the whole
 /// parsed input (for locations).
-pub(crate) fn interpret(
-    input: &str,
-    object: &Object<'_>,
-    known: &[Known<'_>],
-) -> Result<Typed, ParamError> {
-    let mut typed = Typed::default();
+pub(crate) fn interpret(input: &str, doc: &Document<'_>) -> Result<Typed, ParamError> {
     let at = |rest: &str| Location::of(input, input.len() - rest.len());
-    for k in known {
-        let Some((_, value)) = object.entries().get(k.index) else {
-            continue;
-        };
-        match k.key {
-            KnownKey::EnableProxy => match value {
-                Value::Bool(b) => typed.enable_proxy = Some(*b),
-                other => {
-                    return Err(ParamError::WrongType {
-                        key: ENABLE_PROXY.to_owned(),
-                        expected: "a boolean (true or false)",
-                        found: describe_value(other),
-                        at: at(k.value_at),
-                    });
-                }
-            },
-            KnownKey::ProxyServer => {
-                typed.proxy_server = Some(proxy_server(value, k, &at)?);
+    let value_of = |k: &Known<'_>| doc.object.entries().get(k.index).map(|(_, v)| v);
+    let mut typed = Typed::default();
+    if let Some(k) = &doc.enable_proxy {
+        match value_of(k) {
+            Some(Value::Bool(b)) => typed.enable_proxy = Some(*b),
+            Some(other) => {
+                return Err(ParamError::WrongType {
+                    key: ENABLE_PROXY.to_owned(),
+                    expected: "a boolean (true or false)",
+                    found: describe_value(other),
+                    at: at(k.value_at),
+                });
             }
+            None => {}
+        }
+    }
+    if let Some(k) = &doc.proxy_server {
+        if let Some(value) = value_of(k) {
+            typed.proxy_server = Some(proxy_server(value, k, &at)?);
         }
     }
     Ok(typed)
@@ -264,7 +259,7 @@ fn proxy_server(
     let items = match value {
         Value::Array(items) if items.len() == 3 => items,
         Value::Array(items) => {
-            let rest = known.items_at.get(3).copied().unwrap_or(known.value_at);
+            let rest = known.item_at(3);
             return Err(wrong(
                 PROXY_SERVER_SHAPE,
                 format!("an array of {} element(s)", items.len()),
@@ -279,7 +274,7 @@ fn proxy_server(
             ));
         }
     };
-    let item_at = |n: usize| known.items_at.get(n).copied().unwrap_or(known.value_at);
+    let item_at = |n: usize| known.item_at(n);
 
     let proxy_type = match &items[0] {
         Value::Number(n) if n.is_integer() => match n.as_u64() {
@@ -353,6 +348,11 @@ fn ip_list(
     host_at: &str,
     at: &dyn Fn(&str) -> Location,
 ) -> Result<Vec<IpAddr>, ParamError> {
+    if let Value::String(text) = value {
+        if let Some(ips) = fast_ip_list(text) {
+            return Ok(ips);
+        }
+    }
     let invalid = |detail: String| ParamError::InvalidIpList {
         detail,
         at: at(host_at),
@@ -400,6 +400,33 @@ fn ip_list(
             ))),
         })
         .collect()
+}
+
+/// The common case of an IP list in a string, `["ip", ...]` with plain
+/// (unescaped) strings that are all valid addresses, parsed straight into
+/// addresses without building a [`Value`]. `None` for anything else,
+/// including every error, which the general path then reports precisely.
+fn fast_ip_list(text: &str) -> Option<Vec<IpAddr>> {
+    fn ws(s: &str) -> &str {
+        s.trim_start_matches([' ', '\t', '\n', '\r'])
+    }
+    let mut rest = ws(ws(text).strip_prefix('[')?);
+    let mut ips = Vec::new();
+    loop {
+        let body = rest.strip_prefix('"')?;
+        let end = body.find('"')?;
+        let ip = &body[..end];
+        if ip.bytes().any(|b| b == b'\\' || b < 0x20) {
+            return None;
+        }
+        ips.push(ip.parse().ok()?);
+        let after = ws(&body[end + 1..]);
+        match after.as_bytes().first() {
+            Some(b',') => rest = ws(&after[1..]),
+            Some(b']') => return ws(&after[1..]).is_empty().then_some(ips),
+            _ => return None,
+        }
+    }
 }
 
 /// A one-line summary of an error inside the IP-list string, positioned

@@ -364,6 +364,26 @@ fn duplicate_key_names_the_key_and_both_places() {
 }
 
 #[test]
+fn duplicate_first_position_is_found_past_nested_and_unescaped_values() {
+    // The first occurrence is located by parsing the members before the
+    // duplicate again, including the compatibility form.
+    let input = r#"{"rtc.proxy_server":[2, "["1.2.3.4"]", 0],"o":{"k":[1,{"k":2}],"k":3}}"#;
+    let err = check(input, ErrorKind::DuplicateKey, 63);
+    match err {
+        ParamError::DuplicateKey { key, first, .. } => {
+            assert_eq!(key, "k");
+            assert_eq!(first.offset, 47);
+        }
+        other => panic!("{other:?}"),
+    }
+    let input = r#"{"rtc.proxy_server":[2, "["1.2.3.4"]", 0],"rtc.proxy_server":1}"#;
+    match check(input, ErrorKind::DuplicateKey, 42) {
+        ParamError::DuplicateKey { first, .. } => assert_eq!(first.offset, 1),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn duplicates_are_found_in_large_objects() {
     // Past the linear-scan threshold, the hash-set path is used.
     let mut input = String::from("{");

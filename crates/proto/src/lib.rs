@@ -10,6 +10,8 @@
 //! * [`codec`]: `tokio_util::codec` framing for TCP, zero-copy payloads;
 //! * [`udp`]: the 16-byte header of media datagrams on the UDP relay;
 //! * [`ticket`]: HMAC-SHA256 tickets with key ids, and credential proofs;
+//! * [`reliable`]: sequence numbers, cumulative acks and resume for the
+//!   client ↔ edge message channel (exactly once across a relay failover);
 //! * [`client`] and [`server`]: sans-I/O state machines — time comes in as
 //!   an argument, outputs are polled (`poll_transmit`, `poll_timeout`,
 //!   `poll_event`).
@@ -33,6 +35,7 @@ pub mod client;
 pub mod codec;
 mod error;
 pub mod frame;
+pub mod reliable;
 pub mod server;
 pub mod ticket;
 mod time;

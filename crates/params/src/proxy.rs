@@ -188,24 +188,49 @@ fn check_host_name(host: &str) -> Result<(), &'static str> {
     if host.len() > 253 {
         return Err("it is longer than 253 characters");
     }
-    for label in host.split('.') {
-        if label.is_empty() {
-            return Err("it has an empty label (leading, trailing or doubled `.`)");
+    // One pass over the bytes with a class table: the length of the current
+    // label and the byte before are all the state needed.
+    const INVALID: u8 = 0;
+    const ALNUM: u8 = 1;
+    const HYPHEN_CLASS: u8 = 2;
+    const DOT: u8 = 3;
+    const CLASS: [u8; 256] = {
+        let mut table = [INVALID; 256];
+        let mut b = 0;
+        while b < 256 {
+            table[b] = match b as u8 {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => ALNUM,
+                b'-' => HYPHEN_CLASS,
+                b'.' => DOT,
+                _ => INVALID,
+            };
+            b += 1;
         }
-        if label.len() > 63 {
-            return Err("a label is longer than 63 characters");
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err("labels may only hold ASCII letters, digits and `-`");
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err("a label starts or ends with `-`");
+        table
+    };
+    let bytes = host.as_bytes();
+    let mut label_start = 0;
+    for (n, &b) in bytes.iter().enumerate() {
+        match CLASS[usize::from(b)] {
+            ALNUM | HYPHEN_CLASS => {}
+            DOT => {
+                check_label(&bytes[label_start..n])?;
+                label_start = n + 1;
+            }
+            _ => return Err("labels may only hold ASCII letters, digits and `-`"),
         }
     }
-    Ok(())
+    check_label(&bytes[label_start..])
+}
+
+/// One label of a host name: 1 to 63 bytes, no hyphen at either end.
+fn check_label(label: &[u8]) -> Result<(), &'static str> {
+    match (label.first(), label.last()) {
+        (None, _) | (_, None) => Err("it has an empty label (leading, trailing or doubled `.`)"),
+        _ if label.len() > 63 => Err("a label is longer than 63 characters"),
+        (Some(b'-'), _) | (_, Some(b'-')) => Err("a label starts or ends with `-`"),
+        _ => Ok(()),
+    }
 }
 
 /// The typed values of the known keys.

@@ -6,9 +6,11 @@
 //! - [`client`]: what the client library uses to reach a proxy.
 //! - [`pump`]: the two-way byte copy behind every TCP relay session.
 //! - [`server`]: the proxy service.
+//! - [`edge`]: the reference media edge that stands in for the media network.
 
 pub mod allowlist;
 pub mod client;
 pub mod config;
+pub mod edge;
 pub mod pump;
 pub mod server;

@@ -1,0 +1,1 @@
+//! The reference media edge (being written).

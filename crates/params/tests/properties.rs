@@ -12,9 +12,9 @@ use proptest::prelude::*;
 fn arb_string() -> impl Strategy<Value = String> {
     prop_oneof![
         // Any Unicode, control characters included.
-        vec(any::<char>(), 0..12).prop_map(String::from_iter),
+        vec(any::<char>(), 0..40).prop_map(String::from_iter),
         // Mostly the characters that need escaping.
-        "[a\"\\\\/\u{0}-\u{1f}\u{7f}é😀 ]{0,12}",
+        "[a\"\\\\/\u{0}-\u{1f}\u{7f}é😀 ]{0,40}",
     ]
 }
 

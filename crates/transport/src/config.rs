@@ -13,7 +13,7 @@
 //!     [[apps]]
 //!     id = "my-app"
 //!     max_sessions = 500
-//!     secrets = [{ key_id = 1, secret = "00112233445566778899aabbccddeeff" }]
+//!     secrets = ["00112233445566778899aabbccddeeff"]
 //!
 //!     [[ticket_keys]]
 //!     key_id = 7
@@ -71,7 +71,8 @@ pub struct Listeners {
     pub allocation_ports: Vec<u16>,
     /// TCP port of the message-data relay.
     pub tcp_relay_port: u16,
-    /// UDP ports of the media relay; sessions are spread over them.
+    /// UDP ports of the media relay; sessions are spread over them. A range
+    /// starting at 0 (`"0-3"`) binds that many ephemeral ports, for tests.
     pub udp_relay_ports: PortRange,
 }
 
@@ -144,8 +145,10 @@ impl<'de> Deserialize<'de> for PortRange {
 pub struct AppConfig {
     /// The app id clients send.
     pub id: Spanned<String>,
-    /// The app's secrets; several let a secret be rotated without downtime.
-    pub secrets: Vec<KeyConfig>,
+    /// The app's secrets, in hex; a client may prove any of them, so a secret
+    /// is rotated by adding the new one, moving clients over, then removing
+    /// the old one.
+    pub secrets: Vec<Secret>,
     /// The most sessions this app may hold at once (the guide's "concurrent
     /// scale").
     #[serde(default = "default_max_sessions")]
@@ -156,11 +159,11 @@ fn default_max_sessions() -> u32 {
     1000
 }
 
-/// A secret with the id that names it on the wire.
+/// A ticket key with the id that names it in tickets.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
-    /// Names the key in tickets and credentials, so keys can be rotated.
+    /// Names the key in tickets, so keys can be rotated.
     pub key_id: u32,
     /// The key itself, written in hex, at least 16 bytes.
     pub secret: Secret,
@@ -248,8 +251,16 @@ pub struct Limits {
     pub handshake_timeout_ms: u64,
     /// A relay binding with no traffic either way for this long is closed.
     pub idle_timeout_ms: u64,
-    /// How long an allocation (and its ticket) lives.
+    /// How long a ticket is valid for new bindings; clients refresh it.
     pub allocation_lifetime_secs: u64,
+    /// Longest a session may be refreshed for, from its first allocation.
+    pub max_session_lifetime_secs: u64,
+    /// The keepalive interval told to clients.
+    pub keepalive_interval_secs: u64,
+    /// Deadline for the relay's own connection to a destination.
+    pub connect_timeout_ms: u64,
+    /// Deadline for resolving a destination name.
+    pub dns_timeout_ms: u64,
     /// Largest frame accepted on any TCP connection.
     pub max_frame_len: u32,
     /// Per-direction copy buffer of the TCP relay.
@@ -263,7 +274,11 @@ impl Default for Limits {
         Self {
             handshake_timeout_ms: 5_000,
             idle_timeout_ms: 60_000,
-            allocation_lifetime_secs: 3_600,
+            allocation_lifetime_secs: 600,
+            max_session_lifetime_secs: 24 * 3_600,
+            keepalive_interval_secs: 15,
+            connect_timeout_ms: 5_000,
+            dns_timeout_ms: 2_000,
             max_frame_len: 64 * 1024,
             relay_buffer_len: 64 * 1024,
             drain_timeout_ms: 10_000,
@@ -288,6 +303,18 @@ impl Limits {
     #[must_use]
     pub fn allocation_lifetime(&self) -> Duration {
         Duration::from_secs(self.allocation_lifetime_secs)
+    }
+
+    /// The destination connect deadline.
+    #[must_use]
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// The destination name resolution deadline.
+    #[must_use]
+    pub fn dns_timeout(&self) -> Duration {
+        Duration::from_millis(self.dns_timeout_ms)
     }
 
     /// The shutdown drain deadline.

@@ -17,7 +17,7 @@ udp_relay_ports = "4600-4609"
 [[apps]]
 id = "app-a"
 max_sessions = 3
-secrets = [{{ key_id = 1, secret = "{SECRET}" }}]
+secrets = ["{SECRET}"]
 
 [[ticket_keys]]
 key_id = 9
@@ -54,14 +54,13 @@ fn every_section_is_read() {
     assert_eq!(config.apps.len(), 1);
     assert_eq!(config.apps[0].id.get_ref(), "app-a");
     assert_eq!(config.apps[0].max_sessions, 3);
-    assert_eq!(config.apps[0].secrets[0].key_id, 1);
-    assert_eq!(config.apps[0].secrets[0].secret.0.len(), 16);
+    assert_eq!(config.apps[0].secrets[0].0.len(), 16);
     assert_eq!(config.ticket_keys[0].key_id, 9);
     assert_eq!(config.ticket_keys[0].secret.0.len(), 32);
     assert_eq!(config.allowlist.allow.rules().len(), 2);
     assert_eq!(config.limits.handshake_timeout().as_millis(), 1500);
     assert_eq!(config.limits.idle_timeout().as_secs(), 20);
-    assert_eq!(config.limits.allocation_lifetime_secs, 3600, "default kept");
+    assert_eq!(config.limits.allocation_lifetime_secs, 600, "default kept");
 }
 
 #[test]
@@ -118,23 +117,23 @@ fn errors_name_file_line_and_key() {
         "port 4000 is also an allocation port",
     );
     assert_error(
-        "[[apps]]\nid = \"a\"\nsecrets = [{ key_id = 1, secret = \"abcd\" }]\n",
+        "[[apps]]\nid = \"a\"\nsecrets = [\"abcd\"]\n",
         3,
         "at least 16 bytes",
     );
     assert_error(
-        "[[apps]]\nid = \"a\"\nsecrets = [{ key_id = 1, secret = \"zz112233445566778899aabbccddeeff\" }]\n",
+        "[[apps]]\nid = \"a\"\nsecrets = [\"zz112233445566778899aabbccddeeff\"]\n",
         3,
         "expected hex digits",
     );
     let twice = format!(
         "[listeners]\nbind = \"127.0.0.1\"\n[[ticket_keys]]\nkey_id = 1\nsecret = \"{SECRET}\"\n\
-         [[apps]]\nid = \"a\"\nsecrets = [{{ key_id = 1, secret = \"{SECRET}\" }}]\n\
-         [[apps]]\nid = \"a\"\nsecrets = [{{ key_id = 1, secret = \"{SECRET}\" }}]\n"
+         [[apps]]\nid = \"a\"\nsecrets = [\"{SECRET}\"]\n\
+         [[apps]]\nid = \"a\"\nsecrets = [\"{SECRET}\"]\n"
     );
     assert_error(&twice, 10, "app id \"a\" is configured twice");
     let no_advertise = format!(
-        "[[ticket_keys]]\nkey_id = 1\nsecret = \"{SECRET}\"\n[[apps]]\nid = \"a\"\nsecrets = [{{ key_id = 1, secret = \"{SECRET}\" }}]\n"
+        "[[ticket_keys]]\nkey_id = 1\nsecret = \"{SECRET}\"\n[[apps]]\nid = \"a\"\nsecrets = [\"{SECRET}\"]\n"
     );
     assert_error(&no_advertise, 1, "set listeners.advertise");
 }

@@ -2,3 +2,4 @@
 
 pub mod dial;
 pub mod resolve;
+pub mod tunnel;

@@ -1,0 +1,594 @@
+//! The client's way through a proxy: allocate, then open the message channel
+//! (a TCP byte stream to the destination) and the media path (UDP datagrams,
+//! or UDP-over-TCP when UDP is blocked).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+//! use cloudproxy_proto::client::ClientConfig;
+//! use cloudproxy_proto::{Address, AppId, Timebase};
+//! use cloudproxy_transport::client::dial::DialPolicy;
+//! use cloudproxy_transport::client::tunnel::{MediaPolicy, allocate, open_media, open_stream};
+//!
+//! let unix = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+//! let config = ClientConfig::new(AppId::new("my-app")?, b"my-secret".to_vec(), Timebase::new(Instant::now(), unix));
+//! let candidates = ["192.0.2.10:9700".parse()?];
+//! let (_, allocation) = allocate(&config, &candidates, &DialPolicy::default()).await?;
+//! let edge_tcp = Address::Ip("198.51.100.1:5000".parse()?);
+//! let (stream, _early) = open_stream(&config, &allocation, edge_tcp, &DialPolicy::default()).await?;
+//! let edge_udp = Address::Ip("198.51.100.1:5001".parse()?);
+//! let mut media = open_media(&config, &allocation, edge_udp, &MediaPolicy::default()).await?;
+//! media.send(bytes::Bytes::from_static(b"hello")).await?;
+//! # Ok(()) }
+//! ```
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cloudproxy_proto::client::{
+    Allocation, Allocator, AllocatorEvent, BindingEvent, ClientConfig, RelayBinding,
+};
+use cloudproxy_proto::frame::BindMode;
+use cloudproxy_proto::{Address, Path, SessionError};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{mpsc, watch};
+
+use crate::client::dial::{DialError, DialPolicy, race};
+
+/// A tunnel step failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TunnelError {
+    /// No allocation service or relay could be reached or agreed.
+    #[error("{what}: {source}")]
+    Dial {
+        /// Which step.
+        what: &'static str,
+        /// Every attempt and how it ended.
+        source: DialError,
+    },
+    /// The relay or service refused, or the exchange broke down.
+    #[error("{what}: {source}")]
+    Session {
+        /// Which step.
+        what: &'static str,
+        /// Why.
+        source: SessionError,
+    },
+    /// A socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// Which step.
+        what: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// Media over UDP was required but UDP does not get through.
+    #[error(
+        "media over UDP was required, but the UDP relay did not answer within {0:?} (UDP blocked?)"
+    )]
+    UdpBlocked(Duration),
+    /// The media path has closed.
+    #[error("the media path is closed")]
+    MediaClosed,
+}
+
+/// An error of one attempt, shown in a [`DialError`] line.
+#[derive(Debug)]
+struct AttemptError(String);
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn attempt_error(e: impl std::fmt::Display) -> AttemptError {
+    AttemptError(e.to_string())
+}
+
+/// Allocates a session from the first allocation service that answers among
+/// `candidates` (over TCP), racing them under `policy`. Returns the service's
+/// address and the allocation.
+pub async fn allocate(
+    config: &ClientConfig,
+    candidates: &[SocketAddr],
+    policy: &DialPolicy,
+) -> Result<(SocketAddr, Allocation), TunnelError> {
+    let config = config.clone();
+    race(candidates, policy, move |addr| {
+        let config = config.clone();
+        async move {
+            let mut stream = TcpStream::connect(addr).await.map_err(attempt_error)?;
+            let _ = stream.set_nodelay(true);
+            let mut nonce = [0u8; 16];
+            getrandom::fill(&mut nonce).map_err(attempt_error)?;
+            let mut allocator = Allocator::new(&config, Path::Tcp, nonce, Instant::now());
+            let result = drive_allocator(&mut stream, &mut allocator).await;
+            let _ = stream.shutdown().await;
+            result
+        }
+    })
+    .await
+    .map_err(|source| TunnelError::Dial {
+        what: "allocating a proxy session",
+        source,
+    })
+}
+
+async fn drive_allocator(
+    stream: &mut TcpStream,
+    allocator: &mut Allocator,
+) -> Result<Allocation, AttemptError> {
+    let mut buf = [0u8; 4096];
+    loop {
+        while let Some(bytes) = allocator.poll_transmit() {
+            stream.write_all(&bytes).await.map_err(attempt_error)?;
+        }
+        match allocator.poll_event() {
+            Some(AllocatorEvent::Allocated(allocation)) => return Ok(allocation),
+            Some(AllocatorEvent::Failed(reason)) => return Err(attempt_error(reason)),
+            _ => {}
+        }
+        let deadline = allocator.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            readable = stream.readable() => {
+                readable.map_err(attempt_error)?;
+                match stream.try_read(&mut buf) {
+                    Ok(0) => return Err(attempt_error("the service closed the connection")),
+                    Ok(n) => allocator.handle_input(Instant::now(), &buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(attempt_error(e)),
+                }
+            }
+            () = sleep_until_opt(deadline) => allocator.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+/// Opens the message channel: a TCP connection to one of the allocation's
+/// relays, bound in stream mode to `destination`. After it returns, the
+/// stream is a plain byte pipe to the destination; `early` holds the first
+/// bytes the destination already sent.
+pub async fn open_stream(
+    config: &ClientConfig,
+    allocation: &Allocation,
+    destination: Address,
+    policy: &DialPolicy,
+) -> Result<(TcpStream, Bytes), TunnelError> {
+    let (config, allocation) = (config.clone(), allocation.clone());
+    let (_, opened) = race(&allocation.tcp_relays.clone(), policy, move |addr| {
+        let (config, allocation, destination) =
+            (config.clone(), allocation.clone(), destination.clone());
+        async move {
+            let stream = TcpStream::connect(addr).await.map_err(attempt_error)?;
+            let _ = stream.set_nodelay(true);
+            let mut binding = RelayBinding::new(
+                &config,
+                &allocation,
+                Path::Tcp,
+                BindMode::Stream,
+                destination,
+                Instant::now(),
+            )
+            .map_err(attempt_error)?;
+            match drive_tcp_bind(&stream, &mut binding).await? {
+                BindingEvent::Bound { early_data, .. } => Ok((stream, early_data)),
+                other => Err(attempt_error(format!("unexpected {other:?}"))),
+            }
+        }
+    })
+    .await
+    .map_err(|source| TunnelError::Dial {
+        what: "opening the message channel through the relay",
+        source,
+    })?;
+    Ok(opened)
+}
+
+/// Runs a TCP bind until `Bound` (returned) or failure.
+async fn drive_tcp_bind(
+    stream: &TcpStream,
+    binding: &mut RelayBinding,
+) -> Result<BindingEvent, AttemptError> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        while let Some(bytes) = binding.poll_transmit() {
+            write_all(stream, &bytes).await.map_err(attempt_error)?;
+        }
+        match binding.poll_event() {
+            Some(event @ BindingEvent::Bound { .. }) => return Ok(event),
+            Some(BindingEvent::Closed(reason)) => return Err(attempt_error(reason)),
+            _ => {}
+        }
+        let deadline = binding.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            readable = stream.readable() => {
+                readable.map_err(attempt_error)?;
+                match stream.try_read(&mut buf) {
+                    Ok(0) => return Err(attempt_error("the relay closed the connection")),
+                    Ok(n) => binding.handle_input(Instant::now(), Bytes::copy_from_slice(&buf[..n])),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(attempt_error(e)),
+                }
+            }
+            () = sleep_until_opt(deadline) => binding.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Which path media may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MediaTransport {
+    /// UDP if it gets through within the probe time, else UDP-over-TCP.
+    #[default]
+    Auto,
+    /// UDP only; fail if it is blocked.
+    UdpOnly,
+    /// UDP-over-TCP only.
+    TcpOnly,
+}
+
+/// How the media path is chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaPolicy {
+    /// Allowed transports.
+    pub transport: MediaTransport,
+    /// How long a UDP bind may go unanswered before UDP counts as blocked.
+    pub udp_probe_timeout: Duration,
+    /// Dialing policy for the TCP relay (UDP-over-TCP).
+    pub tcp_dial: DialPolicy,
+    /// Datagrams buffered each way before new ones are dropped.
+    pub queue_len: usize,
+}
+
+impl Default for MediaPolicy {
+    /// Auto, 2 s UDP probe (eight retransmissions of the bind), 256 queued.
+    fn default() -> Self {
+        Self {
+            transport: MediaTransport::Auto,
+            udp_probe_timeout: Duration::from_secs(2),
+            tcp_dial: DialPolicy::default(),
+            queue_len: 256,
+        }
+    }
+}
+
+/// Which path media took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaPathKind {
+    /// Native UDP through the UDP relay.
+    Udp,
+    /// Datagram frames on a TCP relay connection.
+    UdpOverTcp,
+}
+
+/// An open media path: send and receive datagrams; a background task keeps
+/// the binding alive. Dropping it closes the binding (a `Close` goes to the
+/// relay).
+#[derive(Debug)]
+pub struct MediaPath {
+    kind: MediaPathKind,
+    fallback_reason: Option<String>,
+    relay: SocketAddr,
+    outgoing: mpsc::Sender<Bytes>,
+    incoming: mpsc::Receiver<Bytes>,
+    closed: watch::Receiver<Option<String>>,
+}
+
+impl MediaPath {
+    /// UDP or UDP-over-TCP.
+    #[must_use]
+    pub fn kind(&self) -> MediaPathKind {
+        self.kind
+    }
+
+    /// Why UDP was not used, when the path fell back to TCP.
+    #[must_use]
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
+    }
+
+    /// The relay endpoint in use.
+    #[must_use]
+    pub fn relay(&self) -> SocketAddr {
+        self.relay
+    }
+
+    /// Queues a datagram (at most `MAX_DATAGRAM_PAYLOAD` bytes); waits while
+    /// the queue is full.
+    pub async fn send(&self, datagram: Bytes) -> Result<(), TunnelError> {
+        self.outgoing
+            .send(datagram)
+            .await
+            .map_err(|_| TunnelError::MediaClosed)
+    }
+
+    /// Queues a datagram unless the queue is full (media is better dropped
+    /// than late). Returns whether it was queued.
+    pub fn try_send(&self, datagram: Bytes) -> Result<bool, TunnelError> {
+        match self.outgoing.try_send(datagram) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(TunnelError::MediaClosed),
+        }
+    }
+
+    /// The next datagram from the destination; `None` once the path closed.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        self.incoming.recv().await
+    }
+
+    /// Why the path closed, once it has.
+    #[must_use]
+    pub fn closed_reason(&self) -> Option<String> {
+        self.closed.borrow().clone()
+    }
+}
+
+/// Opens the media path to `destination` under `policy`.
+pub async fn open_media(
+    config: &ClientConfig,
+    allocation: &Allocation,
+    destination: Address,
+    policy: &MediaPolicy,
+) -> Result<MediaPath, TunnelError> {
+    let udp_failure = match policy.transport {
+        MediaTransport::TcpOnly => Some("UDP-over-TCP was requested".to_owned()),
+        MediaTransport::Auto | MediaTransport::UdpOnly => {
+            match open_udp(config, allocation, destination.clone(), policy).await {
+                Ok(path) => return Ok(path),
+                Err(e) if policy.transport == MediaTransport::UdpOnly => return Err(e),
+                Err(e) => Some(e.to_string()),
+            }
+        }
+    };
+    let mut path = open_udp_over_tcp(config, allocation, destination, policy).await?;
+    path.fallback_reason = udp_failure;
+    Ok(path)
+}
+
+async fn open_udp(
+    config: &ClientConfig,
+    allocation: &Allocation,
+    destination: Address,
+    policy: &MediaPolicy,
+) -> Result<MediaPath, TunnelError> {
+    let Some(&relay) = allocation.udp_relays.first() else {
+        return Err(TunnelError::Session {
+            what: "opening the UDP media path",
+            source: SessionError::InvalidState("the allocation lists no UDP relay"),
+        });
+    };
+    let local: SocketAddr = if relay.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let io_err = |source| TunnelError::Io {
+        what: "opening the UDP media path",
+        source,
+    };
+    let socket = UdpSocket::bind(local).await.map_err(io_err)?;
+    socket.connect(relay).await.map_err(io_err)?;
+    let mut binding = RelayBinding::new(
+        config,
+        allocation,
+        Path::Udp,
+        BindMode::Datagram,
+        destination,
+        Instant::now(),
+    )
+    .map_err(|source| TunnelError::Session {
+        what: "opening the UDP media path",
+        source,
+    })?;
+    let probe = tokio::time::sleep(policy.udp_probe_timeout);
+    tokio::pin!(probe);
+    let mut buf = vec![0u8; 2048];
+    loop {
+        while let Some(bytes) = binding.poll_transmit() {
+            let _ = socket.send(&bytes).await;
+        }
+        match binding.poll_event() {
+            Some(BindingEvent::Bound { .. }) => break,
+            Some(BindingEvent::Closed(source)) => {
+                return Err(TunnelError::Session {
+                    what: "binding the UDP media path",
+                    source,
+                });
+            }
+            _ => {}
+        }
+        let deadline = binding.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            received = socket.recv(&mut buf) => {
+                // ICMP port unreachable and the like surface as errors: keep
+                // waiting for the probe deadline, as a firewall would drop.
+                if let Ok(n) = received {
+                    binding.handle_input(Instant::now(), Bytes::copy_from_slice(&buf[..n]));
+                }
+            }
+            () = sleep_until_opt(deadline) => binding.handle_timeout(Instant::now()),
+            () = &mut probe => return Err(TunnelError::UdpBlocked(policy.udp_probe_timeout)),
+        }
+    }
+    Ok(spawn_driver(
+        Driver::Udp(socket),
+        binding,
+        MediaPathKind::Udp,
+        relay,
+        policy.queue_len,
+    ))
+}
+
+async fn open_udp_over_tcp(
+    config: &ClientConfig,
+    allocation: &Allocation,
+    destination: Address,
+    policy: &MediaPolicy,
+) -> Result<MediaPath, TunnelError> {
+    let (config, allocation_c) = (config.clone(), allocation.clone());
+    let (relay, (stream, binding)) = race(&allocation.tcp_relays, &policy.tcp_dial, move |addr| {
+        let (config, allocation, destination) =
+            (config.clone(), allocation_c.clone(), destination.clone());
+        async move {
+            let stream = TcpStream::connect(addr).await.map_err(attempt_error)?;
+            let _ = stream.set_nodelay(true);
+            let mut binding = RelayBinding::new(
+                &config,
+                &allocation,
+                Path::Tcp,
+                BindMode::Datagram,
+                destination,
+                Instant::now(),
+            )
+            .map_err(attempt_error)?;
+            drive_tcp_bind(&stream, &mut binding).await?;
+            Ok::<_, AttemptError>((stream, binding))
+        }
+    })
+    .await
+    .map_err(|source| TunnelError::Dial {
+        what: "opening the UDP-over-TCP media path",
+        source,
+    })?;
+    Ok(spawn_driver(
+        Driver::Tcp(stream),
+        binding,
+        MediaPathKind::UdpOverTcp,
+        relay,
+        policy.queue_len,
+    ))
+}
+
+enum Driver {
+    Udp(UdpSocket),
+    Tcp(TcpStream),
+}
+
+fn spawn_driver(
+    driver: Driver,
+    binding: RelayBinding,
+    kind: MediaPathKind,
+    relay: SocketAddr,
+    queue_len: usize,
+) -> MediaPath {
+    let (out_tx, out_rx) = mpsc::channel(queue_len);
+    let (in_tx, in_rx) = mpsc::channel(queue_len);
+    let (closed_tx, closed_rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let reason = drive_media(driver, binding, out_rx, in_tx).await;
+        let _ = closed_tx.send(Some(reason));
+    });
+    MediaPath {
+        kind,
+        fallback_reason: None,
+        relay,
+        outgoing: out_tx,
+        incoming: in_rx,
+        closed: closed_rx,
+    }
+}
+
+/// Keeps a bound media binding going until it closes or the app drops the
+/// path; returns why it ended.
+async fn drive_media(
+    driver: Driver,
+    mut binding: RelayBinding,
+    mut outgoing: mpsc::Receiver<Bytes>,
+    incoming: mpsc::Sender<Bytes>,
+) -> String {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while let Some(bytes) = binding.poll_transmit() {
+            let sent = match &driver {
+                Driver::Udp(socket) => socket.send(&bytes).await.map(|_| ()),
+                Driver::Tcp(stream) => write_all(stream, &bytes).await,
+            };
+            if let Err(e) = sent {
+                if matches!(driver, Driver::Tcp(_)) {
+                    return format!("writing to the relay failed: {e}");
+                }
+            }
+        }
+        while let Some(event) = binding.poll_event() {
+            match event {
+                // A full queue means the app is not reading: drop, as UDP would.
+                BindingEvent::Datagram(datagram) => {
+                    let _ = incoming.try_send(datagram);
+                }
+                BindingEvent::Closed(reason) => return reason.to_string(),
+                _ => {}
+            }
+        }
+        let deadline = binding.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            to_send = outgoing.recv() => match to_send {
+                Some(datagram) => {
+                    if let Err(e) = binding.send_datagram(Instant::now(), &datagram) {
+                        tracing::debug!(error = %e, "media datagram not sent");
+                    }
+                }
+                None => {
+                    binding.close(Instant::now());
+                    while let Some(bytes) = binding.poll_transmit() {
+                        let _ = match &driver {
+                            Driver::Udp(socket) => socket.send(&bytes).await.map(|_| ()),
+                            Driver::Tcp(stream) => write_all(stream, &bytes).await,
+                        };
+                    }
+                    return "closed by the application".into();
+                }
+            },
+            received = read_driver(&driver, &mut buf) => match received {
+                Ok(Some(n)) => binding.handle_input(Instant::now(), Bytes::copy_from_slice(&buf[..n])),
+                Ok(None) => return "the relay closed the connection".into(),
+                Err(e) => {
+                    if matches!(driver, Driver::Tcp(_)) {
+                        return format!("reading from the relay failed: {e}");
+                    }
+                }
+            },
+            () = sleep_until_opt(deadline) => binding.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+/// One read: a datagram, or a chunk of the TCP stream; `None` at EOF.
+async fn read_driver(driver: &Driver, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    match driver {
+        Driver::Udp(socket) => socket.recv(buf).await.map(Some),
+        Driver::Tcp(stream) => loop {
+            stream.readable().await?;
+            match stream.try_read(buf) {
+                Ok(0) => return Ok(None),
+                Ok(n) => return Ok(Some(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        },
+    }
+}

@@ -1,0 +1,320 @@
+//! One running proxy node: its sockets, its shared state, and its tasks.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use cloudproxy_proto::server::{AppCredentials, Entropy, Server};
+use cloudproxy_proto::ticket::TicketKeyRing;
+use cloudproxy_proto::{AppId, Timebase, Transports};
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::allowlist::Allowlist;
+use crate::config::{Limits, ServerConfig};
+use crate::server::lifecycle::{DrainOutcome, Lifecycle, accept_tcp};
+use crate::server::quota::Quotas;
+use crate::server::stats::{Stats, StatsSnapshot};
+use crate::server::{tcp, udp};
+
+/// The proxy service could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {protocol} {addr}: {source}")]
+    Bind {
+        /// "TCP" or "UDP".
+        protocol: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The configuration cannot run (for instance an app id the protocol
+    /// cannot carry).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// The state every task of a node shares.
+pub(crate) struct Shared {
+    pub(crate) proto: Arc<Server>,
+    pub(crate) allowlist: Allowlist,
+    pub(crate) quotas: Arc<Quotas<u64>>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) lifecycle: Lifecycle,
+    pub(crate) limits: Limits,
+}
+
+/// The addresses a node actually listens on (port 0 resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundAddrs {
+    /// Allocation service, TCP, in configuration order.
+    pub allocation_tcp: Vec<SocketAddr>,
+    /// Allocation service, UDP, in configuration order.
+    pub allocation_udp: Vec<SocketAddr>,
+    /// The TCP relay.
+    pub tcp_relay: SocketAddr,
+    /// The UDP relay sockets.
+    pub udp_relays: Vec<SocketAddr>,
+}
+
+/// A running proxy node.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use cloudproxy_transport::config::ServerConfig;
+/// use cloudproxy_transport::server::ProxyNode;
+///
+/// let config = ServerConfig::from_file("proxy.toml".as_ref())?;
+/// let node = ProxyNode::start(&config).await?;
+/// println!("allocation service on {:?}", node.addrs().allocation_tcp);
+/// tokio::signal::ctrl_c().await?;
+/// node.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct ProxyNode {
+    shared: Arc<Shared>,
+    addrs: BoundAddrs,
+}
+
+impl std::fmt::Debug for ProxyNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyNode")
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Random bytes from the operating system, for session ids, binding ids and
+/// tokens.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsEntropy;
+
+impl Entropy for OsEntropy {
+    fn fill(&self, buf: &mut [u8]) {
+        // The kernel's generator does not fail once the system is up; a relay
+        // that cannot make unpredictable tokens must not run on.
+        getrandom::fill(buf).expect("the operating system's random generator failed");
+    }
+}
+
+impl ProxyNode {
+    /// Binds every listener of `config` and starts serving.
+    pub async fn start(config: &ServerConfig) -> Result<Self, ServeError> {
+        let listeners = &config.listeners;
+        let bind = listeners.bind;
+        let mut addrs = BoundAddrs {
+            allocation_tcp: Vec::new(),
+            allocation_udp: Vec::new(),
+            tcp_relay: SocketAddr::new(bind, listeners.tcp_relay_port),
+            udp_relays: Vec::new(),
+        };
+        let mut allocation_tcp = Vec::new();
+        let mut allocation_udp = Vec::new();
+        for &port in &listeners.allocation_ports {
+            let (listener, local) = bind_tcp(SocketAddr::new(bind, port)).await?;
+            allocation_tcp.push(listener);
+            addrs.allocation_tcp.push(local);
+            let (socket, local) = bind_udp(SocketAddr::new(bind, port)).await?;
+            allocation_udp.push(socket);
+            addrs.allocation_udp.push(local);
+        }
+        let (tcp_relay, local) = bind_tcp(addrs.tcp_relay).await?;
+        addrs.tcp_relay = local;
+        let range = &listeners.udp_relay_ports.0;
+        let ports: Vec<u16> = if *range.start() == 0 {
+            vec![0; usize::from(*range.end()) + 1]
+        } else {
+            range.clone().collect()
+        };
+        let mut udp_relays = Vec::new();
+        for port in ports {
+            let (socket, local) = bind_udp(SocketAddr::new(bind, port)).await?;
+            udp_relays.push(socket);
+            addrs.udp_relays.push(local);
+        }
+        let advertise = listeners.advertise.unwrap_or(if bind.is_unspecified() {
+            // Only reachable without apps (see config validation): a local
+            // development node.
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            bind
+        });
+        let proto = proto_server(config, advertise, &addrs)?;
+        let quotas = Quotas::new(
+            config
+                .apps
+                .iter()
+                .map(|a| (a.id.get_ref().as_str(), a.max_sessions)),
+        );
+        let shared = Arc::new(Shared {
+            proto: Arc::new(proto),
+            allowlist: config.allowlist.allow.clone(),
+            quotas,
+            stats: Arc::new(Stats::default()),
+            lifecycle: Lifecycle::new(),
+            limits: config.limits.clone(),
+        });
+
+        for risky in shared.allowlist.risky_openings() {
+            tracing::warn!("SECURITY: {risky}; make sure this is intended");
+        }
+
+        let lifecycle = &shared.lifecycle;
+        for listener in allocation_tcp {
+            let s = Arc::clone(&shared);
+            lifecycle.spawn(accept_tcp(
+                listener,
+                lifecycle.clone(),
+                move |stream, peer| tcp::allocation(Arc::clone(&s), stream, peer),
+            ));
+        }
+        let s = Arc::clone(&shared);
+        lifecycle.spawn(accept_tcp(
+            tcp_relay,
+            lifecycle.clone(),
+            move |stream, peer| tcp::relay(Arc::clone(&s), stream, peer),
+        ));
+        for socket in allocation_udp {
+            lifecycle.spawn(udp::allocation(Arc::clone(&shared), socket));
+        }
+        for socket in udp_relays {
+            lifecycle.spawn(udp::relay(Arc::clone(&shared), Arc::new(socket)));
+        }
+        tracing::info!(?addrs, %advertise, "proxy node started");
+        Ok(Self { shared, addrs })
+    }
+
+    /// Where the node listens.
+    #[must_use]
+    pub fn addrs(&self) -> &BoundAddrs {
+        &self.addrs
+    }
+
+    /// The node's counters now.
+    #[must_use]
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Live sessions of `app` on this node.
+    #[must_use]
+    pub fn sessions(&self, app: &str) -> usize {
+        self.shared.quotas.sessions(app)
+    }
+
+    /// Graceful shutdown: stop accepting, let sessions drain up to the
+    /// configured deadline, then close what is left.
+    pub async fn shutdown(self) -> DrainOutcome {
+        let outcome = self
+            .shared
+            .lifecycle
+            .drain(self.shared.limits.drain_timeout())
+            .await;
+        tracing::info!(?outcome, stats = ?self.shared.stats.snapshot(), "proxy node stopped");
+        outcome
+    }
+}
+
+fn proto_server(
+    config: &ServerConfig,
+    advertise: IpAddr,
+    addrs: &BoundAddrs,
+) -> Result<Server, ServeError> {
+    let now = Instant::now();
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut proto = cloudproxy_proto::server::ServerConfig::new(Timebase::new(now, unix));
+    let limits = &config.limits;
+    proto.ticket_lifetime = std::time::Duration::from_secs(limits.allocation_lifetime_secs);
+    proto.max_session_lifetime = std::time::Duration::from_secs(limits.max_session_lifetime_secs);
+    proto.handshake_timeout = limits.handshake_timeout();
+    proto.idle_timeout = limits.idle_timeout();
+    proto.keepalive_interval = std::time::Duration::from_secs(limits.keepalive_interval_secs);
+    proto.tcp_relays = vec![SocketAddr::new(advertise, addrs.tcp_relay.port())];
+    proto.udp_relays = addrs
+        .udp_relays
+        .iter()
+        .map(|a| SocketAddr::new(advertise, a.port()))
+        .collect();
+
+    let mut apps: HashMap<AppId, Arc<AppCredentials>> = HashMap::new();
+    for app in &config.apps {
+        let id = AppId::new(app.id.get_ref().clone())
+            .map_err(|e| ServeError::Config(format!("app id {:?}: {e}", app.id.get_ref())))?;
+        apps.insert(
+            id,
+            Arc::new(AppCredentials {
+                secrets: app.secrets.iter().map(|s| s.0.clone()).collect(),
+                transports: Transports::ALL,
+            }),
+        );
+    }
+    let keys = match config.ticket_keys.split_first() {
+        Some((first, rest)) => {
+            let mut ring = TicketKeyRing::new(first.key_id, first.secret.0.clone());
+            for key in rest {
+                ring.insert(key.key_id, key.secret.0.clone());
+            }
+            ring
+        }
+        // No apps, no tickets: a random key keeps the ring well-formed.
+        None => {
+            let mut secret = vec![0u8; 32];
+            OsEntropy.fill(&mut secret);
+            TicketKeyRing::new(0, secret)
+        }
+    };
+    Ok(Server::new(
+        proto,
+        keys,
+        Arc::new(apps),
+        Arc::new(OsEntropy),
+    ))
+}
+
+fn bind_error(protocol: &'static str, addr: SocketAddr, source: io::Error) -> ServeError {
+    ServeError::Bind {
+        protocol,
+        addr,
+        source,
+    }
+}
+
+/// A listener and the address it really got.
+async fn bind_tcp(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| bind_error("TCP", addr, e))?;
+    // A restarted node must get its ports back while old connections linger
+    // in TIME_WAIT.
+    socket
+        .set_reuseaddr(true)
+        .map_err(|e| bind_error("TCP", addr, e))?;
+    socket.bind(addr).map_err(|e| bind_error("TCP", addr, e))?;
+    let listener = socket
+        .listen(4096)
+        .map_err(|e| bind_error("TCP", addr, e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| bind_error("TCP", addr, e))?;
+    Ok((listener, local))
+}
+
+/// A UDP socket and the address it really got.
+async fn bind_udp(addr: SocketAddr) -> Result<(UdpSocket, SocketAddr), ServeError> {
+    let socket = UdpSocket::bind(addr)
+        .await
+        .map_err(|e| bind_error("UDP", addr, e))?;
+    let local = socket
+        .local_addr()
+        .map_err(|e| bind_error("UDP", addr, e))?;
+    Ok((socket, local))
+}

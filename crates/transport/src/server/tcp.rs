@@ -1,0 +1,358 @@
+//! The TCP side of a node: the allocation service and the relay (stream mode
+//! and UDP-over-TCP).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cloudproxy_proto::frame::{BindMode, MAX_DATAGRAM_PAYLOAD};
+use cloudproxy_proto::server::{BindRequest, Connection, Role, ServerEvent};
+use cloudproxy_proto::{Address, ErrorCode, SessionError};
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::client::dial::{DialPolicy, race};
+use crate::pump::{PumpOptions, pump};
+use crate::server::conn::{Next, flush, next_event, sleep_until_opt};
+use crate::server::destination::{Destination, DestinationError, permitted};
+use crate::server::node::Shared;
+use crate::server::quota::{QuotaError, QuotaGuard};
+use crate::server::stats::{Active, Stats};
+
+/// One connection on an allocation port: `AllocateRequest` or `Refresh` in,
+/// `AllocateOk` or `Error` out, then close.
+pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let mut conn = Connection::new(Arc::clone(&shared.proto), Role::Allocation, Instant::now());
+    loop {
+        match next_event(&stream, &mut conn).await {
+            Next::Event(ServerEvent::AllocationRequested(request)) => {
+                let room = if request.refresh {
+                    Ok(())
+                } else {
+                    shared.quotas.has_room(request.app_id.as_str())
+                };
+                match room {
+                    Ok(()) => {
+                        // Only fails when nothing is pending, which the event rules out.
+                        let _ = conn.accept_allocation(Instant::now());
+                    }
+                    Err(e) => {
+                        conn.reject(Instant::now(), quota_code(&e), Some(&e.to_string()));
+                    }
+                }
+            }
+            Next::Event(ServerEvent::Allocated { session_id, app_id }) => {
+                Stats::bump(&shared.stats.allocations);
+                tracing::info!(%peer, session = format_args!("{session_id:016x}"), app = %app_id, transport = "tcp", "allocated");
+            }
+            Next::Event(ServerEvent::Closed(reason)) => {
+                note_close(&shared.stats, &reason, true);
+                let _ = flush(&stream, &mut conn).await;
+                break;
+            }
+            Next::Event(other) => {
+                tracing::debug!(%peer, event = ?other, "unexpected event on an allocation connection");
+                break;
+            }
+            Next::PeerClosed => break,
+            Next::Io(e) => {
+                tracing::debug!(%peer, error = %e, "allocation connection failed");
+                break;
+            }
+        }
+    }
+}
+
+/// One connection on the relay port.
+pub(crate) async fn relay(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let mut conn = Connection::new(Arc::clone(&shared.proto), Role::Relay, Instant::now());
+    loop {
+        match next_event(&stream, &mut conn).await {
+            Next::Event(ServerEvent::BindRequested(request)) => {
+                match prepare(&shared, &request).await {
+                    Ok(upstream) => {
+                        let _ = conn.accept_bind(Instant::now());
+                        let early = match conn.poll_event() {
+                            Some(ServerEvent::Bound { early_data, .. }) => early_data,
+                            _ => bytes::Bytes::new(),
+                        };
+                        if flush(&stream, &mut conn).await.is_err() {
+                            return;
+                        }
+                        match upstream {
+                            Upstream::Stream(up, quota) => {
+                                stream_session(&shared, &stream, &up, &early, &request, peer, quota)
+                                    .await
+                            }
+                            Upstream::Datagram(up, quota) => {
+                                datagram_session(&shared, &stream, conn, &up, &request, peer, quota)
+                                    .await
+                            }
+                        }
+                        return;
+                    }
+                    Err((code, message)) => {
+                        tracing::info!(%peer, session = format_args!("{:016x}", request.session_id), app = %request.app_id, destination = %request.destination, code = ?code, %message, "bind refused");
+                        conn.reject(Instant::now(), code, Some(&message));
+                    }
+                }
+            }
+            Next::Event(ServerEvent::Closed(reason)) => {
+                note_close(&shared.stats, &reason, false);
+                let _ = flush(&stream, &mut conn).await;
+                return;
+            }
+            Next::Event(other) => {
+                tracing::debug!(%peer, event = ?other, "unexpected event before bind");
+                return;
+            }
+            Next::PeerClosed => return,
+            Next::Io(e) => {
+                tracing::debug!(%peer, error = %e, "relay connection failed before bind");
+                return;
+            }
+        }
+    }
+}
+
+enum Upstream {
+    Stream(TcpStream, QuotaGuard<u64>),
+    Datagram(UdpSocket, QuotaGuard<u64>),
+}
+
+/// The checks and the connect behind a bind: destination policy, quota, then
+/// the relay's own socket to the destination.
+async fn prepare(shared: &Shared, request: &BindRequest) -> Result<Upstream, (ErrorCode, String)> {
+    let targets = check_destination(shared, &request.destination).await?;
+    let quota = shared
+        .quotas
+        .acquire(request.app_id.as_str(), request.session_id)
+        .map_err(|e| (quota_code(&e), e.to_string()))?;
+    match request.mode {
+        BindMode::Stream => {
+            let policy = DialPolicy {
+                stagger: std::time::Duration::from_millis(250),
+                attempt_timeout: shared.limits.connect_timeout(),
+                overall_timeout: shared.limits.connect_timeout(),
+            };
+            let (_, up) = race(&targets, &policy, TcpStream::connect)
+                .await
+                .map_err(|e| (ErrorCode::DESTINATION_UNREACHABLE, e.to_string()))?;
+            let _ = up.set_nodelay(true);
+            Ok(Upstream::Stream(up, quota))
+        }
+        BindMode::Datagram => {
+            let target = targets[0];
+            let up = connected_udp(target).await.map_err(|e| {
+                (
+                    ErrorCode::DESTINATION_UNREACHABLE,
+                    format!("cannot open a UDP path to {target}: {e}"),
+                )
+            })?;
+            Ok(Upstream::Datagram(up, quota))
+        }
+    }
+}
+
+/// The allowlisted addresses for a destination, or the error to send.
+pub(crate) async fn check_destination(
+    shared: &Shared,
+    destination: &Address,
+) -> Result<Vec<SocketAddr>, (ErrorCode, String)> {
+    let dest = match destination {
+        Address::Ip(addr) => Destination::Addr(*addr),
+        Address::Domain(name, port) => Destination::Name(name.as_str(), *port),
+    };
+    permitted(&dest, &shared.allowlist, shared.limits.dns_timeout())
+        .await
+        .map_err(|e| {
+            if e.is_policy() {
+                Stats::bump(&shared.stats.destinations_refused);
+            }
+            (destination_code(&e), e.to_string())
+        })
+}
+
+/// A UDP socket on an ephemeral port, connected to `target` so that only
+/// its answers are received.
+pub(crate) async fn connected_udp(target: SocketAddr) -> io::Result<UdpSocket> {
+    let local: SocketAddr = if target.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(target).await?;
+    Ok(socket)
+}
+
+async fn stream_session(
+    shared: &Shared,
+    client: &TcpStream,
+    upstream: &TcpStream,
+    early: &[u8],
+    request: &BindRequest,
+    peer: SocketAddr,
+    _quota: QuotaGuard<u64>,
+) {
+    let _active = Active::new(
+        &shared.stats,
+        |s| &s.tcp_sessions_active,
+        Some(|s| &s.tcp_sessions_total),
+    );
+    let started = Instant::now();
+    let options = PumpOptions {
+        buffer_len: shared.limits.relay_buffer_len as usize,
+        idle_timeout: shared.limits.idle_timeout(),
+    };
+    let report = pump(
+        client,
+        upstream,
+        early,
+        &options,
+        shared.lifecycle.force_closed(),
+    )
+    .await;
+    Stats::add(&shared.stats.tcp_bytes_up, report.client_to_upstream);
+    Stats::add(&shared.stats.tcp_bytes_down, report.upstream_to_client);
+    tracing::info!(
+        %peer,
+        session = format_args!("{:016x}", request.session_id),
+        app = %request.app_id,
+        transport = "tcp",
+        destination = %request.destination,
+        bytes_up = report.client_to_upstream,
+        bytes_down = report.upstream_to_client,
+        duration_ms = started.elapsed().as_millis() as u64,
+        reason = report.end.as_str(),
+        "session ended"
+    );
+}
+
+/// UDP-over-TCP: `Datagram` frames from the client go to the destination as
+/// UDP datagrams, and the destination's datagrams come back as frames.
+async fn datagram_session(
+    shared: &Shared,
+    client: &TcpStream,
+    mut conn: Connection,
+    upstream: &UdpSocket,
+    request: &BindRequest,
+    peer: SocketAddr,
+    _quota: QuotaGuard<u64>,
+) {
+    let _active = Active::new(
+        &shared.stats,
+        |s| &s.tcp_sessions_active,
+        Some(|s| &s.tcp_sessions_total),
+    );
+    let started = Instant::now();
+    let (mut packets_up, mut packets_down, mut bytes_up, mut bytes_down) = (0u64, 0u64, 0u64, 0u64);
+    let force_closed = shared.lifecycle.force_closed();
+    tokio::pin!(force_closed);
+    let mut read_buf = vec![0u8; 16 * 1024];
+    let mut datagram = vec![0u8; MAX_DATAGRAM_PAYLOAD + 1];
+    let reason: String = 'session: loop {
+        // Hand datagrams to the destination; stop at the close event.
+        while let Some(event) = conn.poll_event() {
+            match event {
+                ServerEvent::Datagram(payload) => match upstream.try_send(&payload) {
+                    Ok(_) => {
+                        packets_up += 1;
+                        bytes_up += payload.len() as u64;
+                    }
+                    Err(_) => Stats::bump(&shared.stats.udp_dropped),
+                },
+                ServerEvent::Closed(reason) => {
+                    let _ = flush(client, &mut conn).await;
+                    break 'session reason.to_string();
+                }
+                _ => {}
+            }
+        }
+        if let Err(e) = flush(client, &mut conn).await {
+            break format!("client write failed: {e}");
+        }
+        let deadline = conn.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            readable = client.readable() => {
+                if let Err(e) = readable {
+                    break format!("client read failed: {e}");
+                }
+                match client.try_read(&mut read_buf) {
+                    Ok(0) => break "client closed".into(),
+                    Ok(n) => conn.handle_input(Instant::now(), &read_buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => break format!("client read failed: {e}"),
+                }
+            }
+            received = upstream.recv(&mut datagram) => match received {
+                Ok(n) if n <= MAX_DATAGRAM_PAYLOAD => {
+                    if conn.send_datagram(&datagram[..n]).is_ok() {
+                        packets_down += 1;
+                        bytes_down += n as u64;
+                    }
+                }
+                // Too large for a Datagram frame, or an ICMP error surfacing:
+                // count it and go on.
+                Ok(_) | Err(_) => Stats::bump(&shared.stats.udp_dropped),
+            },
+            () = sleep_until_opt(deadline) => conn.handle_timeout(Instant::now()),
+            () = &mut force_closed => {
+                conn.close();
+                let _ = flush(client, &mut conn).await;
+                break "shutdown".into();
+            }
+        }
+    };
+    let stats = &shared.stats;
+    Stats::add(&stats.udp_packets_up, packets_up);
+    Stats::add(&stats.udp_packets_down, packets_down);
+    Stats::add(&stats.udp_bytes_up, bytes_up);
+    Stats::add(&stats.udp_bytes_down, bytes_down);
+    tracing::info!(
+        %peer,
+        session = format_args!("{:016x}", request.session_id),
+        app = %request.app_id,
+        transport = "udp-over-tcp",
+        destination = %request.destination,
+        packets_up,
+        packets_down,
+        bytes_up,
+        bytes_down,
+        duration_ms = started.elapsed().as_millis() as u64,
+        %reason,
+        "session ended"
+    );
+}
+
+pub(crate) fn quota_code(e: &QuotaError) -> ErrorCode {
+    match e {
+        QuotaError::UnknownApp { .. } => ErrorCode::BAD_CREDENTIAL,
+        _ => ErrorCode::QUOTA_EXCEEDED,
+    }
+}
+
+pub(crate) fn destination_code(e: &DestinationError) -> ErrorCode {
+    if e.is_policy() {
+        ErrorCode::DESTINATION_NOT_ALLOWED
+    } else {
+        ErrorCode::DESTINATION_UNREACHABLE
+    }
+}
+
+/// Counts how a connection that never became a session ended. Every refusal
+/// — the state machine's (bad credential, bad ticket) and ours (quota,
+/// destination) — arrives here as `Rejected`, so each is counted once.
+fn note_close(stats: &Stats, reason: &SessionError, allocation: bool) {
+    match reason {
+        SessionError::Timeout {
+            which: "handshake", ..
+        } => Stats::bump(&stats.handshake_timeouts),
+        SessionError::Protocol(_) | SessionError::UnexpectedFrame { .. } => {
+            Stats::bump(&stats.malformed)
+        }
+        SessionError::Rejected { .. } if allocation => Stats::bump(&stats.allocations_refused),
+        SessionError::Rejected { .. } => Stats::bump(&stats.bindings_refused),
+        _ => {}
+    }
+}

@@ -179,3 +179,38 @@ async fn pump_until(
     })
     .await
 }
+
+/// The dialer at work: the first allocation address has nothing listening,
+/// the second is the node; the allocation comes from the second.
+#[tokio::test]
+async fn a_dead_first_allocation_address_is_skipped() {
+    let rig = Rig::loopback().await;
+    let dead = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let (used, allocation) = cloudproxy_transport::client::tunnel::allocate(
+        &rig.client,
+        &[dead, rig.allocation_addr()],
+        &DialPolicy::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(used, rig.allocation_addr());
+    assert!(!allocation.tcp_relays.is_empty());
+
+    // Nothing alive at all: the error lists each address and what happened.
+    let err = cloudproxy_transport::client::tunnel::allocate(
+        &rig.client,
+        &[dead, dead],
+        &DialPolicy::default(),
+    )
+    .await
+    .unwrap_err();
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with("allocating a proxy session: could not reach any of 2 address(es)"),
+        "{shown}"
+    );
+    assert_eq!(shown.matches(&dead.to_string()).count(), 2, "{shown}");
+}

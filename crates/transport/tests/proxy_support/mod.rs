@@ -129,7 +129,7 @@ pub async fn tcp_echo() -> SocketAddr {
                 return;
             };
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
+                let mut buf = vec![0u8; 8 * 1024];
                 loop {
                     match stream.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
@@ -171,4 +171,124 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
     tokio::time::timeout(Duration::from_secs(30), fut)
         .await
         .unwrap_or_else(|_| panic!("{what} did not finish within 30 s"))
+}
+
+use bytes::Bytes;
+use cloudproxy_proto::client::{Allocator, AllocatorEvent, BindingEvent, RelayBinding};
+use cloudproxy_proto::frame::BindMode;
+use cloudproxy_proto::{Address, ErrorCode, Path, SessionError};
+use tokio::net::TcpStream;
+
+/// The refusal code inside a session error, if it is a refusal.
+pub fn refusal(e: &SessionError) -> Option<ErrorCode> {
+    match e {
+        SessionError::Refused { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+/// One allocation over TCP with the state machine, keeping its typed error.
+pub async fn allocate_raw(
+    addr: SocketAddr,
+    config: &ClientConfig,
+) -> Result<Allocation, SessionError> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut allocator = Allocator::new(config, Path::Tcp, [9; 16], Instant::now());
+    let mut buf = vec![0u8; 4096];
+    within("allocation", async {
+        loop {
+            while let Some(bytes) = allocator.poll_transmit() {
+                stream.write_all(&bytes).await.unwrap();
+            }
+            match allocator.poll_event() {
+                Some(AllocatorEvent::Allocated(a)) => return Ok(a),
+                Some(AllocatorEvent::Failed(e)) => return Err(e),
+                _ => {}
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the service closed without an answer");
+            allocator.handle_input(Instant::now(), &buf[..n]);
+        }
+    })
+    .await
+}
+
+/// One TCP bind with the state machine; on success the stream is bound.
+pub async fn bind_tcp_raw(
+    relay: SocketAddr,
+    config: &ClientConfig,
+    allocation: &Allocation,
+    mode: BindMode,
+    destination: Address,
+) -> Result<(TcpStream, RelayBinding), SessionError> {
+    let mut stream = TcpStream::connect(relay).await.unwrap();
+    let mut binding = RelayBinding::new(
+        config,
+        allocation,
+        Path::Tcp,
+        mode,
+        destination,
+        Instant::now(),
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    within("tcp bind", async {
+        loop {
+            while let Some(bytes) = binding.poll_transmit() {
+                stream.write_all(&bytes).await.unwrap();
+            }
+            match binding.poll_event() {
+                Some(BindingEvent::Bound { .. }) => return Ok(()),
+                Some(BindingEvent::Closed(e)) => return Err(e),
+                _ => {}
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return Err(SessionError::ClosedByPeer);
+            }
+            binding.handle_input(Instant::now(), Bytes::copy_from_slice(&buf[..n]));
+        }
+    })
+    .await?;
+    Ok((stream, binding))
+}
+
+/// One UDP bind with the state machine.
+pub async fn bind_udp_raw(
+    relay: SocketAddr,
+    config: &ClientConfig,
+    allocation: &Allocation,
+    destination: Address,
+) -> Result<(UdpSocket, RelayBinding), SessionError> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.connect(relay).await.unwrap();
+    let mut binding = RelayBinding::new(
+        config,
+        allocation,
+        Path::Udp,
+        BindMode::Datagram,
+        destination,
+        Instant::now(),
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 2048];
+    within("udp bind", async {
+        loop {
+            while let Some(bytes) = binding.poll_transmit() {
+                socket.send(&bytes).await.unwrap();
+            }
+            match binding.poll_event() {
+                Some(BindingEvent::Bound { .. }) => return Ok(()),
+                Some(BindingEvent::Closed(e)) => return Err(e),
+                _ => {}
+            }
+            let deadline = binding.poll_timeout().map(tokio::time::Instant::from_std).unwrap();
+            tokio::select! {
+                n = socket.recv(&mut buf) => binding.handle_input(Instant::now(), Bytes::copy_from_slice(&buf[..n.unwrap()])),
+                () = tokio::time::sleep_until(deadline) => binding.handle_timeout(Instant::now()),
+            }
+        }
+    })
+    .await?;
+    Ok((socket, binding))
 }

@@ -6,6 +6,8 @@
 //! the same way.
 
 mod params_cmd;
+mod runtime;
+mod serve_cmd;
 
 use std::process::ExitCode;
 
@@ -27,11 +29,19 @@ enum Command {
     /// an excerpt and a caret under the fault, goes to stderr), 1 when
     /// standard input cannot be read.
     Params(params_cmd::Args),
+    /// Run the proxy service: allocation service, TCP relay and UDP relay.
+    ///
+    /// With no --config, starts a loopback development node and prints its
+    /// addresses and a fresh app secret. Stops on SIGINT or SIGTERM after
+    /// letting sessions drain. Exit status 2 when the configuration is
+    /// invalid or a port cannot be bound.
+    Serve(serve_cmd::Args),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Params(args) => params_cmd::run(&args),
+        Command::Serve(args) => serve_cmd::run(args),
     }
 }
 

@@ -682,7 +682,7 @@ fn config_from_toml_with_defaults_and_checks() {
     assert_eq!(EdgeConfig::default().tcp_port, 7000);
 
     let e = EdgeConfig::from_toml_str("tcp_prot = 1").unwrap_err();
-    assert!(matches!(e, EdgeError::Config { .. }), "{e}");
+    assert!(matches!(e, EdgeError::Parse { .. }), "{e}");
     assert!(e.to_string().contains("tcp_prot"), "{e}");
     let e = EdgeConfig::from_toml_str("max_channels = 0").unwrap_err();
     assert!(e.to_string().contains("max_channels"), "{e}");
@@ -690,6 +690,26 @@ fn config_from_toml_with_defaults_and_checks() {
     assert!(e.to_string().contains("max_frame_len"), "{e}");
     let e = EdgeConfig::from_toml_str("app_ids = [\"has space\"]").unwrap_err();
     assert!(e.to_string().contains("app_ids"), "{e}");
+}
+
+#[test]
+fn config_from_a_file_names_the_file_in_errors() {
+    let dir = std::env::temp_dir().join(format!("cloudproxy-edge-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("edge.toml");
+    std::fs::write(&good, "bind = \"0.0.0.0\"\napp_ids = [\"demo-app\"]\n").unwrap();
+    let c = EdgeConfig::from_file(&good).unwrap();
+    assert_eq!(c.app_ids, Some(vec!["demo-app".to_owned()]));
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "max_members_per_channel = \"many\"\n").unwrap();
+    let e = EdgeConfig::from_file(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("bad.toml") && e.contains("max_members_per_channel"),
+        "{e}"
+    );
+    let e = EdgeConfig::from_file(&dir.join("missing.toml")).unwrap_err();
+    assert!(matches!(e, EdgeError::Read { .. }), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The edge's configuration ([`EdgeConfig`]): where it listens and its limits.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 use cloudproxy_proto::AppId;
@@ -109,9 +110,23 @@ impl EdgeConfig {
 
     /// Parses a TOML document holding the keys of [`EdgeConfig`] and checks it.
     pub fn from_toml_str(text: &str) -> Result<Self, EdgeError> {
-        let config: Self = toml::from_str(text).map_err(|e| EdgeError::Config {
-            key: "toml",
-            reason: e.to_string(),
+        Self::parse(text, "edge configuration")
+    }
+
+    /// Reads and parses a TOML file holding the keys of [`EdgeConfig`], and
+    /// checks it. Errors name the file (and, for TOML errors, line and key).
+    pub fn from_file(path: &Path) -> Result<Self, EdgeError> {
+        let text = std::fs::read_to_string(path).map_err(|source| EdgeError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<Self, EdgeError> {
+        let config: Self = toml::from_str(text).map_err(|source| EdgeError::Parse {
+            origin: origin.to_owned(),
+            source,
         })?;
         config.validate()?;
         Ok(config)

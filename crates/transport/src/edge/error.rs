@@ -1,6 +1,7 @@
 //! [`EdgeError`]: why an edge could not start.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// Why an edge could not be configured or started.
 ///
@@ -17,6 +18,26 @@ pub enum EdgeError {
         key: &'static str,
         /// What is wrong with its value.
         reason: String,
+    },
+    /// The configuration text does not describe an [`EdgeConfig`](super::EdgeConfig):
+    /// TOML syntax, an unknown key or a wrong type (the message has the line
+    /// and column).
+    #[error("{origin}: {source}")]
+    Parse {
+        /// The file name, or `"edge configuration"` for a string.
+        origin: String,
+        /// The TOML error, with line, column and key.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// The configuration file could not be read.
+    #[error("cannot read edge configuration {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
     },
     /// A listening socket could not be opened.
     #[error("cannot listen on {transport} {addr}: {source}")]

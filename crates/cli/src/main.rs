@@ -2,12 +2,14 @@
 //!
 //! Each subcommand lives in its own module with an `Args` struct (clap derive)
 //! and a `run` function returning the process exit code; `main` only
-//! dispatches. Later subcommands (`serve`, `edge`, `demo`, `probe`) slot in
-//! the same way.
+//! dispatches.
 
+mod edge_cmd;
+mod forward_cmd;
 mod params_cmd;
 mod runtime;
 mod serve_cmd;
+mod server_arg;
 
 use std::process::ExitCode;
 
@@ -36,12 +38,25 @@ enum Command {
     /// letting sessions drain. Exit status 2 when the configuration is
     /// invalid or a port cannot be bound.
     Serve(serve_cmd::Args),
+    /// Carry local TCP connections through a proxy to one destination.
+    ///
+    /// Listens on --listen; every connection accepted there is relayed by
+    /// the proxy to --to, so standard tools (nc, socat, curl) can use the
+    /// relay unchanged. Runs until SIGINT or SIGTERM.
+    Forward(forward_cmd::Args),
+    /// Run the reference media edge: channels, reliable messages and media.
+    ///
+    /// The stand-in for the media network that the demo, the end-to-end tests
+    /// and the benchmarks reach through a proxy. Stops on SIGINT or SIGTERM.
+    Edge(edge_cmd::Args),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Params(args) => params_cmd::run(&args),
         Command::Serve(args) => serve_cmd::run(args),
+        Command::Forward(args) => forward_cmd::run(args),
+        Command::Edge(args) => edge_cmd::run(args),
     }
 }
 

@@ -1,7 +1,9 @@
 //! Counters of one proxy node, readable at any time as a [`StatsSnapshot`].
 //!
 //! Plain relaxed atomics: each counter is independent, and a snapshot that is
-//! a few packets stale is fine for monitoring. Gauges (the `*_active` figures)
+//! a few packets stale is fine for monitoring. Datagram counters move with
+//! every datagram; TCP byte counters are added when a TCP session ends (the
+//! copy loop keeps its own counts while it runs). Gauges (the `*_active` figures)
 //! move through [`Active`] guards, so an early return cannot leave them high.
 
 use std::sync::Arc;

@@ -259,6 +259,8 @@ async fn datagram_session(
                     Ok(_) => {
                         packets_up += 1;
                         bytes_up += payload.len() as u64;
+                        Stats::bump(&shared.stats.udp_packets_up);
+                        Stats::add(&shared.stats.udp_bytes_up, payload.len() as u64);
                     }
                     Err(_) => Stats::bump(&shared.stats.udp_dropped),
                 },
@@ -290,6 +292,8 @@ async fn datagram_session(
                     if conn.send_datagram(&datagram[..n]).is_ok() {
                         packets_down += 1;
                         bytes_down += n as u64;
+                        Stats::bump(&shared.stats.udp_packets_down);
+                        Stats::add(&shared.stats.udp_bytes_down, n as u64);
                     }
                 }
                 // Too large for a Datagram frame, or an ICMP error surfacing:
@@ -304,11 +308,6 @@ async fn datagram_session(
             }
         }
     };
-    let stats = &shared.stats;
-    Stats::add(&stats.udp_packets_up, packets_up);
-    Stats::add(&stats.udp_packets_down, packets_down);
-    Stats::add(&stats.udp_bytes_up, bytes_up);
-    Stats::add(&stats.udp_bytes_down, bytes_down);
     tracing::info!(
         %peer,
         session = format_args!("{:016x}", request.session_id),

@@ -176,6 +176,8 @@ pub(crate) async fn relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
                                 Ok(_) => {
                                     io.packets_up += 1;
                                     io.bytes_up += payload.len() as u64;
+                                    Stats::bump(&shared.stats.udp_packets_up);
+                                    Stats::add(&shared.stats.udp_bytes_up, payload.len() as u64);
                                 }
                                 Err(_) => Stats::bump(&shared.stats.udp_dropped),
                             }
@@ -269,7 +271,7 @@ fn handle_event(
         }
         UdpRelayEvent::BindingClosed { binding_id, reason } => {
             if let Some(io) = bindings.remove(&binding_id) {
-                end_binding(shared, io, &reason);
+                end_binding(io, &reason);
             }
         }
         _ => {}
@@ -342,14 +344,9 @@ fn start_binding(
     );
 }
 
-fn end_binding(shared: &Shared, io: BindingIo, reason: &SessionError) {
+fn end_binding(io: BindingIo, reason: &SessionError) {
     let packets_down = io.down.packets.load(Relaxed);
     let bytes_down = io.down.bytes.load(Relaxed);
-    let stats = &shared.stats;
-    Stats::add(&stats.udp_packets_up, io.packets_up);
-    Stats::add(&stats.udp_bytes_up, io.bytes_up);
-    Stats::add(&stats.udp_packets_down, packets_down);
-    Stats::add(&stats.udp_bytes_down, bytes_down);
     tracing::info!(
         session = format_args!("{:016x}", io.request.session_id),
         app = %io.request.app_id,
@@ -394,6 +391,8 @@ async fn downstream(
                             Ok(_) => {
                                 counters.packets.fetch_add(1, Relaxed);
                                 counters.bytes.fetch_add(n as u64, Relaxed);
+                                Stats::bump(&stats.udp_packets_down);
+                                Stats::add(&stats.udp_bytes_down, n as u64);
                             }
                             Err(_) => Stats::bump(&stats.udp_dropped),
                         }

@@ -1,0 +1,77 @@
+//! `cloudproxy edge`: run the reference media edge, the stand-in for the
+//! media network that demos, tests and benchmarks talk to through a proxy.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cloudproxy_transport::edge::{Edge, EdgeConfig};
+
+use crate::runtime::{init_logging, runtime, shutdown_signal};
+
+const EXIT_CONFIG: u8 = 2;
+
+/// Arguments of `cloudproxy edge`. Flags override the file.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Configuration file (TOML); without one, the defaults (127.0.0.1, TCP
+    /// and UDP port 7000).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to bind.
+    #[arg(long, value_name = "IP")]
+    bind: Option<IpAddr>,
+    /// TCP port for members' message channels (0 picks a free port).
+    #[arg(long, value_name = "PORT")]
+    tcp_port: Option<u16>,
+    /// UDP port for media (0 picks a free port).
+    #[arg(long, value_name = "PORT")]
+    udp_port: Option<u16>,
+    /// Log filter.
+    #[arg(long, default_value = "info", value_name = "FILTER")]
+    log: String,
+}
+
+pub(crate) fn run(args: Args) -> ExitCode {
+    init_logging(&args.log);
+    let mut config = match &args.config {
+        Some(path) => match EdgeConfig::from_file(path) {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => EdgeConfig::default(),
+    };
+    if let Some(bind) = args.bind {
+        config.bind = bind;
+    }
+    if let Some(port) = args.tcp_port {
+        config.tcp_port = port;
+    }
+    if let Some(port) = args.udp_port {
+        config.udp_port = port;
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    runtime().block_on(async move {
+        let edge = match Edge::bind(config).await {
+            Ok(edge) => edge,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        println!("cloudproxy edge: listening");
+        println!("  members (messages)  TCP {}", edge.tcp_addr());
+        println!("  media               UDP {}", edge.udp_addr());
+        println!("press Ctrl-C to stop");
+        let handle = edge.handle();
+        edge.run(shutdown_signal()).await;
+        eprintln!("stopped: {:?}", handle.stats());
+        ExitCode::SUCCESS
+    })
+}

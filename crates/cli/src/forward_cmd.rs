@@ -1,0 +1,184 @@
+//! `cloudproxy forward`: carry local TCP connections through a proxy to one
+//! destination, so that any tool (nc, socat, curl, a database client) can use
+//! the relay unchanged.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cloudproxy_params::ProxyServer;
+use cloudproxy_proto::client::{Allocation, ClientConfig};
+use cloudproxy_proto::{Address, AppId, DomainName, Timebase};
+use cloudproxy_transport::client::dial::DialPolicy;
+use cloudproxy_transport::client::resolve::candidates;
+use cloudproxy_transport::client::tunnel::{allocate, open_stream};
+use cloudproxy_transport::pump::{PumpOptions, pump};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+
+use crate::runtime::{init_logging, runtime, shutdown_signal};
+use crate::server_arg::{Credential, parse_credential, parse_server};
+
+/// Arguments of `cloudproxy forward`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The proxy: HOST[:PORT] or IP,IP,...[:PORT]; no port means the default
+    /// allocation ports.
+    #[arg(long, value_name = "SERVER", value_parser = parse_server)]
+    server: ProxyServer,
+    /// The app id.
+    #[arg(long, value_name = "ID")]
+    app_id: String,
+    /// The app secret, in hex.
+    #[arg(long, value_name = "HEX", value_parser = parse_credential)]
+    credential: Credential,
+    /// Local address to accept connections on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Where the relay connects each of them: IP:PORT or NAME:PORT.
+    #[arg(long, value_name = "DEST")]
+    to: String,
+    /// Log filter.
+    #[arg(long, default_value = "info", value_name = "FILTER")]
+    log: String,
+}
+
+const EXIT_USAGE: u8 = 2;
+
+fn parse_destination(text: &str) -> Result<Address, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(Address::Ip(addr));
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected IP:PORT or NAME:PORT, found {text:?}"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("expected a port after `:`, found {port:?}"))?;
+    let name = DomainName::new(host).map_err(|e| e.to_string())?;
+    Ok(Address::Domain(name, port))
+}
+
+pub(crate) fn run(args: Args) -> ExitCode {
+    init_logging(&args.log);
+    let destination = match parse_destination(&args.to) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: --to: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let app_id = match AppId::new(args.app_id.clone()) {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("error: --app-id: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    runtime().block_on(async move {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let config = ClientConfig::new(
+            app_id,
+            args.credential.0.clone(),
+            Timebase::new(Instant::now(), unix),
+        );
+        let targets = match candidates(&args.server, Duration::from_secs(5)).await {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let listener = match TcpListener::bind(args.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {}: {e}", args.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let local = listener.local_addr().unwrap_or(args.listen);
+        println!(
+            "forwarding {local} -> {destination} through {}",
+            args.server
+        );
+        let state = Arc::new(Forwarder {
+            config,
+            targets,
+            destination,
+            allocation: Mutex::new(None),
+        });
+        let accept = async {
+            loop {
+                let Ok((stream, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let state = Arc::clone(&state);
+                tokio::spawn(async move {
+                    if let Err(e) = state.carry(stream).await {
+                        tracing::warn!(%peer, error = %e, "connection not forwarded");
+                    }
+                });
+            }
+        };
+        tokio::select! {
+            () = accept => {}
+            () = shutdown_signal() => {}
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+struct Forwarder {
+    config: ClientConfig,
+    targets: Vec<SocketAddr>,
+    destination: Address,
+    /// One session serves every connection while its ticket is valid.
+    allocation: Mutex<Option<Allocation>>,
+}
+
+impl Forwarder {
+    async fn allocation(&self) -> Result<Allocation, String> {
+        let mut held = self.allocation.lock().await;
+        match &*held {
+            Some(a) if Instant::now() < a.refresh_at => Ok(a.clone()),
+            _ => {
+                let (service, fresh) =
+                    allocate(&self.config, &self.targets, &DialPolicy::default())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                tracing::info!(%service, session = format_args!("{:016x}", fresh.session_id), "allocated");
+                *held = Some(fresh.clone());
+                Ok(fresh)
+            }
+        }
+    }
+
+    async fn carry(&self, mut local: TcpStream) -> Result<(), String> {
+        let allocation = self.allocation().await?;
+        let (relayed, early) = open_stream(
+            &self.config,
+            &allocation,
+            self.destination.clone(),
+            &DialPolicy::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        local.write_all(&early).await.map_err(|e| e.to_string())?;
+        let options = PumpOptions {
+            buffer_len: 64 * 1024,
+            idle_timeout: Duration::from_secs(3600),
+        };
+        let report = pump(&local, &relayed, &[], &options, std::future::pending()).await;
+        tracing::info!(
+            up = report.client_to_upstream,
+            down = report.upstream_to_client,
+            end = report.end.as_str(),
+            "connection ended"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,150 @@
+//! `cloudproxy serve`, `cloudproxy forward` and `cloudproxy edge` as
+//! processes, the way the operations guide runs them.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+/// A child process that is stopped (SIGTERM) when the test ends, pass or fail.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str]) -> (Running, BufReader<ChildStdout>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    (Running(child), stdout)
+}
+
+/// Reads lines until one starts with `stop`; returns them all.
+fn read_until(out: &mut BufReader<ChildStdout>, stop: &str) -> String {
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the process ended early; it printed:\n{text}"
+        );
+        text.push_str(&line);
+        if line.starts_with(stop) {
+            return text;
+        }
+    }
+}
+
+fn field<'a>(text: &'a str, label: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.trim_start().strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} in:\n{text}"))
+        .trim()
+}
+
+#[test]
+fn nc_style_traffic_through_serve_and_forward() {
+    // The destination: an echo server on loopback, in this process.
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in echo.incoming().take(1) {
+            let mut stream = stream.unwrap();
+            let mut data = Vec::new();
+            stream.read_to_end(&mut data).unwrap();
+            stream.write_all(&data).unwrap();
+        }
+    });
+
+    let (_serve, mut serve_out) = spawn(&[
+        "serve",
+        "--allocation-port",
+        "0",
+        "--tcp-relay-port",
+        "0",
+        "--udp-relay-ports",
+        "0-1",
+        "--log",
+        "warn",
+    ]);
+    let banner = read_until(&mut serve_out, "press Ctrl-C");
+    let allocation = field(&banner, "allocation service  TCP").to_owned();
+    let secret = field(&banner, "app secret").to_owned();
+
+    let (_forward, mut forward_out) = spawn(&[
+        "forward",
+        "--server",
+        &allocation,
+        "--app-id",
+        "dev-app",
+        "--credential",
+        &secret,
+        "--to",
+        &echo_addr.to_string(),
+        "--log",
+        "warn",
+    ]);
+    let line = read_until(&mut forward_out, "forwarding");
+    let local = line.split_whitespace().nth(1).unwrap();
+
+    let mut client = TcpStream::connect(local).unwrap();
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    client.write_all(&payload).unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    client.read_to_end(&mut back).unwrap();
+    assert_eq!(back.len(), payload.len());
+    assert!(back == payload, "the echo through the proxy differs");
+}
+
+#[test]
+fn edge_prints_its_addresses() {
+    let (_edge, mut out) = spawn(&[
+        "edge",
+        "--tcp-port",
+        "0",
+        "--udp-port",
+        "0",
+        "--log",
+        "warn",
+    ]);
+    let banner = read_until(&mut out, "press Ctrl-C");
+    let tcp: std::net::SocketAddr = field(&banner, "members (messages)  TCP").parse().unwrap();
+    let udp: std::net::SocketAddr = field(&banner, "media               UDP").parse().unwrap();
+    assert!(tcp.ip().is_loopback() && tcp.port() != 0);
+    assert!(udp.ip().is_loopback() && udp.port() != 0);
+    // It accepts members: a connection is taken (and closed at the handshake
+    // deadline if it never joins).
+    TcpStream::connect(tcp).unwrap();
+}
+
+#[test]
+fn forward_refuses_a_malformed_credential() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
+        .args([
+            "forward",
+            "--server",
+            "127.0.0.1:9",
+            "--app-id",
+            "a",
+            "--credential",
+            "xyz",
+            "--to",
+            "127.0.0.1:9",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("--credential"), "{stderr}");
+    assert!(stderr.contains("hex digits"), "{stderr}");
+}

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use cloudproxy_proto::frame::{AllocateRequest, BindMode, Frame};
+use cloudproxy_proto::frame::{AllocateRequest, Bind, BindMode, Frame};
 use cloudproxy_proto::ticket::{Ticket, TicketKeyRing, credential_proof};
 use cloudproxy_proto::{Address, AppId, Capabilities, ErrorCode, SealedTicket, Text, Transports};
 use proxy_support::{

@@ -390,4 +390,52 @@ async fn unauthenticated_udp_never_gets_a_larger_reply() {
             );
         }
     }
+
+    // The relay's UDP port: here the fence is a valid Bind, which the relay
+    // answers with the same BindOk each time it is repeated.
+    let allocation = rig.allocate().await;
+    let relay = allocation.udp_relays[0];
+    let fence = Frame::Bind(Bind {
+        ticket: allocation.ticket.clone(),
+        mode: BindMode::Datagram,
+        destination: Address::Ip(udp_echo().await),
+        rebind: None,
+    })
+    .to_bytes();
+    let bad_ticket = Frame::Bind(Bind {
+        ticket: SealedTicket::new(Bytes::from_static(b"forged")).unwrap(),
+        mode: BindMode::Datagram,
+        destination: Address::Ip("127.0.0.1:9".parse().unwrap()),
+        rebind: None,
+    })
+    .to_bytes();
+    let mut unknown_binding = vec![0xCA, 1, 1, 0];
+    unknown_binding.extend_from_slice(&[0x11; 12]);
+    let probes: Vec<Bytes> = vec![
+        bad_ticket.clone(),
+        bad_ticket.slice(..12),
+        Bytes::from(unknown_binding),
+        Bytes::from_static(b"CP"),
+        Bytes::from(vec![b'x'; 500]),
+        request(0),
+    ];
+    let relay_socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for probe in &probes {
+        relay_socket.send_to(probe, relay).await.unwrap();
+        relay_socket.send_to(&fence, relay).await.unwrap();
+        loop {
+            let (n, _) = within("relay answer", relay_socket.recv_from(&mut buf))
+                .await
+                .unwrap();
+            if matches!(Frame::parse(&buf[..n]), Ok(Frame::BindOk(_))) {
+                assert!(n <= fence.len());
+                break;
+            }
+            assert!(
+                n <= probe.len(),
+                "relay: a {}-byte probe got a {n}-byte answer",
+                probe.len()
+            );
+        }
+    }
 }

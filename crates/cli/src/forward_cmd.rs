@@ -24,7 +24,7 @@ use crate::server_arg::{Credential, parse_credential, parse_server};
 /// Arguments of `cloudproxy forward`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The proxy: HOST[:PORT] or IP,IP,...[:PORT]; no port means the default
+    /// The proxy: `HOST[:PORT]` or `IP,IP,...[:PORT]`; no port means the default
     /// allocation ports.
     #[arg(long, value_name = "SERVER", value_parser = parse_server)]
     server: ProxyServer,

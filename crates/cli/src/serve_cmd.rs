@@ -36,7 +36,7 @@ pub(crate) struct Args {
     /// UDP relay port range, e.g. 4500-4650.
     #[arg(long, value_name = "RANGE", value_parser = parse_range)]
     udp_relay_ports: Option<PortRange>,
-    /// Allowlist rule (NET, NET:PORTS or [V6NET]:PORTS); repeat for several.
+    /// Allowlist rule (`NET`, `NET:PORTS` or `[V6NET]:PORTS`); repeat for several.
     /// Replaces the file's allowlist.
     #[arg(long = "allow", value_name = "RULE")]
     allow: Vec<Rule>,

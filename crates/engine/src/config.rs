@@ -1,0 +1,214 @@
+//! [`EngineBuilder`]: what an engine is built with.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cloudproxy_params::ProxyServer;
+use cloudproxy_proto::AppId;
+use cloudproxy_transport::client::dial::DialPolicy;
+
+use crate::engine::Engine;
+use crate::error::EngineError;
+
+/// Everything fixed at build time.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) app_id: AppId,
+    pub(crate) credential: Vec<u8>,
+    pub(crate) edge_tcp: SocketAddr,
+    pub(crate) edge_udp: SocketAddr,
+    pub(crate) default_server: ProxyServer,
+    pub(crate) direct_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) keepalive_interval: Duration,
+    pub(crate) keepalive_timeout: Duration,
+    pub(crate) reconnect_timeout: Duration,
+    pub(crate) dial: DialPolicy,
+    pub(crate) dns_timeout: Duration,
+    pub(crate) udp_probe_timeout: Duration,
+    pub(crate) media_queue: usize,
+}
+
+/// Builds an [`Engine`]: the app id and credential the proxy knows the app
+/// by, and the media network's addresses. Every other setting has a
+/// documented default.
+///
+/// ```
+/// use std::time::Duration;
+/// use cloudproxy_engine::Engine;
+///
+/// let engine = Engine::builder("my-app", b"my-app-secret".to_vec())
+///     .media_network("198.51.100.1:7000".parse()?, "198.51.100.1:7000".parse()?)
+///     .default_proxy_domain("proxy.example.com")
+///     .direct_timeout(Duration::from_secs(2))
+///     .build()?;
+/// assert_eq!(engine.parameter("rtc.enable_proxy").as_deref(), Some("false"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "call build() to get an Engine"]
+pub struct EngineBuilder {
+    app_id: String,
+    credential: Vec<u8>,
+    media_network: Option<(SocketAddr, SocketAddr)>,
+    default_domain: String,
+    direct_timeout: Duration,
+    handshake_timeout: Duration,
+    keepalive: (Duration, Duration),
+    reconnect_timeout: Duration,
+    dial: DialPolicy,
+    dns_timeout: Duration,
+    udp_probe_timeout: Duration,
+    media_queue: usize,
+}
+
+impl EngineBuilder {
+    pub(crate) fn new(app_id: String, credential: Vec<u8>) -> Self {
+        Self {
+            app_id,
+            credential,
+            media_network: None,
+            default_domain: cloudproxy_params::DEFAULT_PROXY_DOMAIN.to_owned(),
+            direct_timeout: Duration::from_secs(3),
+            handshake_timeout: Duration::from_secs(10),
+            keepalive: (Duration::from_secs(15), Duration::from_secs(45)),
+            reconnect_timeout: Duration::from_secs(30),
+            dial: DialPolicy::default(),
+            dns_timeout: Duration::from_secs(2),
+            udp_probe_timeout: Duration::from_secs(2),
+            media_queue: 256,
+        }
+    }
+
+    /// The media network's message (TCP) and media (UDP) addresses. Required.
+    /// Through the proxy these are the relay's destinations, so the proxy's
+    /// allowlist must allow them.
+    pub fn media_network(mut self, tcp: SocketAddr, udp: SocketAddr) -> Self {
+        self.media_network = Some((tcp, udp));
+        self
+    }
+
+    /// The domain of the default proxy server `[1, <domain>, 0]`, used when
+    /// the proxy is enabled and no `rtc.proxy_server` was set. Default: the
+    /// guide's `ap-proxy.agora.io`.
+    pub fn default_proxy_domain(mut self, domain: impl Into<String>) -> Self {
+        self.default_domain = domain.into();
+        self
+    }
+
+    /// How long the direct path may take to join before `ProxyMode::Auto`
+    /// falls back to the proxy (and before `ProxyMode::Off` gives up).
+    /// Default 3 s.
+    pub fn direct_timeout(mut self, timeout: Duration) -> Self {
+        self.direct_timeout = timeout;
+        self
+    }
+
+    /// How long the media network may take to answer a `Join` through the
+    /// proxy. Default 10 s.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// A `Ping` goes out after `interval` without sending anything; the
+    /// connection counts as lost (and is re-established) after `timeout`
+    /// without receiving anything. Defaults 15 s and 45 s
+    /// (`docs/protocol.md` §9.5); `interval` must be shorter than `timeout`.
+    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keepalive = (interval, timeout);
+        self
+    }
+
+    /// How long the engine keeps trying to re-establish a lost connection
+    /// before it reports `Failed`. Default 30 s, the edge's member linger
+    /// time: within it the membership resumes without losing a message.
+    pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.reconnect_timeout = timeout;
+        self
+    }
+
+    /// How proxy addresses are raced (stagger, per-attempt and overall
+    /// timeouts). Default: 250 ms stagger, 3 s per attempt, 10 s in all, so a
+    /// dead address costs at most one stagger when it refuses and one
+    /// attempt timeout when it drops packets.
+    pub fn dial_policy(mut self, policy: DialPolicy) -> Self {
+        self.dial = policy;
+        self
+    }
+
+    /// Deadline for resolving a type-1 proxy server name. Default 2 s.
+    pub fn dns_timeout(mut self, timeout: Duration) -> Self {
+        self.dns_timeout = timeout;
+        self
+    }
+
+    /// How long the proxy's UDP relay may stay silent before UDP counts as
+    /// blocked (then media falls back to TCP, or `ForceUdp` fails).
+    /// Default 2 s.
+    pub fn udp_probe_timeout(mut self, timeout: Duration) -> Self {
+        self.udp_probe_timeout = timeout;
+        self
+    }
+
+    /// Checks the settings and builds the engine. Needs no runtime; the
+    /// engine's calls must run inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidConfig`] naming the setting: an app id the
+    /// protocol cannot carry (1–64 printable ASCII characters, no space), an
+    /// empty credential, no media network, an invalid default domain, or a
+    /// keepalive interval not shorter than its timeout.
+    pub fn build(self) -> Result<Engine, EngineError> {
+        let app_id = AppId::new(self.app_id.clone()).map_err(|e| EngineError::InvalidConfig {
+            what: "app_id",
+            expected: "1 to 64 printable ASCII characters without spaces",
+            found: format!("{:?} ({e})", self.app_id),
+        })?;
+        if self.credential.is_empty() {
+            return Err(EngineError::InvalidConfig {
+                what: "credential",
+                expected: "the app secret (non-empty)",
+                found: "an empty credential".into(),
+            });
+        }
+        let Some((edge_tcp, edge_udp)) = self.media_network else {
+            return Err(EngineError::InvalidConfig {
+                what: "media_network",
+                expected: "the media network's TCP and UDP addresses",
+                found: "none (call EngineBuilder::media_network)".into(),
+            });
+        };
+        let default_server = ProxyServer::domain(self.default_domain.clone(), 0).map_err(|e| {
+            EngineError::InvalidConfig {
+                what: "default_proxy_domain",
+                expected: "a host name",
+                found: format!("{:?} ({e})", self.default_domain),
+            }
+        })?;
+        let (keepalive_interval, keepalive_timeout) = self.keepalive;
+        if keepalive_interval.is_zero() || keepalive_interval >= keepalive_timeout {
+            return Err(EngineError::InvalidConfig {
+                what: "keepalive",
+                expected: "a non-zero interval shorter than the timeout",
+                found: format!("interval {keepalive_interval:?}, timeout {keepalive_timeout:?}"),
+            });
+        }
+        Ok(Engine::from_config(Config {
+            app_id,
+            credential: self.credential,
+            edge_tcp,
+            edge_udp,
+            default_server,
+            direct_timeout: self.direct_timeout,
+            handshake_timeout: self.handshake_timeout,
+            keepalive_interval,
+            keepalive_timeout,
+            reconnect_timeout: self.reconnect_timeout,
+            dial: self.dial,
+            dns_timeout: self.dns_timeout,
+            udp_probe_timeout: self.udp_probe_timeout,
+            media_queue: self.media_queue.max(1),
+        }))
+    }
+}

@@ -1,0 +1,123 @@
+//! [`EngineError`]: everything an [`Engine`](crate::Engine) call can fail with.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cloudproxy_proto::ErrorCode;
+
+/// Why an engine call failed. Each message says what was expected, what was
+/// found and where, so the reader knows what to change.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// A builder value is invalid (the engine was not built).
+    #[error("invalid engine configuration `{what}`: expected {expected}, found {found}")]
+    InvalidConfig {
+        /// The builder setting.
+        what: &'static str,
+        /// What it must be.
+        expected: &'static str,
+        /// What was given.
+        found: String,
+    },
+    /// The `set_parameters` string did not parse or a known key had a wrong
+    /// value; nothing was applied.
+    #[error("set_parameters: {0}; no parameter was applied")]
+    InvalidParameters(#[from] cloudproxy_params::ParamError),
+    /// The call is not allowed in the engine's current state; nothing changed.
+    #[error("{operation} {hint} (the engine is {state})")]
+    InvalidState {
+        /// The call that was refused.
+        operation: &'static str,
+        /// The engine's state when it was called, e.g. `in channel "room"`.
+        state: String,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// A channel name or user id that the protocol cannot carry.
+    #[error("invalid {what}: {reason}")]
+    InvalidArgument {
+        /// Which argument.
+        what: &'static str,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A message or media payload is larger than the protocol allows.
+    #[error("{what} of {len} bytes is too large: at most {max} bytes fit in one frame")]
+    PayloadTooLarge {
+        /// `message` or `media`.
+        what: &'static str,
+        /// The payload length.
+        len: usize,
+        /// The largest payload allowed.
+        max: usize,
+    },
+    /// The proxy server's host name could not be resolved.
+    #[error("resolving the proxy server: {0}")]
+    Resolve(#[from] cloudproxy_transport::client::resolve::ResolveError),
+    /// Allocating a proxy session or opening a relay path failed (every
+    /// address tried is listed).
+    #[error("through the proxy: {0}")]
+    Tunnel(#[from] cloudproxy_transport::client::tunnel::TunnelError),
+    /// `ProxyMode::ForceUdp` and the proxy's UDP relay did not answer.
+    #[error(
+        "ProxyMode::ForceUdp requires media over UDP, but the proxy's UDP relay did not answer within {probe:?}: UDP looks blocked on this network; use ProxyMode::On or ProxyMode::ForceTcp to carry media over TCP"
+    )]
+    UdpBlocked {
+        /// How long the UDP relay was probed.
+        probe: Duration,
+    },
+    /// The media network could not be reached directly.
+    #[error("connecting directly to the media network at {addr}: {reason}")]
+    Direct {
+        /// The media network's TCP address.
+        addr: SocketAddr,
+        /// What failed.
+        reason: String,
+    },
+    /// `ProxyMode::Auto`: the direct path and the proxy both failed.
+    #[error("the direct path failed ({direct}) and so did the proxy: {proxy}")]
+    AutoFailed {
+        /// Why the direct path failed.
+        direct: String,
+        /// Why the proxy failed.
+        proxy: Box<EngineError>,
+    },
+    /// The media network refused the join.
+    #[error("the media network refused the join: {code}: {message}")]
+    JoinRefused {
+        /// The protocol error code (400 join refused, 401 resume failed).
+        code: ErrorCode,
+        /// The edge's explanation.
+        message: String,
+    },
+    /// The media network sent something the protocol does not allow here.
+    #[error("protocol error while {what}: expected {expected}, found {found}")]
+    Protocol {
+        /// What the engine was doing.
+        what: &'static str,
+        /// What it expected.
+        expected: &'static str,
+        /// What arrived.
+        found: String,
+    },
+    /// A step did not finish in time.
+    #[error("{what} did not finish within {after:?}")]
+    Timeout {
+        /// The step.
+        what: &'static str,
+        /// The bound that passed.
+        after: Duration,
+    },
+    /// A socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// The step.
+        what: &'static str,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The connection to the channel was lost and could not be re-established.
+    #[error("the channel connection was lost: {0}")]
+    Disconnected(String),
+}

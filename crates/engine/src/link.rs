@@ -1,0 +1,368 @@
+//! One established connection to a channel: the framed message channel and
+//! the media path, direct or through the proxy; and how it is established.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use cloudproxy_proto::client::ClientConfig;
+use cloudproxy_proto::codec::FrameCodec;
+use cloudproxy_proto::frame::{Frame, Join, Joined};
+use cloudproxy_proto::{Address, ErrorCode, Timebase};
+use cloudproxy_transport::client::resolve::candidates;
+use cloudproxy_transport::client::tunnel::{
+    MediaPath, MediaPathKind, MediaPolicy, MediaTransport, TunnelError, allocate, open_media,
+    open_stream,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::broadcast;
+use tokio_util::codec::Decoder;
+
+use crate::config::Config;
+use crate::error::EngineError;
+use crate::event::{ConnectionState, Event, ProxyType, StateReason};
+use crate::settings::{ProxyMode, Settings};
+
+/// The framed message channel (TCP, direct or a relay's stream pipe).
+#[derive(Debug)]
+pub(crate) struct Conn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    codec: FrameCodec,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, early: &[u8]) -> Self {
+        let mut rbuf = BytesMut::with_capacity(16 * 1024);
+        rbuf.extend_from_slice(early);
+        Self {
+            stream,
+            rbuf,
+            codec: FrameCodec::new(),
+        }
+    }
+
+    /// The next frame; `Ok(None)` at end of stream. Cancel-safe: a frame is
+    /// taken from the buffer only when it is returned.
+    pub(crate) async fn read_frame(&mut self) -> Result<Option<Frame>, String> {
+        loop {
+            match self.codec.decode(&mut self.rbuf) {
+                Ok(Some(frame)) => return Ok(Some(frame)),
+                Ok(None) => {}
+                Err(e) => return Err(format!("malformed data from the media network: {e}")),
+            }
+            match self.stream.read_buf(&mut self.rbuf).await {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(e) => return Err(format!("reading the message channel: {e}")),
+            }
+        }
+    }
+
+    /// Whether a whole frame or part of one is already buffered.
+    pub(crate) fn has_buffered(&self) -> bool {
+        !self.rbuf.is_empty()
+    }
+
+    pub(crate) async fn write_frame(&mut self, frame: &Frame) -> io::Result<()> {
+        self.stream.write_all(&frame.to_bytes()).await
+    }
+
+    pub(crate) async fn shutdown(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// The media path.
+#[derive(Debug)]
+pub(crate) enum MediaLink {
+    /// A UDP socket connected to the media network.
+    Direct(UdpSocket),
+    /// Through the proxy (UDP relay or UDP-over-TCP).
+    Relay(MediaPath),
+}
+
+impl MediaLink {
+    /// Best effort: a full queue or a failed send drops the datagram.
+    pub(crate) fn send(&self, datagram: Bytes) {
+        match self {
+            Self::Direct(socket) => {
+                let _ = socket.try_send(&datagram);
+            }
+            Self::Relay(path) => {
+                let _ = path.try_send(datagram);
+            }
+        }
+    }
+
+    /// The next datagram; `Err` with the reason once the path has closed.
+    /// Cancel-safe.
+    pub(crate) async fn recv(&mut self, buf: &mut [u8]) -> Result<Bytes, String> {
+        match self {
+            Self::Direct(socket) => loop {
+                // ICMP errors (nothing listening yet) are not fatal for UDP.
+                if let Ok(n) = socket.recv(buf).await {
+                    return Ok(Bytes::copy_from_slice(&buf[..n]));
+                }
+            },
+            Self::Relay(path) => match path.recv().await {
+                Some(datagram) => Ok(datagram),
+                None => Err(format!(
+                    "the media path closed: {}",
+                    path.closed_reason().unwrap_or_else(|| "no reason given".into())
+                )),
+            },
+        }
+    }
+}
+
+/// How a link reaches the media network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    Direct,
+    Proxy(ProxyType),
+}
+
+/// A joined connection.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) conn: Conn,
+    pub(crate) media: MediaLink,
+    pub(crate) joined: Joined,
+    pub(crate) route: Route,
+}
+
+/// Establishes a link under `settings`, sending `join` (fresh or resume);
+/// reports progress on `events`. Every step is bounded (see the crate docs).
+pub(crate) async fn connect(
+    config: &Config,
+    settings: &Settings,
+    join: Join,
+    events: &broadcast::Sender<Event>,
+) -> Result<Link, EngineError> {
+    let started = Instant::now();
+    match settings.mode {
+        ProxyMode::Off => direct(config, join).await,
+        ProxyMode::Auto => match direct(config, join.clone()).await {
+            Ok(link) => Ok(link),
+            // The media network answered: the path works, the join did not.
+            Err(e @ EngineError::JoinRefused { .. }) => Err(e),
+            Err(direct_error) => {
+                let why = direct_error.to_string();
+                tracing::info!(%why, "direct path failed; trying the proxy");
+                let _ = events.send(Event::DirectPathFailed { why: why.clone() });
+                proxy(config, settings, MediaTransport::Auto, join, events, started)
+                    .await
+                    .map_err(|proxy| match proxy {
+                        e @ EngineError::JoinRefused { .. } => e,
+                        proxy => EngineError::AutoFailed {
+                            direct: why,
+                            proxy: Box::new(proxy),
+                        },
+                    })
+            }
+        },
+        ProxyMode::On => {
+            proxy(config, settings, MediaTransport::Auto, join, events, started).await
+        }
+        ProxyMode::ForceUdp => {
+            proxy(config, settings, MediaTransport::UdpOnly, join, events, started).await
+        }
+        ProxyMode::ForceTcp => {
+            proxy(config, settings, MediaTransport::TcpOnly, join, events, started).await
+        }
+    }
+}
+
+/// Straight to the media network, bounded by `direct_timeout` as a whole.
+async fn direct(config: &Config, join: Join) -> Result<Link, EngineError> {
+    let addr = config.edge_tcp;
+    let attempt = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| EngineError::Direct {
+                addr,
+                reason: e.to_string(),
+            })?;
+        let _ = stream.set_nodelay(true);
+        let mut conn = Conn::new(stream, &[]);
+        let joined = handshake(&mut conn, join).await?;
+        let socket = udp_to(config.edge_udp)
+            .await
+            .map_err(|source| EngineError::Io {
+                what: "opening the direct media socket",
+                source,
+            })?;
+        Ok(Link {
+            conn,
+            media: MediaLink::Direct(socket),
+            joined,
+            route: Route::Direct,
+        })
+    };
+    match tokio::time::timeout(config.direct_timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(EngineError::Direct {
+            addr,
+            reason: format!("no answer within {:?}", config.direct_timeout),
+        }),
+    }
+}
+
+async fn udp_to(peer: SocketAddr) -> io::Result<UdpSocket> {
+    let local: SocketAddr = if peer.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(peer).await?;
+    Ok(socket)
+}
+
+/// Through the proxy: resolve, allocate, open media, open the message
+/// channel, join.
+async fn proxy(
+    config: &Config,
+    settings: &Settings,
+    transport: MediaTransport,
+    join: Join,
+    events: &broadcast::Sender<Event>,
+    started: Instant,
+) -> Result<Link, EngineError> {
+    let _ = events.send(Event::ConnectionStateChanged {
+        state: ConnectionState::Connecting,
+        reason: StateReason::SettingProxyServer,
+    });
+    let server = settings
+        .proxy_server
+        .clone()
+        .unwrap_or_else(|| config.default_server.clone());
+    let addrs = candidates(&server, config.dns_timeout).await?;
+    let client = client_config(config);
+    let (service, allocation) = allocate(&client, &addrs, &config.dial).await?;
+    tracing::debug!(%service, session = allocation.session_id, "proxy session allocated");
+    let policy = MediaPolicy {
+        transport,
+        udp_probe_timeout: config.udp_probe_timeout,
+        tcp_dial: config.dial.clone(),
+        queue_len: config.media_queue,
+    };
+    let media = open_media(&client, &allocation, Address::Ip(config.edge_udp), &policy)
+        .await
+        .map_err(|e| match e {
+            TunnelError::UdpBlocked(probe) => EngineError::UdpBlocked { probe },
+            other => EngineError::Tunnel(other),
+        })?;
+    let (stream, early) = open_stream(
+        &client,
+        &allocation,
+        Address::Ip(config.edge_tcp),
+        &config.dial,
+    )
+    .await?;
+    let mut conn = Conn::new(stream, &early);
+    let joined = tokio::time::timeout(config.handshake_timeout, handshake(&mut conn, join))
+        .await
+        .map_err(|_| EngineError::Timeout {
+            what: "joining the channel through the proxy",
+            after: config.handshake_timeout,
+        })??;
+    let proxy_type = match media.kind() {
+        MediaPathKind::Udp => ProxyType::Udp,
+        MediaPathKind::UdpOverTcp => ProxyType::Tcp,
+    };
+    if let (Some(why), MediaTransport::Auto) = (media.fallback_reason(), transport) {
+        let _ = events.send(Event::MediaFallbackToTcp {
+            why: why.to_owned(),
+        });
+    }
+    let _ = events.send(Event::ProxyConnected {
+        proxy_type,
+        elapsed: started.elapsed(),
+    });
+    Ok(Link {
+        conn,
+        media: MediaLink::Relay(media),
+        joined,
+        route: Route::Proxy(proxy_type),
+    })
+}
+
+fn client_config(config: &Config) -> ClientConfig {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut client = ClientConfig::new(
+        config.app_id.clone(),
+        config.credential.clone(),
+        Timebase::new(Instant::now(), unix),
+    );
+    client.client_version = cloudproxy_proto::Text::truncated(concat!(
+        "cloudproxy-engine/",
+        env!("CARGO_PKG_VERSION")
+    ));
+    client.handshake_timeout = config.handshake_timeout;
+    client
+}
+
+/// Sends `join` and waits for `Joined`.
+async fn handshake(conn: &mut Conn, join: Join) -> Result<Joined, EngineError> {
+    let what = "joining the channel";
+    conn.write_frame(&Frame::Join(join))
+        .await
+        .map_err(|source| EngineError::Io { what, source })?;
+    loop {
+        let frame = conn
+            .read_frame()
+            .await
+            .map_err(|found| EngineError::Protocol {
+                what,
+                expected: "Joined or JoinRefused",
+                found,
+            })?;
+        match frame {
+            Some(Frame::Joined(joined)) => return Ok(joined),
+            Some(Frame::JoinRefused(e) | Frame::Error(e)) => {
+                return Err(EngineError::JoinRefused {
+                    code: e.code,
+                    message: e.message.as_str().to_owned(),
+                });
+            }
+            Some(Frame::Ping(v)) => conn
+                .write_frame(&Frame::Pong(v))
+                .await
+                .map_err(|source| EngineError::Io { what, source })?,
+            Some(other) => {
+                return Err(EngineError::Protocol {
+                    what,
+                    expected: "Joined or JoinRefused",
+                    found: format!("{other:?}"),
+                });
+            }
+            None => {
+                return Err(EngineError::Protocol {
+                    what,
+                    expected: "Joined or JoinRefused",
+                    found: "the connection closed".into(),
+                });
+            }
+        }
+    }
+}
+
+/// The refusal code of a failed resume.
+pub(crate) fn is_resume_refused(e: &EngineError) -> bool {
+    matches!(e, EngineError::JoinRefused { code, .. } if *code == ErrorCode::RESUME_FAILED)
+}
+
+/// A bound for one whole (re)connection attempt, used by the reconnect loop.
+pub(crate) fn attempt_bound(config: &Config) -> Duration {
+    config.direct_timeout
+        + config.dial.overall_timeout * 3
+        + config.udp_probe_timeout
+        + config.handshake_timeout
+        + config.dns_timeout
+}

@@ -1,0 +1,196 @@
+//! A loopback proxy node and reference media edge, engines configured for
+//! them, and waiting on events with a timeout as a safety net.
+//!
+//! No test here resolves a name other than `localhost` (the builder's default
+//! domain is set to it), so nothing leaves the machine.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use cloudproxy_engine::{
+    ConnectionState, Engine, EngineBuilder, Event, Events, IncomingMedia, IncomingMessage,
+    StateReason,
+};
+use cloudproxy_transport::config::ServerConfig;
+use cloudproxy_transport::edge::{Edge, EdgeConfig, RunningEdge};
+use cloudproxy_transport::server::ProxyNode;
+use tokio::net::{TcpListener, TcpStream};
+
+pub const APP: &str = "engine-test-app";
+pub const SECRET: &[u8] = b"engine-test-secret-0123";
+const TICKET_KEY_HEX: &str = "7469636b65742d6b65792d666f722d74657374732d3332206279746573212121";
+
+/// A safety net for every wait: a hang fails the test instead of stalling CI.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A proxy node on `bind`, allocation port `alloc_port` (0: any), relaying
+/// to loopback, closing sessions at once on shutdown. `advertise` overrides
+/// the relay address given to clients.
+pub async fn proxy_node_with(bind: &str, alloc_port: u16, advertise: Option<&str>) -> ProxyNode {
+    let advertise = advertise.map_or(String::new(), |a| format!("advertise = \"{a}\""));
+    let text = format!(
+        r#"
+[listeners]
+bind = "{bind}"
+{advertise}
+allocation_ports = [{alloc_port}]
+tcp_relay_port = 0
+udp_relay_ports = "0-1"
+
+[[apps]]
+id = "{APP}"
+max_sessions = 100
+secrets = ["{secret}"]
+
+[[ticket_keys]]
+key_id = 1
+secret = "{TICKET_KEY_HEX}"
+
+[allowlist]
+allow = ["127.0.0.1"]
+
+[limits]
+drain_timeout_ms = 0
+"#,
+        secret = hex(SECRET)
+    );
+    let config = ServerConfig::from_toml_str("engine-test.toml", &text).expect("test config");
+    ProxyNode::start(&config).await.expect("proxy node starts")
+}
+
+pub async fn proxy_node() -> ProxyNode {
+    proxy_node_with("127.0.0.1", 0, None).await
+}
+
+pub fn alloc_addr(node: &ProxyNode) -> SocketAddr {
+    node.addrs().allocation_tcp[0]
+}
+
+/// The guide's type-2 setting for `ips` on `port`, in the documented
+/// JSON-in-a-string form.
+pub fn proxy_server_param(ips: &[&str], port: u16) -> String {
+    let list: Vec<String> = ips.iter().map(|ip| format!("\\\"{ip}\\\"")).collect();
+    format!(
+        r#"{{"rtc.proxy_server":[2, "[{}]", {port}]}}"#,
+        list.join(",")
+    )
+}
+
+pub async fn edge() -> RunningEdge {
+    Edge::bind(EdgeConfig::loopback())
+        .await
+        .expect("edge binds")
+        .spawn()
+}
+
+/// A builder for the test app against `edge`, with the default proxy domain
+/// pointed at `localhost` so no test ever resolves a public name.
+pub fn builder(tcp: SocketAddr, udp: SocketAddr) -> EngineBuilder {
+    Engine::builder(APP, SECRET.to_vec())
+        .media_network(tcp, udp)
+        .default_proxy_domain("localhost")
+}
+
+pub fn engine(edge: &RunningEdge) -> Engine {
+    builder(edge.tcp_addr(), edge.udp_addr())
+        .build()
+        .expect("engine builds")
+}
+
+/// An engine using the proxy `node` (the guide's two strings).
+pub fn proxied_engine(edge: &RunningEdge, node: &ProxyNode) -> Engine {
+    let engine = engine(edge);
+    let addr = alloc_addr(node);
+    engine
+        .set_parameters(r#"{"rtc.enable_proxy":true}"#)
+        .expect("enable");
+    engine
+        .set_parameters(&proxy_server_param(&[&addr.ip().to_string()], addr.port()))
+        .expect("server");
+    engine
+}
+
+/// Waits for the first event matching `pred`, returning it and every event
+/// seen before it.
+pub async fn wait_for(
+    events: &mut Events,
+    what: &str,
+    mut pred: impl FnMut(&Event) -> bool,
+) -> (Event, Vec<Event>) {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            let event = events.recv().await.expect("engine alive");
+            if pred(&event) {
+                return event;
+            }
+            seen.push(event);
+        }
+    })
+    .await;
+    match found {
+        Ok(event) => (event, seen),
+        Err(_) => panic!("no {what} within {WAIT:?}; events seen: {seen:?}"),
+    }
+}
+
+pub fn is_state(event: &Event, state: ConnectionState, reason: StateReason) -> bool {
+    matches!(event, Event::ConnectionStateChanged { state: s, reason: r } if *s == state && *r == reason)
+}
+
+pub async fn wait_user_joined(events: &mut Events, uid: u32) {
+    wait_for(events, "UserJoined", |e| matches!(e, Event::UserJoined { uid: u, .. } if *u == uid)).await;
+}
+
+pub async fn recv_message(engine: &Engine) -> IncomingMessage {
+    tokio::time::timeout(WAIT, engine.recv_message())
+        .await
+        .expect("a message within the wait")
+        .expect("engine alive")
+}
+
+/// Sends media from `from` every 20 ms until `to` receives one (media is
+/// unreliable, so the first datagrams may precede the path being ready).
+pub async fn media_gets_through(from: &Engine, to: &Engine, payload: &'static [u8]) -> IncomingMedia {
+    tokio::time::timeout(WAIT, async {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => from.send_media(bytes::Bytes::from_static(payload)).expect("send_media"),
+                got = to.recv_media() => return got.expect("engine alive"),
+            }
+        }
+    })
+    .await
+    .expect("media within the wait")
+}
+
+/// A TCP front for `target`: each accepted connection is either forwarded
+/// (`forward(n)` true for the n-th connection, from 0) or, like a firewall
+/// that drops, held open and never answered.
+pub async fn tcp_front(bind: IpAddr, port: u16, target: SocketAddr, forward: fn(usize) -> bool) -> SocketAddr {
+    let listener = TcpListener::bind((bind, port)).await.expect("front binds");
+    let addr = listener.local_addr().expect("front addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        for n in 0.. {
+            let Ok((mut inbound, _)) = listener.accept().await else { return };
+            if forward(n) {
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            } else {
+                held.push(inbound);
+            }
+        }
+    });
+    addr
+}

@@ -7,6 +7,7 @@
 mod edge_cmd;
 mod forward_cmd;
 mod params_cmd;
+mod probe_cmd;
 mod runtime;
 mod serve_cmd;
 mod server_arg;
@@ -49,6 +50,14 @@ enum Command {
     /// The stand-in for the media network that the demo, the end-to-end tests
     /// and the benchmarks reach through a proxy. Stops on SIGINT or SIGTERM.
     Edge(edge_cmd::Args),
+    /// Check which of the proxy's whitelisted ports get through this network
+    /// (the guide's "test if the call works").
+    ///
+    /// Checks the allocation ports over TCP and UDP, the TCP relay and the UDP
+    /// relays the proxy names, then prints a table, a verdict and the firewall
+    /// rules still missing (--json for machines). Exit status 0 when a call
+    /// can work, 1 when it cannot.
+    Probe(probe_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +66,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve_cmd::run(args),
         Command::Forward(args) => forward_cmd::run(args),
         Command::Edge(args) => edge_cmd::run(args),
+        Command::Probe(args) => probe_cmd::run(args),
     }
 }
 

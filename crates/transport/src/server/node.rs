@@ -115,12 +115,11 @@ impl ProxyNode {
         let mut allocation_tcp = Vec::new();
         let mut allocation_udp = Vec::new();
         for &port in &listeners.allocation_ports {
-            let (listener, local) = bind_tcp(SocketAddr::new(bind, port)).await?;
-            allocation_tcp.push(listener);
-            addrs.allocation_tcp.push(local);
-            let (socket, local) = bind_udp(SocketAddr::new(bind, port)).await?;
-            allocation_udp.push(socket);
-            addrs.allocation_udp.push(local);
+            let (listener, socket) = bind_allocation_pair(SocketAddr::new(bind, port)).await?;
+            addrs.allocation_tcp.push(listener.1);
+            addrs.allocation_udp.push(socket.1);
+            allocation_tcp.push(listener.0);
+            allocation_udp.push(socket.0);
         }
         let (tcp_relay, local) = bind_tcp(addrs.tcp_relay).await?;
         addrs.tcp_relay = local;
@@ -306,6 +305,26 @@ async fn bind_tcp(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeEr
         .local_addr()
         .map_err(|e| bind_error("TCP", addr, e))?;
     Ok((listener, local))
+}
+
+/// The allocation service's TCP listener and UDP socket on one port number,
+/// as clients expect. With port 0 the UDP socket takes the port the TCP
+/// listener got, retrying with a new one if that UDP port is in use.
+async fn bind_allocation_pair(
+    addr: SocketAddr,
+) -> Result<((TcpListener, SocketAddr), (UdpSocket, SocketAddr)), ServeError> {
+    if addr.port() != 0 {
+        return Ok((bind_tcp(addr).await?, bind_udp(addr).await?));
+    }
+    let mut last_error = None;
+    for _ in 0..16 {
+        let (listener, local) = bind_tcp(addr).await?;
+        match bind_udp(local).await {
+            Ok(udp) => return Ok(((listener, local), udp)),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.expect("the loop ran"))
 }
 
 /// A UDP socket and the address it really got.

@@ -1,0 +1,511 @@
+//! `cloudproxy probe`: the guide's step 7, "test if the call works" — which of
+//! the whitelisted ports get through this network, and what is missing.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cloudproxy_params::ProxyServer;
+use cloudproxy_proto::client::{
+    Allocation, Allocator, AllocatorEvent, BindingEvent, ClientConfig, RelayBinding,
+};
+use cloudproxy_proto::frame::BindMode;
+use cloudproxy_proto::{Address, AppId, ErrorCode, Path, SessionError, Timebase};
+use cloudproxy_transport::client::resolve::candidates;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::runtime::runtime;
+use crate::server_arg::{Credential, parse_credential, parse_server};
+
+/// Arguments of `cloudproxy probe`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The proxy: `HOST[:PORT]` or `IP,IP,...[:PORT]`; no port checks every
+    /// default allocation port (1080, 8000, 25000, 9700).
+    #[arg(long, value_name = "SERVER", value_parser = parse_server)]
+    server: ProxyServer,
+    /// The app id.
+    #[arg(long, value_name = "ID")]
+    app_id: String,
+    /// The app secret, in hex.
+    #[arg(long, value_name = "HEX", value_parser = parse_credential)]
+    credential: Credential,
+    /// How long each check may wait for an answer, in milliseconds.
+    #[arg(long, default_value_t = 3000, value_name = "MS")]
+    timeout_ms: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one check found.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub(crate) enum Outcome {
+    /// The port answered.
+    Open {
+        /// Round trip of the exchange, in microseconds.
+        latency_us: u64,
+    },
+    /// Refused or unreachable at once (RST, ICMP), or refused by the proxy.
+    Blocked {
+        /// Why.
+        reason: String,
+    },
+    /// No answer within the timeout (a firewall that drops).
+    Timeout,
+}
+
+impl Outcome {
+    fn is_open(&self) -> bool {
+        matches!(self, Self::Open { .. })
+    }
+}
+
+/// One port checked.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Check {
+    protocol: &'static str,
+    role: &'static str,
+    address: SocketAddr,
+    #[serde(flatten)]
+    outcome: Outcome,
+}
+
+/// The verdict.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Verdict {
+    /// Messages over the TCP relay, media over the UDP relay.
+    WorksOverUdp,
+    /// Messages and media over the TCP relay only.
+    WorksOnlyOverTcp,
+    /// No call can be made.
+    DoesNotWork,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    server: String,
+    checks: Vec<Check>,
+    verdict: Verdict,
+    /// The proxy answered but refused (credentials, quota…): no firewall
+    /// rule fixes that.
+    proxy_refusal: Option<String>,
+    missing_rules: Vec<String>,
+}
+
+pub(crate) fn run(args: Args) -> ExitCode {
+    let app_id = match AppId::new(args.app_id.clone()) {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("error: --app-id: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime().block_on(async move {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut config = ClientConfig::new(
+            app_id,
+            args.credential.0.clone(),
+            Timebase::new(Instant::now(), unix),
+        );
+        let timeout = Duration::from_millis(args.timeout_ms);
+        config.handshake_timeout = timeout;
+        let report = match probe(&args.server, &config, timeout).await {
+            Ok(report) => report,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).expect("the report serializes")
+            );
+        } else {
+            print!("{}", render(&report));
+        }
+        match report.verdict {
+            Verdict::DoesNotWork => ExitCode::FAILURE,
+            _ => ExitCode::SUCCESS,
+        }
+    })
+}
+
+async fn probe(
+    server: &ProxyServer,
+    config: &ClientConfig,
+    timeout: Duration,
+) -> Result<Report, String> {
+    let targets = candidates(server, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut checks = Vec::new();
+    let mut allocation: Option<Allocation> = None;
+
+    // Allocation service: every address and port, TCP and UDP, at once.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, &addr) in targets.iter().enumerate() {
+        let (c1, c2) = (config.clone(), config.clone());
+        tasks.spawn(async move { (index * 2, allocate_tcp(addr, &c1, timeout).await) });
+        tasks.spawn(async move { (index * 2 + 1, allocate_udp(addr, &c2, timeout).await) });
+    }
+    let mut results = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        results.push(joined.map_err(|e| format!("a check failed: {e}"))?);
+    }
+    results.sort_by_key(|(index, _)| *index);
+    for (index, (outcome, granted)) in results {
+        if allocation.is_none() {
+            allocation = granted;
+        }
+        checks.push(Check {
+            protocol: if index % 2 == 0 { "TCP" } else { "UDP" },
+            role: "allocation",
+            address: targets[index / 2],
+            outcome,
+        });
+    }
+
+    // Relays, named by the allocation. A Bind to 0.0.0.0:9 is always refused
+    // by the relay's policy; getting that refusal back proves the port
+    // works both ways without relaying anything anywhere.
+    if let Some(allocation) = &allocation {
+        for &relay in &allocation.tcp_relays {
+            let outcome = bind_check(relay, Path::Tcp, config, allocation, timeout).await;
+            checks.push(Check {
+                protocol: "TCP",
+                role: "message relay",
+                address: relay,
+                outcome,
+            });
+        }
+        for &relay in &allocation.udp_relays {
+            let outcome = bind_check(relay, Path::Udp, config, allocation, timeout).await;
+            checks.push(Check {
+                protocol: "UDP",
+                role: "media relay",
+                address: relay,
+                outcome,
+            });
+        }
+    }
+
+    let open = |protocol: &str, role: &str| {
+        checks
+            .iter()
+            .any(|c| c.protocol == protocol && c.role == role && c.outcome.is_open())
+    };
+    let allocated = allocation.is_some();
+    let verdict = if allocated && open("TCP", "message relay") && open("UDP", "media relay") {
+        Verdict::WorksOverUdp
+    } else if allocated && open("TCP", "message relay") {
+        Verdict::WorksOnlyOverTcp
+    } else {
+        Verdict::DoesNotWork
+    };
+    let refused = |c: &Check| matches!(&c.outcome, Outcome::Blocked { reason } if reason.starts_with(REFUSED));
+    let proxy_refusal = checks
+        .iter()
+        .find(|c| refused(c))
+        .map(|c| match &c.outcome {
+            Outcome::Blocked { reason } => reason.clone(),
+            _ => String::new(),
+        });
+    let missing_rules = checks
+        .iter()
+        .filter(|c| !c.outcome.is_open() && !refused(c))
+        .map(|c| {
+            format!(
+                "allow {} to {} port {} ({})",
+                c.protocol,
+                c.address.ip(),
+                c.address.port(),
+                c.role
+            )
+        })
+        .collect();
+    Ok(Report {
+        server: server.to_string(),
+        checks,
+        verdict,
+        proxy_refusal,
+        missing_rules,
+    })
+}
+
+/// How a proxy's refusal starts, to tell it from a firewall's.
+const REFUSED: &str = "refused by the proxy:";
+
+fn micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+fn io_outcome(e: &std::io::Error) -> Outcome {
+    Outcome::Blocked {
+        reason: e.to_string(),
+    }
+}
+
+fn session_outcome(e: &SessionError) -> Outcome {
+    match e {
+        SessionError::Timeout { .. } => Outcome::Timeout,
+        SessionError::Refused { code, message } => Outcome::Blocked {
+            reason: format!(
+                "{REFUSED} {} ({}): {message}",
+                code.name().unwrap_or("unknown code"),
+                code.0
+            ),
+        },
+        other => Outcome::Blocked {
+            reason: other.to_string(),
+        },
+    }
+}
+
+async fn allocate_tcp(
+    addr: SocketAddr,
+    config: &ClientConfig,
+    timeout: Duration,
+) -> (Outcome, Option<Allocation>) {
+    let started = Instant::now();
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.map_err(|e| io_outcome(&e))?;
+        let mut allocator = Allocator::new(config, Path::Tcp, nonce(), Instant::now());
+        let mut buf = [0u8; 4096];
+        loop {
+            while let Some(bytes) = allocator.poll_transmit() {
+                stream.write_all(&bytes).await.map_err(|e| io_outcome(&e))?;
+            }
+            match allocator.poll_event() {
+                Some(AllocatorEvent::Allocated(a)) => return Ok(a),
+                Some(AllocatorEvent::Failed(e)) => return Err(session_outcome(&e)),
+                _ => {}
+            }
+            let n = stream.read(&mut buf).await.map_err(|e| io_outcome(&e))?;
+            if n == 0 {
+                return Err(Outcome::Blocked {
+                    reason: "closed without an answer".into(),
+                });
+            }
+            allocator.handle_input(Instant::now(), &buf[..n]);
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(a)) => (
+            Outcome::Open {
+                latency_us: micros(started),
+            },
+            Some(a),
+        ),
+        Ok(Err(outcome)) => (outcome, None),
+        Err(_) => (Outcome::Timeout, None),
+    }
+}
+
+async fn allocate_udp(
+    addr: SocketAddr,
+    config: &ClientConfig,
+    timeout: Duration,
+) -> (Outcome, Option<Allocation>) {
+    let started = Instant::now();
+    let exchange = async {
+        let socket = connected_udp(addr).await.map_err(|e| io_outcome(&e))?;
+        let mut allocator = Allocator::new(config, Path::Udp, nonce(), Instant::now());
+        let mut buf = vec![0u8; 2048];
+        loop {
+            while let Some(bytes) = allocator.poll_transmit() {
+                let _ = socket.send(&bytes).await;
+            }
+            match allocator.poll_event() {
+                Some(AllocatorEvent::Allocated(a)) => return Ok(a),
+                Some(AllocatorEvent::Failed(e)) => return Err(session_outcome(&e)),
+                _ => {}
+            }
+            let deadline = allocator.poll_timeout().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                received = socket.recv(&mut buf) => match received {
+                    Ok(n) => allocator.handle_input(Instant::now(), &buf[..n]),
+                    // ICMP port unreachable: nothing listens, or a REJECT rule.
+                    Err(e) => return Err(io_outcome(&e)),
+                },
+                () = sleep_until_opt(deadline) => allocator.handle_timeout(Instant::now()),
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(a)) => (
+            Outcome::Open {
+                latency_us: micros(started),
+            },
+            Some(a),
+        ),
+        Ok(Err(outcome)) => (outcome, None),
+        Err(_) => (Outcome::Timeout, None),
+    }
+}
+
+/// Binds to 0.0.0.0:9 through `relay`: the relay always refuses that
+/// destination, and the refusal proves the port answers.
+async fn bind_check(
+    relay: SocketAddr,
+    path: Path,
+    config: &ClientConfig,
+    allocation: &Allocation,
+    timeout: Duration,
+) -> Outcome {
+    let started = Instant::now();
+    let never_allowed = Address::Ip(SocketAddr::from(([0, 0, 0, 0], 9)));
+    let mode = BindMode::Datagram;
+    let Ok(mut binding) = RelayBinding::new(
+        config,
+        allocation,
+        path,
+        mode,
+        never_allowed,
+        Instant::now(),
+    ) else {
+        return Outcome::Blocked {
+            reason: "the allocation does not allow this transport".into(),
+        };
+    };
+    let exchange = async {
+        let mut buf = vec![0u8; 4096];
+        match path {
+            Path::Tcp => {
+                let mut stream = TcpStream::connect(relay)
+                    .await
+                    .map_err(|e| io_outcome(&e))?;
+                loop {
+                    while let Some(bytes) = binding.poll_transmit() {
+                        stream.write_all(&bytes).await.map_err(|e| io_outcome(&e))?;
+                    }
+                    if let Some(event) = binding.poll_event() {
+                        return Ok(event);
+                    }
+                    let n = stream.read(&mut buf).await.map_err(|e| io_outcome(&e))?;
+                    if n == 0 {
+                        return Err(Outcome::Blocked {
+                            reason: "closed without an answer".into(),
+                        });
+                    }
+                    binding.handle_input(Instant::now(), Bytes::copy_from_slice(&buf[..n]));
+                }
+            }
+            Path::Udp => {
+                let socket = connected_udp(relay).await.map_err(|e| io_outcome(&e))?;
+                loop {
+                    while let Some(bytes) = binding.poll_transmit() {
+                        let _ = socket.send(&bytes).await;
+                    }
+                    if let Some(event) = binding.poll_event() {
+                        return Ok(event);
+                    }
+                    let deadline = binding.poll_timeout().map(tokio::time::Instant::from_std);
+                    tokio::select! {
+                        received = socket.recv(&mut buf) => match received {
+                            Ok(n) => binding.handle_input(Instant::now(), Bytes::copy_from_slice(&buf[..n])),
+                            Err(e) => return Err(io_outcome(&e)),
+                        },
+                        () = sleep_until_opt(deadline) => binding.handle_timeout(Instant::now()),
+                    }
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        // The expected refusal: the relay answered.
+        Ok(Ok(BindingEvent::Closed(SessionError::Refused {
+            code: ErrorCode::DESTINATION_NOT_ALLOWED,
+            ..
+        }))) => Outcome::Open {
+            latency_us: micros(started),
+        },
+        Ok(Ok(BindingEvent::Closed(e))) => session_outcome(&e),
+        Ok(Ok(other)) => Outcome::Blocked {
+            reason: format!("unexpected answer {other:?}"),
+        },
+        Ok(Err(outcome)) => outcome,
+        Err(_) => Outcome::Timeout,
+    }
+}
+
+async fn connected_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let local: SocketAddr = if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(addr).await?;
+    Ok(socket)
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn nonce() -> [u8; 16] {
+    let mut n = [0u8; 16];
+    getrandom::fill(&mut n).expect("the operating system's random generator failed");
+    n
+}
+
+fn render(report: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "cloudproxy probe: {}", report.server);
+    let _ = writeln!(
+        out,
+        "proto  role           address                      state     latency / reason"
+    );
+    for c in &report.checks {
+        let (state, detail) = match &c.outcome {
+            Outcome::Open { latency_us } => {
+                ("open", format!("{:.1} ms", *latency_us as f64 / 1000.0))
+            }
+            Outcome::Blocked { reason } => ("blocked", reason.clone()),
+            Outcome::Timeout => ("timeout", "no answer".into()),
+        };
+        let _ = writeln!(
+            out,
+            "{:<6} {:<14} {:<28} {:<9} {}",
+            c.protocol,
+            c.role,
+            c.address.to_string(),
+            state,
+            detail
+        );
+    }
+    let verdict = match report.verdict {
+        Verdict::WorksOverUdp => "a call will work: messages over the TCP relay, media over UDP",
+        Verdict::WorksOnlyOverTcp => {
+            "a call will work only over TCP: media falls back to the TCP relay (UDP is blocked)"
+        }
+        Verdict::DoesNotWork => "a call will not work through this proxy from here",
+    };
+    let _ = writeln!(out, "verdict: {verdict}");
+    if let Some(refusal) = &report.proxy_refusal {
+        let why = refusal.strip_prefix(REFUSED).unwrap_or(refusal).trim();
+        let _ = writeln!(out, "the proxy answered and refused: {why}");
+    }
+    if report.missing_rules.is_empty() {
+        let _ = writeln!(out, "firewall: nothing missing");
+    } else {
+        let _ = writeln!(out, "firewall rules still missing:");
+        for rule in &report.missing_rules {
+            let _ = writeln!(out, "  {rule}");
+        }
+    }
+    out
+}

@@ -1,0 +1,117 @@
+//! `cloudproxy probe` against a running `cloudproxy serve`.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{field, read_until, spawn};
+
+fn probe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
+        .arg("probe")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn every_port_open_means_a_call_works_over_udp() {
+    let (_serve, mut out) = spawn(&[
+        "serve",
+        "--allocation-port",
+        "0",
+        "--tcp-relay-port",
+        "0",
+        "--udp-relay-ports",
+        "0-1",
+        "--log",
+        "warn",
+    ]);
+    let banner = read_until(&mut out, "press Ctrl-C");
+    let server = field(&banner, "allocation service  TCP").to_owned();
+    let secret = field(&banner, "app secret").to_owned();
+
+    let output = probe(&[
+        "--server",
+        &server,
+        "--app-id",
+        "dev-app",
+        "--credential",
+        &secret,
+    ]);
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{table}");
+    // Allocation over TCP and UDP, the TCP relay, two UDP relays.
+    assert_eq!(table.matches(" open ").count(), 5, "{table}");
+    assert!(
+        table.contains("verdict: a call will work: messages over the TCP relay, media over UDP"),
+        "{table}"
+    );
+    assert!(table.contains("firewall: nothing missing"), "{table}");
+
+    let output = probe(&[
+        "--server",
+        &server,
+        "--app-id",
+        "dev-app",
+        "--credential",
+        &secret,
+        "--json",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["verdict"], "works_over_udp");
+    assert_eq!(json["checks"].as_array().unwrap().len(), 5);
+    assert!(
+        json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["state"] == "open" && c["latency_us"].is_u64())
+    );
+
+    // The right port with the wrong secret: the proxy answers and refuses,
+    // which no firewall rule fixes.
+    let output = probe(&[
+        "--server",
+        &server,
+        "--app-id",
+        "dev-app",
+        "--credential",
+        "00112233445566778899aabbccddeeff",
+    ]);
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{table}");
+    assert!(
+        table.contains("the proxy answered and refused: BAD_CREDENTIAL (200)"),
+        "{table}"
+    );
+    assert!(table.contains("firewall: nothing missing"), "{table}");
+}
+
+#[test]
+fn nothing_listening_means_no_call_and_names_the_missing_rules() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let output = probe(&[
+        "--server",
+        &closed.to_string(),
+        "--app-id",
+        "dev-app",
+        "--credential",
+        "00112233445566778899aabbccddeeff",
+        "--timeout-ms",
+        "2000",
+    ]);
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{table}");
+    assert!(table.contains("verdict: a call will not work"), "{table}");
+    assert!(
+        table.contains(&format!(
+            "allow TCP to 127.0.0.1 port {} (allocation)",
+            closed.port()
+        )),
+        "{table}"
+    );
+}

@@ -15,7 +15,7 @@ use crate::config::{Config, EngineBuilder};
 use crate::error::EngineError;
 use crate::event::{ConnectionState, Events, IncomingMedia, IncomingMessage, StateReason};
 use crate::link::connect;
-use crate::session::{Command, Outputs, Session};
+use crate::session::{Command, Outputs, Session, SessionBase};
 use crate::settings::{ProxyMode, Settings};
 
 /// The largest reliable message payload: a `Message` frame body holds a
@@ -276,11 +276,10 @@ impl Engine {
     /// cannot carry (1–64 bytes of UTF-8, no control characters); otherwise
     /// why the media network could not be joined, by each path tried.
     pub async fn join_channel(&self, channel: &str, uid: u32) -> Result<(), EngineError> {
-        let channel_name =
-            ChannelName::new(channel).map_err(|e| EngineError::InvalidArgument {
-                what: "channel name",
-                reason: format!("{channel:?}: {e}"),
-            })?;
+        let channel_name = ChannelName::new(channel).map_err(|e| EngineError::InvalidArgument {
+            what: "channel name",
+            reason: format!("{channel:?}: {e}"),
+        })?;
         let settings = {
             let mut phase = self.phase();
             match &*phase {
@@ -323,16 +322,15 @@ impl Engine {
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (media_tx, media_rx) = mpsc::channel(self.inner.config.media_queue);
-        let session = Session::new(
-            self.inner.config.clone(),
+        let base = SessionBase {
+            config: self.inner.config.clone(),
             settings,
-            out.clone(),
-            self.inner.phase.clone(),
+            out: out.clone(),
+            phase: self.inner.phase.clone(),
             generation,
-            self.inner.shutdown.clone(),
-            join,
-            link.joined.clone(),
-        );
+            shutdown: self.inner.shutdown.clone(),
+        };
+        let session = Session::new(base, join, link.joined);
         {
             let mut phase = self.phase();
             *phase = Phase::InChannel {

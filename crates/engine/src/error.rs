@@ -81,7 +81,7 @@ pub enum EngineError {
         /// Why the direct path failed.
         direct: String,
         /// Why the proxy failed.
-        proxy: Box<EngineError>,
+        proxy: Box<Self>,
     },
     /// The media network refused the join.
     #[error("the media network refused the join: {code}: {message}")]

@@ -111,7 +111,8 @@ impl MediaLink {
                 Some(datagram) => Ok(datagram),
                 None => Err(format!(
                     "the media path closed: {}",
-                    path.closed_reason().unwrap_or_else(|| "no reason given".into())
+                    path.closed_reason()
+                        .unwrap_or_else(|| "no reason given".into())
                 )),
             },
         }
@@ -153,25 +154,56 @@ pub(crate) async fn connect(
                 let why = direct_error.to_string();
                 tracing::info!(%why, "direct path failed; trying the proxy");
                 let _ = events.send(Event::DirectPathFailed { why: why.clone() });
-                proxy(config, settings, MediaTransport::Auto, join, events, started)
-                    .await
-                    .map_err(|proxy| match proxy {
-                        e @ EngineError::JoinRefused { .. } => e,
-                        proxy => EngineError::AutoFailed {
-                            direct: why,
-                            proxy: Box::new(proxy),
-                        },
-                    })
+                proxy(
+                    config,
+                    settings,
+                    MediaTransport::Auto,
+                    join,
+                    events,
+                    started,
+                )
+                .await
+                .map_err(|proxy| match proxy {
+                    e @ EngineError::JoinRefused { .. } => e,
+                    proxy => EngineError::AutoFailed {
+                        direct: why,
+                        proxy: Box::new(proxy),
+                    },
+                })
             }
         },
         ProxyMode::On => {
-            proxy(config, settings, MediaTransport::Auto, join, events, started).await
+            proxy(
+                config,
+                settings,
+                MediaTransport::Auto,
+                join,
+                events,
+                started,
+            )
+            .await
         }
         ProxyMode::ForceUdp => {
-            proxy(config, settings, MediaTransport::UdpOnly, join, events, started).await
+            proxy(
+                config,
+                settings,
+                MediaTransport::UdpOnly,
+                join,
+                events,
+                started,
+            )
+            .await
         }
         ProxyMode::ForceTcp => {
-            proxy(config, settings, MediaTransport::TcpOnly, join, events, started).await
+            proxy(
+                config,
+                settings,
+                MediaTransport::TcpOnly,
+                join,
+                events,
+                started,
+            )
+            .await
         }
     }
 }
@@ -300,10 +332,8 @@ fn client_config(config: &Config) -> ClientConfig {
         config.credential.clone(),
         Timebase::new(Instant::now(), unix),
     );
-    client.client_version = cloudproxy_proto::Text::truncated(concat!(
-        "cloudproxy-engine/",
-        env!("CARGO_PKG_VERSION")
-    ));
+    client.client_version =
+        cloudproxy_proto::Text::truncated(concat!("cloudproxy-engine/", env!("CARGO_PKG_VERSION")));
     client.handshake_timeout = config.handshake_timeout;
     client
 }

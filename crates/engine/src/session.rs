@@ -37,7 +37,9 @@ pub(crate) struct Outputs {
 impl Outputs {
     pub(crate) fn state(&self, state: ConnectionState, reason: StateReason) {
         tracing::info!(?state, ?reason, "connection state changed");
-        let _ = self.events.send(Event::ConnectionStateChanged { state, reason });
+        let _ = self
+            .events
+            .send(Event::ConnectionStateChanged { state, reason });
     }
 }
 
@@ -45,6 +47,16 @@ impl Outputs {
 enum End {
     Leave(Option<oneshot::Sender<()>>),
     Lost(StateReason, String),
+}
+
+/// What a session shares with its engine.
+pub(crate) struct SessionBase {
+    pub(crate) config: Arc<Config>,
+    pub(crate) settings: Settings,
+    pub(crate) out: Outputs,
+    pub(crate) phase: Arc<Mutex<Phase>>,
+    pub(crate) generation: u64,
+    pub(crate) shutdown: CancellationToken,
 }
 
 pub(crate) struct Session {
@@ -63,16 +75,16 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(
-        config: Arc<Config>,
-        settings: Settings,
-        out: Outputs,
-        phase: Arc<Mutex<Phase>>,
-        generation: u64,
-        shutdown: CancellationToken,
-        join: Join,
-        joined: Joined,
-    ) -> Self {
+    /// A session for a fresh membership.
+    pub(crate) fn new(base: SessionBase, join: Join, joined: Joined) -> Self {
+        let SessionBase {
+            config,
+            settings,
+            out,
+            phase,
+            generation,
+            shutdown,
+        } = base;
         Self {
             config,
             settings,
@@ -345,7 +357,9 @@ impl Session {
             match result {
                 Ok(Ok(mut link)) => match self.resumed(&mut link, resume).await {
                     Ok(()) => return Ok(link),
-                    Err(e) => tracing::warn!(error = %e, "connection lost right after re-establishing it"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "connection lost right after re-establishing it")
+                    }
                 },
                 Ok(Err(e)) if resume && is_resume_refused(&e) => {
                     tracing::warn!(error = %e, "membership could not be resumed; joining afresh");
@@ -353,7 +367,9 @@ impl Session {
                     continue;
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "re-establishing the connection failed"),
-                Err(_) => tracing::warn!(after = ?bound, "re-establishing the connection timed out"),
+                Err(_) => {
+                    tracing::warn!(after = ?bound, "re-establishing the connection timed out")
+                }
             }
             if Instant::now() + backoff >= give_up {
                 return Err(End::Lost(StateReason::ReconnectFailed, "gave up".into()));
@@ -368,7 +384,7 @@ impl Session {
 
     /// After a successful (re)join: resend what the edge is missing.
     async fn resumed(&mut self, link: &mut Link, resume: bool) -> Result<(), String> {
-        let joined = link.joined.clone();
+        let joined = link.joined;
         let reason = if resume && joined.resumed {
             StateReason::Resumed
         } else {
@@ -385,7 +401,10 @@ impl Session {
             StateReason::Rejoined
         };
         self.joined = joined;
-        let resend: Vec<_> = self.outbox.resend_after(self.joined.last_received).collect();
+        let resend: Vec<_> = self
+            .outbox
+            .resend_after(self.joined.last_received)
+            .collect();
         for message in resend {
             link.conn
                 .write_frame(&Frame::Message(message))

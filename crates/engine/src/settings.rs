@@ -97,19 +97,31 @@ mod tests {
             mode: ProxyMode::ForceTcp,
             ..Settings::default()
         };
-        assert_eq!(apply(&forced, r#"{"rtc.enable_proxy":true}"#).mode, ProxyMode::ForceTcp);
-        assert_eq!(apply(&forced, r#"{"rtc.enable_proxy":false}"#).mode, ProxyMode::Off);
+        assert_eq!(
+            apply(&forced, r#"{"rtc.enable_proxy":true}"#).mode,
+            ProxyMode::ForceTcp
+        );
+        assert_eq!(
+            apply(&forced, r#"{"rtc.enable_proxy":false}"#).mode,
+            ProxyMode::Off
+        );
         let auto = Settings {
             mode: ProxyMode::Auto,
             ..Settings::default()
         };
-        assert_eq!(apply(&auto, r#"{"rtc.enable_proxy":true}"#).mode, ProxyMode::On);
+        assert_eq!(
+            apply(&auto, r#"{"rtc.enable_proxy":true}"#).mode,
+            ProxyMode::On
+        );
     }
 
     #[test]
     fn unknown_keys_are_kept_as_json_and_replaced() {
         let s = apply(&Settings::default(), r#"{"che.audio":{"a":[1,"x"]}}"#);
-        assert_eq!(s.parameter("che.audio").as_deref(), Some(r#"{"a":[1,"x"]}"#));
+        assert_eq!(
+            s.parameter("che.audio").as_deref(),
+            Some(r#"{"a":[1,"x"]}"#)
+        );
         let s = apply(&s, r#"{"che.audio":2}"#);
         assert_eq!(s.parameter("che.audio").as_deref(), Some("2"));
         assert_eq!(s.mode, ProxyMode::Off);

@@ -16,15 +16,26 @@ async fn a_dead_first_proxy_address_is_skipped() {
     let node = proxy_node().await;
     let port = alloc_addr(&node).port();
     let engine = engine(&edge);
-    engine.set_parameters(r#"{"rtc.enable_proxy":true}"#).unwrap();
+    engine
+        .set_parameters(r#"{"rtc.enable_proxy":true}"#)
+        .unwrap();
     // Nothing listens on 127.0.0.2 at the node's port.
     engine
         .set_parameters(&proxy_server_param(&["127.0.0.2", "127.0.0.1"], port))
         .unwrap();
     let mut events = engine.events();
     engine.join_channel("dead-first", 1).await.unwrap();
-    let (event, _) = wait_for(&mut events, "ProxyConnected", |e| matches!(e, Event::ProxyConnected { .. })).await;
-    let Event::ProxyConnected { proxy_type, elapsed } = event else { unreachable!() };
+    let (event, _) = wait_for(&mut events, "ProxyConnected", |e| {
+        matches!(e, Event::ProxyConnected { .. })
+    })
+    .await;
+    let Event::ProxyConnected {
+        proxy_type,
+        elapsed,
+    } = event
+    else {
+        unreachable!()
+    };
     assert_eq!(proxy_type, ProxyType::Udp);
     // A refused address costs no more than one stagger (250 ms).
     assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
@@ -66,7 +77,9 @@ async fn a_proxy_killed_mid_call_is_replaced_and_no_message_is_lost_or_duplicate
     let second = proxy_node_with("127.0.0.2", port, None).await;
     let make = || {
         let engine = engine(&edge);
-        engine.set_parameters(r#"{"rtc.enable_proxy":true}"#).unwrap();
+        engine
+            .set_parameters(r#"{"rtc.enable_proxy":true}"#)
+            .unwrap();
         engine
             .set_parameters(&proxy_server_param(&["127.0.0.1", "127.0.0.2"], port))
             .unwrap();
@@ -98,16 +111,25 @@ async fn a_proxy_killed_mid_call_is_replaced_and_no_message_is_lost_or_duplicate
         })
         .await;
         assert!(
-            before.iter().any(|e| is_state(e, ConnectionState::Reconnecting, StateReason::Interrupted)),
+            before.iter().any(|e| is_state(
+                e,
+                ConnectionState::Reconnecting,
+                StateReason::Interrupted
+            )),
             "{before:?}"
         );
         assert!(
-            before.iter().any(|e| matches!(e, Event::ProxyConnected { .. })),
+            before
+                .iter()
+                .any(|e| matches!(e, Event::ProxyConnected { .. })),
             "{before:?}"
         );
     }
     let failover = killed.elapsed();
-    assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+    assert!(
+        failover < Duration::from_secs(5),
+        "failover took {failover:?}"
+    );
     assert!(second.stats().allocations >= 2, "{:?}", second.stats());
 
     send_numbered(&a, 400..500);
@@ -142,7 +164,9 @@ async fn the_engine_gives_up_after_the_reconnect_window_and_can_join_again() {
     engine
         .set_parameters(&proxy_server_param(&["127.0.0.1"], addr.port()))
         .unwrap();
-    engine.set_parameters(r#"{"rtc.enable_proxy":true}"#).unwrap();
+    engine
+        .set_parameters(r#"{"rtc.enable_proxy":true}"#)
+        .unwrap();
     let mut events = engine.events();
     engine.join_channel("give-up", 1).await.unwrap();
     node.shutdown().await;
@@ -155,7 +179,9 @@ async fn the_engine_gives_up_after_the_reconnect_window_and_can_join_again() {
     })
     .await;
     // Idle again: parameters may change and a new join works.
-    engine.set_parameters(r#"{"rtc.enable_proxy":false}"#).unwrap();
+    engine
+        .set_parameters(r#"{"rtc.enable_proxy":false}"#)
+        .unwrap();
     engine.join_channel("give-up", 1).await.unwrap();
     engine.leave_channel().await.unwrap();
     edge.shutdown().await;

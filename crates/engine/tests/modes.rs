@@ -40,7 +40,10 @@ async fn call(a: &Engine, b: &Engine, channel: &str) {
     assert_eq!(media.uid, Some(2));
 
     b.leave_channel().await.unwrap();
-    wait_for(&mut a_events, "UserLeft", |e| matches!(e, Event::UserLeft { uid: 2, .. })).await;
+    wait_for(&mut a_events, "UserLeft", |e| {
+        matches!(e, Event::UserLeft { uid: 2, .. })
+    })
+    .await;
     wait_for(&mut b_events, "Left", |e| {
         is_state(e, ConnectionState::Disconnected, StateReason::Left)
     })
@@ -79,7 +82,10 @@ async fn off_goes_straight_to_the_media_network() {
     assert_eq!(proxy_connected(&events), None, "{events:?}");
     assert!(matches!(
         events[0],
-        Event::ConnectionStateChanged { state: ConnectionState::Connecting, reason: StateReason::Joining }
+        Event::ConnectionStateChanged {
+            state: ConnectionState::Connecting,
+            reason: StateReason::Joining
+        }
     ));
     a.leave_channel().await.unwrap();
     call(&a, &b, "off").await;
@@ -97,15 +103,26 @@ async fn the_guides_strings_carry_a_call_through_the_proxy_over_udp() {
     let events = join_events(&a, "probe-on", 9).await;
     assert_eq!(proxy_connected(&events), Some(ProxyType::Udp), "{events:?}");
     assert!(
-        events.iter().any(|e| is_state(e, ConnectionState::Connecting, StateReason::SettingProxyServer)),
+        events.iter().any(|e| is_state(
+            e,
+            ConnectionState::Connecting,
+            StateReason::SettingProxyServer
+        )),
         "{events:?}"
     );
-    assert!(!events.iter().any(|e| matches!(e, Event::MediaFallbackToTcp { .. })));
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::MediaFallbackToTcp { .. }))
+    );
     a.leave_channel().await.unwrap();
     call(&a, &b, "on").await;
     let stats = node.stats();
     assert!(stats.allocations >= 3, "{stats:?}");
-    assert!(stats.udp_packets_up > 0 && stats.udp_packets_down > 0, "{stats:?}");
+    assert!(
+        stats.udp_packets_up > 0 && stats.udp_packets_down > 0,
+        "{stats:?}"
+    );
     node.shutdown().await;
     edge.shutdown().await;
 }
@@ -138,7 +155,11 @@ async fn auto_stays_direct_when_the_direct_path_works() {
     b.set_cloud_proxy(ProxyMode::Auto).unwrap();
     let events = join_events(&a, "probe-auto", 9).await;
     assert_eq!(proxy_connected(&events), None, "{events:?}");
-    assert!(!events.iter().any(|e| matches!(e, Event::DirectPathFailed { .. })));
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::DirectPathFailed { .. }))
+    );
     a.leave_channel().await.unwrap();
     call(&a, &b, "auto-direct").await;
     assert_eq!(node.stats().allocations, 0);
@@ -166,24 +187,38 @@ async fn auto_falls_back_to_the_proxy_when_the_direct_path_is_unreachable() {
     let (a, b) = (make(), make());
     let mut events = a.events();
     let started = Instant::now();
-    let (ra, rb) = tokio::join!(a.join_channel("auto-fallback", 1), b.join_channel("auto-fallback", 2));
+    let (ra, rb) = tokio::join!(
+        a.join_channel("auto-fallback", 1),
+        b.join_channel("auto-fallback", 2)
+    );
     ra.expect("a joins through the proxy");
     rb.expect("b joins through the proxy");
     let elapsed = started.elapsed();
-    let (_, before) = wait_for(&mut events, "ProxyConnected", |e| matches!(e, Event::ProxyConnected { .. })).await;
+    let (_, before) = wait_for(&mut events, "ProxyConnected", |e| {
+        matches!(e, Event::ProxyConnected { .. })
+    })
+    .await;
     assert!(
-        before.iter().any(|e| matches!(e, Event::DirectPathFailed { why } if why.contains("no answer within"))),
+        before.iter().any(
+            |e| matches!(e, Event::DirectPathFailed { why } if why.contains("no answer within"))
+        ),
         "{before:?}"
     );
     // The documented bound: 3 s of direct attempt, then the proxy.
-    assert!(elapsed >= Duration::from_secs(3), "the direct attempt ran its course: {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_secs(3),
+        "the direct attempt ran its course: {elapsed:?}"
+    );
     assert!(elapsed < Duration::from_secs(8), "{elapsed:?}");
     let mut a_events = a.events();
     b.send_message(Bytes::from_static(b"via proxy")).unwrap();
     assert_eq!(recv_message(&a).await.payload, &b"via proxy"[..]);
     media_gets_through(&a, &b, b"media via proxy").await;
     b.leave_channel().await.unwrap();
-    wait_for(&mut a_events, "UserLeft", |e| matches!(e, Event::UserLeft { uid: 2, .. })).await;
+    wait_for(&mut a_events, "UserLeft", |e| {
+        matches!(e, Event::UserLeft { uid: 2, .. })
+    })
+    .await;
     a.leave_channel().await.unwrap();
     assert!(node.stats().allocations >= 2);
     node.shutdown().await;
@@ -206,7 +241,10 @@ async fn auto_with_nothing_reachable_fails_with_both_reasons() {
     let err = engine.join_channel("nothing", 1).await.unwrap_err();
     assert!(matches!(err, EngineError::AutoFailed { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("direct path failed") && text.contains("proxy"), "{text}");
+    assert!(
+        text.contains("direct path failed") && text.contains("proxy"),
+        "{text}"
+    );
     edge.shutdown().await;
 }
 
@@ -255,11 +293,19 @@ async fn force_tcp_carries_media_over_the_tcp_relay() {
     let events = join_events(&a, "probe-tcp", 9).await;
     assert_eq!(proxy_connected(&events), Some(ProxyType::Tcp), "{events:?}");
     // Forced, not a fallback.
-    assert!(!events.iter().any(|e| matches!(e, Event::MediaFallbackToTcp { .. })), "{events:?}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::MediaFallbackToTcp { .. })),
+        "{events:?}"
+    );
     a.leave_channel().await.unwrap();
     call(&a, &b, "force-tcp").await;
     let stats = node.stats();
-    assert_eq!(stats.udp_bindings_total, 0, "no UDP relay binding: {stats:?}");
+    assert_eq!(
+        stats.udp_bindings_total, 0,
+        "no UDP relay binding: {stats:?}"
+    );
     node.shutdown().await;
     edge.shutdown().await;
 }
@@ -290,11 +336,21 @@ async fn force_udp_fails_clearly_when_udp_is_blocked() {
     let mut events = engine.events();
     let started = Instant::now();
     let err = engine.join_channel("udp-blocked", 1).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(matches!(err, EngineError::UdpBlocked { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("UDP looks blocked") && text.contains("ForceTcp"), "{text}");
-    wait_for(&mut events, "Failed", |e| is_state(e, ConnectionState::Failed, StateReason::JoinFailed)).await;
+    assert!(
+        text.contains("UDP looks blocked") && text.contains("ForceTcp"),
+        "{text}"
+    );
+    wait_for(&mut events, "Failed", |e| {
+        is_state(e, ConnectionState::Failed, StateReason::JoinFailed)
+    })
+    .await;
     node.shutdown().await;
     edge.shutdown().await;
 }
@@ -309,7 +365,9 @@ async fn on_falls_back_to_tcp_when_udp_is_blocked_and_says_why() {
             .udp_probe_timeout(Duration::from_millis(500))
             .build()
             .unwrap();
-        engine.set_parameters(r#"{"rtc.enable_proxy":true}"#).unwrap();
+        engine
+            .set_parameters(r#"{"rtc.enable_proxy":true}"#)
+            .unwrap();
         engine
             .set_parameters(&proxy_server_param(&["127.0.0.1"], addr.port()))
             .unwrap();
@@ -336,7 +394,10 @@ async fn join_rules_and_payload_limits() {
     let engine = engine(&edge);
     assert!(matches!(
         engine.send_message(Bytes::from_static(b"x")).unwrap_err(),
-        EngineError::InvalidState { operation: "send_message", .. }
+        EngineError::InvalidState {
+            operation: "send_message",
+            ..
+        }
     ));
     assert!(matches!(
         engine.join_channel("", 1).await.unwrap_err(),
@@ -346,14 +407,32 @@ async fn join_rules_and_payload_limits() {
     let err = engine.join_channel("other", 1).await.unwrap_err();
     assert!(err.to_string().contains("leave_channel"), "{err}");
     let err = engine
-        .send_message(Bytes::from(vec![0u8; cloudproxy_engine::MAX_MESSAGE_LEN + 1]))
+        .send_message(Bytes::from(vec![
+            0u8;
+            cloudproxy_engine::MAX_MESSAGE_LEN + 1
+        ]))
         .unwrap_err();
-    assert!(matches!(err, EngineError::PayloadTooLarge { what: "message", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            EngineError::PayloadTooLarge {
+                what: "message",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let err = engine
         .send_media(Bytes::from(vec![0u8; cloudproxy_engine::MAX_MEDIA_LEN + 1]))
         .unwrap_err();
-    assert!(matches!(err, EngineError::PayloadTooLarge { what: "media", .. }), "{err:?}");
-    assert!(matches!(engine.send_media(Bytes::new()).unwrap_err(), EngineError::InvalidArgument { .. }));
+    assert!(
+        matches!(err, EngineError::PayloadTooLarge { what: "media", .. }),
+        "{err:?}"
+    );
+    assert!(matches!(
+        engine.send_media(Bytes::new()).unwrap_err(),
+        EngineError::InvalidArgument { .. }
+    ));
     engine
         .send_message(Bytes::from(vec![7u8; cloudproxy_engine::MAX_MESSAGE_LEN]))
         .unwrap();

@@ -15,31 +15,50 @@ fn ips(list: &[&str]) -> Vec<IpAddr> {
 }
 
 fn offline_engine() -> cloudproxy_engine::Engine {
-    builder("127.0.0.1:9".parse().unwrap(), "127.0.0.1:9".parse().unwrap())
-        .build()
-        .unwrap()
+    builder(
+        "127.0.0.1:9".parse().unwrap(),
+        "127.0.0.1:9".parse().unwrap(),
+    )
+    .build()
+    .unwrap()
 }
 
 #[test]
 fn enable_proxy_true_uses_the_default_server_from_the_builder() {
     let engine = offline_engine();
     assert_eq!(engine.proxy_mode(), ProxyMode::Off);
-    assert_eq!(engine.parameter("rtc.enable_proxy").as_deref(), Some("false"));
-    engine.set_parameters(r#"{"rtc.enable_proxy":true}"#).unwrap();
+    assert_eq!(
+        engine.parameter("rtc.enable_proxy").as_deref(),
+        Some("false")
+    );
+    engine
+        .set_parameters(r#"{"rtc.enable_proxy":true}"#)
+        .unwrap();
     assert_eq!(engine.proxy_mode(), ProxyMode::On);
-    assert_eq!(engine.parameter("rtc.enable_proxy").as_deref(), Some("true"));
+    assert_eq!(
+        engine.parameter("rtc.enable_proxy").as_deref(),
+        Some("true")
+    );
     // No server set: [1, <default domain>, 0], the domain from the builder.
-    assert_eq!(engine.proxy_server(), ProxyServer::domain("localhost", 0).unwrap());
+    assert_eq!(
+        engine.proxy_server(),
+        ProxyServer::domain("localhost", 0).unwrap()
+    );
     assert_eq!(engine.parameter("rtc.proxy_server"), None);
 }
 
 #[test]
 fn the_default_domain_is_the_guides_unless_configured() {
     let engine = cloudproxy_engine::Engine::builder(APP, SECRET.to_vec())
-        .media_network("127.0.0.1:9".parse().unwrap(), "127.0.0.1:9".parse().unwrap())
+        .media_network(
+            "127.0.0.1:9".parse().unwrap(),
+            "127.0.0.1:9".parse().unwrap(),
+        )
         .build()
         .unwrap();
-    engine.set_parameters(r#"{"rtc.enable_proxy":true}"#).unwrap();
+    engine
+        .set_parameters(r#"{"rtc.enable_proxy":true}"#)
+        .unwrap();
     assert_eq!(engine.proxy_server(), ProxyServer::default_server());
     assert_eq!(
         engine.proxy_server().kind(),
@@ -59,7 +78,9 @@ fn proxy_server_accepts_all_three_forms_of_the_ip_list() {
         r#"{"rtc.proxy_server":[2, "["192.168.0.112","127.0.0.1"]", 0]}"#,
     ] {
         let engine = offline_engine();
-        engine.set_parameters(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        engine
+            .set_parameters(text)
+            .unwrap_or_else(|e| panic!("{text}: {e}"));
         assert_eq!(engine.proxy_server(), want, "{text}");
         assert_eq!(
             engine.parameter("rtc.proxy_server").as_deref(),
@@ -72,17 +93,30 @@ fn proxy_server_accepts_all_three_forms_of_the_ip_list() {
     engine
         .set_parameters(r#"{"rtc.proxy_server":[1, "proxy.example.com", 4000]}"#)
         .unwrap();
-    assert_eq!(engine.proxy_server(), ProxyServer::domain("proxy.example.com", 4000).unwrap());
+    assert_eq!(
+        engine.proxy_server(),
+        ProxyServer::domain("proxy.example.com", 4000).unwrap()
+    );
 }
 
 #[test]
 fn enable_proxy_false_turns_every_mode_off() {
     let engine = offline_engine();
-    for mode in [ProxyMode::Auto, ProxyMode::On, ProxyMode::ForceUdp, ProxyMode::ForceTcp] {
+    for mode in [
+        ProxyMode::Auto,
+        ProxyMode::On,
+        ProxyMode::ForceUdp,
+        ProxyMode::ForceTcp,
+    ] {
         engine.set_cloud_proxy(mode).unwrap();
-        engine.set_parameters(r#"{"rtc.enable_proxy":false}"#).unwrap();
+        engine
+            .set_parameters(r#"{"rtc.enable_proxy":false}"#)
+            .unwrap();
         assert_eq!(engine.proxy_mode(), ProxyMode::Off, "from {mode:?}");
-        assert_eq!(engine.parameter("rtc.enable_proxy").as_deref(), Some("false"));
+        assert_eq!(
+            engine.parameter("rtc.enable_proxy").as_deref(),
+            Some("false")
+        );
     }
 }
 
@@ -96,7 +130,9 @@ fn enable_proxy_true_keeps_a_forced_mode_and_replaces_auto() {
         (ProxyMode::ForceTcp, ProxyMode::ForceTcp),
     ] {
         engine.set_cloud_proxy(before).unwrap();
-        engine.set_parameters(r#"{"rtc.enable_proxy":true}"#).unwrap();
+        engine
+            .set_parameters(r#"{"rtc.enable_proxy":true}"#)
+            .unwrap();
         assert_eq!(engine.proxy_mode(), after, "from {before:?}");
     }
     // And the typed call after it wins.
@@ -113,7 +149,10 @@ fn several_keys_apply_together() {
         )
         .unwrap();
     assert_eq!(engine.proxy_mode(), ProxyMode::On);
-    assert_eq!(engine.proxy_server(), ProxyServer::ip_list(ips(&["127.0.0.1"]), 9700).unwrap());
+    assert_eq!(
+        engine.proxy_server(),
+        ProxyServer::ip_list(ips(&["127.0.0.1"]), 9700).unwrap()
+    );
     assert_eq!(engine.parameter("che.audio.level").as_deref(), Some("3"));
 }
 
@@ -132,8 +171,14 @@ fn a_call_with_one_bad_key_applies_nothing() {
         r#"{"rtc.enable_proxy":true, "rtc.proxy_server":[2, "[]", 0]}"#,
     ] {
         let err = engine.set_parameters(bad).unwrap_err();
-        assert!(matches!(err, EngineError::InvalidParameters(_)), "{bad}: {err:?}");
-        assert!(err.to_string().contains("no parameter was applied"), "{err}");
+        assert!(
+            matches!(err, EngineError::InvalidParameters(_)),
+            "{bad}: {err:?}"
+        );
+        assert!(
+            err.to_string().contains("no parameter was applied"),
+            "{err}"
+        );
         assert_eq!(engine.proxy_mode(), ProxyMode::Off, "{bad}");
         assert_eq!(engine.parameter("rtc.proxy_server"), None, "{bad}");
         assert_eq!(engine.parameter("x.kept").as_deref(), Some("1"), "{bad}");
@@ -160,7 +205,9 @@ fn unknown_keys_are_readable_and_change_nothing() {
 async fn unknown_keys_do_not_change_how_a_join_goes() {
     let edge = edge().await;
     let engine = engine(&edge);
-    engine.set_parameters(r#"{"rtc.something_else":true}"#).unwrap();
+    engine
+        .set_parameters(r#"{"rtc.something_else":true}"#)
+        .unwrap();
     let mut events = engine.events();
     engine.join_channel("unknown-keys", 1).await.unwrap();
     let (_, before) = wait_for(&mut events, "Connected", |e| {
@@ -169,8 +216,14 @@ async fn unknown_keys_do_not_change_how_a_join_goes() {
     .await;
     // Direct, as with no parameter at all: no proxy step.
     assert!(
-        !before.iter().any(|e| matches!(e, Event::ProxyConnected { .. })
-            || is_state(e, ConnectionState::Connecting, StateReason::SettingProxyServer)),
+        !before
+            .iter()
+            .any(|e| matches!(e, Event::ProxyConnected { .. })
+                || is_state(
+                    e,
+                    ConnectionState::Connecting,
+                    StateReason::SettingProxyServer
+                )),
         "{before:?}"
     );
     engine.leave_channel().await.unwrap();
@@ -187,12 +240,33 @@ async fn set_parameters_while_joined_is_refused_and_changes_nothing() {
     let err = engine
         .set_parameters(r#"{"rtc.enable_proxy":true, "x.kept":2}"#)
         .unwrap_err();
-    assert!(matches!(err, EngineError::InvalidState { operation: "set_parameters", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            EngineError::InvalidState {
+                operation: "set_parameters",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let text = err.to_string();
-    assert!(text.contains("before joining a channel or after leaving it"), "{text}");
+    assert!(
+        text.contains("before joining a channel or after leaving it"),
+        "{text}"
+    );
     assert!(text.contains("\"joined\""), "names the channel: {text}");
     let err = engine.set_cloud_proxy(ProxyMode::ForceTcp).unwrap_err();
-    assert!(matches!(err, EngineError::InvalidState { operation: "set_cloud_proxy", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            EngineError::InvalidState {
+                operation: "set_cloud_proxy",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     // A malformed string while joined is still refused for the state.
     assert!(matches!(
         engine.set_parameters("{").unwrap_err(),
@@ -224,7 +298,9 @@ async fn the_default_server_is_what_a_join_uses() {
         })
         .build()
         .unwrap();
-    engine.set_parameters(r#"{"rtc.enable_proxy":true}"#).unwrap();
+    engine
+        .set_parameters(r#"{"rtc.enable_proxy":true}"#)
+        .unwrap();
     let mut events = engine.events();
     match engine.join_channel("default-server", 1).await {
         Err(err @ EngineError::Tunnel(_)) => {
@@ -242,7 +318,9 @@ async fn the_default_server_is_what_a_join_uses() {
     })
     .await;
     // The engine is usable again.
-    engine.set_parameters(r#"{"rtc.enable_proxy":false}"#).unwrap();
+    engine
+        .set_parameters(r#"{"rtc.enable_proxy":false}"#)
+        .unwrap();
     engine.join_channel("default-server", 1).await.unwrap();
     engine.leave_channel().await.unwrap();
     edge.shutdown().await;

@@ -145,7 +145,12 @@ pub fn is_state(event: &Event, state: ConnectionState, reason: StateReason) -> b
 }
 
 pub async fn wait_user_joined(events: &mut Events, uid: u32) {
-    wait_for(events, "UserJoined", |e| matches!(e, Event::UserJoined { uid: u, .. } if *u == uid)).await;
+    wait_for(
+        events,
+        "UserJoined",
+        |e| matches!(e, Event::UserJoined { uid: u, .. } if *u == uid),
+    )
+    .await;
 }
 
 pub async fn recv_message(engine: &Engine) -> IncomingMessage {
@@ -157,7 +162,11 @@ pub async fn recv_message(engine: &Engine) -> IncomingMessage {
 
 /// Sends media from `from` every 20 ms until `to` receives one (media is
 /// unreliable, so the first datagrams may precede the path being ready).
-pub async fn media_gets_through(from: &Engine, to: &Engine, payload: &'static [u8]) -> IncomingMedia {
+pub async fn media_gets_through(
+    from: &Engine,
+    to: &Engine,
+    payload: &'static [u8],
+) -> IncomingMedia {
     tokio::time::timeout(WAIT, async {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         loop {
@@ -174,13 +183,20 @@ pub async fn media_gets_through(from: &Engine, to: &Engine, payload: &'static [u
 /// A TCP front for `target`: each accepted connection is either forwarded
 /// (`forward(n)` true for the n-th connection, from 0) or, like a firewall
 /// that drops, held open and never answered.
-pub async fn tcp_front(bind: IpAddr, port: u16, target: SocketAddr, forward: fn(usize) -> bool) -> SocketAddr {
+pub async fn tcp_front(
+    bind: IpAddr,
+    port: u16,
+    target: SocketAddr,
+    forward: fn(usize) -> bool,
+) -> SocketAddr {
     let listener = TcpListener::bind((bind, port)).await.expect("front binds");
     let addr = listener.local_addr().expect("front addr");
     tokio::spawn(async move {
         let mut held = Vec::new();
         for n in 0.. {
-            let Ok((mut inbound, _)) = listener.accept().await else { return };
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
             if forward(n) {
                 tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(target).await {

@@ -86,10 +86,12 @@ pub(crate) enum MediaLink {
 
 impl MediaLink {
     /// Best effort: a full queue or a failed send drops the datagram.
-    pub(crate) fn send(&self, datagram: Bytes) {
+    /// (`try_send` is not used on the socket: a fresh tokio socket reports
+    /// `WouldBlock` until it has been polled once.)
+    pub(crate) async fn send(&self, datagram: Bytes) {
         match self {
             Self::Direct(socket) => {
-                let _ = socket.try_send(&datagram);
+                let _ = socket.send(&datagram).await;
             }
             Self::Relay(path) => {
                 let _ = path.try_send(datagram);

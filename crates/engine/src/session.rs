@@ -109,7 +109,7 @@ impl Session {
         mut commands: mpsc::UnboundedReceiver<Command>,
         mut media: mpsc::Receiver<Bytes>,
     ) {
-        self.register_media(&link);
+        self.register_media(&link).await;
         loop {
             match self.drive(&mut link, &mut commands, &mut media).await {
                 End::Leave(ack) => {
@@ -166,8 +166,8 @@ impl Session {
     }
 
     /// An empty `Media` tells the edge where to send this member's media.
-    fn register_media(&self, link: &Link) {
-        link.media.send(self.media_frame(Bytes::new()));
+    async fn register_media(&self, link: &Link) {
+        link.media.send(self.media_frame(Bytes::new())).await;
     }
 
     fn media_frame(&self, payload: Bytes) -> Bytes {
@@ -223,7 +223,7 @@ impl Session {
                     Some(Command::Leave(ack)) => return End::Leave(Some(ack)),
                     None => return End::Leave(None),
                 },
-                Some(payload) = media.recv() => link.media.send(self.media_frame(payload)),
+                Some(payload) = media.recv() => link.media.send(self.media_frame(payload)).await,
                 datagram = link.media.recv(&mut buf) => match datagram {
                     Ok(datagram) => self.on_media(&datagram),
                     Err(e) => return End::Lost(StateReason::Interrupted, e),
@@ -240,7 +240,7 @@ impl Session {
                     if let Err(e) = link.conn.write_frame(&Frame::Ping(self.ping_value)).await {
                         return End::Lost(StateReason::Interrupted, format!("writing a ping: {e}"));
                     }
-                    self.register_media(link);
+                    self.register_media(link).await;
                     last_tx = now;
                 }
             }
@@ -411,7 +411,7 @@ impl Session {
                 .await
                 .map_err(|e| format!("resending a message: {e}"))?;
         }
-        self.register_media(link);
+        self.register_media(link).await;
         self.out.state(ConnectionState::Connected, reason);
         Ok(())
     }

@@ -177,7 +177,7 @@ pub async fn media_gets_through(
         }
     })
     .await
-    .expect("media within the wait")
+    .expect("media within 5 s")
 }
 
 /// A TCP front for `target`: each accepted connection is either forwarded

@@ -56,6 +56,34 @@ pub struct ServerConfig {
     pub allowlist: AllowlistConfig,
     /// Deadlines and sizes.
     pub limits: Limits,
+    /// The optional SOCKS5 listener for standard clients.
+    pub socks5: Socks5Config,
+}
+
+/// The SOCKS5 listener (RFC 1928, user/password per RFC 1929): standard
+/// clients use the same relay, allowlist, quotas and deadlines.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Socks5Config {
+    /// Whether the listener runs.
+    pub enabled: bool,
+    /// Its TCP port (the customary 1080 is the first allocation port of the
+    /// guide's whitelist, hence 1081). UDP ASSOCIATE relays from ephemeral
+    /// ports on the same address.
+    pub port: u16,
+    /// Accept clients that offer no authentication, counting them against
+    /// this app. Off unless the operator names an app.
+    pub no_auth_app: Option<String>,
+}
+
+impl Default for Socks5Config {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            port: 1081,
+            no_auth_app: None,
+        }
+    }
 }
 
 /// Listening addresses and ports (the guide's whitelist).
@@ -508,6 +536,14 @@ impl ServerConfig {
         ] {
             if value == 0 {
                 return Err(invalid(key, "expected a value above 0".into()));
+            }
+        }
+        if let Some(app) = &self.socks5.no_auth_app {
+            if !self.apps.iter().any(|a| a.id.get_ref() == app) {
+                return Err(invalid(
+                    "socks5.no_auth_app",
+                    format!("app {app:?} is not configured in [[apps]]"),
+                ));
             }
         }
         if !self.apps.is_empty() && self.ticket_keys.is_empty() {

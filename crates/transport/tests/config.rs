@@ -136,6 +136,11 @@ fn errors_name_file_line_and_key() {
         "[[ticket_keys]]\nkey_id = 1\nsecret = \"{SECRET}\"\n[[apps]]\nid = \"a\"\nsecrets = [\"{SECRET}\"]\n"
     );
     assert_error(&no_advertise, 1, "set listeners.advertise");
+    assert_error(
+        "[socks5]\nenabled = true\nno_auth_app = \"ghost\"\n",
+        3,
+        "app \"ghost\" is not configured in [[apps]]",
+    );
 }
 
 #[test]

@@ -1,11 +1,12 @@
 //! The proxy service that operators run: allocation service, TCP relay and
-//! UDP relay.
+//! UDP relay, and the optional SOCKS5 listener.
 
 mod conn;
 pub mod destination;
 pub mod lifecycle;
 mod node;
 pub mod quota;
+mod socks5;
 pub mod stats;
 mod tcp;
 mod udp;

@@ -16,7 +16,7 @@ use crate::config::{Limits, ServerConfig};
 use crate::server::lifecycle::{DrainOutcome, Lifecycle, accept_tcp};
 use crate::server::quota::Quotas;
 use crate::server::stats::{Stats, StatsSnapshot};
-use crate::server::{tcp, udp};
+use crate::server::{socks5, tcp, udp};
 
 /// The proxy service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,10 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     pub(crate) lifecycle: Lifecycle,
     pub(crate) limits: Limits,
+    /// App id → secrets, for SOCKS5 user/password authentication.
+    pub(crate) app_secrets: HashMap<String, Vec<Vec<u8>>>,
+    /// The app that SOCKS5 clients without authentication count against.
+    pub(crate) socks5_no_auth_app: Option<String>,
 }
 
 /// The addresses a node actually listens on (port 0 resolved).
@@ -59,6 +63,8 @@ pub struct BoundAddrs {
     pub tcp_relay: SocketAddr,
     /// The UDP relay sockets.
     pub udp_relays: Vec<SocketAddr>,
+    /// The SOCKS5 listener, when enabled.
+    pub socks5: Option<SocketAddr>,
 }
 
 /// A running proxy node.
@@ -111,6 +117,7 @@ impl ProxyNode {
             allocation_udp: Vec::new(),
             tcp_relay: SocketAddr::new(bind, listeners.tcp_relay_port),
             udp_relays: Vec::new(),
+            socks5: None,
         };
         let mut allocation_tcp = Vec::new();
         let mut allocation_udp = Vec::new();
@@ -128,6 +135,13 @@ impl ProxyNode {
             vec![0; usize::from(*range.end()) + 1]
         } else {
             range.clone().collect()
+        };
+        let socks5 = if config.socks5.enabled {
+            let (listener, local) = bind_tcp(SocketAddr::new(bind, config.socks5.port)).await?;
+            addrs.socks5 = Some(local);
+            Some(listener)
+        } else {
+            None
         };
         let mut udp_relays = Vec::new();
         for port in ports {
@@ -156,6 +170,17 @@ impl ProxyNode {
             stats: Arc::new(Stats::default()),
             lifecycle: Lifecycle::new(),
             limits: config.limits.clone(),
+            app_secrets: config
+                .apps
+                .iter()
+                .map(|a| {
+                    (
+                        a.id.get_ref().clone(),
+                        a.secrets.iter().map(|s| s.0.clone()).collect(),
+                    )
+                })
+                .collect(),
+            socks5_no_auth_app: config.socks5.no_auth_app.clone(),
         });
 
         for risky in shared.allowlist.risky_openings() {
@@ -177,6 +202,14 @@ impl ProxyNode {
             lifecycle.clone(),
             move |stream, peer| tcp::relay(Arc::clone(&s), stream, peer),
         ));
+        if let Some(listener) = socks5 {
+            let s = Arc::clone(&shared);
+            lifecycle.spawn(accept_tcp(
+                listener,
+                lifecycle.clone(),
+                move |stream, peer| socks5::connection(Arc::clone(&s), stream, peer),
+            ));
+        }
         for socket in allocation_udp {
             lifecycle.spawn(udp::allocation(Arc::clone(&shared), socket));
         }

@@ -68,6 +68,11 @@ counters! {
     udp_bytes_down,
     /// Datagrams dropped: unknown binding, wrong token, or a full queue.
     udp_dropped,
+    /// SOCKS5 UDP datagrams dropped because they were fragments (RFC 1928
+    /// allows a relay not to reassemble).
+    socks5_fragments_dropped,
+    /// SOCKS5 clients refused at authentication.
+    socks5_auth_refused,
 }
 
 impl Stats {

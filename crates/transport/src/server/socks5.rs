@@ -1,0 +1,731 @@
+//! The SOCKS5 listener (RFC 1928, with RFC 1929 user/password): standard
+//! clients — curl, browsers, other SDKs — use the relay with no new code,
+//! under the same credentials, allowlist, quotas, deadlines, logs and
+//! counters as the native protocol (the checks are the same functions).
+//!
+//! - Username = app id; password = the app secret in hex, or a ticket in hex
+//!   (then the SOCKS session *is* that ticket's session for the quota).
+//! - CONNECT to IPv4, IPv6 and domain destinations; names are resolved by the
+//!   relay and the resolved address is what the allowlist checks.
+//! - UDP ASSOCIATE: datagrams are accepted only from the client of the
+//!   control connection, fragments are dropped and counted, replies are
+//!   relayed only from destinations the client has sent to, and the
+//!   association dies with its control connection.
+//! - BIND is answered "command not supported".
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use cloudproxy_proto::SealedTicket;
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::pump::{PumpOptions, pump};
+use crate::server::destination::{Destination, DestinationError, permitted};
+use crate::server::node::Shared;
+use crate::server::quota::QuotaGuard;
+use crate::server::stats::{Active, Stats};
+
+const VERSION: u8 = 5;
+const AUTH_VERSION: u8 = 1;
+const METHOD_NONE: u8 = 0x00;
+const METHOD_PASSWORD: u8 = 0x02;
+const METHOD_UNACCEPTABLE: u8 = 0xFF;
+const CMD_CONNECT: u8 = 1;
+const CMD_UDP_ASSOCIATE: u8 = 3;
+const ATYP_IPV4: u8 = 1;
+const ATYP_DOMAIN: u8 = 3;
+const ATYP_IPV6: u8 = 4;
+
+/// RFC 1928 §6 reply codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Reply {
+    Succeeded = 0,
+    GeneralFailure = 1,
+    NotAllowed = 2,
+    NetworkUnreachable = 3,
+    HostUnreachable = 4,
+    ConnectionRefused = 5,
+    TtlExpired = 6,
+    CommandNotSupported = 7,
+    AddressTypeNotSupported = 8,
+}
+
+/// Destinations a UDP association remembers (decisions and contacted
+/// addresses); more are refused, so one client cannot grow memory without
+/// bound.
+const MAX_UDP_DESTINATIONS: usize = 1024;
+
+/// Why a handshake ended without a session (for the log).
+#[derive(Debug)]
+enum Refused {
+    Io(io::Error),
+    Malformed(&'static str),
+    Auth,
+    NoMethod,
+    Command(Reply),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "connection failed during the handshake: {e}"),
+            Self::Malformed(what) => write!(f, "malformed {what}"),
+            Self::Auth => f.write_str("wrong app id or password"),
+            Self::NoMethod => f.write_str(
+                "no acceptable authentication method offered (user/password is required)",
+            ),
+            Self::Command(reply) => {
+                write!(f, "request refused with reply {reply:?} ({})", *reply as u8)
+            }
+        }
+    }
+}
+
+impl From<io::Error> for Refused {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// Who the client proved to be.
+struct Client {
+    app: String,
+    session: u64,
+}
+
+/// A request after authentication.
+enum Request {
+    Connect(Target),
+    UdpAssociate,
+}
+
+/// A destination as a SOCKS5 client writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Target {
+    Addr(SocketAddr),
+    Name(String, u16),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Addr(a) => write!(f, "{a}"),
+            Self::Name(h, p) => write!(f, "{h}:{p}"),
+        }
+    }
+}
+
+impl Target {
+    fn as_destination(&self) -> Destination<'_> {
+        match self {
+            Self::Addr(a) => Destination::Addr(*a),
+            Self::Name(h, p) => Destination::Name(h, *p),
+        }
+    }
+}
+
+/// Closes after a refusal so the refusal arrives: unread client bytes at
+/// close would make the kernel send a reset, which can discard the reply
+/// before the client reads it. So: FIN first, then drain briefly (bounded in
+/// bytes and time) what the client had already sent.
+async fn close_after_refusal(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 512];
+        let mut left = 4096usize;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), drain).await;
+}
+
+/// One connection on the SOCKS5 port.
+pub(crate) async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+    let handshake = tokio::time::timeout(
+        shared.limits.handshake_timeout(),
+        handshake(&shared, &mut stream),
+    )
+    .await;
+    let (client, request) = match handshake {
+        Ok(Ok(done)) => done,
+        Ok(Err(refused)) => {
+            match &refused {
+                Refused::Malformed(_) => Stats::bump(&shared.stats.malformed),
+                Refused::Auth => Stats::bump(&shared.stats.socks5_auth_refused),
+                _ => {}
+            }
+            tracing::info!(%peer, reason = %refused, "socks5 connection refused");
+            close_after_refusal(stream).await;
+            return;
+        }
+        Err(_) => {
+            Stats::bump(&shared.stats.handshake_timeouts);
+            return;
+        }
+    };
+    let quota = match shared.quotas.acquire(&client.app, client.session) {
+        Ok(guard) => guard,
+        Err(e) => {
+            Stats::bump(&shared.stats.bindings_refused);
+            tracing::info!(%peer, app = %client.app, error = %e, "socks5 request refused");
+            let _ = reply(&mut stream, Reply::NotAllowed, None).await;
+            close_after_refusal(stream).await;
+            return;
+        }
+    };
+    match request {
+        Request::Connect(target) => connect(&shared, stream, peer, &client, &target, quota).await,
+        Request::UdpAssociate => associate(&shared, stream, peer, &client, quota).await,
+    }
+}
+
+async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<(Client, Request), Refused> {
+    // Greeting: VER NMETHODS METHODS...
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).await?;
+    if head[0] != VERSION {
+        return Err(Refused::Malformed("greeting: not SOCKS version 5"));
+    }
+    let mut methods = vec![0u8; usize::from(head[1])];
+    stream.read_exact(&mut methods).await?;
+    let client = if methods.contains(&METHOD_PASSWORD) {
+        stream.write_all(&[VERSION, METHOD_PASSWORD]).await?;
+        authenticate(shared, stream).await?
+    } else if let (true, Some(app)) = (methods.contains(&METHOD_NONE), &shared.socks5_no_auth_app) {
+        stream.write_all(&[VERSION, METHOD_NONE]).await?;
+        Client {
+            app: app.clone(),
+            session: random_session(),
+        }
+    } else {
+        stream.write_all(&[VERSION, METHOD_UNACCEPTABLE]).await?;
+        return Err(Refused::NoMethod);
+    };
+
+    // Request: VER CMD RSV ATYP DST.ADDR DST.PORT
+    let mut head = [0u8; 4];
+    stream.read_exact(&mut head).await?;
+    if head[0] != VERSION {
+        return Err(Refused::Malformed("request: not SOCKS version 5"));
+    }
+    let target = match read_target(stream, head[3]).await? {
+        Some(target) => target,
+        None => {
+            reply(stream, Reply::AddressTypeNotSupported, None).await?;
+            return Err(Refused::Command(Reply::AddressTypeNotSupported));
+        }
+    };
+    match head[1] {
+        CMD_CONNECT => Ok((client, Request::Connect(target))),
+        // The address a UDP client names is where it will send from; the
+        // source is checked against the control connection's peer instead,
+        // which clients behind NAT cannot predict anyway.
+        CMD_UDP_ASSOCIATE => Ok((client, Request::UdpAssociate)),
+        _ => {
+            reply(stream, Reply::CommandNotSupported, None).await?;
+            Err(Refused::Command(Reply::CommandNotSupported))
+        }
+    }
+}
+
+/// RFC 1929: VER ULEN UNAME PLEN PASSWD.
+async fn authenticate(shared: &Shared, stream: &mut TcpStream) -> Result<Client, Refused> {
+    let mut ver = [0u8; 2];
+    stream.read_exact(&mut ver).await?;
+    if ver[0] != AUTH_VERSION {
+        return Err(Refused::Malformed(
+            "user/password: wrong sub-negotiation version",
+        ));
+    }
+    let mut user = vec![0u8; usize::from(ver[1])];
+    stream.read_exact(&mut user).await?;
+    let mut plen = [0u8; 1];
+    stream.read_exact(&mut plen).await?;
+    let mut password = vec![0u8; usize::from(plen[0])];
+    stream.read_exact(&mut password).await?;
+
+    let verified = std::str::from_utf8(&user)
+        .ok()
+        .and_then(|app| verify(shared, app, &password).map(|session| (app, session)));
+    match verified {
+        Some((app, session)) => {
+            stream.write_all(&[AUTH_VERSION, 0]).await?;
+            Ok(Client {
+                app: app.to_owned(),
+                session,
+            })
+        }
+        None => {
+            stream.write_all(&[AUTH_VERSION, 1]).await?;
+            Err(Refused::Auth)
+        }
+    }
+}
+
+/// The session the password proves for `app`: the app secret (a new
+/// session) or a ticket of that app (its session).
+fn verify(shared: &Shared, app: &str, password: &[u8]) -> Option<u64> {
+    let bytes = decode_hex(password)?;
+    let secrets = shared.app_secrets.get(app)?;
+    if secrets
+        .iter()
+        .any(|s| bool::from(s.as_slice().ct_eq(&bytes)))
+    {
+        return Some(random_session());
+    }
+    let sealed = SealedTicket::new(bytes.into()).ok()?;
+    let ticket = shared
+        .proto
+        .ticket_keys()
+        .open(&sealed, shared.proto.unix_at(Instant::now()))
+        .ok()?;
+    (ticket.app_id.as_str() == app).then_some(ticket.session_id)
+}
+
+fn decode_hex(text: &[u8]) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    text.chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect()
+}
+
+fn random_session() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the operating system's random generator failed");
+    u64::from_be_bytes(b)
+}
+
+/// Reads ATYP's address and the port; `None` for an unknown ATYP.
+async fn read_target(stream: &mut TcpStream, atyp: u8) -> Result<Option<Target>, Refused> {
+    let target = match atyp {
+        ATYP_IPV4 => {
+            let mut b = [0u8; 6];
+            stream.read_exact(&mut b).await?;
+            Target::Addr(SocketAddr::new(
+                Ipv4Addr::new(b[0], b[1], b[2], b[3]).into(),
+                u16::from_be_bytes([b[4], b[5]]),
+            ))
+        }
+        ATYP_IPV6 => {
+            let mut b = [0u8; 18];
+            stream.read_exact(&mut b).await?;
+            let mut ip = [0u8; 16];
+            ip.copy_from_slice(&b[..16]);
+            Target::Addr(SocketAddr::new(
+                Ipv6Addr::from(ip).into(),
+                u16::from_be_bytes([b[16], b[17]]),
+            ))
+        }
+        ATYP_DOMAIN => {
+            let mut len = [0u8; 1];
+            stream.read_exact(&mut len).await?;
+            let mut name = vec![0u8; usize::from(len[0]) + 2];
+            stream.read_exact(&mut name).await?;
+            let port = u16::from_be_bytes([name[name.len() - 2], name[name.len() - 1]]);
+            name.truncate(name.len() - 2);
+            let name = String::from_utf8(name)
+                .map_err(|_| Refused::Malformed("domain name is not UTF-8"))?;
+            Target::Name(name, port)
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(target))
+}
+
+/// VER REP RSV ATYP BND.ADDR BND.PORT
+async fn reply(stream: &mut TcpStream, code: Reply, bound: Option<SocketAddr>) -> io::Result<()> {
+    let bound = bound.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+    let mut out = vec![VERSION, code as u8, 0];
+    encode_addr(&mut out, bound);
+    stream.write_all(&out).await
+}
+
+fn encode_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out.push(ATYP_IPV4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(ATYP_IPV6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&addr.port().to_be_bytes());
+}
+
+fn destination_reply(e: &DestinationError) -> Reply {
+    if e.is_policy() {
+        Reply::NotAllowed
+    } else {
+        Reply::HostUnreachable
+    }
+}
+
+fn connect_reply(kind: io::ErrorKind) -> Reply {
+    match kind {
+        io::ErrorKind::ConnectionRefused => Reply::ConnectionRefused,
+        io::ErrorKind::TimedOut => Reply::TtlExpired,
+        io::ErrorKind::NetworkUnreachable => Reply::NetworkUnreachable,
+        io::ErrorKind::HostUnreachable => Reply::HostUnreachable,
+        _ => Reply::GeneralFailure,
+    }
+}
+
+async fn connect(
+    shared: &Shared,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    client: &Client,
+    target: &Target,
+    _quota: QuotaGuard<u64>,
+) {
+    let targets = match permitted(
+        &target.as_destination(),
+        &shared.allowlist,
+        shared.limits.dns_timeout(),
+    )
+    .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            if e.is_policy() {
+                Stats::bump(&shared.stats.destinations_refused);
+            }
+            Stats::bump(&shared.stats.bindings_refused);
+            tracing::info!(%peer, app = %client.app, destination = %target, error = %e, "socks5 connect refused");
+            let _ = reply(&mut stream, destination_reply(&e), None).await;
+            close_after_refusal(stream).await;
+            return;
+        }
+    };
+    let mut last = io::ErrorKind::TimedOut;
+    let mut upstream = None;
+    for addr in targets {
+        match tokio::time::timeout(shared.limits.connect_timeout(), TcpStream::connect(addr)).await
+        {
+            Ok(Ok(s)) => {
+                upstream = Some(s);
+                break;
+            }
+            Ok(Err(e)) => last = e.kind(),
+            Err(_) => last = io::ErrorKind::TimedOut,
+        }
+    }
+    let Some(upstream) = upstream else {
+        Stats::bump(&shared.stats.bindings_refused);
+        tracing::info!(%peer, app = %client.app, destination = %target, error = ?last, "socks5 connect failed");
+        let _ = reply(&mut stream, connect_reply(last), None).await;
+        close_after_refusal(stream).await;
+        return;
+    };
+    let _ = upstream.set_nodelay(true);
+    if reply(&mut stream, Reply::Succeeded, upstream.local_addr().ok())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _active = Active::new(
+        &shared.stats,
+        |s| &s.tcp_sessions_active,
+        Some(|s| &s.tcp_sessions_total),
+    );
+    let started = Instant::now();
+    let options = PumpOptions {
+        buffer_len: shared.limits.relay_buffer_len as usize,
+        idle_timeout: shared.limits.idle_timeout(),
+    };
+    let report = pump(
+        &stream,
+        &upstream,
+        &[],
+        &options,
+        shared.lifecycle.force_closed(),
+    )
+    .await;
+    Stats::add(&shared.stats.tcp_bytes_up, report.client_to_upstream);
+    Stats::add(&shared.stats.tcp_bytes_down, report.upstream_to_client);
+    tracing::info!(
+        %peer,
+        session = format_args!("{:016x}", client.session),
+        app = %client.app,
+        transport = "socks5-tcp",
+        destination = %target,
+        bytes_up = report.client_to_upstream,
+        bytes_down = report.upstream_to_client,
+        duration_ms = started.elapsed().as_millis() as u64,
+        reason = report.end.as_str(),
+        "session ended"
+    );
+}
+
+/// A parsed SOCKS5 UDP request header: RSV RSV FRAG ATYP DST.ADDR DST.PORT.
+fn parse_udp(datagram: &[u8]) -> Option<(u8, Target, &[u8])> {
+    let (&[0, 0, frag, atyp], rest) = datagram.split_first_chunk::<4>()? else {
+        return None;
+    };
+    let (target, payload) = match atyp {
+        ATYP_IPV4 => {
+            let (a, rest) = rest.split_first_chunk::<6>()?;
+            (
+                Target::Addr(SocketAddr::new(
+                    Ipv4Addr::new(a[0], a[1], a[2], a[3]).into(),
+                    u16::from_be_bytes([a[4], a[5]]),
+                )),
+                rest,
+            )
+        }
+        ATYP_IPV6 => {
+            let (a, rest) = rest.split_first_chunk::<18>()?;
+            let mut ip = [0u8; 16];
+            ip.copy_from_slice(&a[..16]);
+            (
+                Target::Addr(SocketAddr::new(
+                    Ipv6Addr::from(ip).into(),
+                    u16::from_be_bytes([a[16], a[17]]),
+                )),
+                rest,
+            )
+        }
+        ATYP_DOMAIN => {
+            let (&len, rest) = rest.split_first()?;
+            let len = usize::from(len);
+            if rest.len() < len + 2 {
+                return None;
+            }
+            let name = std::str::from_utf8(&rest[..len]).ok()?.to_owned();
+            let port = u16::from_be_bytes([rest[len], rest[len + 1]]);
+            (Target::Name(name, port), &rest[len + 2..])
+        }
+        _ => return None,
+    };
+    Some((frag, target, payload))
+}
+
+async fn associate(
+    shared: &Shared,
+    mut control: TcpStream,
+    peer: SocketAddr,
+    client: &Client,
+    _quota: QuotaGuard<u64>,
+) {
+    let local_ip = control
+        .local_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip());
+    let sockets = async {
+        let relay = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await?;
+        let v4 = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+        let v6 = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).await.ok();
+        io::Result::Ok((relay, v4, v6))
+    };
+    let (relay, up_v4, up_v6) = match sockets.await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "socks5 udp associate: cannot open sockets");
+            let _ = reply(&mut control, Reply::GeneralFailure, None).await;
+            return;
+        }
+    };
+    if reply(&mut control, Reply::Succeeded, relay.local_addr().ok())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _active = Active::new(
+        &shared.stats,
+        |s| &s.udp_bindings_active,
+        Some(|s| &s.udp_bindings_total),
+    );
+    let started = Instant::now();
+    let idle = shared.limits.idle_timeout();
+    let force_closed = shared.lifecycle.force_closed();
+    tokio::pin!(force_closed);
+
+    // The client's UDP address: its control connection's IP, port learned
+    // from its first datagram.
+    let mut client_addr: Option<SocketAddr> = None;
+    let mut decisions: HashMap<Target, Option<SocketAddr>> = HashMap::new();
+    let mut contacted: HashSet<SocketAddr> = HashSet::new();
+    let (mut packets_up, mut packets_down) = (0u64, 0u64);
+    let mut last_activity = tokio::time::Instant::now();
+    let mut buf = vec![0u8; 65_536];
+    let mut down_v4 = vec![0u8; 65_536];
+    let mut down_v6 = vec![0u8; 65_536];
+    let mut control_byte = [0u8; 64];
+
+    let reason = loop {
+        tokio::select! {
+            read = control.read(&mut control_byte) => match read {
+                Ok(0) => break "control connection closed",
+                Ok(_) => {} // nothing is expected on it; ignore
+                Err(_) => break "control connection failed",
+            },
+            received = relay.recv_from(&mut buf) => {
+                let Ok((n, from)) = received else { continue };
+                if from.ip() != peer.ip() || client_addr.is_some_and(|c| c != from) {
+                    Stats::bump(&shared.stats.udp_dropped);
+                    continue;
+                }
+                let Some((frag, target, payload)) = parse_udp(&buf[..n]) else {
+                    Stats::bump(&shared.stats.malformed);
+                    continue;
+                };
+                if frag != 0 {
+                    Stats::bump(&shared.stats.socks5_fragments_dropped);
+                    continue;
+                }
+                client_addr = Some(from);
+                last_activity = tokio::time::Instant::now();
+                let decision = match decisions.get(&target) {
+                    Some(d) => *d,
+                    None if decisions.len() >= MAX_UDP_DESTINATIONS => None,
+                    None => {
+                        let d = permitted(&target.as_destination(), &shared.allowlist, shared.limits.dns_timeout()).await;
+                        let d = match d {
+                            Ok(addrs) => addrs.first().copied(),
+                            Err(e) => {
+                                if e.is_policy() {
+                                    Stats::bump(&shared.stats.destinations_refused);
+                                }
+                                tracing::info!(%peer, destination = %target, error = %e, "socks5 udp destination refused");
+                                None
+                            }
+                        };
+                        decisions.insert(target, d);
+                        d
+                    }
+                };
+                let Some(dest) = decision else {
+                    Stats::bump(&shared.stats.udp_dropped);
+                    continue;
+                };
+                let socket = if dest.is_ipv4() { Some(&up_v4) } else { up_v6.as_ref() };
+                if let Some(socket) = socket {
+                    if socket.try_send_to(payload, dest).is_ok() {
+                        if contacted.len() < MAX_UDP_DESTINATIONS {
+                            contacted.insert(dest);
+                        }
+                        packets_up += 1;
+                        Stats::bump(&shared.stats.udp_packets_up);
+                        Stats::add(&shared.stats.udp_bytes_up, payload.len() as u64);
+                    }
+                }
+            }
+            received = up_v4.recv_from(&mut down_v4) => {
+                if let Ok((n, from)) = received {
+                    if relay_down(shared, &relay, client_addr, &contacted, from, &down_v4[..n]) {
+                        packets_down += 1;
+                        last_activity = tokio::time::Instant::now();
+                    }
+                }
+            }
+            received = recv_opt(up_v6.as_ref(), &mut down_v6) => {
+                if let Ok((n, from)) = received {
+                    if relay_down(shared, &relay, client_addr, &contacted, from, &down_v6[..n]) {
+                        packets_down += 1;
+                        last_activity = tokio::time::Instant::now();
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(last_activity + idle) => break "idle-timeout",
+            () = &mut force_closed => break "shutdown",
+        }
+    };
+    tracing::info!(
+        %peer,
+        session = format_args!("{:016x}", client.session),
+        app = %client.app,
+        transport = "socks5-udp",
+        packets_up,
+        packets_down,
+        destinations = contacted.len(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        reason,
+        "session ended"
+    );
+}
+
+async fn recv_opt(socket: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Wraps a destination's datagram for the client; only destinations the
+/// client has sent to are relayed. Returns whether it was sent.
+fn relay_down(
+    shared: &Shared,
+    relay: &UdpSocket,
+    client: Option<SocketAddr>,
+    contacted: &HashSet<SocketAddr>,
+    from: SocketAddr,
+    payload: &[u8],
+) -> bool {
+    let from = SocketAddr::new(crate::allowlist::canonical_ip(from.ip()), from.port());
+    let Some(client) = client.filter(|_| contacted.contains(&from)) else {
+        Stats::bump(&shared.stats.udp_dropped);
+        return false;
+    };
+    let mut out = Vec::with_capacity(payload.len() + 22);
+    out.extend_from_slice(&[0, 0, 0]);
+    encode_addr(&mut out, from);
+    out.extend_from_slice(payload);
+    if relay.try_send_to(&out, client).is_ok() {
+        Stats::bump(&shared.stats.udp_packets_down);
+        Stats::add(&shared.stats.udp_bytes_down, payload.len() as u64);
+        true
+    } else {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_headers() {
+        let mut d = vec![0, 0, 0, ATYP_IPV4, 10, 0, 0, 1, 0x1f, 0x90];
+        d.extend_from_slice(b"payload");
+        let (frag, target, payload) = parse_udp(&d).unwrap();
+        assert_eq!((frag, payload), (0, &b"payload"[..]));
+        assert_eq!(target, Target::Addr("10.0.0.1:8080".parse().unwrap()));
+
+        let mut d = vec![0, 0, 1, ATYP_DOMAIN, 9];
+        d.extend_from_slice(b"localhost");
+        d.extend_from_slice(&[0, 53]);
+        let (frag, target, payload) = parse_udp(&d).unwrap();
+        assert_eq!((frag, payload), (1, &b""[..]));
+        assert_eq!(target, Target::Name("localhost".into(), 53));
+
+        assert!(parse_udp(&[0, 0, 0]).is_none());
+        assert!(parse_udp(&[0, 0, 0, ATYP_DOMAIN, 200, b'a']).is_none());
+        assert!(
+            parse_udp(&[1, 0, 0, ATYP_IPV4, 1, 2, 3, 4, 0, 1]).is_none(),
+            "RSV must be zero"
+        );
+        assert!(parse_udp(&[0, 0, 0, 9]).is_none());
+    }
+
+    #[test]
+    fn hex_passwords() {
+        assert_eq!(decode_hex(b"00ff"), Some(vec![0, 255]));
+        assert_eq!(decode_hex(b"0"), None);
+        assert_eq!(decode_hex(b"zz"), None);
+    }
+}

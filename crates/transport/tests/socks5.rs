@@ -1,0 +1,435 @@
+//! The SOCKS5 listener against clients nobody here wrote (curl, the
+//! tokio-socks crate, Python's PySocks), and every refusal with its RFC 1928
+//! reply code, with a live session untouched throughout.
+
+mod proxy_support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use proxy_support::{APP, Rig, SECRET_HEX, tcp_echo, udp_echo, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_socks::tcp::Socks5Stream;
+
+const SOCKS: &str = "[socks5]\nenabled = true\nport = 0\n";
+
+async fn rig(allow: &str) -> (Rig, SocketAddr) {
+    let rig = Rig::start(allow, 100, SOCKS).await;
+    let socks = rig
+        .node
+        .addrs()
+        .socks5
+        .expect("the SOCKS5 listener is enabled");
+    (rig, socks)
+}
+
+/// A one-page HTTP server: every request gets the same body, then close.
+async fn http_server(body: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// curl, run off the async runtime.
+async fn curl(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(&args)
+            .output()
+            .expect("curl is installed")
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_fetches_through_socks5_and_socks5_hostname() {
+    let (rig, socks) = rig(r#""127.0.0.1""#).await;
+    let web = http_server("served through the cloud proxy").await;
+    let user = format!("{APP}:{SECRET_HEX}");
+
+    // --socks5: curl resolves, the proxy gets an IPv4 address.
+    let output = curl(vec![
+        "-sS".into(),
+        "--max-time".into(),
+        "10".into(),
+        "--socks5".into(),
+        socks.to_string(),
+        "--proxy-user".into(),
+        user.clone(),
+        format!("http://{web}/"),
+    ])
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.stdout, b"served through the cloud proxy");
+
+    // --socks5-hostname: the proxy resolves `localhost` and checks the result.
+    let output = curl(vec![
+        "-sS".into(),
+        "--max-time".into(),
+        "10".into(),
+        "--socks5-hostname".into(),
+        socks.to_string(),
+        "--proxy-user".into(),
+        user,
+        format!("http://localhost:{}/", web.port()),
+    ])
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.stdout, b"served through the cloud proxy");
+    assert_eq!(rig.node.stats().tcp_sessions_total, 2);
+
+    // The wrong password: curl reports the proxy's refusal.
+    let output = curl(vec![
+        "-sS".into(),
+        "--max-time".into(),
+        "10".into(),
+        "--socks5".into(),
+        socks.to_string(),
+        "--proxy-user".into(),
+        format!("{APP}:00112233445566778899aabbccddeeff"),
+        format!("http://{web}/"),
+    ])
+    .await;
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn tokio_socks_connects_with_a_password() {
+    let (_rig, socks) = rig(r#""127.0.0.1""#).await;
+    let echo = tcp_echo().await;
+    let mut stream = Socks5Stream::connect_with_password(socks, echo, APP, SECRET_HEX)
+        .await
+        .unwrap();
+    stream.write_all(b"ping through socks").await.unwrap();
+    let mut reply = [0u8; 18];
+    within("echo", stream.read_exact(&mut reply)).await.unwrap();
+    assert_eq!(&reply, b"ping through socks");
+
+    // And with a ticket from a native allocation instead of the secret.
+    let allocation = _rig.allocate().await;
+    let ticket_hex: String = allocation
+        .ticket
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut stream = Socks5Stream::connect_with_password(socks, echo, APP, &ticket_hex)
+        .await
+        .unwrap();
+    stream.write_all(b"ticket").await.unwrap();
+    let mut reply = [0u8; 6];
+    within("echo", stream.read_exact(&mut reply)).await.unwrap();
+    assert_eq!(&reply, b"ticket");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pysocks_udp_associate_round_trip() {
+    let (rig, socks) = rig(r#""127.0.0.1""#).await;
+    let echo = udp_echo().await;
+    let script = format!(
+        r#"
+import socket, socks
+s = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
+s.set_proxy(socks.SOCKS5, "127.0.0.1", {port}, username="{APP}", password="{SECRET_HEX}")
+s.settimeout(10)
+for i in range(3):
+    s.sendto(b"datagram %d" % i, ("127.0.0.1", {echo_port}))
+    data, addr = s.recvfrom(2048)
+    assert data == b"echo:datagram %d" % i, data
+    assert addr == ("127.0.0.1", {echo_port}), addr
+print("ok")
+"#,
+        port = socks.port(),
+        echo_port = echo.port()
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "PySocks UDP failed (is PySocks installed? `pip install PySocks`): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok");
+    let stats = rig.node.stats();
+    assert_eq!(stats.udp_packets_up, 3);
+    assert_eq!(stats.udp_packets_down, 3);
+}
+
+/// A raw client, for the refusals: greets with user/password, and returns
+/// the reply code of `request` (or `None` when the proxy closes instead).
+async fn raw_request(
+    socks: SocketAddr,
+    password: &str,
+    request: &[u8],
+) -> (Option<u8>, Option<u8>) {
+    let mut s = TcpStream::connect(socks).await.unwrap();
+    s.write_all(&[5, 1, 2]).await.unwrap();
+    let mut choice = [0u8; 2];
+    s.read_exact(&mut choice).await.unwrap();
+    assert_eq!(choice, [5, 2]);
+    let mut auth = vec![1, APP.len() as u8];
+    auth.extend_from_slice(APP.as_bytes());
+    auth.push(password.len() as u8);
+    auth.extend_from_slice(password.as_bytes());
+    s.write_all(&auth).await.unwrap();
+    let mut status = [0u8; 2];
+    s.read_exact(&mut status).await.unwrap();
+    if status[1] != 0 {
+        let mut rest = Vec::new();
+        let _ = within("close after auth failure", s.read_to_end(&mut rest)).await;
+        assert!(rest.is_empty());
+        return (Some(status[1]), None);
+    }
+    s.write_all(request).await.unwrap();
+    let mut reply = Vec::new();
+    within("the reply and the close", s.read_to_end(&mut reply))
+        .await
+        .unwrap();
+    (Some(0), reply.get(1).copied())
+}
+
+fn connect_request(addr: SocketAddr) -> Vec<u8> {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only")
+    };
+    let mut r = vec![5, 1, 0, 1];
+    r.extend_from_slice(&v4.ip().octets());
+    r.extend_from_slice(&v4.port().to_be_bytes());
+    r
+}
+
+#[tokio::test]
+async fn every_refusal_has_its_reply_code_and_harms_no_other_session() {
+    // Only 127.0.0.1 is allowed, so 127.0.0.2 is off limits.
+    let (rig, socks) = rig(r#""127.0.0.1""#).await;
+    let echo = tcp_echo().await;
+    let mut live = Socks5Stream::connect_with_password(socks, echo, APP, SECRET_HEX)
+        .await
+        .unwrap();
+
+    // Wrong password: RFC 1929 failure status, then close.
+    let (auth, _) = raw_request(socks, "00112233445566778899aabbccddeeff", &[]).await;
+    assert_eq!(auth, Some(1));
+    let (auth, _) = raw_request(socks, "not even hex", &[]).await;
+    assert_eq!(auth, Some(1));
+
+    // Not allowed by ruleset (2), by address and by a name that resolves
+    // to a forbidden address is tested on the second node below.
+    let forbidden: SocketAddr = SocketAddr::new("127.0.0.2".parse().unwrap(), echo.port());
+    assert_eq!(
+        raw_request(socks, SECRET_HEX, &connect_request(forbidden))
+            .await
+            .1,
+        Some(2)
+    );
+    assert_eq!(
+        raw_request(
+            socks,
+            SECRET_HEX,
+            &connect_request("0.0.0.0:80".parse().unwrap())
+        )
+        .await
+        .1,
+        Some(2)
+    );
+
+    // Connection refused (5): allowed, but nothing listens there.
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    assert_eq!(
+        raw_request(socks, SECRET_HEX, &connect_request(closed))
+            .await
+            .1,
+        Some(5)
+    );
+
+    // BIND: command not supported (7); an unknown address type (8).
+    let mut bind = connect_request(echo);
+    bind[1] = 2;
+    assert_eq!(raw_request(socks, SECRET_HEX, &bind).await.1, Some(7));
+    assert_eq!(
+        raw_request(socks, SECRET_HEX, &[5, 1, 0, 9, 0, 0]).await.1,
+        Some(8)
+    );
+
+    // A malformed greeting (SOCKS4): closed without a reply.
+    let mut s = TcpStream::connect(socks).await.unwrap();
+    s.write_all(&[4, 1, 0, 80, 127, 0, 0, 1, 0]).await.unwrap();
+    let mut rest = Vec::new();
+    // Closed with our unread bytes in its buffer, the kernel sends a reset
+    // rather than a FIN: either way, no reply and a closed connection.
+    match within("close", s.read_to_end(&mut rest)).await {
+        Ok(_) => assert!(rest.is_empty(), "{rest:?}"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+    }
+
+    // No acceptable method (no-auth only, not enabled): 0xFF, then close.
+    let mut s = TcpStream::connect(socks).await.unwrap();
+    s.write_all(&[5, 1, 0]).await.unwrap();
+    let mut rest = Vec::new();
+    within("close", s.read_to_end(&mut rest)).await.unwrap();
+    assert_eq!(rest, [5, 0xFF]);
+
+    // The live session carried on through all of it.
+    live.write_all(b"still here").await.unwrap();
+    let mut reply = [0u8; 10];
+    within("echo", live.read_exact(&mut reply)).await.unwrap();
+    assert_eq!(&reply, b"still here");
+    let stats = rig.node.stats();
+    assert_eq!(stats.socks5_auth_refused, 2);
+    assert!(stats.destinations_refused >= 2);
+}
+
+#[tokio::test]
+async fn a_name_resolving_to_a_forbidden_address_is_refused() {
+    // Only 127.0.0.2 is allowed; `localhost` is 127.0.0.1.
+    let (_rig, socks) = rig(r#""127.0.0.2""#).await;
+    let mut request = vec![5, 1, 0, 3, 9];
+    request.extend_from_slice(b"localhost");
+    request.extend_from_slice(&80u16.to_be_bytes());
+    assert_eq!(raw_request(socks, SECRET_HEX, &request).await.1, Some(2));
+}
+
+/// UDP ASSOCIATE by hand, to watch what the relay does with strangers and
+/// with the end of the control connection.
+#[tokio::test]
+async fn the_udp_association_serves_only_its_client_and_dies_with_its_control_connection() {
+    let (rig, socks) = rig(r#""127.0.0.1""#).await;
+    let echo = udp_echo().await;
+    let mut control = TcpStream::connect(socks).await.unwrap();
+    let mut hello = vec![5, 1, 2, 1, APP.len() as u8];
+    hello.extend_from_slice(APP.as_bytes());
+    hello.push(SECRET_HEX.len() as u8);
+    hello.extend_from_slice(SECRET_HEX.as_bytes());
+    hello.extend_from_slice(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0]);
+    control.write_all(&hello).await.unwrap();
+    let mut answer = [0u8; 2 + 2 + 10];
+    within("associate", control.read_exact(&mut answer))
+        .await
+        .unwrap();
+    assert_eq!(&answer[..4], &[5, 2, 1, 0], "method, auth ok");
+    assert_eq!(&answer[4..8], &[5, 0, 0, 1], "succeeded, IPv4 address");
+    let relay = SocketAddr::new(
+        std::net::Ipv4Addr::new(answer[8], answer[9], answer[10], answer[11]).into(),
+        u16::from_be_bytes([answer[12], answer[13]]),
+    );
+
+    let header = |to: SocketAddr, frag: u8| {
+        let SocketAddr::V4(v4) = to else {
+            unreachable!()
+        };
+        let mut h = vec![0, 0, frag, 1];
+        h.extend_from_slice(&v4.ip().octets());
+        h.extend_from_slice(&v4.port().to_be_bytes());
+        h
+    };
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut datagram = header(echo, 0);
+    datagram.extend_from_slice(b"mine");
+    client.send_to(&datagram, relay).await.unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = within("reply", client.recv_from(&mut buf)).await.unwrap();
+    assert_eq!(
+        &buf[..10],
+        &header(echo, 0)[..],
+        "the reply names its source"
+    );
+    assert_eq!(&buf[10..n], b"echo:mine");
+
+    // A stranger (another port) and a fragment are dropped, not relayed.
+    let stranger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    stranger.send_to(&datagram, relay).await.unwrap();
+    let mut fragment = header(echo, 1);
+    fragment.extend_from_slice(b"part");
+    client.send_to(&fragment, relay).await.unwrap();
+    within("drops counted", async {
+        while rig.node.stats().udp_dropped < 1 || rig.node.stats().socks5_fragments_dropped < 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(
+        rig.node.stats().udp_packets_up,
+        1,
+        "only the client's own datagram went out"
+    );
+
+    // Closing the control connection ends the association.
+    assert_eq!(rig.node.stats().udp_bindings_active, 1);
+    drop(control);
+    within("the association closes", async {
+        while rig.node.stats().udp_bindings_active != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_authentication_only_when_the_operator_names_an_app() {
+    let rig = Rig::start(
+        r#""127.0.0.1""#,
+        100,
+        &format!("{SOCKS}no_auth_app = \"{APP}\"\n"),
+    )
+    .await;
+    let socks = rig.node.addrs().socks5.unwrap();
+    let web = http_server("open door, counted against test-app").await;
+    let output = curl(vec![
+        "-sS".into(),
+        "--max-time".into(),
+        "10".into(),
+        "--socks5".into(),
+        socks.to_string(),
+        format!("http://{web}/"),
+    ])
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.stdout, b"open door, counted against test-app");
+}

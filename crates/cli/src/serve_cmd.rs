@@ -40,6 +40,9 @@ pub(crate) struct Args {
     /// Replaces the file's allowlist.
     #[arg(long = "allow", value_name = "RULE")]
     allow: Vec<Rule>,
+    /// Enable the SOCKS5 listener on this port (0 picks a free port).
+    #[arg(long, value_name = "PORT")]
+    socks5_port: Option<u16>,
     /// Log filter, e.g. info, debug, cloudproxy_transport=debug.
     #[arg(long, default_value = "info", value_name = "FILTER")]
     log: String,
@@ -110,6 +113,10 @@ fn apply_overrides(config: &mut ServerConfig, args: &Args) {
     if let Some(range) = &args.udp_relay_ports {
         listeners.udp_relay_ports = range.clone();
     }
+    if let Some(port) = args.socks5_port {
+        config.socks5.enabled = true;
+        config.socks5.port = port;
+    }
     if !args.allow.is_empty() {
         config.allowlist.allow =
             cloudproxy_transport::allowlist::Allowlist::new(args.allow.clone());
@@ -175,6 +182,9 @@ fn print_banner(node: &ProxyNode, config: &ServerConfig, development: Option<&st
         }
         (Some(only), _) => println!("  media relay         UDP {only}"),
         _ => {}
+    }
+    if let Some(socks5) = addrs.socks5 {
+        println!("  SOCKS5              TCP {socks5} (user = app id, password = app secret)");
     }
     let rules: Vec<String> = config
         .allowlist

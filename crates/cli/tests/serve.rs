@@ -58,6 +58,8 @@ fn development_mode_prints_its_addresses_and_stops_cleanly_on_sigterm() {
             "0",
             "--udp-relay-ports",
             "0-1",
+            "--socks5-port",
+            "0",
             "--log",
             "warn",
         ])
@@ -81,6 +83,10 @@ fn development_mode_prints_its_addresses_and_stops_cleanly_on_sigterm() {
         "{banner}"
     );
     assert!(banner.contains("app id      dev-app"), "{banner}");
+    assert!(
+        banner.contains("SOCKS5              TCP 127.0.0.1:"),
+        "{banner}"
+    );
     let secret = banner
         .lines()
         .find_map(|l| l.trim().strip_prefix("app secret"))

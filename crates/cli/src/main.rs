@@ -4,6 +4,8 @@
 //! and a `run` function returning the process exit code; `main` only
 //! dispatches.
 
+mod call;
+mod demo_cmd;
 mod edge_cmd;
 mod forward_cmd;
 mod params_cmd;
@@ -58,6 +60,15 @@ enum Command {
     /// rules still missing (--json for machines). Exit status 0 when a call
     /// can work, 1 when it cannot.
     Probe(probe_cmd::Args),
+    /// A call through the cloud proxy, measured: the first thing to run.
+    ///
+    /// With no flags, starts a reference media edge and a proxy node in this
+    /// process on loopback; two engines enable the proxy with the guide's
+    /// setParameters strings, join one channel and exchange reliable messages
+    /// and media, then a summary is printed (connect time, path, round trips,
+    /// delivery, media loss). --proxy/--edge/--app-id/--credential use a
+    /// running setup instead. Exit status 0 when the call worked.
+    Demo(demo_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +78,7 @@ fn main() -> ExitCode {
         Command::Forward(args) => forward_cmd::run(args),
         Command::Edge(args) => edge_cmd::run(args),
         Command::Probe(args) => probe_cmd::run(args),
+        Command::Demo(args) => demo_cmd::run_cmd(args),
     }
 }
 

@@ -1,0 +1,351 @@
+//! A short call between two engines in one channel, measured: what `demo`
+//! runs and what `probe --edge` uses to check a call end to end.
+//!
+//! Alice sends numbered pings as reliable messages; Bob answers each with a
+//! pong carrying the same number. Both check that what they receive arrives
+//! exactly once and in order, Alice measures round trips, and both send
+//! media at a voice-like 50 packets a second and count what arrives.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use cloudproxy_engine::{Bytes, ConnectionState, Engine, Event, ProxyMode, ProxyType};
+use serde::Serialize;
+
+/// What the call needs.
+#[derive(Debug, Clone)]
+pub(crate) struct CallSpec {
+    pub(crate) app_id: String,
+    pub(crate) credential: Vec<u8>,
+    pub(crate) edge_tcp: SocketAddr,
+    pub(crate) edge_udp: SocketAddr,
+    /// `set_parameters` strings, applied in order to both engines.
+    pub(crate) params: Vec<String>,
+    /// Applied after the parameters, when set.
+    pub(crate) mode: Option<ProxyMode>,
+    pub(crate) duration: Duration,
+    pub(crate) channel: String,
+    /// Print a live progress line to stderr.
+    pub(crate) progress: bool,
+}
+
+/// The measured result; serialised by `demo --json`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Summary {
+    pub(crate) ok: bool,
+    pub(crate) error: Option<String>,
+    /// From `join_channel` to joined, the slower of the two engines.
+    pub(crate) connect_ms: Option<f64>,
+    /// "udp" or "tcp" through the proxy, or "direct".
+    pub(crate) path: Option<String>,
+    pub(crate) fallback_reason: Option<String>,
+    pub(crate) messages_sent: u64,
+    pub(crate) messages_received: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) out_of_order: u64,
+    pub(crate) messages_missing: u64,
+    pub(crate) rtt_p50_ms: Option<f64>,
+    pub(crate) rtt_p99_ms: Option<f64>,
+    pub(crate) media_sent: u64,
+    pub(crate) media_received: u64,
+    pub(crate) failovers: u64,
+    pub(crate) failover_ms: Vec<f64>,
+    pub(crate) events: Vec<String>,
+}
+
+const PING: u8 = b'P';
+const PONG: u8 = b'O';
+/// Reliable messages per second from Alice (each answered by Bob).
+const PING_RATE: u64 = 50;
+/// Media datagrams per second from each side.
+const MEDIA_RATE: u64 = 50;
+/// After the last send, how long to wait for what is in flight.
+const DRAIN: Duration = Duration::from_secs(5);
+
+fn message(kind: u8, seq: u64, sent_at: Duration) -> Bytes {
+    let mut m = Vec::with_capacity(17);
+    m.push(kind);
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(
+        &u64::try_from(sent_at.as_nanos())
+            .unwrap_or(u64::MAX)
+            .to_be_bytes(),
+    );
+    Bytes::from(m)
+}
+
+fn parse(payload: &[u8]) -> Option<(u8, u64, Duration)> {
+    if payload.len() != 17 {
+        return None;
+    }
+    let seq = u64::from_be_bytes(payload[1..9].try_into().ok()?);
+    let nanos = u64::from_be_bytes(payload[9..17].try_into().ok()?);
+    Some((payload[0], seq, Duration::from_nanos(nanos)))
+}
+
+/// Exactly-once, in-order bookkeeping for one direction.
+#[derive(Debug, Default)]
+struct Sequence {
+    next: u64,
+    received: u64,
+    duplicates: u64,
+    out_of_order: u64,
+}
+
+impl Sequence {
+    fn see(&mut self, seq: u64) {
+        if seq == self.next + 1 {
+            self.next = seq;
+            self.received += 1;
+        } else if seq <= self.next {
+            self.duplicates += 1;
+        } else {
+            self.out_of_order += 1;
+            self.next = seq;
+            self.received += 1;
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    Some(sorted[rank.min(sorted.len() - 1)].as_secs_f64() * 1000.0)
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0
+}
+
+fn engine(spec: &CallSpec) -> Result<Engine, String> {
+    let engine = Engine::builder(spec.app_id.clone(), spec.credential.clone())
+        .media_network(spec.edge_tcp, spec.edge_udp)
+        .build()
+        .map_err(|e| e.to_string())?;
+    for params in &spec.params {
+        engine
+            .set_parameters(params)
+            .map_err(|e| format!("set_parameters({params}): {e}"))?;
+    }
+    if let Some(mode) = spec.mode {
+        engine.set_cloud_proxy(mode).map_err(|e| e.to_string())?;
+    }
+    Ok(engine)
+}
+
+/// Runs the call; never panics, reports failures in the summary.
+pub(crate) async fn run(spec: &CallSpec) -> Summary {
+    let mut summary = Summary::default();
+    if let Err(e) = call(spec, &mut summary).await {
+        summary.error = Some(e);
+    }
+    summary.messages_missing = summary
+        .messages_sent
+        .saturating_sub(summary.messages_received);
+    summary.ok = summary.error.is_none()
+        && summary.messages_sent > 0
+        && summary.messages_missing == 0
+        && summary.duplicates == 0
+        && summary.out_of_order == 0
+        && summary.media_received > 0;
+    if summary.error.is_none() && !summary.ok {
+        summary.error = Some(format!(
+            "the call did not deliver everything: {} of {} messages, {} duplicates, {} out of order, {} media packets",
+            summary.messages_received,
+            summary.messages_sent,
+            summary.duplicates,
+            summary.out_of_order,
+            summary.media_received
+        ));
+    }
+    summary
+}
+
+async fn call(spec: &CallSpec, summary: &mut Summary) -> Result<(), String> {
+    let alice = engine(spec)?;
+    let bob = engine(spec)?;
+    let direct = !spec
+        .params
+        .iter()
+        .any(|p| p.contains("enable_proxy\":true") || p.contains("enable_proxy\": true"))
+        && matches!(spec.mode, None | Some(ProxyMode::Off));
+    let mut alice_events = alice.events();
+    let mut bob_events = bob.events();
+
+    // Join both, timing each.
+    let started = Instant::now();
+    let (a, b) = tokio::join!(
+        timed(alice.join_channel(&spec.channel, 1)),
+        timed(bob.join_channel(&spec.channel, 2))
+    );
+    let (a_time, a) = a;
+    let (b_time, b) = b;
+    a.map_err(|e| format!("alice could not join: {e}"))?;
+    b.map_err(|e| format!("bob could not join: {e}"))?;
+    summary.connect_ms = Some(ms(a_time.max(b_time)));
+    if direct {
+        summary.path = Some("direct".into());
+    }
+
+    let mut tracker = EventTracker::default();
+    let mut alice_pongs = Sequence::default();
+    let mut bob_pings = Sequence::default();
+    let mut rtts: Vec<Duration> = Vec::new();
+    let (mut pings_sent, mut pongs_sent) = (0u64, 0u64);
+    let (mut alice_media, mut bob_media) = (0u64, 0u64);
+
+    let mut ping_tick = tokio::time::interval(Duration::from_millis(1000 / PING_RATE));
+    let mut media_tick = tokio::time::interval(Duration::from_millis(1000 / MEDIA_RATE));
+    let mut progress_tick = tokio::time::interval(Duration::from_secs(1));
+    let sending_until = tokio::time::Instant::now() + spec.duration;
+    let hard_stop = sending_until + DRAIN;
+    let mut media_seq = 0u64;
+
+    loop {
+        let sending = tokio::time::Instant::now() < sending_until;
+        if !sending && alice_pongs.received >= pings_sent && bob_pings.received >= pings_sent {
+            break;
+        }
+        tokio::select! {
+            _ = ping_tick.tick(), if sending => {
+                pings_sent += 1;
+                alice.send_message(message(PING, pings_sent, started.elapsed())).map_err(|e| format!("alice send: {e}"))?;
+            }
+            _ = media_tick.tick(), if sending => {
+                media_seq += 1;
+                let frame = Bytes::from(media_seq.to_be_bytes().to_vec());
+                if alice.send_media(frame.clone()).is_ok() { summary.media_sent += 1; }
+                if bob.send_media(frame).is_ok() { summary.media_sent += 1; }
+            }
+            Some(m) = bob.recv_message() => {
+                if let Some((PING, seq, sent_at)) = parse(&m.payload) {
+                    bob_pings.see(seq);
+                    pongs_sent += 1;
+                    bob.send_message(message(PONG, seq, sent_at)).map_err(|e| format!("bob send: {e}"))?;
+                }
+            }
+            Some(m) = alice.recv_message() => {
+                if let Some((PONG, seq, sent_at)) = parse(&m.payload) {
+                    alice_pongs.see(seq);
+                    rtts.push(started.elapsed().saturating_sub(sent_at));
+                }
+            }
+            Some(_) = alice.recv_media() => alice_media += 1,
+            Some(_) = bob.recv_media() => bob_media += 1,
+            Some(event) = alice_events.recv() => tracker.note("alice", &event, summary),
+            Some(event) = bob_events.recv() => tracker.note("bob", &event, summary),
+            _ = progress_tick.tick(), if spec.progress => {
+                let mut sorted = rtts.clone();
+                sorted.sort_unstable();
+                let mut line = String::new();
+                let _ = write!(
+                    line,
+                    "\r  {:>5.1} s  messages {}/{}  media {}/{}  rtt p50 {}  path {}   ",
+                    started.elapsed().as_secs_f64(),
+                    alice_pongs.received + bob_pings.received,
+                    pings_sent + pongs_sent,
+                    alice_media + bob_media,
+                    summary.media_sent,
+                    percentile(&sorted, 50.0).map_or("-".into(), |v| format!("{v:.2} ms")),
+                    summary.path.as_deref().unwrap_or("?"),
+                );
+                eprint!("{line}");
+            }
+            () = tokio::time::sleep_until(hard_stop) => break,
+        }
+    }
+    if spec.progress {
+        eprintln!();
+    }
+    // Late events (for instance a failover that just finished).
+    while let Some(event) = alice_events.try_recv() {
+        tracker.note("alice", &event, summary);
+    }
+    while let Some(event) = bob_events.try_recv() {
+        tracker.note("bob", &event, summary);
+    }
+
+    summary.messages_sent = pings_sent + pongs_sent;
+    summary.messages_received = alice_pongs.received + bob_pings.received;
+    summary.duplicates = alice_pongs.duplicates + bob_pings.duplicates;
+    summary.out_of_order = alice_pongs.out_of_order + bob_pings.out_of_order;
+    summary.media_received = alice_media + bob_media;
+    rtts.sort_unstable();
+    summary.rtt_p50_ms = percentile(&rtts, 50.0).map(|v| (v * 1000.0).round() / 1000.0);
+    summary.rtt_p99_ms = percentile(&rtts, 99.0).map(|v| (v * 1000.0).round() / 1000.0);
+
+    let _ = bob.leave_channel().await;
+    let _ = alice.leave_channel().await;
+    Ok(())
+}
+
+async fn timed<T>(fut: impl std::future::Future<Output = T>) -> (Duration, T) {
+    let started = Instant::now();
+    let out = fut.await;
+    (started.elapsed(), out)
+}
+
+/// Turns events into the summary's path, fallback and failover figures.
+#[derive(Debug, Default)]
+struct EventTracker {
+    reconnecting_since: [Option<Instant>; 2],
+}
+
+impl EventTracker {
+    fn note(&mut self, who: &'static str, event: &Event, summary: &mut Summary) {
+        summary.events.push(format!("{who}: {event:?}"));
+        let slot = usize::from(who == "bob");
+        match event {
+            Event::ProxyConnected { proxy_type, .. } => {
+                summary.path = Some(
+                    match proxy_type {
+                        ProxyType::Udp => "udp",
+                        ProxyType::Tcp => "tcp",
+                    }
+                    .into(),
+                );
+            }
+            Event::MediaFallbackToTcp { why } => summary.fallback_reason = Some(why.clone()),
+            Event::ConnectionStateChanged {
+                state: ConnectionState::Reconnecting,
+                ..
+            } => {
+                self.reconnecting_since[slot].get_or_insert_with(Instant::now);
+            }
+            Event::ConnectionStateChanged {
+                state: ConnectionState::Connected,
+                ..
+            } => {
+                if let Some(since) = self.reconnecting_since[slot].take() {
+                    summary.failovers += 1;
+                    summary.failover_ms.push(ms(since.elapsed()));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_count_duplicates_and_gaps() {
+        let mut s = Sequence::default();
+        for seq in [1, 2, 2, 3, 5, 4, 6] {
+            s.see(seq);
+        }
+        assert_eq!((s.received, s.duplicates, s.out_of_order), (5, 2, 1));
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let m = message(PING, 42, Duration::from_micros(1500));
+        assert_eq!(parse(&m), Some((PING, 42, Duration::from_micros(1500))));
+        assert_eq!(parse(b"short"), None);
+    }
+}

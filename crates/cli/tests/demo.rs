@@ -1,0 +1,155 @@
+//! `cloudproxy demo`, embedded and against running processes.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{field, read_until, spawn};
+
+fn demo(args: &[&str]) -> (Output, serde_json::Value) {
+    let output = Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
+        .arg("demo")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let summary = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    (output, summary)
+}
+
+fn assert_delivered(summary: &serde_json::Value) {
+    assert_eq!(summary["ok"], true, "{summary:#}");
+    let sent = summary["messages_sent"].as_u64().unwrap();
+    assert!(sent > 0);
+    assert_eq!(
+        summary["messages_received"].as_u64(),
+        Some(sent),
+        "{summary:#}"
+    );
+    assert_eq!(summary["duplicates"], 0);
+    assert_eq!(summary["out_of_order"], 0);
+    assert!(
+        summary["media_received"].as_u64().unwrap() > 0,
+        "{summary:#}"
+    );
+    assert!(summary["rtt_p50_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn the_embedded_demo_makes_a_call_over_the_udp_relay() {
+    let (output, summary) = demo(&["--seconds", "1"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert_delivered(&summary);
+    assert_eq!(summary["path"], "udp");
+    assert!(summary["fallback_reason"].is_null());
+}
+
+#[test]
+fn force_tcp_carries_media_over_the_tcp_relay() {
+    let (output, summary) = demo(&["--seconds", "1", "--mode", "force-tcp"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert_delivered(&summary);
+    assert_eq!(summary["path"], "tcp");
+}
+
+#[test]
+fn the_human_output_has_a_summary() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
+        .args(["demo", "--seconds", "1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    for line in [
+        "connect time",
+        "path              proxy, media over the UDP relay",
+        "round trip        p50",
+        "0 missing, 0 duplicated, 0 out of order",
+        "result: the call works through the cloud proxy",
+    ] {
+        assert!(text.contains(line), "{line:?} not in:\n{text}");
+    }
+    // The live progress line goes to stderr.
+    assert!(
+        String::from_utf8(output.stderr)
+            .unwrap()
+            .contains("messages")
+    );
+}
+
+#[test]
+fn against_running_serve_and_edge_processes() {
+    let (_edge, mut edge_out) = spawn(&[
+        "edge",
+        "--tcp-port",
+        "0",
+        "--udp-port",
+        "0",
+        "--log",
+        "warn",
+    ]);
+    let banner = read_until(&mut edge_out, "press Ctrl-C");
+    let edge = format!(
+        "{},{}",
+        field(&banner, "members (messages)  TCP"),
+        field(&banner, "media               UDP")
+    );
+    let (_serve, mut serve_out) = spawn(&[
+        "serve",
+        "--allocation-port",
+        "0",
+        "--tcp-relay-port",
+        "0",
+        "--udp-relay-ports",
+        "0-1",
+        "--log",
+        "warn",
+    ]);
+    let banner = read_until(&mut serve_out, "press Ctrl-C");
+    let proxy = field(&banner, "allocation service  TCP").to_owned();
+    let secret = field(&banner, "app secret").to_owned();
+
+    let (output, summary) = demo(&[
+        "--proxy",
+        &proxy,
+        "--edge",
+        &edge,
+        "--app-id",
+        "dev-app",
+        "--credential",
+        &secret,
+        "--seconds",
+        "1",
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_delivered(&summary);
+    assert_eq!(summary["path"], "udp");
+
+    // The wrong secret: the call fails, clearly, with a non-zero exit.
+    let (output, summary) = demo(&[
+        "--proxy",
+        &proxy,
+        "--edge",
+        &edge,
+        "--app-id",
+        "dev-app",
+        "--credential",
+        "00112233445566778899aabbccddeeff",
+        "--seconds",
+        "1",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(summary["ok"], false);
+    let error = summary["error"].as_str().unwrap();
+    assert!(error.contains("could not join"), "{error}");
+}

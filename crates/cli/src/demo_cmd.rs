@@ -14,7 +14,7 @@ use cloudproxy_transport::server::ProxyNode;
 use crate::call::{CallSpec, Summary, run};
 use crate::runtime::{init_logging, runtime};
 use crate::serve_cmd::random_hex;
-use crate::server_arg::{Credential, parse_credential, parse_server};
+use crate::server_arg::{Credential, parse_credential, parse_edge, parse_server};
 
 /// The proxy mode, as `set_cloud_proxy` takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -77,18 +77,6 @@ pub(crate) struct Args {
     /// here, hence `error` by default).
     #[arg(long, default_value = "error", value_name = "FILTER")]
     log: String,
-}
-
-fn parse_edge(text: &str) -> Result<(SocketAddr, SocketAddr), String> {
-    let (tcp, udp) = text
-        .split_once(',')
-        .ok_or_else(|| format!("expected TCP_ADDR,UDP_ADDR, found {text:?}"))?;
-    let addr = |a: &str| {
-        a.trim()
-            .parse::<SocketAddr>()
-            .map_err(|_| format!("expected an IP:PORT address, found {a:?}"))
-    };
-    Ok((addr(tcp)?, addr(udp)?))
 }
 
 pub(crate) fn run_cmd(args: Args) -> ExitCode {

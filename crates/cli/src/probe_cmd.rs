@@ -17,8 +17,9 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+use crate::call::{CallSpec, run as run_call};
 use crate::runtime::runtime;
-use crate::server_arg::{Credential, parse_credential, parse_server};
+use crate::server_arg::{Credential, parse_credential, parse_edge, parse_server};
 
 /// Arguments of `cloudproxy probe`.
 #[derive(Debug, clap::Args)]
@@ -36,6 +37,11 @@ pub(crate) struct Args {
     /// How long each check may wait for an answer, in milliseconds.
     #[arg(long, default_value_t = 3000, value_name = "MS")]
     timeout_ms: u64,
+    /// Also make a one-second call through the proxy to this media network
+    /// (a `cloudproxy edge`, as `TCP_ADDR,UDP_ADDR`): the echo through the
+    /// relay.
+    #[arg(long, value_name = "TCP,UDP", value_parser = parse_edge)]
+    edge: Option<(SocketAddr, SocketAddr)>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -95,6 +101,8 @@ struct Report {
     /// The proxy answered but refused (credentials, quota…): no firewall
     /// rule fixes that.
     proxy_refusal: Option<String>,
+    /// Why the call through the proxy failed, when `--edge` was given.
+    echo_error: Option<String>,
     missing_rules: Vec<String>,
 }
 
@@ -117,7 +125,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         );
         let timeout = Duration::from_millis(args.timeout_ms);
         config.handshake_timeout = timeout;
-        let report = match probe(&args.server, &config, timeout).await {
+        let report = match probe(&args, &config, timeout).await {
             Ok(report) => report,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -139,11 +147,8 @@ pub(crate) fn run(args: Args) -> ExitCode {
     })
 }
 
-async fn probe(
-    server: &ProxyServer,
-    config: &ClientConfig,
-    timeout: Duration,
-) -> Result<Report, String> {
+async fn probe(args: &Args, config: &ClientConfig, timeout: Duration) -> Result<Report, String> {
+    let server = &args.server;
     let targets = candidates(server, timeout)
         .await
         .map_err(|e| e.to_string())?;
@@ -198,13 +203,63 @@ async fn probe(
         }
     }
 
+    // The echo: a short call through the proxy to the media network.
+    let mut echo_error = None;
+    let mut echo_path = None;
+    if let (Some((edge_tcp, edge_udp)), Some(_)) = (args.edge, &allocation) {
+        let call = echo(args, edge_tcp, edge_udp).await;
+        let latency_us = call.rtt_p50_ms.map_or(0, |ms| (ms * 1000.0) as u64);
+        let messages_ok = call.messages_sent > 0 && call.messages_received == call.messages_sent;
+        checks.push(Check {
+            protocol: "TCP",
+            role: "echo: messages",
+            address: edge_tcp,
+            outcome: if messages_ok {
+                Outcome::Open { latency_us }
+            } else {
+                Outcome::Blocked {
+                    reason: call
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "messages did not come back".into()),
+                }
+            },
+        });
+        checks.push(Check {
+            protocol: if call.path.as_deref() == Some("tcp") {
+                "TCP"
+            } else {
+                "UDP"
+            },
+            role: "echo: media",
+            address: edge_udp,
+            outcome: if call.media_received > 0 {
+                Outcome::Open { latency_us }
+            } else {
+                Outcome::Blocked {
+                    reason: call
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "no media came back".into()),
+                }
+            },
+        });
+        echo_path.clone_from(&call.path);
+        if !call.ok {
+            echo_error = Some(call.error.unwrap_or_else(|| "the call failed".into()));
+        }
+    }
+
     let open = |protocol: &str, role: &str| {
         checks
             .iter()
             .any(|c| c.protocol == protocol && c.role == role && c.outcome.is_open())
     };
     let allocated = allocation.is_some();
-    let verdict = if allocated && open("TCP", "message relay") && open("UDP", "media relay") {
+    let udp_media = echo_path.as_deref() != Some("tcp");
+    let verdict = if echo_error.is_some() {
+        Verdict::DoesNotWork
+    } else if allocated && open("TCP", "message relay") && open("UDP", "media relay") && udp_media {
         Verdict::WorksOverUdp
     } else if allocated && open("TCP", "message relay") {
         Verdict::WorksOnlyOverTcp
@@ -221,7 +276,7 @@ async fn probe(
         });
     let missing_rules = checks
         .iter()
-        .filter(|c| !c.outcome.is_open() && !refused(c))
+        .filter(|c| !c.outcome.is_open() && !refused(c) && !c.role.starts_with("echo"))
         .map(|c| {
             format!(
                 "allow {} to {} port {} ({})",
@@ -237,8 +292,29 @@ async fn probe(
         checks,
         verdict,
         proxy_refusal,
+        echo_error,
         missing_rules,
     })
+}
+
+/// A one-second call through the proxy to the media network.
+async fn echo(args: &Args, edge_tcp: SocketAddr, edge_udp: SocketAddr) -> crate::call::Summary {
+    let tag = u32::from_be_bytes(nonce()[..4].try_into().unwrap_or_default());
+    let spec = CallSpec {
+        app_id: args.app_id.clone(),
+        credential: args.credential.0.clone(),
+        edge_tcp,
+        edge_udp,
+        params: vec![
+            r#"{"rtc.enable_proxy":true}"#.to_owned(),
+            format!("{{\"rtc.proxy_server\":{}}}", args.server.to_value()),
+        ],
+        mode: None,
+        duration: Duration::from_secs(1),
+        channel: format!("probe-{tag:08x}"),
+        progress: false,
+    };
+    run_call(&spec).await
 }
 
 /// How a proxy's refusal starts, to tell it from a firewall's.
@@ -495,6 +571,12 @@ fn render(report: &Report) -> String {
         Verdict::DoesNotWork => "a call will not work through this proxy from here",
     };
     let _ = writeln!(out, "verdict: {verdict}");
+    if let Some(why) = &report.echo_error {
+        let _ = writeln!(
+            out,
+            "the ports answer, but a call through the proxy failed: {why}"
+        );
+    }
     if let Some(refusal) = &report.proxy_refusal {
         let why = refusal.strip_prefix(REFUSED).unwrap_or(refusal).trim();
         let _ = writeln!(out, "the proxy answered and refused: {why}");

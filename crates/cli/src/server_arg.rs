@@ -44,6 +44,21 @@ fn split_port(text: &str) -> Result<(&str, u16), String> {
     Ok((&text[..port_at], port))
 }
 
+/// Parses the media network's addresses, `TCP_ADDR,UDP_ADDR`.
+pub(crate) fn parse_edge(
+    text: &str,
+) -> Result<(std::net::SocketAddr, std::net::SocketAddr), String> {
+    let (tcp, udp) = text
+        .split_once(',')
+        .ok_or_else(|| format!("expected TCP_ADDR,UDP_ADDR, found {text:?}"))?;
+    let addr = |a: &str| {
+        a.trim()
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| format!("expected an IP:PORT address, found {a:?}"))
+    };
+    Ok((addr(tcp)?, addr(udp)?))
+}
+
 /// An app secret given on the command line, in hex. A newtype, because clap
 /// would read a bare `Vec<u8>` field as a list of byte arguments.
 #[derive(Clone)]

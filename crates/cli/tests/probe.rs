@@ -115,3 +115,104 @@ fn nothing_listening_means_no_call_and_names_the_missing_rules() {
         "{table}"
     );
 }
+
+#[test]
+fn with_an_edge_the_probe_makes_a_call_through_the_relay() {
+    let (_edge, mut edge_out) = spawn(&[
+        "edge",
+        "--tcp-port",
+        "0",
+        "--udp-port",
+        "0",
+        "--log",
+        "warn",
+    ]);
+    let banner = read_until(&mut edge_out, "press Ctrl-C");
+    let edge = format!(
+        "{},{}",
+        field(&banner, "members (messages)  TCP"),
+        field(&banner, "media               UDP")
+    );
+
+    let (_serve, mut out) = spawn(&[
+        "serve",
+        "--allocation-port",
+        "0",
+        "--tcp-relay-port",
+        "0",
+        "--udp-relay-ports",
+        "0-1",
+        "--log",
+        "warn",
+    ]);
+    let banner = read_until(&mut out, "press Ctrl-C");
+    let server = field(&banner, "allocation service  TCP").to_owned();
+    let secret = field(&banner, "app secret").to_owned();
+    let output = probe(&[
+        "--server",
+        &server,
+        "--app-id",
+        "dev-app",
+        "--credential",
+        &secret,
+        "--edge",
+        &edge,
+        "--json",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{json:#}");
+    assert_eq!(json["verdict"], "works_over_udp");
+    let roles: Vec<&str> = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["role"].as_str().unwrap())
+        .collect();
+    assert!(
+        roles.contains(&"echo: messages") && roles.contains(&"echo: media"),
+        "{roles:?}"
+    );
+    assert!(
+        json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["state"] == "open"),
+        "{json:#}"
+    );
+
+    // A proxy that may not reach this edge: every port answers, but no call.
+    let (_strict, mut out) = spawn(&[
+        "serve",
+        "--allocation-port",
+        "0",
+        "--tcp-relay-port",
+        "0",
+        "--udp-relay-ports",
+        "0-1",
+        "--allow",
+        "127.0.0.2",
+        "--log",
+        "warn",
+    ]);
+    let banner = read_until(&mut out, "press Ctrl-C");
+    let server = field(&banner, "allocation service  TCP").to_owned();
+    let secret = field(&banner, "app secret").to_owned();
+    let output = probe(&[
+        "--server",
+        &server,
+        "--app-id",
+        "dev-app",
+        "--credential",
+        &secret,
+        "--edge",
+        &edge,
+    ]);
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{table}");
+    assert!(
+        table.contains("the ports answer, but a call through the proxy failed"),
+        "{table}"
+    );
+    assert!(table.contains("verdict: a call will not work"), "{table}");
+}

@@ -214,3 +214,47 @@ async fn a_dead_first_allocation_address_is_skipped() {
     );
     assert_eq!(shown.matches(&dead.to_string()).count(), 2, "{shown}");
 }
+
+/// The allocation's UDP relays are tried in order: a silent first one (a
+/// socket that never answers, as behind a dropping firewall) is skipped; when
+/// every one is silent, UDP counts as blocked within the probe bound.
+#[tokio::test]
+async fn a_silent_first_udp_relay_is_skipped() {
+    let rig = Rig::loopback().await;
+    let echo = udp_echo().await;
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut allocation = rig.allocate().await;
+    let real = allocation.udp_relays[0];
+    allocation.udp_relays = vec![silent.local_addr().unwrap(), real];
+    let policy = MediaPolicy {
+        transport: MediaTransport::UdpOnly,
+        udp_probe_timeout: std::time::Duration::from_millis(800),
+        ..MediaPolicy::default()
+    };
+    let mut media = open_media(&rig.client, &allocation, Address::Ip(echo), &policy)
+        .await
+        .unwrap();
+    assert_eq!(media.relay(), real);
+    media
+        .send(Bytes::from_static(b"via the second relay"))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("echo", media.recv()).await.unwrap(),
+        Bytes::from_static(b"echo:via the second relay")
+    );
+
+    allocation.udp_relays = vec![silent.local_addr().unwrap()];
+    let started = std::time::Instant::now();
+    let err = open_media(&rig.client, &allocation, Address::Ip(echo), &policy)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            cloudproxy_transport::client::tunnel::TunnelError::UdpBlocked(_)
+        ),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}

@@ -36,7 +36,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
-use crate::client::dial::{DialError, DialPolicy, race};
+use crate::client::dial::{DialError, DialPolicy, Outcome, race};
 
 /// A tunnel step failed.
 #[derive(Debug, thiserror::Error)]
@@ -370,29 +370,74 @@ pub async fn open_media(
     Ok(path)
 }
 
+/// Tries the allocation's UDP relays in order, staggered (each gets the full
+/// probe time; the next starts a quarter second later), and keeps the first
+/// that binds. When none answers, UDP counts as blocked.
 async fn open_udp(
     config: &ClientConfig,
     allocation: &Allocation,
     destination: Address,
     policy: &MediaPolicy,
 ) -> Result<MediaPath, TunnelError> {
-    let Some(&relay) = allocation.udp_relays.first() else {
+    const STAGGER: Duration = Duration::from_millis(250);
+    let relays = allocation.udp_relays.clone();
+    if relays.is_empty() {
         return Err(TunnelError::Session {
             what: "opening the UDP media path",
             source: SessionError::InvalidState("the allocation lists no UDP relay"),
         });
+    }
+    let extra = u32::try_from(relays.len() - 1).unwrap_or(u32::MAX);
+    let race_policy = DialPolicy {
+        stagger: STAGGER,
+        attempt_timeout: policy.udp_probe_timeout,
+        overall_timeout: policy.udp_probe_timeout + STAGGER.saturating_mul(extra),
     };
+    let (config, allocation) = (config.clone(), allocation.clone());
+    let raced = race(&relays, &race_policy, move |relay| {
+        let (config, allocation, destination) =
+            (config.clone(), allocation.clone(), destination.clone());
+        async move { bind_udp(relay, &config, &allocation, destination).await }
+    })
+    .await;
+    match raced {
+        Ok((relay, (socket, binding))) => Ok(spawn_driver(
+            Driver::Udp(socket),
+            binding,
+            MediaPathKind::Udp,
+            relay,
+            policy.queue_len,
+        )),
+        // Nothing answered at all: a firewall dropping UDP.
+        Err(e)
+            if e.attempts
+                .iter()
+                .all(|(_, o)| !matches!(o, Outcome::Failed(_))) =>
+        {
+            Err(TunnelError::UdpBlocked(race_policy.overall_timeout))
+        }
+        Err(source) => Err(TunnelError::Dial {
+            what: "binding the UDP media path",
+            source,
+        }),
+    }
+}
+
+/// One UDP bind to `relay`, until `BindOk` or a refusal; unanswered
+/// datagrams and ICMP errors just wait (the race's timeout ends it).
+async fn bind_udp(
+    relay: SocketAddr,
+    config: &ClientConfig,
+    allocation: &Allocation,
+    destination: Address,
+) -> Result<(UdpSocket, RelayBinding), AttemptError> {
     let local: SocketAddr = if relay.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let io_err = |source| TunnelError::Io {
-        what: "opening the UDP media path",
-        source,
-    };
-    let socket = UdpSocket::bind(local).await.map_err(io_err)?;
-    socket.connect(relay).await.map_err(io_err)?;
+    let socket = UdpSocket::bind(local).await.map_err(attempt_error)?;
+    socket.connect(relay).await.map_err(attempt_error)?;
     let mut binding = RelayBinding::new(
         config,
         allocation,
@@ -401,47 +446,29 @@ async fn open_udp(
         destination,
         Instant::now(),
     )
-    .map_err(|source| TunnelError::Session {
-        what: "opening the UDP media path",
-        source,
-    })?;
-    let probe = tokio::time::sleep(policy.udp_probe_timeout);
-    tokio::pin!(probe);
+    .map_err(attempt_error)?;
     let mut buf = vec![0u8; 2048];
     loop {
         while let Some(bytes) = binding.poll_transmit() {
             let _ = socket.send(&bytes).await;
         }
         match binding.poll_event() {
-            Some(BindingEvent::Bound { .. }) => break,
-            Some(BindingEvent::Closed(source)) => {
-                return Err(TunnelError::Session {
-                    what: "binding the UDP media path",
-                    source,
-                });
-            }
+            Some(BindingEvent::Bound { .. }) => return Ok((socket, binding)),
+            Some(BindingEvent::Closed(reason)) => return Err(attempt_error(reason)),
             _ => {}
         }
         let deadline = binding.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
             received = socket.recv(&mut buf) => {
                 // ICMP port unreachable and the like surface as errors: keep
-                // waiting for the probe deadline, as a firewall would drop.
+                // waiting, as a firewall that drops would make us.
                 if let Ok(n) = received {
                     binding.handle_input(Instant::now(), Bytes::copy_from_slice(&buf[..n]));
                 }
             }
             () = sleep_until_opt(deadline) => binding.handle_timeout(Instant::now()),
-            () = &mut probe => return Err(TunnelError::UdpBlocked(policy.udp_probe_timeout)),
         }
     }
-    Ok(spawn_driver(
-        Driver::Udp(socket),
-        binding,
-        MediaPathKind::Udp,
-        relay,
-        policy.queue_len,
-    ))
 }
 
 async fn open_udp_over_tcp(

@@ -3,6 +3,8 @@
 //! Plain `std::process::Command` and no dependencies, so it builds in seconds on
 //! a fresh machine.
 
+mod e2e;
+
 use std::env;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ commands:
   ci                       fmt check, clippy -D warnings, tests, docs -D warnings, fuzz corpus replay
   fuzz [TARGET] [--secs N] coverage-guided fuzzing with cargo-fuzz on nightly (default: every target, 60 s each)
   bench [ARGS...]          criterion benchmarks of every crate (extra args go to `cargo bench`)
+  e2e [--allow-skip]       the guide's firewall scenarios in network namespaces (root; docs/e2e.md)
 ";
 
 fn main() -> ExitCode {
@@ -24,6 +27,7 @@ fn main() -> ExitCode {
         Some("ci") if args.len() == 1 => ci(),
         Some("fuzz") => fuzz(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("e2e") => e2e::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(())

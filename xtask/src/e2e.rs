@@ -1411,10 +1411,7 @@ fn scenario_8(bed: &mut Bed) -> Outcome {
         bed.set_rules(rules)?;
         let (out, json) = bed.probe(NODE_A)?;
         let _ = writeln!(dumps, "--- {rules:?}\n{}", out.stdout.trim());
-        timings.push(format!(
-            "{rules:?} probe {:.1} s",
-            out.elapsed.as_secs_f64()
-        ));
+        timings.push(format!("{rules:?} probe {} ms", out.elapsed.as_millis()));
         let open_port = |protocol: &str, role: &str, port: u16| -> &'static str {
             let allowed = match (rules, protocol, role) {
                 (Rules::Nothing, _, _) => false,

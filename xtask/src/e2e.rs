@@ -124,7 +124,8 @@ pub(crate) fn run(args: &[String]) -> Result {
         }
         println!("\n==> scenario {number}: {title}");
         let t = Instant::now();
-        let outcome = scenario(&mut bed);
+        // A scenario that failed half-way may have left a node down.
+        let outcome = bed.ensure_nodes().and_then(|()| scenario(&mut bed));
         match &outcome {
             Ok(timings) => println!("==> scenario {number}: PASS ({})", timings.join(", ")),
             Err(e) => println!("==> scenario {number}: FAIL\n{e}"),
@@ -187,6 +188,10 @@ fn preflight() -> std::result::Result<(), String> {
     }
     if !have("ss", "-V") && !missing.contains(&"iproute2") {
         missing.push("iproute2");
+    }
+    // `kill -TERM <pid>` for a graceful stop (std only sends SIGKILL).
+    if !Path::new("/bin/kill").exists() && !Path::new("/usr/bin/kill").exists() {
+        missing.push("procps");
     }
     if !missing.is_empty() {
         println!("==> installing {missing:?} (apt-get)");
@@ -764,6 +769,20 @@ drain_timeout_ms = 500
         let path = path.to_string_lossy().into_owned();
         let daemon = self.start_daemon(name, &["serve", "--config", &path])?;
         self.nodes[index] = Some(daemon);
+        Ok(())
+    }
+
+    /// Restarts any proxy node that is not running.
+    fn ensure_nodes(&mut self) -> Result {
+        for index in 0..2 {
+            let running = self.nodes[index]
+                .as_mut()
+                .is_some_and(|n| matches!(n.child.try_wait(), Ok(None)));
+            if !running {
+                self.kill_node(index);
+                self.start_node(index)?;
+            }
+        }
         Ok(())
     }
 

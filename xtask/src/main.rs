@@ -17,7 +17,10 @@ usage: cargo xtask <command>
 commands:
   ci                       fmt check, clippy -D warnings, tests, docs -D warnings, fuzz corpus replay
   fuzz [TARGET] [--secs N] coverage-guided fuzzing with cargo-fuzz on nightly (default: every target, 60 s each)
-  bench [ARGS...]          criterion benchmarks of every crate (extra args go to `cargo bench`)
+  bench [--quick] [--only SECTIONS]
+                           whole-system benchmarks against haproxy, socat, dante, coturn (release
+                           build; installs the peers with apt-get when missing; report in target/bench/)
+  bench --micro [ARGS...]  criterion benchmarks of every crate (extra args go to `cargo bench`)
   e2e [--allow-skip]       the guide's firewall scenarios in network namespaces (root; docs/e2e.md)
 ";
 
@@ -197,10 +200,100 @@ fn fuzz(args: &[String]) -> Result {
 }
 
 fn bench(args: &[String]) -> Result {
+    if args.first().map(String::as_str) == Some("--micro") {
+        return step(
+            "bench --micro",
+            Command::new(cargo())
+                .args(["bench", "--workspace", "--locked"])
+                .args(&args[1..]),
+        );
+    }
+    for arg in args {
+        if !matches!(arg.as_str(), "--quick" | "--only")
+            && !arg.chars().all(|c| c.is_ascii_lowercase() || c == ',')
+        {
+            return Err(format!("bench: unknown argument {arg:?}\n\n{USAGE}"));
+        }
+    }
+    install_peers()?;
+    step(
+        "build release binaries",
+        Command::new(cargo()).args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "cloudproxy-cli",
+            "-p",
+            "cloudproxy-bench",
+        ]),
+    )?;
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| project_root().join("target"), PathBuf::from);
+    let release = target.join("release");
+    let out = project_root().join("target/bench");
     step(
         "bench",
-        Command::new(cargo())
-            .args(["bench", "--workspace", "--locked"])
-            .args(args),
+        Command::new(release.join("cloudproxy-bench"))
+            .arg("run")
+            .args(args)
+            .arg("--cloudproxy")
+            .arg(release.join("cloudproxy"))
+            .arg("--out")
+            .arg(&out),
+    )
+}
+
+/// The peers come from Debian: installed with apt-get when a binary is
+/// missing. Their packaged services are never used; the bench starts its own
+/// instances on 127.0.0.1 with its own configuration files.
+fn install_peers() -> Result {
+    let wanted = [
+        ("haproxy", "haproxy"),
+        ("socat", "socat"),
+        ("danted", "dante-server"),
+        ("turnserver", "coturn"),
+        ("iperf3", "iperf3"),
+        ("curl", "curl"),
+    ];
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(bin, _)| {
+            !["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin"]
+                .iter()
+                .any(|d| Path::new(d).join(bin).exists())
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let sudo = |cmd: &mut Command| -> Command {
+        let is_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"));
+        let mut c = if is_root {
+            Command::new(cmd.get_program())
+        } else {
+            let mut c = Command::new("sudo");
+            c.arg(cmd.get_program());
+            c
+        };
+        c.args(cmd.get_args());
+        c.env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    step(
+        "apt-get update",
+        &mut sudo(Command::new("apt-get").arg("update")),
+    )?;
+    step(
+        "install benchmark peers",
+        &mut sudo(
+            Command::new("apt-get")
+                .args(["install", "-y"])
+                .args(&missing),
+        ),
     )
 }

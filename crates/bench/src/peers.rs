@@ -1,0 +1,294 @@
+//! Starting every server on 127.0.0.1 with ports picked at run time, each
+//! with its own configuration file under the output directory.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::procs::{self, Procs};
+use crate::{APP, Options, SECRET_HEX, TICKET_KEY_HEX};
+
+/// Every server of a run, and where it listens.
+pub(crate) struct Servers {
+    procs: Procs,
+    log_dir: std::path::PathBuf,
+    socat_udp: Option<u32>,
+    pub(crate) iperf: u16,
+    pub(crate) haproxy_iperf: u16,
+    pub(crate) socat_iperf: u16,
+    pub(crate) cp_forward_iperf: u16,
+    pub(crate) sink: SocketAddr,
+    pub(crate) echo: SocketAddr,
+    pub(crate) http: SocketAddr,
+    pub(crate) haproxy_sink: SocketAddr,
+    pub(crate) haproxy_echo: SocketAddr,
+    pub(crate) socat_sink: SocketAddr,
+    pub(crate) danted: SocketAddr,
+    pub(crate) coturn: Option<SocketAddr>,
+    pub(crate) cp_allocation: SocketAddr,
+    pub(crate) cp_socks: SocketAddr,
+    pub(crate) cp_pid: u32,
+    pub(crate) haproxy_pid: u32,
+    /// A destination for idle UDP bindings (nothing needs to answer).
+    pub(crate) udp_echo: SocketAddr,
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<std::path::PathBuf, String> {
+    let path = dir.join(name);
+    std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+pub(crate) fn start_servers(options: &Options) -> Result<Servers, String> {
+    let dir = std::fs::canonicalize(&options.out).map_err(|e| e.to_string())?;
+    let mut procs = Procs::default();
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+
+    // Destinations: helpers (sink, echo, HTTP) and iperf3.
+    let (sink, echo, http, iperf) = (free_port()?, free_port()?, free_port()?, free_port()?);
+    procs.add(procs::spawn(
+        "helpers",
+        Command::new(&me).args([
+            "helpers",
+            &sink.to_string(),
+            &echo.to_string(),
+            &http.to_string(),
+        ]),
+        &dir,
+    )?);
+    procs.add(procs::spawn(
+        "iperf3-server",
+        Command::new("iperf3").args(["-s", "-B", "127.0.0.1", "-p", &iperf.to_string()]),
+        &dir,
+    )?);
+
+    // haproxy: mode tcp with splice, one frontend per destination.
+    let (h_iperf, h_sink, h_echo) = (free_port()?, free_port()?, free_port()?);
+    let mut cfg = String::from(
+        "global\n    maxconn 9400\n    maxpipes 256\n    nbthread 2\n\ndefaults\n    mode tcp\n    option splice-auto\n    timeout connect 5s\n    timeout client 600s\n    timeout server 600s\n",
+    );
+    for (name, front, back) in [
+        ("iperf", h_iperf, iperf),
+        ("sink", h_sink, sink),
+        ("echo", h_echo, echo),
+    ] {
+        cfg.push_str(&format!(
+            "\nlisten {name}\n    bind 127.0.0.1:{front}\n    server s1 127.0.0.1:{back}\n"
+        ));
+    }
+    let hcfg = write(&dir, "haproxy.cfg", &cfg)?;
+    let haproxy_pid = procs.add(procs::spawn(
+        "haproxy",
+        Command::new("haproxy").arg("-db").arg("-f").arg(&hcfg),
+        &dir,
+    )?);
+
+    // socat with 128 KiB buffers.
+    let (s_iperf, s_sink) = (free_port()?, free_port()?);
+    for (name, front, back) in [
+        ("socat-iperf", s_iperf, iperf),
+        ("socat-sink", s_sink, sink),
+    ] {
+        procs.add(procs::spawn(
+            name,
+            Command::new("socat").args([
+                "-b131072",
+                &format!("TCP4-LISTEN:{front},bind=127.0.0.1,reuseaddr,fork"),
+                &format!("TCP4:127.0.0.1:{back}"),
+            ]),
+            &dir,
+        )?);
+    }
+
+    // dante.
+    let d_port = free_port()?;
+    let dcfg = write(
+        &dir,
+        "danted.conf",
+        &format!(
+            "logoutput: stderr\ninternal: 127.0.0.1 port = {d_port}\nexternal: 127.0.0.1\nsocksmethod: none\nclientmethod: none\nuser.privileged: root\nuser.unprivileged: nobody\nclient pass {{\n    from: 127.0.0.0/8 to: 0.0.0.0/0\n}}\nsocks pass {{\n    from: 127.0.0.0/8 to: 0.0.0.0/0\n}}\n"
+        ),
+    )?;
+    procs.add(procs::spawn(
+        "danted",
+        Command::new("danted")
+            .arg("-f")
+            .arg(&dcfg)
+            .arg("-p")
+            .arg(dir.join("danted.pid")),
+        &dir,
+    )?);
+
+    // coturn, no authentication, loopback peers allowed, its own relay ports.
+    let t_port = free_port()?;
+    let relay_base = 40_000 + (t_port % 10_000);
+    let coturn = procs::spawn(
+        "coturn",
+        Command::new("turnserver").args([
+            "-n",
+            "--no-auth",
+            "--listening-ip",
+            "127.0.0.1",
+            "--relay-ip",
+            "127.0.0.1",
+            "--listening-port",
+            &t_port.to_string(),
+            "--min-port",
+            &relay_base.to_string(),
+            "--max-port",
+            &(relay_base + 200).to_string(),
+            "--allow-loopback-peers",
+            "--no-cli",
+            "--no-tls",
+            "--no-dtls",
+            "--log-file",
+            "stdout",
+            "--simple-log",
+            "--pidfile",
+            &dir.join("turnserver.pid").display().to_string(),
+        ]),
+        &dir,
+    )
+    .ok()
+    .map(|p| procs.add(p));
+
+    // Our node: fixed app and keys, loopback allowed, SOCKS5 without auth.
+    let (a_port, r_port, k_port) = (free_port()?, free_port()?, free_port()?);
+    let ccfg = write(
+        &dir,
+        "cloudproxy.toml",
+        &format!(
+            r#"[listeners]
+bind = "127.0.0.1"
+allocation_ports = [{a_port}]
+tcp_relay_port = {r_port}
+udp_relay_ports = "0-1"
+
+[[apps]]
+id = "{APP}"
+max_sessions = 100000
+secrets = ["{SECRET_HEX}"]
+
+[[ticket_keys]]
+key_id = 1
+secret = "{TICKET_KEY_HEX}"
+
+[allowlist]
+allow = ["127.0.0.1"]
+
+[limits]
+idle_timeout_ms = 20000
+allocation_lifetime_secs = 3600
+
+[socks5]
+enabled = true
+port = {k_port}
+no_auth_app = "{APP}"
+"#
+        ),
+    )?;
+    let cp_pid = procs.add(procs::spawn(
+        "cloudproxy-serve",
+        Command::new(&options.cloudproxy)
+            .args(["serve", "--log", "warn", "--config"])
+            .arg(&ccfg),
+        &dir,
+    )?);
+    procs::wait_tcp(local(a_port), "cloudproxy serve")?;
+    let f_port = free_port()?;
+    procs.add(procs::spawn(
+        "cloudproxy-forward",
+        Command::new(&options.cloudproxy).args([
+            "forward",
+            "--log",
+            "warn",
+            "--server",
+            &format!("127.0.0.1:{a_port}"),
+            "--app-id",
+            APP,
+            "--credential",
+            SECRET_HEX,
+            "--listen",
+            &format!("127.0.0.1:{f_port}"),
+            "--to",
+            &format!("127.0.0.1:{iperf}"),
+        ]),
+        &dir,
+    )?);
+
+    for (port, what) in [
+        (sink, "helpers"),
+        (iperf, "iperf3"),
+        (h_iperf, "haproxy"),
+        (s_iperf, "socat"),
+        (d_port, "danted"),
+        (k_port, "cloudproxy socks5"),
+        (f_port, "cloudproxy forward"),
+    ] {
+        procs::wait_tcp(local(port), what)?;
+    }
+    let coturn = match coturn {
+        Some(pid) if !procs.exited(pid) => Some(local(t_port)),
+        _ => None,
+    };
+    Ok(Servers {
+        procs,
+        log_dir: dir,
+        socat_udp: None,
+        iperf,
+        haproxy_iperf: h_iperf,
+        socat_iperf: s_iperf,
+        cp_forward_iperf: f_port,
+        sink: local(sink),
+        echo: local(echo),
+        http: local(http),
+        haproxy_sink: local(h_sink),
+        haproxy_echo: local(h_echo),
+        socat_sink: local(s_sink),
+        danted: local(d_port),
+        coturn,
+        cp_allocation: local(a_port),
+        cp_socks: local(k_port),
+        cp_pid,
+        haproxy_pid,
+        udp_echo: local(9),
+    })
+}
+
+impl Servers {
+    /// socat serves the first UDP peer it hears from: a fresh one per
+    /// repetition, relaying to `sink`.
+    pub(crate) fn restart_socat_udp(
+        &mut self,
+        _options: &Options,
+        sink: SocketAddr,
+    ) -> Result<SocketAddr, String> {
+        if let Some(pid) = self.socat_udp.take() {
+            self.procs.stop(pid);
+        }
+        let port = free_port()?;
+        let pid = self.procs.add(procs::spawn(
+            "socat-udp",
+            Command::new("socat").args([
+                "-T",
+                "60",
+                &format!("UDP4-LISTEN:{port},bind=127.0.0.1,reuseaddr"),
+                &format!("UDP4:{sink}"),
+            ]),
+            &self.log_dir,
+        )?);
+        self.socat_udp = Some(pid);
+        std::thread::sleep(Duration::from_millis(150));
+        Ok(local(port))
+    }
+}

@@ -14,7 +14,7 @@ mod report;
 mod tcp;
 mod udp;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -198,9 +198,7 @@ async fn run(options: Options) -> Result<(), String> {
             Section::Sessions => {
                 sessions_section(&options, &servers, &config, &allocation, &mut report).await
             }
-            Section::Idle => {
-                idle_section(&options, &servers, &config, &allocation, &mut report).await
-            }
+            Section::Idle => idle_section(&options, &mut servers, &config, &mut report).await,
         };
         if let Err(e) = result {
             report.skip(format!("section {name} stopped early: {e}"));
@@ -438,49 +436,54 @@ fn socks_section(options: &Options, s: &Servers, report: &mut Report) -> Result<
     Ok(())
 }
 
-/// The ways to the UDP sink, rebuilt for every repetition.
-async fn udp_paths(
+/// The contenders of the UDP figures and what each path includes.
+const UDP_CONTENDERS: [(&str, &str); 5] = [
+    ("direct", "sender → sink, no relay"),
+    (
+        "socat",
+        "socat UDP4-LISTEN → UDP4 (one peer, restarted per repetition)",
+    ),
+    (
+        "coturn",
+        "coturn 4.6 --no-auth: TURN Allocate + ChannelBind, ChannelData (4-byte header)",
+    ),
+    (
+        "cloudproxy udp",
+        "our UDP relay: 16-byte header, binding's connected upstream socket",
+    ),
+    (
+        "cloudproxy udp-over-tcp",
+        "datagram frames on a TCP connection to our TCP relay, sent as UDP to the sink",
+    ),
+];
+
+/// A fresh way to the UDP sink, made just before it is measured (an idle
+/// binding would time out while the other contenders run).
+async fn udp_path(
+    name: &str,
     s: &mut Servers,
     options: &Options,
     sink: SocketAddr,
     config: &ClientConfig,
     allocation: &Allocation,
-) -> Vec<(String, Result<SendPath, String>, &'static str)> {
-    let mut out = Vec::new();
-    out.push((
-        "direct".to_owned(),
-        SendPath::udp(sink, Vec::new()).map_err(|e| e.to_string()),
-        "sender → sink, no relay",
-    ));
-    let socat = s.restart_socat_udp(options, sink);
-    out.push((
-        "socat".to_owned(),
-        socat.and_then(|addr| SendPath::udp(addr, Vec::new()).map_err(|e| e.to_string())),
-        "socat UDP4-LISTEN → UDP4 (one peer, restarted per repetition)",
-    ));
-    out.push((
-        "coturn".to_owned(),
-        match s.coturn {
+) -> Result<SendPath, String> {
+    match name {
+        "direct" => SendPath::udp(sink, Vec::new()).map_err(|e| e.to_string()),
+        "socat" => {
+            let addr = s.restart_socat_udp(options, sink)?;
+            SendPath::udp(addr, Vec::new()).map_err(|e| e.to_string())
+        }
+        "coturn" => match s.coturn {
             Some(addr) => udp::turn_path(addr, sink).map_err(|e| e.to_string()),
-            None => Err("coturn did not start".into()),
+            None => Err("coturn did not start (see target/bench/coturn.log)".into()),
         },
-        "coturn 4.6 --no-auth: TURN Allocate + ChannelBind, ChannelData (4-byte header)",
-    ));
-    out.push((
-        "cloudproxy udp".to_owned(),
-        udp::cloudproxy_udp_path(config, allocation, sink)
+        "cloudproxy udp" => udp::cloudproxy_udp_path(config, allocation, sink)
             .await
             .map_err(|e| e.to_string()),
-        "our UDP relay: 16-byte header, binding's connected upstream socket",
-    ));
-    out.push((
-        "cloudproxy udp-over-tcp".to_owned(),
-        udp::cloudproxy_tcp_path(config, allocation, sink)
+        _ => udp::cloudproxy_tcp_path(config, allocation, sink)
             .await
             .map_err(|e| e.to_string()),
-        "datagram frames on a TCP connection to our TCP relay, sent as UDP to the sink",
-    ));
-    out
+    }
 }
 
 async fn udp_section(
@@ -494,8 +497,8 @@ async fn udp_section(
     let trial_secs: f64 = if options.quick { 0.4 } else { 1.0 };
     let mut run_id = 1u32;
     for _ in 0..options.reps() {
-        let paths = udp_paths(s, options, sink.addr, config, allocation).await;
-        for (name, path, note) in paths {
+        for (name, note) in UDP_CONTENDERS {
+            let path = udp_path(name, s, options, sink.addr, config, allocation).await;
             let mut path = match path {
                 Ok(p) => p,
                 Err(e) => {
@@ -505,12 +508,18 @@ async fn udp_section(
             };
             // Latency at 50 kpps.
             run_id += 1;
-            let (back, r) = trial(path, &sink, run_id, 50_000.0, trial_secs.max(1.0)).await?;
+            let (back, r) = match trial(path, &sink, run_id, 50_000.0, trial_secs.max(1.0)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    report.skip(format!("UDP via {name}: {e}"));
+                    continue;
+                }
+            };
             path = back;
             let mut lats = r.1.latencies;
             report.add(
                 "UDP one-way latency p50 @50kpps",
-                &name,
+                name,
                 "µs",
                 false,
                 udp::percentile_us(&mut lats, 50.0),
@@ -518,20 +527,27 @@ async fn udp_section(
             );
             report.add(
                 "UDP one-way latency p99 @50kpps",
-                &name,
+                name,
                 "µs",
                 false,
                 udp::percentile_us(&mut lats, 99.0),
                 note,
             );
-            report.add("UDP loss @50kpps", &name, "%", false, r.0 * 100.0, note);
+            report.add("UDP loss @50kpps", name, "%", false, r.0 * 100.0, note);
             // Highest rate with ≤ 0.1 % loss: double, then bisect.
             let (mut good, mut bad) = (0.0f64, f64::NAN);
             let mut rate = 25_000.0;
             for _ in 0..(if options.quick { 9 } else { 12 }) {
                 run_id += 1;
                 let (back, (loss, res, achieved)) =
-                    trial(path, &sink, run_id, rate, trial_secs).await?;
+                    match trial(path, &sink, run_id, rate, trial_secs).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            report.skip(format!("UDP rate via {name}: {e}"));
+                            good = f64::NAN;
+                            break;
+                        }
+                    };
                 path = back;
                 let _ = res;
                 if loss <= 0.001 {
@@ -554,9 +570,12 @@ async fn udp_section(
                     break;
                 }
             }
+            if good.is_nan() {
+                continue;
+            }
             report.add(
                 "UDP loss-free rate",
-                &name,
+                name,
                 "kpps",
                 true,
                 good / 1000.0,
@@ -659,67 +678,90 @@ async fn sessions_section(
 
 async fn idle_section(
     options: &Options,
-    s: &Servers,
+    s: &mut Servers,
     config: &Arc<ClientConfig>,
-    allocation: &Arc<Allocation>,
     report: &mut Report,
 ) -> Result<(), String> {
     let n = if options.quick { 2_000 } else { 9_000 };
-    let contenders = [
-        ("haproxy", s.haproxy_pid, Connector::Plain(s.haproxy_echo)),
-        (
-            "cloudproxy relay",
-            s.cp_pid,
-            Connector::Native {
-                config: Arc::clone(config),
-                allocation: Arc::clone(allocation),
-                to: s.echo,
-            },
-        ),
-    ];
     let figure = format!("idle TCP session memory ({n} sessions)");
-    // Once per contender, not per repetition: memory freed by one batch is
-    // reused by the next, so a second batch in the same process would read
-    // as almost free. Our SOCKS5 sessions share the relay's process, hence
-    // the same reason keeps them out.
-    {
-        for (name, pid, connector) in &contenders {
-            let before = procs::rss_kib(*pid)?;
-            let streams = tcp::open_idle(connector, n).await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let after = procs::rss_kib(*pid)?;
-            match streams {
-                Ok(streams) => {
-                    let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
-                    report.add(&figure, name, "bytes/session", false, per, "process RSS growth / sessions (user-space memory; kernel socket buffers not included)");
-                    tcp::close_reset(streams);
+    let ufig = format!("idle UDP binding memory ({n} bindings)");
+    let note = "RSS growth of a freshly started server process / sessions (user-space memory; kernel socket buffers not included)";
+    for _ in 0..options.reps() {
+        for name in ["haproxy", "cloudproxy relay", "cloudproxy udp"] {
+            // A fresh process each time: memory freed by an earlier batch
+            // would be reused and read as free.
+            let (pid, connector, allocation) = if name == "haproxy" {
+                let (pid, addr) = s.fresh_haproxy()?;
+                (pid, Connector::Plain(addr), None)
+            } else {
+                let (pid, addr) = s.fresh_cloudproxy(options)?;
+                let (_, allocation) = allocate(config, &[addr], &DialPolicy::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let allocation = Arc::new(allocation);
+                let c = Connector::Native {
+                    config: Arc::clone(config),
+                    allocation: Arc::clone(&allocation),
+                    to: s.echo,
+                };
+                (pid, c, Some(allocation))
+            };
+            let result = if name == "cloudproxy udp" {
+                let allocation = allocation.ok_or("no allocation")?;
+                idle_udp(n, pid, config, &allocation, s.udp_echo).await
+            } else {
+                // Warm up (threads, buffers, first-use allocations).
+                if let Ok(w) = tcp::open_idle(&connector, 50).await {
+                    tcp::close_reset(w);
                 }
-                Err(e) => report.skip(format!("{figure} via {name}: {e}")),
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let before = procs::rss_kib(pid)?;
+                let streams = tcp::open_idle(&connector, n).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let after = procs::rss_kib(pid)?;
+                streams.map(|st| {
+                    tcp::close_reset(st);
+                    after.saturating_sub(before) as f64 * 1024.0 / n as f64
+                })
+            };
+            s.stop(pid);
+            match result {
+                Ok(per) if name == "cloudproxy udp" => {
+                    report.add(&ufig, name, "bytes/binding", false, per, note)
+                }
+                Ok(per) => report.add(&figure, name, "bytes/session", false, per, note),
+                Err(e) => report.skip(format!("idle memory via {name}: {e}")),
             }
-            tokio::time::sleep(Duration::from_millis(800)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    // UDP bindings: no peer here keeps per-client state comparably
-    // (socat serves one peer per process).
-    let ufig = format!("idle UDP binding memory ({n} bindings)");
-    let before = procs::rss_kib(s.cp_pid)?;
-    let mut held = Vec::with_capacity(n);
-    let mut failed = 0usize;
-    let mut last_error = String::new();
+    Ok(())
+}
+
+/// RSS growth per idle UDP binding on node `pid`.
+async fn idle_udp(
+    n: usize,
+    pid: u32,
+    config: &Arc<ClientConfig>,
+    allocation: &Arc<Allocation>,
+    to: SocketAddr,
+) -> Result<f64, String> {
+    // Warm up.
+    for i in 0..20 {
+        let _ = udp::cloudproxy_bind_udp(config, allocation, i, to).await;
+    }
+    let before = procs::rss_kib(pid)?;
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = Vec::new();
     for i in 0..n {
-        let (config, allocation, sem, to) = (
-            Arc::clone(config),
-            Arc::clone(allocation),
-            sem.clone(),
-            s.udp_echo,
-        );
+        let (config, allocation, sem) = (Arc::clone(config), Arc::clone(allocation), sem.clone());
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire().await;
             udp::cloudproxy_bind_udp(&config, &allocation, i, to).await
         }));
     }
+    let mut held = Vec::with_capacity(n);
+    let mut last_error = String::new();
     for t in tasks {
         match t
             .await
@@ -727,32 +769,16 @@ async fn idle_section(
             .and_then(|r| r.map_err(|e| e.to_string()))
         {
             Ok(b) => held.push(b),
-            Err(e) => {
-                failed += 1;
-                last_error = e;
-            }
+            Err(e) => last_error = e,
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = procs::rss_kib(s.cp_pid)?;
-    // A fresh client port can collide with a binding left idle by the UDP
-    // section (same ephemeral port, binding not yet expired): those few are
-    // refused; the figure divides by the bindings made.
-    if held.len() * 10 >= n * 9 {
-        report.add(
-            &ufig,
-            "cloudproxy udp",
-            "bytes/binding",
-            false,
-            (after.saturating_sub(before)) as f64 * 1024.0 / held.len() as f64,
-            "process RSS growth / bindings made",
-        );
-    } else {
-        report.skip(format!(
-            "{ufig}: {failed} of {n} binds failed, last: {last_error}"
+    let after = procs::rss_kib(pid)?;
+    if held.len() * 10 < n * 9 {
+        return Err(format!(
+            "only {} of {n} binds succeeded, last error: {last_error}",
+            held.len()
         ));
     }
-    drop(held);
-    let _ = Ipv4Addr::LOCALHOST;
-    Ok(())
+    Ok(after.saturating_sub(before) as f64 * 1024.0 / held.len() as f64)
 }

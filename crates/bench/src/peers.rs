@@ -28,8 +28,6 @@ pub(crate) struct Servers {
     pub(crate) coturn: Option<SocketAddr>,
     pub(crate) cp_allocation: SocketAddr,
     pub(crate) cp_socks: SocketAddr,
-    pub(crate) cp_pid: u32,
-    pub(crate) haproxy_pid: u32,
     /// A destination for idle UDP bindings (nothing needs to answer).
     pub(crate) udp_echo: SocketAddr,
 }
@@ -73,25 +71,8 @@ pub(crate) fn start_servers(options: &Options) -> Result<Servers, String> {
     )?);
 
     // haproxy: mode tcp with splice, one frontend per destination.
-    let (h_iperf, h_sink, h_echo) = (free_port()?, free_port()?, free_port()?);
-    let mut cfg = String::from(
-        "global\n    maxconn 9400\n    maxpipes 256\n    nbthread 2\n\ndefaults\n    mode tcp\n    option splice-auto\n    timeout connect 5s\n    timeout client 600s\n    timeout server 600s\n",
-    );
-    for (name, front, back) in [
-        ("iperf", h_iperf, iperf),
-        ("sink", h_sink, sink),
-        ("echo", h_echo, echo),
-    ] {
-        cfg.push_str(&format!(
-            "\nlisten {name}\n    bind 127.0.0.1:{front}\n    server s1 127.0.0.1:{back}\n"
-        ));
-    }
-    let hcfg = write(&dir, "haproxy.cfg", &cfg)?;
-    let haproxy_pid = procs.add(procs::spawn(
-        "haproxy",
-        Command::new("haproxy").arg("-db").arg("-f").arg(&hcfg),
-        &dir,
-    )?);
+    let (_, fronts) = spawn_haproxy(&dir, &mut procs, "haproxy", &[iperf, sink, echo])?;
+    let (h_iperf, h_sink, h_echo) = (fronts[0], fronts[1], fronts[2]);
 
     // socat with 128 KiB buffers.
     let (s_iperf, s_sink) = (free_port()?, free_port()?);
@@ -163,48 +144,7 @@ pub(crate) fn start_servers(options: &Options) -> Result<Servers, String> {
     .map(|p| procs.add(p));
 
     // Our node: fixed app and keys, loopback allowed, SOCKS5 without auth.
-    let (a_port, r_port, k_port) = (free_port()?, free_port()?, free_port()?);
-    let ccfg = write(
-        &dir,
-        "cloudproxy.toml",
-        &format!(
-            r#"[listeners]
-bind = "127.0.0.1"
-allocation_ports = [{a_port}]
-tcp_relay_port = {r_port}
-udp_relay_ports = "0-1"
-
-[[apps]]
-id = "{APP}"
-max_sessions = 100000
-secrets = ["{SECRET_HEX}"]
-
-[[ticket_keys]]
-key_id = 1
-secret = "{TICKET_KEY_HEX}"
-
-[allowlist]
-allow = ["127.0.0.1"]
-
-[limits]
-idle_timeout_ms = 20000
-allocation_lifetime_secs = 3600
-
-[socks5]
-enabled = true
-port = {k_port}
-no_auth_app = "{APP}"
-"#
-        ),
-    )?;
-    let cp_pid = procs.add(procs::spawn(
-        "cloudproxy-serve",
-        Command::new(&options.cloudproxy)
-            .args(["serve", "--log", "warn", "--config"])
-            .arg(&ccfg),
-        &dir,
-    )?);
-    procs::wait_tcp(local(a_port), "cloudproxy serve")?;
+    let (_, a_port, k_port) = spawn_cloudproxy(&dir, &mut procs, options, "cloudproxy-serve")?;
     let f_port = free_port()?;
     procs.add(procs::spawn(
         "cloudproxy-forward",
@@ -259,13 +199,124 @@ no_auth_app = "{APP}"
         coturn,
         cp_allocation: local(a_port),
         cp_socks: local(k_port),
-        cp_pid,
-        haproxy_pid,
         udp_echo: local(9),
     })
 }
 
+/// haproxy `mode tcp` with splice, one `listen` per back-end port; returns
+/// its PID and the front ports in the same order.
+fn spawn_haproxy(
+    dir: &Path,
+    procs: &mut Procs,
+    name: &str,
+    backs: &[u16],
+) -> Result<(u32, Vec<u16>), String> {
+    let mut cfg = String::from(
+        "global\n    maxconn 9400\n    maxpipes 256\n    nbthread 2\n\ndefaults\n    mode tcp\n    option splice-auto\n    timeout connect 5s\n    timeout client 600s\n    timeout server 600s\n",
+    );
+    let mut fronts = Vec::new();
+    for (i, back) in backs.iter().enumerate() {
+        let front = free_port()?;
+        fronts.push(front);
+        cfg.push_str(&format!(
+            "\nlisten l{i}\n    bind 127.0.0.1:{front}\n    server s1 127.0.0.1:{back}\n"
+        ));
+    }
+    let path = write(dir, &format!("{name}.cfg"), &cfg)?;
+    let pid = procs.add(procs::spawn(
+        name,
+        Command::new("haproxy").arg("-db").arg("-f").arg(&path),
+        dir,
+    )?);
+    procs::wait_tcp(local(fronts[0]), name)?;
+    Ok((pid, fronts))
+}
+
+/// Our node with a fixed app and keys, loopback allowed, SOCKS5 without
+/// authentication; returns its PID, allocation port and SOCKS5 port.
+fn spawn_cloudproxy(
+    dir: &Path,
+    procs: &mut Procs,
+    options: &Options,
+    name: &str,
+) -> Result<(u32, u16, u16), String> {
+    let (a_port, r_port, k_port) = (free_port()?, free_port()?, free_port()?);
+    let ccfg = write(
+        dir,
+        &format!("{name}.toml"),
+        &format!(
+            r#"[listeners]
+bind = "127.0.0.1"
+allocation_ports = [{a_port}]
+tcp_relay_port = {r_port}
+udp_relay_ports = "0-1"
+
+[[apps]]
+id = "{APP}"
+max_sessions = 100000
+secrets = ["{SECRET_HEX}"]
+
+[[ticket_keys]]
+key_id = 1
+secret = "{TICKET_KEY_HEX}"
+
+[allowlist]
+allow = ["127.0.0.1"]
+
+[limits]
+idle_timeout_ms = 20000
+allocation_lifetime_secs = 3600
+
+[socks5]
+enabled = true
+port = {k_port}
+no_auth_app = "{APP}"
+"#
+        ),
+    )?;
+    let pid = procs.add(procs::spawn(
+        name,
+        Command::new(&options.cloudproxy)
+            .args(["serve", "--log", "warn", "--config"])
+            .arg(&ccfg),
+        dir,
+    )?);
+    procs::wait_tcp(local(a_port), name)?;
+    procs::wait_tcp(local(k_port), name)?;
+    Ok((pid, a_port, k_port))
+}
+
 impl Servers {
+    /// A fresh haproxy in front of the echo server (for memory figures,
+    /// where a process that already freed memory would hide growth).
+    pub(crate) fn fresh_haproxy(&mut self) -> Result<(u32, SocketAddr), String> {
+        let (pid, fronts) = spawn_haproxy(
+            &self.log_dir,
+            &mut self.procs,
+            "haproxy-idle",
+            &[self.echo.port()],
+        )?;
+        Ok((pid, local(fronts[0])))
+    }
+
+    /// A fresh cloudproxy node: PID and allocation address.
+    pub(crate) fn fresh_cloudproxy(
+        &mut self,
+        options: &Options,
+    ) -> Result<(u32, SocketAddr), String> {
+        let (pid, a, _) = spawn_cloudproxy(
+            &self.log_dir.clone(),
+            &mut self.procs,
+            options,
+            "cloudproxy-idle",
+        )?;
+        Ok((pid, local(a)))
+    }
+
+    pub(crate) fn stop(&mut self, pid: u32) {
+        self.procs.stop(pid);
+    }
+
     /// socat serves the first UDP peer it hears from: a fresh one per
     /// repetition, relaying to `sink`.
     pub(crate) fn restart_socat_udp(

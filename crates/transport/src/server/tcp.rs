@@ -67,9 +67,11 @@ pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: Soc
 pub(crate) async fn relay(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let mut conn = Connection::new(Arc::clone(&shared.proto), Role::Relay, Instant::now());
     loop {
-        match next_event(&stream, &mut conn).await {
+        // Boxed: the handshake's read buffer then lives on the heap only
+        // while the handshake runs, instead of in every session's task.
+        match Box::pin(next_event(&stream, &mut conn)).await {
             Next::Event(ServerEvent::BindRequested(request)) => {
-                match prepare(&shared, &request).await {
+                match Box::pin(prepare(&shared, &request)).await {
                     Ok(upstream) => {
                         let _ = conn.accept_bind(Instant::now());
                         let early = match conn.poll_event() {
@@ -81,6 +83,10 @@ pub(crate) async fn relay(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
                         }
                         match upstream {
                             Upstream::Stream(up, quota) => {
+                                // An idle stream session keeps neither the
+                                // handshake state nor the buffer behind `early`.
+                                drop(conn);
+                                let early = early.to_vec();
                                 stream_session(&shared, &stream, &up, &early, &request, peer, quota)
                                     .await
                             }

@@ -129,8 +129,51 @@ impl Drop for BindingIo {
     }
 }
 
+/// Datagrams handled per wake-up before the relay task looks at its timers
+/// and bind decisions again.
+const DRAIN_BATCH: usize = 64;
+
+/// Kernel receive buffer asked for on each relay socket (the kernel caps it
+/// at `net.core.rmem_max`): absorbs bursts while the task is not running.
+const RELAY_SOCKET_BUFFER: usize = 4 << 20;
+
+/// Client → destination for one received datagram of `n` bytes in `buf`.
+fn relay_datagram(
+    shared: &Shared,
+    table: &mut UdpRelay,
+    bindings: &mut HashMap<u32, BindingIo>,
+    buf: &mut BytesMut,
+    n: usize,
+    from: SocketAddr,
+) {
+    let data = buf.split_to(n).freeze();
+    match table.handle_datagram(Instant::now(), from, data) {
+        RelayInput::Forward {
+            binding_id,
+            payload,
+        } => {
+            if let Some(io) = bindings.get_mut(&binding_id) {
+                match io.upstream.try_send(&payload) {
+                    Ok(_) => {
+                        io.packets_up += 1;
+                        io.bytes_up += payload.len() as u64;
+                        Stats::bump(&shared.stats.udp_packets_up);
+                        Stats::add(&shared.stats.udp_bytes_up, payload.len() as u64);
+                    }
+                    Err(_) => Stats::bump(&shared.stats.udp_dropped),
+                }
+            }
+        }
+        RelayInput::Dropped(DropReason::Malformed) => Stats::bump(&shared.stats.malformed),
+        RelayInput::Dropped(_) => Stats::bump(&shared.stats.udp_dropped),
+        _ => {}
+    }
+}
+
 /// One relay UDP socket and its bindings.
 pub(crate) async fn relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
+    let _ = socket2::SockRef::from(&*socket).set_recv_buffer_size(RELAY_SOCKET_BUFFER);
+    let _ = socket2::SockRef::from(&*socket).set_send_buffer_size(RELAY_SOCKET_BUFFER);
     let mut table = UdpRelay::new(Arc::clone(&shared.proto));
     let mut bindings: HashMap<u32, BindingIo> = HashMap::new();
     // Binds being checked off this task; shutdown waits for their answers.
@@ -168,24 +211,17 @@ pub(crate) async fn relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
         tokio::select! {
             received = socket.recv_buf_from(&mut buf) => {
                 let Ok((n, from)) = received else { continue };
-                let data = buf.split_to(n).freeze();
-                match table.handle_datagram(Instant::now(), from, data) {
-                    RelayInput::Forward { binding_id, payload } => {
-                        if let Some(io) = bindings.get_mut(&binding_id) {
-                            match io.upstream.try_send(&payload) {
-                                Ok(_) => {
-                                    io.packets_up += 1;
-                                    io.bytes_up += payload.len() as u64;
-                                    Stats::bump(&shared.stats.udp_packets_up);
-                                    Stats::add(&shared.stats.udp_bytes_up, payload.len() as u64);
-                                }
-                                Err(_) => Stats::bump(&shared.stats.udp_dropped),
-                            }
-                        }
+                relay_datagram(&shared, &mut table, &mut bindings, &mut buf, n, from);
+                // Drain what else is queued before going back to `select!`
+                // (which re-arms a timer and three wakers per pass): bounded,
+                // so timers and decisions still run between bursts.
+                for _ in 0..DRAIN_BATCH {
+                    buf.reserve(RECV_BUF);
+                    match socket.try_recv_buf_from(&mut buf) {
+                        Ok((n, from)) => relay_datagram(&shared, &mut table, &mut bindings, &mut buf, n, from),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => {}
                     }
-                    RelayInput::Dropped(DropReason::Malformed) => Stats::bump(&shared.stats.malformed),
-                    RelayInput::Dropped(_) => Stats::bump(&shared.stats.udp_dropped),
-                    _ => {}
                 }
             }
             Some(decision) = decide_rx.recv() => {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use cloudproxy_transport::edge::{Edge, EdgeConfig};
 
-use crate::runtime::{init_logging, runtime, shutdown_signal};
+use crate::runtime::{ShutdownSignal, init_logging, runtime};
 
 const EXIT_CONFIG: u8 = 2;
 
@@ -58,6 +58,8 @@ pub(crate) fn run(args: Args) -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     runtime().block_on(async move {
+        // Before anything says "ready": see `ShutdownSignal`.
+        let shutdown = ShutdownSignal::install();
         let edge = match Edge::bind(config).await {
             Ok(edge) => edge,
             Err(e) => {
@@ -70,7 +72,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         println!("  media               UDP {}", edge.udp_addr());
         println!("press Ctrl-C to stop");
         let handle = edge.handle();
-        edge.run(shutdown_signal()).await;
+        edge.run(shutdown.recv()).await;
         eprintln!("stopped: {:?}", handle.stats());
         ExitCode::SUCCESS
     })

@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
-use crate::runtime::{init_logging, runtime, shutdown_signal};
+use crate::runtime::{ShutdownSignal, init_logging, runtime};
 use crate::server_arg::{Credential, parse_credential, parse_server};
 
 /// Arguments of `cloudproxy forward`.
@@ -78,6 +78,8 @@ pub(crate) fn run(args: Args) -> ExitCode {
         }
     };
     runtime().block_on(async move {
+        // Before anything says "ready": see `ShutdownSignal`.
+        let shutdown = ShutdownSignal::install();
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -126,7 +128,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         };
         tokio::select! {
             () = accept => {}
-            () = shutdown_signal() => {}
+            () = shutdown.recv() => {}
         }
         ExitCode::SUCCESS
     })

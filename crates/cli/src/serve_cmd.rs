@@ -8,7 +8,7 @@ use cloudproxy_transport::allowlist::Rule;
 use cloudproxy_transport::config::{PortRange, ServerConfig};
 use cloudproxy_transport::server::ProxyNode;
 
-use crate::runtime::{init_logging, runtime, shutdown_signal};
+use crate::runtime::{ShutdownSignal, init_logging, runtime};
 
 /// Exit status when the configuration is unusable or a port cannot be bound.
 const EXIT_CONFIG: u8 = 2;
@@ -75,6 +75,8 @@ pub(crate) fn run(args: Args) -> ExitCode {
     };
     apply_overrides(&mut config, &args);
     runtime().block_on(async move {
+        // Before anything says "ready": see `ShutdownSignal`.
+        let shutdown = ShutdownSignal::install();
         let node = match ProxyNode::start(&config).await {
             Ok(node) => node,
             Err(e) => {
@@ -83,7 +85,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
             }
         };
         print_banner(&node, &config, development.as_deref());
-        shutdown_signal().await;
+        shutdown.recv().await;
         eprintln!(
             "shutting down: draining sessions for up to {:?}",
             config.limits.drain_timeout()

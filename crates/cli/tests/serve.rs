@@ -103,7 +103,7 @@ fn development_mode_prints_its_addresses_and_stops_cleanly_on_sigterm() {
     assert_eq!(output.status.code(), Some(0));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(
-        stderr.contains("SECURITY: allowlist rule 127.0.0.1/32 lets clients reach 127.0.0.0/8"),
+        stderr.contains("SECURITY: allowlist rule 127.0.0.1/32 opens part of 127.0.0.0/8"),
         "{stderr}"
     );
     assert!(stderr.contains("stopped (Drained)"), "{stderr}");

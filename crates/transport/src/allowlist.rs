@@ -311,11 +311,20 @@ pub struct RiskyOpening {
 
 impl fmt::Display for RiskyOpening {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "allowlist rule {} lets clients reach {} ({})",
-            self.rule, self.range, self.what
-        )
+        let whole = self.rule.net.prefix_len() <= self.range.prefix_len();
+        if whole {
+            write!(
+                f,
+                "allowlist rule {} lets clients reach {} ({})",
+                self.rule, self.range, self.what
+            )
+        } else {
+            write!(
+                f,
+                "allowlist rule {} opens part of {} ({})",
+                self.rule, self.range, self.what
+            )
+        }
     }
 }
 

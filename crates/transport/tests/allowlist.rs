@@ -142,6 +142,28 @@ fn risky_openings_are_reported() {
     assert!(!ranges.contains(&"::1/128".to_string()));
     assert!(risky.iter().all(|r| r.rule.to_string() != "203.0.113.0/24"));
 
+    // A single address inside a range opens part of it, not all of it.
+    let narrow: Allowlist = "10.231.0.10/32:7000".parse().unwrap();
+    let shown: Vec<String> = narrow
+        .risky_openings()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        shown,
+        ["allowlist rule 10.231.0.10/32:7000 opens part of 10.0.0.0/8 (private network)"]
+    );
+    let wide = list
+        .risky_openings()
+        .iter()
+        .find(|r| r.range.to_string() == "127.0.0.0/8")
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        wide,
+        "allowlist rule 0.0.0.0/0:443 lets clients reach 127.0.0.0/8 (IPv4 loopback: services on the relay host)"
+    );
+
     let safe: Allowlist = "203.0.113.0/24".parse().unwrap();
     assert!(safe.risky_openings().is_empty());
 }

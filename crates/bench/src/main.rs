@@ -53,14 +53,14 @@ impl Options {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("helpers") if args.len() == 4 => {
+        Some("helpers") if args.len() == 5 => {
             let port = |i: usize| args[i].parse::<u16>().unwrap_or(0);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            match rt.block_on(tcp::serve_helpers(port(1), port(2), port(3))) {
+            match rt.block_on(tcp::serve_helpers(port(1), port(2), port(3), port(4))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("helpers: {e}");
@@ -68,6 +68,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some("merge") if args.len() >= 4 => match merge(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("run") => match parse_run(&args[1..]) {
             Ok(options) => {
                 let rt = tokio::runtime::Builder::new_multi_thread()
@@ -127,6 +134,43 @@ fn parse_run(args: &[String]) -> Result<Options, String> {
     Ok(options)
 }
 
+/// `merge FULL.json PARTIAL.json... OUT_DIR`: one report (table, JSON,
+/// chart) from a full run and later partial re-runs (`--only`).
+fn merge(args: &[String]) -> Result<(), String> {
+    let (out, inputs) = args.split_last().ok_or("nothing to merge")?;
+    let mut merged: Option<Report> = None;
+    for path in inputs {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        let report: Report = serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+        match merged.as_mut() {
+            None => merged = Some(report),
+            Some(m) => m.merge(report),
+        }
+    }
+    let report = merged.ok_or("nothing to merge")?;
+    write_outputs(&report, std::path::Path::new(out))
+}
+
+fn write_outputs(report: &Report, out: &std::path::Path) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
+    let table = report.markdown();
+    println!("{table}");
+    std::fs::write(out.join("report.md"), &table).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("runs-latest.json"), &json).map_err(|e| e.to_string())?;
+    report.chart(
+        &out.join("chart.svg"),
+        &[
+            "TCP 1 stream, iperf3",
+            "TCP 8 streams, iperf3",
+            "TCP 1 stream, one hop",
+            "SOCKS5 curl download",
+            "UDP loss-free rate",
+            "new TCP sessions",
+        ],
+    )
+}
+
 pub(crate) const APP: &str = "bench";
 pub(crate) const SECRET_HEX: &str = "62656e63682d7365637265742d6b6579";
 pub(crate) const TICKET_KEY_HEX: &str =
@@ -177,8 +221,8 @@ async fn run(options: Options) -> Result<(), String> {
         ("tcp", Section::Tcp),
         ("socks", Section::Socks),
         ("udp", Section::Udp),
-        ("sessions", Section::Sessions),
         ("idle", Section::Idle),
+        ("sessions", Section::Sessions),
     ];
     let mut servers = servers;
     for (name, section) in sections {
@@ -207,27 +251,13 @@ async fn run(options: Options) -> Result<(), String> {
     }
     drop(servers);
 
-    let table = report.markdown();
-    println!("{table}");
     let out = &options.out;
-    std::fs::write(out.join("report.md"), &table).map_err(|e| e.to_string())?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     std::fs::write(out.join(format!("runs-{stamp}.json")), &json).map_err(|e| e.to_string())?;
-    std::fs::write(out.join("runs-latest.json"), &json).map_err(|e| e.to_string())?;
-    report.chart(
-        &out.join("chart.svg"),
-        &[
-            "TCP 1 stream, iperf3",
-            "TCP 8 streams, iperf3",
-            "TCP 1 stream, one hop",
-            "SOCKS5 curl download",
-            "UDP loss-free rate",
-            "new TCP sessions",
-        ],
-    )?;
+    write_outputs(&report, out)?;
     eprintln!(
         "bench: done in {:.0?}; wrote {}/report.md, runs-latest.json, chart.svg",
         started.elapsed(),
@@ -629,7 +659,7 @@ async fn sessions_section(
     let contenders = [
         (
             "direct",
-            Connector::Plain(s.echo),
+            Connector::Plain(s.echo_once),
             "connect + 1 byte echoed, no relay",
         ),
         (
@@ -642,7 +672,7 @@ async fn sessions_section(
             Connector::Native {
                 config: Arc::clone(config),
                 allocation: Arc::clone(allocation),
-                to: s.echo,
+                to: s.echo_once,
             },
             "connect + ticket bind (HMAC check, allowlist, upstream connect) + 1 byte echoed; one allocation reused",
         ),
@@ -650,7 +680,7 @@ async fn sessions_section(
             "cloudproxy socks5",
             Connector::Socks5 {
                 proxy: s.cp_socks,
-                to: s.echo,
+                to: s.echo_once,
             },
             "connect + SOCKS5 greeting + CONNECT + 1 byte echoed",
         ),
@@ -658,7 +688,7 @@ async fn sessions_section(
             "danted",
             Connector::Socks5 {
                 proxy: s.danted,
-                to: s.echo,
+                to: s.echo_once,
             },
             "connect + SOCKS5 greeting + CONNECT + 1 byte echoed",
         ),

@@ -20,6 +20,8 @@ pub(crate) struct Servers {
     pub(crate) cp_forward_iperf: u16,
     pub(crate) sink: SocketAddr,
     pub(crate) echo: SocketAddr,
+    /// Echoes one read, then resets (session-rate destination).
+    pub(crate) echo_once: SocketAddr,
     pub(crate) http: SocketAddr,
     pub(crate) haproxy_sink: SocketAddr,
     pub(crate) haproxy_echo: SocketAddr,
@@ -54,6 +56,7 @@ pub(crate) fn start_servers(options: &Options) -> Result<Servers, String> {
 
     // Destinations: helpers (sink, echo, HTTP) and iperf3.
     let (sink, echo, http, iperf) = (free_port()?, free_port()?, free_port()?, free_port()?);
+    let echo_once = free_port()?;
     procs.add(procs::spawn(
         "helpers",
         Command::new(&me).args([
@@ -61,6 +64,7 @@ pub(crate) fn start_servers(options: &Options) -> Result<Servers, String> {
             &sink.to_string(),
             &echo.to_string(),
             &http.to_string(),
+            &echo_once.to_string(),
         ]),
         &dir,
     )?);
@@ -71,7 +75,7 @@ pub(crate) fn start_servers(options: &Options) -> Result<Servers, String> {
     )?);
 
     // haproxy: mode tcp with splice, one frontend per destination.
-    let (_, fronts) = spawn_haproxy(&dir, &mut procs, "haproxy", &[iperf, sink, echo])?;
+    let (_, fronts) = spawn_haproxy(&dir, &mut procs, "haproxy", &[iperf, sink, echo_once])?;
     let (h_iperf, h_sink, h_echo) = (fronts[0], fronts[1], fronts[2]);
 
     // socat with 128 KiB buffers.
@@ -191,6 +195,7 @@ pub(crate) fn start_servers(options: &Options) -> Result<Servers, String> {
         cp_forward_iperf: f_port,
         sink: local(sink),
         echo: local(echo),
+        echo_once: local(echo_once),
         http: local(http),
         haproxy_sink: local(h_sink),
         haproxy_echo: local(h_echo),

@@ -5,10 +5,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use plotters::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One figure for one contender: every run's value.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Row {
     pub(crate) figure: String,
     pub(crate) contender: String,
@@ -44,7 +44,7 @@ pub(crate) fn median(values: &[f64]) -> f64 {
 }
 
 /// Every figure measured so far, in the order first measured.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Report {
     pub(crate) rows: Vec<Row>,
     /// Figures that could not be measured, and why.
@@ -80,6 +80,29 @@ impl Report {
             runs: vec![value],
             note: note.to_owned(),
         });
+    }
+
+    /// Takes every figure of `other` (replacing the same figure and
+    /// contender here): joins a full run with a partial re-run.
+    pub(crate) fn merge(&mut self, other: Self) {
+        for row in other.rows {
+            if let Some(mine) = self
+                .rows
+                .iter_mut()
+                .find(|r| r.figure == row.figure && r.contender == row.contender)
+            {
+                *mine = row;
+            } else {
+                self.rows.push(row);
+            }
+        }
+        self.skipped
+            .retain(|s| !s.contains("stopped early") && !s.contains("new sessions via"));
+        self.skipped.extend(other.skipped);
+        self.machine = format!(
+            "{} Merged with a later partial run: {}",
+            self.machine, other.machine
+        );
     }
 
     pub(crate) fn skip(&mut self, what: String) {

@@ -88,11 +88,23 @@ async fn socks5_connect(proxy: SocketAddr, to: SocketAddr) -> io::Result<TcpStre
 
 /// Helper servers in their own process: a sink (read and discard), an echo,
 /// and an HTTP server that answers `GET /N` with N zero bytes.
-pub(crate) async fn serve_helpers(sink: u16, echo: u16, http: u16) -> io::Result<()> {
+pub(crate) async fn serve_helpers(sink: u16, echo: u16, http: u16, once: u16) -> io::Result<()> {
     let bind = |p| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
     let sink = TcpListener::bind(bind(sink)).await?;
     let echo = TcpListener::bind(bind(echo)).await?;
     let http = TcpListener::bind(bind(http)).await?;
+    let once = TcpListener::bind(bind(once)).await?;
+    // Echo one read, then reset: the session-rate loop then leaves no
+    // TIME_WAIT on any relay's upstream side (which would exhaust the
+    // ephemeral ports within seconds at 10k sessions/s).
+    tokio::spawn(accept_loop(once, |mut s| async move {
+        let mut buf = [0u8; 64];
+        if let Ok(n) = s.read(&mut buf).await {
+            if n > 0 && s.write_all(&buf[..n]).await.is_ok() {
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            }
+        }
+    }));
     tokio::spawn(accept_loop(sink, |mut s| async move {
         let mut buf = vec![0u8; 256 * 1024];
         while let Ok(n) = s.read(&mut buf).await {

@@ -13,9 +13,10 @@ use cloudproxy_proto::client::{
 use cloudproxy_proto::frame::BindMode;
 use cloudproxy_proto::{Address, AppId, ErrorCode, Path, SessionError, Timebase};
 use cloudproxy_transport::client::resolve::candidates;
+use cloudproxy_transport::net::{connected_udp, sleep_until_opt};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 
 use crate::call::{CallSpec, run as run_call};
 use crate::runtime::runtime;
@@ -510,24 +511,6 @@ async fn bind_check(
         },
         Ok(Err(outcome)) => outcome,
         Err(_) => Outcome::Timeout,
-    }
-}
-
-async fn connected_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let local: SocketAddr = if addr.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(local).await?;
-    socket.connect(addr).await?;
-    Ok(socket)
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

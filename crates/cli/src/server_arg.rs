@@ -77,23 +77,10 @@ pub(crate) fn parse_credential(text: &str) -> Result<Credential, String> {
 
 /// Parses hex digits into bytes.
 pub(crate) fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
-    if text.len() % 2 != 0 || text.is_empty() {
-        return Err(format!(
-            "expected an even, non-zero number of hex digits, found {} digits",
-            text.len()
-        ));
+    if text.is_empty() {
+        return Err("expected hex digits, found nothing".into());
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| {
-                format!(
-                    "expected hex digits, found {:?} at digit {i}",
-                    &text[i..i + 2]
-                )
-            })
-        })
-        .collect()
+    cloudproxy_transport::config::decode_hex(text)
 }
 
 #[cfg(test)]
@@ -135,5 +122,8 @@ mod tests {
         assert_eq!(parse_hex("00ff10").unwrap(), [0, 255, 16]);
         assert!(parse_hex("abc").is_err());
         assert!(parse_hex("zz").unwrap_err().contains("\"zz\" at digit 0"));
+        // Multi-byte characters are an error, not a panic.
+        assert!(parse_hex("éé").unwrap_err().contains("at digit 0"));
+        assert!(parse_hex("").is_err());
     }
 }

@@ -237,7 +237,16 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
+/// Decodes hex digits (either case) into bytes; the error says what was
+/// expected and where.
+///
+/// ```
+/// use cloudproxy_transport::config::decode_hex;
+///
+/// assert_eq!(decode_hex("00ff10"), Ok(vec![0x00, 0xff, 0x10]));
+/// assert!(decode_hex("é").unwrap_err().contains("at digit 0")); // 2 bytes, not hex
+/// ```
+pub fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
     if text.len() % 2 != 0 {
         return Err(format!(
             "expected an even number of hex digits, found {}",

@@ -7,10 +7,12 @@
 //! - [`pump`]: the two-way byte copy behind every TCP relay session.
 //! - [`server`]: the proxy service.
 //! - [`edge`]: the reference media edge that stands in for the media network.
+//! - [`net`]: small socket helpers.
 
 pub mod allowlist;
 pub mod client;
 pub mod config;
 pub mod edge;
+pub mod net;
 pub mod pump;
 pub mod server;

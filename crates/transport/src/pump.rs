@@ -20,6 +20,8 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 
+use crate::net::write_all;
+
 /// How a pump runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PumpOptions {
@@ -89,7 +91,7 @@ pub async fn pump(
         if !client_pending.is_empty() {
             write_all(upstream, client_pending)
                 .await
-                .map_err(PumpEnd::UpstreamError)?;
+                .map_err(|e| PumpEnd::UpstreamError(e.kind()))?;
             up_bytes.store(client_pending.len() as u64, Relaxed);
         }
         copy_one_way(
@@ -206,7 +208,7 @@ async fn copy_one_way(
                     last_activity.touch();
                     write_all(to, &buffer[..n])
                         .await
-                        .map_err(|kind| source.error(false, kind))?;
+                        .map_err(|e| source.error(false, e.kind()))?;
                     moved.fetch_add(n as u64, Relaxed);
                     last_activity.touch();
                 }
@@ -216,20 +218,4 @@ async fn copy_one_way(
             }
         }
     }
-}
-
-async fn write_all(to: &TcpStream, mut data: &[u8]) -> Result<(), io::ErrorKind> {
-    while !data.is_empty() {
-        to.writable().await.map_err(|e| e.kind())?;
-        match to.try_write(data) {
-            Ok(n) => data = &data[n..],
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(e.kind()),
-        }
-    }
-    Ok(())
 }

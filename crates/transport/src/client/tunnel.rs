@@ -37,6 +37,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
 use crate::client::dial::{DialError, DialPolicy, Outcome, race};
+use crate::net::{connected_udp, sleep_until_opt, write_all};
 
 /// A tunnel step failed.
 #[derive(Debug, thiserror::Error)]
@@ -217,25 +218,6 @@ async fn drive_tcp_bind(
             }
             () = sleep_until_opt(deadline) => binding.handle_timeout(Instant::now()),
         }
-    }
-}
-
-async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -431,13 +413,7 @@ async fn bind_udp(
     allocation: &Allocation,
     destination: Address,
 ) -> Result<(UdpSocket, RelayBinding), AttemptError> {
-    let local: SocketAddr = if relay.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(local).await.map_err(attempt_error)?;
-    socket.connect(relay).await.map_err(attempt_error)?;
+    let socket = connected_udp(relay).await.map_err(attempt_error)?;
     let mut binding = RelayBinding::new(
         config,
         allocation,

@@ -7,6 +7,8 @@ use std::time::Instant;
 use cloudproxy_proto::server::{Connection, ServerEvent};
 use tokio::net::TcpStream;
 
+use crate::net::{sleep_until_opt, write_all};
+
 /// What ended a wait for the next event.
 #[derive(Debug)]
 pub(crate) enum Next {
@@ -22,20 +24,6 @@ pub(crate) enum Next {
 pub(crate) async fn flush(stream: &TcpStream, conn: &mut Connection) -> io::Result<()> {
     while let Some(bytes) = conn.poll_transmit() {
         write_all(stream, &bytes).await?;
-    }
-    Ok(())
-}
-
-/// Writes `data` in full through a shared reference (so a reader can run
-/// beside it).
-pub(crate) async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
     }
     Ok(())
 }
@@ -66,13 +54,5 @@ pub(crate) async fn next_event(stream: &TcpStream, conn: &mut Connection) -> Nex
             }
             () = sleep_until_opt(deadline) => conn.handle_timeout(Instant::now()),
         }
-    }
-}
-
-/// Sleeps until `deadline`, or forever when there is none.
-pub(crate) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

@@ -24,6 +24,7 @@ use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+use crate::config::decode_hex;
 use crate::pump::{PumpOptions, pump};
 use crate::server::destination::{Destination, DestinationError, permitted};
 use crate::server::node::Shared;
@@ -275,7 +276,7 @@ async fn authenticate(shared: &Shared, stream: &mut TcpStream) -> Result<Client,
 /// The session the password proves for `app`: the app secret (a new
 /// session) or a ticket of that app (its session).
 fn verify(shared: &Shared, app: &str, password: &[u8]) -> Option<u64> {
-    let bytes = decode_hex(password)?;
+    let bytes = decode_hex(std::str::from_utf8(password).ok()?).ok()?;
     let secrets = shared.app_secrets.get(app)?;
     if secrets
         .iter()
@@ -290,15 +291,6 @@ fn verify(shared: &Shared, app: &str, password: &[u8]) -> Option<u64> {
         .open(&sealed, shared.proto.unix_at(Instant::now()))
         .ok()?;
     (ticket.app_id.as_str() == app).then_some(ticket.session_id)
-}
-
-fn decode_hex(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    text.chunks(2)
-        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
-        .collect()
 }
 
 fn random_session() -> u64 {
@@ -724,8 +716,8 @@ mod tests {
 
     #[test]
     fn hex_passwords() {
-        assert_eq!(decode_hex(b"00ff"), Some(vec![0, 255]));
-        assert_eq!(decode_hex(b"0"), None);
-        assert_eq!(decode_hex(b"zz"), None);
+        assert_eq!(decode_hex("00ff"), Ok(vec![0, 255]));
+        assert!(decode_hex("0").is_err());
+        assert!(decode_hex("zz").is_err());
     }
 }

@@ -12,8 +12,9 @@ use cloudproxy_proto::{Address, ErrorCode, SessionError};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::client::dial::{DialPolicy, race};
+use crate::net::{connected_udp, sleep_until_opt};
 use crate::pump::{PumpOptions, pump};
-use crate::server::conn::{Next, flush, next_event, sleep_until_opt};
+use crate::server::conn::{Next, flush, next_event};
 use crate::server::destination::{Destination, DestinationError, permitted};
 use crate::server::node::Shared;
 use crate::server::quota::{QuotaError, QuotaGuard};
@@ -177,19 +178,6 @@ pub(crate) async fn check_destination(
             }
             (destination_code(&e), e.to_string())
         })
-}
-
-/// A UDP socket on an ephemeral port, connected to `target` so that only
-/// its answers are received.
-pub(crate) async fn connected_udp(target: SocketAddr) -> io::Result<UdpSocket> {
-    let local: SocketAddr = if target.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(local).await?;
-    socket.connect(target).await?;
-    Ok(socket)
 }
 
 async fn stream_session(

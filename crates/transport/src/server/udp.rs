@@ -26,11 +26,11 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
-use crate::server::conn::sleep_until_opt;
+use crate::net::{connected_udp, sleep_until_opt};
 use crate::server::node::Shared;
 use crate::server::quota::QuotaGuard;
 use crate::server::stats::{Active, Stats};
-use crate::server::tcp::{check_destination, connected_udp, quota_code};
+use crate::server::tcp::{check_destination, quota_code};
 
 /// Largest datagram read from any socket; bigger ones are truncated by the
 /// kernel and then dropped as oversized.

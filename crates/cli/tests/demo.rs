@@ -4,7 +4,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{field, read_until, spawn};
+use common::{dev_proxy, local_edge};
 
 fn demo(args: &[&str]) -> (Output, serde_json::Value) {
     let output = Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
@@ -84,35 +84,11 @@ fn the_human_output_has_a_summary() {
 
 #[test]
 fn against_running_serve_and_edge_processes() {
-    let (_edge, mut edge_out) = spawn(&[
-        "edge",
-        "--tcp-port",
-        "0",
-        "--udp-port",
-        "0",
-        "--log",
-        "warn",
-    ]);
-    let banner = read_until(&mut edge_out, "press Ctrl-C");
-    let edge = format!(
-        "{},{}",
-        field(&banner, "members (messages)  TCP"),
-        field(&banner, "media               UDP")
-    );
-    let (_serve, mut serve_out) = spawn(&[
-        "serve",
-        "--allocation-port",
-        "0",
-        "--tcp-relay-port",
-        "0",
-        "--udp-relay-ports",
-        "0-1",
-        "--log",
-        "warn",
-    ]);
-    let banner = read_until(&mut serve_out, "press Ctrl-C");
-    let proxy = field(&banner, "allocation service  TCP").to_owned();
-    let secret = field(&banner, "app secret").to_owned();
+    let local = local_edge();
+    let edge = local.addrs.clone();
+    let serve_node = dev_proxy(&[]);
+    let proxy = serve_node.server.clone();
+    let secret = serve_node.secret.clone();
 
     let (output, summary) = demo(&[
         "--proxy",

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 
-use common::{field, read_until, spawn};
+use common::{dev_proxy, field, read_until, spawn};
 
 #[test]
 fn nc_style_traffic_through_serve_and_forward() {
@@ -23,20 +23,9 @@ fn nc_style_traffic_through_serve_and_forward() {
         }
     });
 
-    let (_serve, mut serve_out) = spawn(&[
-        "serve",
-        "--allocation-port",
-        "0",
-        "--tcp-relay-port",
-        "0",
-        "--udp-relay-ports",
-        "0-1",
-        "--log",
-        "warn",
-    ]);
-    let banner = read_until(&mut serve_out, "press Ctrl-C");
-    let allocation = field(&banner, "allocation service  TCP").to_owned();
-    let secret = field(&banner, "app secret").to_owned();
+    let serve_node = dev_proxy(&[]);
+    let allocation = serve_node.server.clone();
+    let secret = serve_node.secret.clone();
 
     let (_forward, mut forward_out) = spawn(&[
         "forward",

@@ -4,7 +4,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{field, read_until, spawn};
+use common::{dev_proxy, local_edge};
 
 fn probe(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
@@ -16,20 +16,9 @@ fn probe(args: &[&str]) -> Output {
 
 #[test]
 fn every_port_open_means_a_call_works_over_udp() {
-    let (_serve, mut out) = spawn(&[
-        "serve",
-        "--allocation-port",
-        "0",
-        "--tcp-relay-port",
-        "0",
-        "--udp-relay-ports",
-        "0-1",
-        "--log",
-        "warn",
-    ]);
-    let banner = read_until(&mut out, "press Ctrl-C");
-    let server = field(&banner, "allocation service  TCP").to_owned();
-    let secret = field(&banner, "app secret").to_owned();
+    let serve_node = dev_proxy(&[]);
+    let server = serve_node.server.clone();
+    let secret = serve_node.secret.clone();
 
     let output = probe(&[
         "--server",
@@ -118,36 +107,12 @@ fn nothing_listening_means_no_call_and_names_the_missing_rules() {
 
 #[test]
 fn with_an_edge_the_probe_makes_a_call_through_the_relay() {
-    let (_edge, mut edge_out) = spawn(&[
-        "edge",
-        "--tcp-port",
-        "0",
-        "--udp-port",
-        "0",
-        "--log",
-        "warn",
-    ]);
-    let banner = read_until(&mut edge_out, "press Ctrl-C");
-    let edge = format!(
-        "{},{}",
-        field(&banner, "members (messages)  TCP"),
-        field(&banner, "media               UDP")
-    );
+    let local = local_edge();
+    let edge = local.addrs.clone();
 
-    let (_serve, mut out) = spawn(&[
-        "serve",
-        "--allocation-port",
-        "0",
-        "--tcp-relay-port",
-        "0",
-        "--udp-relay-ports",
-        "0-1",
-        "--log",
-        "warn",
-    ]);
-    let banner = read_until(&mut out, "press Ctrl-C");
-    let server = field(&banner, "allocation service  TCP").to_owned();
-    let secret = field(&banner, "app secret").to_owned();
+    let serve_node = dev_proxy(&[]);
+    let server = serve_node.server.clone();
+    let secret = serve_node.secret.clone();
     let output = probe(&[
         "--server",
         &server,
@@ -182,22 +147,9 @@ fn with_an_edge_the_probe_makes_a_call_through_the_relay() {
     );
 
     // A proxy that may not reach this edge: every port answers, but no call.
-    let (_strict, mut out) = spawn(&[
-        "serve",
-        "--allocation-port",
-        "0",
-        "--tcp-relay-port",
-        "0",
-        "--udp-relay-ports",
-        "0-1",
-        "--allow",
-        "127.0.0.2",
-        "--log",
-        "warn",
-    ]);
-    let banner = read_until(&mut out, "press Ctrl-C");
-    let server = field(&banner, "allocation service  TCP").to_owned();
-    let secret = field(&banner, "app secret").to_owned();
+    let strict_node = dev_proxy(&["--allow", "127.0.0.2"]);
+    let server = strict_node.server.clone();
+    let secret = strict_node.secret.clone();
     let output = probe(&[
         "--server",
         &server,

@@ -50,3 +50,63 @@ pub(crate) fn field<'a>(text: &'a str, label: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {label:?} in:\n{text}"))
         .trim()
 }
+
+/// A `cloudproxy serve` development node on ephemeral loopback ports, with
+/// `extra` flags; stopped when dropped.
+pub(crate) struct DevProxy {
+    _process: Running,
+    /// The allocation service, `IP:PORT`.
+    pub(crate) server: String,
+    /// The development app secret, in hex (app id `dev-app`).
+    pub(crate) secret: String,
+}
+
+pub(crate) fn dev_proxy(extra: &[&str]) -> DevProxy {
+    let mut args = vec![
+        "serve",
+        "--allocation-port",
+        "0",
+        "--tcp-relay-port",
+        "0",
+        "--udp-relay-ports",
+        "0-1",
+        "--log",
+        "warn",
+    ];
+    args.extend_from_slice(extra);
+    let (process, mut out) = spawn(&args);
+    let banner = read_until(&mut out, "press Ctrl-C");
+    DevProxy {
+        _process: process,
+        server: field(&banner, "allocation service  TCP").to_owned(),
+        secret: field(&banner, "app secret").to_owned(),
+    }
+}
+
+/// A `cloudproxy edge` on ephemeral loopback ports; stopped when dropped.
+pub(crate) struct LocalEdge {
+    _process: Running,
+    /// `TCP_ADDR,UDP_ADDR`, as `--edge` takes it.
+    pub(crate) addrs: String,
+}
+
+pub(crate) fn local_edge() -> LocalEdge {
+    let (process, mut out) = spawn(&[
+        "edge",
+        "--tcp-port",
+        "0",
+        "--udp-port",
+        "0",
+        "--log",
+        "warn",
+    ]);
+    let banner = read_until(&mut out, "press Ctrl-C");
+    LocalEdge {
+        _process: process,
+        addrs: format!(
+            "{},{}",
+            field(&banner, "members (messages)  TCP"),
+            field(&banner, "media               UDP")
+        ),
+    }
+}

@@ -53,10 +53,12 @@ async fn http_server(body: &'static str) -> SocketAddr {
     addr
 }
 
-/// curl, run off the async runtime.
+/// curl (quiet, errors shown, at most 10 s) with `args`, run off the async
+/// runtime.
 async fn curl(args: Vec<String>) -> std::process::Output {
     tokio::task::spawn_blocking(move || {
         Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
             .args(&args)
             .output()
             .expect("curl is installed")
@@ -73,9 +75,6 @@ async fn curl_fetches_through_socks5_and_socks5_hostname() {
 
     // --socks5: curl resolves, the proxy gets an IPv4 address.
     let output = curl(vec![
-        "-sS".into(),
-        "--max-time".into(),
-        "10".into(),
         "--socks5".into(),
         socks.to_string(),
         "--proxy-user".into(),
@@ -92,9 +91,6 @@ async fn curl_fetches_through_socks5_and_socks5_hostname() {
 
     // --socks5-hostname: the proxy resolves `localhost` and checks the result.
     let output = curl(vec![
-        "-sS".into(),
-        "--max-time".into(),
-        "10".into(),
         "--socks5-hostname".into(),
         socks.to_string(),
         "--proxy-user".into(),
@@ -112,9 +108,6 @@ async fn curl_fetches_through_socks5_and_socks5_hostname() {
 
     // The wrong password: curl reports the proxy's refusal.
     let output = curl(vec![
-        "-sS".into(),
-        "--max-time".into(),
-        "10".into(),
         "--socks5".into(),
         socks.to_string(),
         "--proxy-user".into(),
@@ -418,9 +411,6 @@ async fn no_authentication_only_when_the_operator_names_an_app() {
     let socks = rig.node.addrs().socks5.unwrap();
     let web = http_server("open door, counted against test-app").await;
     let output = curl(vec![
-        "-sS".into(),
-        "--max-time".into(),
-        "10".into(),
         "--socks5".into(),
         socks.to_string(),
         format!("http://{web}/"),

@@ -66,37 +66,77 @@ pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: Soc
 
 /// One connection on the relay port.
 pub(crate) async fn relay(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    // Boxed: the handshake's state (its read buffer, the state machine, the
+    // connect) lives on the heap only while it runs, so an idle session's
+    // task holds just what the session itself needs.
+    let Some(bound) = Box::pin(bind(&shared, &stream, peer)).await else {
+        return;
+    };
+    match bound {
+        Bound::Stream {
+            upstream,
+            early,
+            request,
+            quota,
+        } => stream_session(&shared, &stream, &upstream, &early, &request, peer, quota).await,
+        Bound::Datagram {
+            upstream,
+            conn,
+            request,
+            quota,
+        } => datagram_session(&shared, &stream, *conn, &upstream, &request, peer, quota).await,
+    }
+}
+
+/// An accepted bind, ready for its session.
+enum Bound {
+    Stream {
+        upstream: TcpStream,
+        /// Client bytes that followed the `Bind`, for the destination.
+        early: Vec<u8>,
+        request: BindRequest,
+        quota: QuotaGuard<u64>,
+    },
+    Datagram {
+        upstream: UdpSocket,
+        /// Boxed: the stream variant, the common one, then stays small.
+        conn: Box<Connection>,
+        request: BindRequest,
+        quota: QuotaGuard<u64>,
+    },
+}
+
+/// Runs the relay handshake until a bind is accepted (and `BindOk` sent), or
+/// the connection ends; refusals are answered here.
+async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<Bound> {
     let mut conn = Connection::new(Arc::clone(&shared.proto), Role::Relay, Instant::now());
     loop {
-        // Boxed: the handshake's read buffer then lives on the heap only
-        // while the handshake runs, instead of in every session's task.
-        match Box::pin(next_event(&stream, &mut conn)).await {
+        match next_event(stream, &mut conn).await {
             Next::Event(ServerEvent::BindRequested(request)) => {
-                match Box::pin(prepare(&shared, &request)).await {
+                match prepare(shared, &request).await {
                     Ok(upstream) => {
                         let _ = conn.accept_bind(Instant::now());
                         let early = match conn.poll_event() {
                             Some(ServerEvent::Bound { early_data, .. }) => early_data,
                             _ => bytes::Bytes::new(),
                         };
-                        if flush(&stream, &mut conn).await.is_err() {
-                            return;
-                        }
-                        match upstream {
-                            Upstream::Stream(up, quota) => {
-                                // An idle stream session keeps neither the
-                                // handshake state nor the buffer behind `early`.
-                                drop(conn);
-                                let early = early.to_vec();
-                                stream_session(&shared, &stream, &up, &early, &request, peer, quota)
-                                    .await
-                            }
-                            Upstream::Datagram(up, quota) => {
-                                datagram_session(&shared, &stream, conn, &up, &request, peer, quota)
-                                    .await
-                            }
-                        }
-                        return;
+                        flush(stream, &mut conn).await.ok()?;
+                        return Some(match upstream {
+                            Upstream::Stream(upstream, quota) => Bound::Stream {
+                                upstream,
+                                // A copy of just these bytes: the read buffer
+                                // behind `early` goes with the handshake.
+                                early: early.to_vec(),
+                                request,
+                                quota,
+                            },
+                            Upstream::Datagram(upstream, quota) => Bound::Datagram {
+                                upstream,
+                                conn: Box::new(conn),
+                                request,
+                                quota,
+                            },
+                        });
                     }
                     Err((code, message)) => {
                         tracing::info!(%peer, session = format_args!("{:016x}", request.session_id), app = %request.app_id, destination = %request.destination, code = ?code, %message, "bind refused");
@@ -106,17 +146,17 @@ pub(crate) async fn relay(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
             }
             Next::Event(ServerEvent::Closed(reason)) => {
                 note_close(&shared.stats, &reason, false);
-                let _ = flush(&stream, &mut conn).await;
-                return;
+                let _ = flush(stream, &mut conn).await;
+                return None;
             }
             Next::Event(other) => {
                 tracing::debug!(%peer, event = ?other, "unexpected event before bind");
-                return;
+                return None;
             }
-            Next::PeerClosed => return,
+            Next::PeerClosed => return None,
             Next::Io(e) => {
                 tracing::debug!(%peer, error = %e, "relay connection failed before bind");
-                return;
+                return None;
             }
         }
     }

@@ -69,6 +69,45 @@ async fn a_failure_starts_the_next_attempt_immediately() {
     assert!(log.iter().all(|(_, at)| *at == Duration::ZERO), "{log:?}");
 }
 
+/// One candidate runs in place (no race) with the same outcomes a race
+/// reports: its value, its error, or a timeout at the attempt limit — or
+/// "abandoned" when the overall deadline comes first.
+#[tokio::test(start_paused = true)]
+async fn a_single_candidate_reports_like_a_race() {
+    let only = addrs(1);
+    let started = Instant::now();
+    let (winner, value) = race(&only, &policy(), |_| async { Ok::<_, String>(7) })
+        .await
+        .unwrap();
+    assert_eq!((winner, value), (only[0], 7));
+
+    let refused = race(&only, &policy(), |_| async {
+        Err::<(), _>("connection refused")
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(
+        refused.attempts,
+        vec![(only[0], Outcome::Failed("connection refused".into()))]
+    );
+
+    let hang = |_| std::future::pending::<Result<(), String>>();
+    let timed_out = race(&only, &policy(), hang).await.unwrap_err();
+    assert_eq!(
+        timed_out.attempts,
+        vec![(only[0], Outcome::TimedOut(Duration::from_secs(3)))]
+    );
+    assert_eq!(Instant::now() - started, Duration::from_secs(3));
+
+    let short = DialPolicy {
+        overall_timeout: Duration::from_secs(1),
+        ..policy()
+    };
+    let abandoned = race(&only, &short, hang).await.unwrap_err();
+    assert_eq!(abandoned.attempts, vec![(only[0], Outcome::Abandoned)]);
+    assert_eq!(abandoned.elapsed, Duration::from_secs(1));
+}
+
 /// When nothing answers, the error lists every candidate and what happened,
 /// and the dial ends at the overall deadline.
 #[tokio::test(start_paused = true)]

@@ -112,6 +112,25 @@ where
     Fut: Future<Output = Result<T, E>> + Send + 'static,
 {
     let started = Instant::now();
+    if let [only] = candidates {
+        // Nothing to race: run the attempt in place, without a task, a
+        // join set and a second timer (the relay's upstream connect, on
+        // every new session).
+        let limit = policy.attempt_timeout.min(policy.overall_timeout);
+        let outcome = match tokio::time::timeout(limit, attempt(*only)).await {
+            Ok(Ok(value)) => return Ok((*only, value)),
+            Ok(Err(e)) => Outcome::Failed(e.to_string()),
+            // The same outcomes as a race would report.
+            Err(_) if policy.attempt_timeout <= policy.overall_timeout => {
+                Outcome::TimedOut(policy.attempt_timeout)
+            }
+            Err(_) => Outcome::Abandoned,
+        };
+        return Err(DialError {
+            attempts: vec![(*only, outcome)],
+            elapsed: started.elapsed(),
+        });
+    }
     let deadline = started + policy.overall_timeout;
     let mut outcomes: Vec<Outcome> = vec![Outcome::NotTried; candidates.len()];
     let mut running: JoinSet<Result<T, Outcome>> = JoinSet::new();

@@ -674,7 +674,7 @@ async fn sessions_section(
                 allocation: Arc::clone(allocation),
                 to: s.echo_once,
             },
-            "connect + ticket bind (HMAC check, allowlist, upstream connect) + 1 byte echoed; one allocation reused",
+            "connect + ticket bind (HMAC check, allowlist, upstream connect) with the byte pipelined behind the Bind + 1 byte echoed; one allocation reused",
         ),
         (
             "cloudproxy socks5",

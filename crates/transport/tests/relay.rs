@@ -49,6 +49,54 @@ async fn tcp_echo_through_the_relay() {
     assert_eq!(stats.tcp_sessions_total, 1);
 }
 
+/// Bytes pipelined in the same write as the `Bind` are kept through the
+/// ticket check and the upstream connect, reach the destination first, and
+/// come back in order with what follows (protocol §7.1).
+#[tokio::test]
+async fn bytes_pipelined_behind_the_bind_reach_the_destination() {
+    let rig = Rig::loopback().await;
+    let echo = tcp_echo().await;
+    let allocation = rig.allocate().await;
+    let mut binding = RelayBinding::new(
+        &rig.client,
+        &allocation,
+        Path::Tcp,
+        BindMode::Stream,
+        Address::Ip(echo),
+        Instant::now(),
+    )
+    .unwrap();
+    let mut first_write = Vec::new();
+    while let Some(bytes) = binding.poll_transmit() {
+        first_write.extend_from_slice(&bytes);
+    }
+    first_write.extend_from_slice(b"pipelined ");
+    let mut stream = tokio::net::TcpStream::connect(allocation.tcp_relays[0])
+        .await
+        .unwrap();
+    stream.write_all(&first_write).await.unwrap();
+    stream.write_all(b"then more").await.unwrap();
+
+    let mut echoed = Vec::new();
+    let mut buf = [0u8; 256];
+    while !binding.is_bound() {
+        let n = within("BindOk", stream.read(&mut buf)).await.unwrap();
+        assert_ne!(n, 0, "the relay closed before BindOk");
+        binding.handle_input(Instant::now(), Bytes::copy_from_slice(&buf[..n]));
+        match binding.poll_event() {
+            Some(BindingEvent::Bound { early_data, .. }) => echoed.extend_from_slice(&early_data),
+            Some(BindingEvent::Closed(reason)) => panic!("bind refused: {reason}"),
+            _ => {}
+        }
+    }
+    while echoed.len() < b"pipelined then more".len() {
+        let n = within("echo", stream.read(&mut buf)).await.unwrap();
+        assert_ne!(n, 0, "the relay closed before the echo");
+        echoed.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(echoed, b"pipelined then more");
+}
+
 #[tokio::test]
 async fn media_over_udp_both_ways() {
     let rig = Rig::loopback().await;

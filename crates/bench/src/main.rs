@@ -330,21 +330,32 @@ async fn tcp_section(
         };
         for _ in 0..options.reps() {
             for (name, port, note) in &iperf {
-                let out = procs::run_bounded(
-                    std::process::Command::new("iperf3").args([
-                        "-c",
-                        "127.0.0.1",
-                        "-p",
-                        &port.to_string(),
-                        "-t",
-                        &secs.to_string(),
-                        "-P",
-                        &streams.to_string(),
-                        "-J",
-                    ]),
-                    Duration::from_secs(secs + 20),
-                );
-                match out.and_then(|o| iperf_gbps(&o)) {
+                let run = || {
+                    procs::run_bounded(
+                        std::process::Command::new("iperf3").args([
+                            "-c",
+                            "127.0.0.1",
+                            "-p",
+                            &port.to_string(),
+                            "-t",
+                            &secs.to_string(),
+                            "-P",
+                            &streams.to_string(),
+                            "-J",
+                        ]),
+                        Duration::from_secs(secs + 20),
+                    )
+                    .and_then(|o| iperf_gbps(&o))
+                };
+                // The one iperf3 server takes one test at a time and may
+                // still be closing the previous one ("server is busy"):
+                // one more try after a pause, never more.
+                let result = run().or_else(|e| {
+                    eprintln!("bench: iperf3 via {name}: {e}; trying once more");
+                    std::thread::sleep(Duration::from_millis(500));
+                    run()
+                });
+                match result {
                     Ok(g) => report.add(&figure, name, "Gbit/s", true, g, note),
                     Err(e) => report.skip(format!("{figure} via {name}: {e}")),
                 }
@@ -406,6 +417,9 @@ async fn tcp_section(
 
 fn iperf_gbps(json: &str) -> Result<f64, String> {
     let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    if let Some(error) = v["error"].as_str() {
+        return Err(format!("iperf3 failed: {error}"));
+    }
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .map(|b| b / 1e9)

@@ -1,9 +1,10 @@
 //! Small socket helpers shared by the relays, the client side and the
 //! `cloudproxy` binary.
 
-use std::io;
+use std::io::{self, Read};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use tokio::io::Interest;
 use tokio::net::{TcpStream, UdpSocket};
 
 /// Writes `data` in full through a shared reference, so a reader can use the
@@ -22,6 +23,30 @@ pub async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `try_read` that also tells tokio the socket is drained when a read comes
+/// back shorter than `buf`: the kernel had no more bytes queued, so the next
+/// `readable().await` waits for new data instead of returning at once for a
+/// read that would only say `WouldBlock` (one system call saved per burst;
+/// tokio's own `AsyncRead` does the same). Safe with edge-triggered epoll:
+/// bytes that arrive after the read raise a new readiness event, and tokio
+/// only clears readiness if no event came in since the read started.
+pub fn try_read_drained(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut short = None;
+    let result = stream.try_io(Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(stream)).read(buf)?;
+        if n > 0 && n < buf.len() {
+            short = Some(n);
+            // `WouldBlock` is how `try_io` is told to clear readiness.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match short {
+        Some(n) => Ok(n),
+        None => result,
+    }
 }
 
 /// Sleeps until `deadline`, or forever when there is none (for a state

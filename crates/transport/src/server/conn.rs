@@ -7,7 +7,7 @@ use std::time::Instant;
 use cloudproxy_proto::server::{Connection, ServerEvent};
 use tokio::net::TcpStream;
 
-use crate::net::{sleep_until_opt, write_all};
+use crate::net::{sleep_until_opt, try_read_drained, write_all};
 
 /// What ended a wait for the next event.
 #[derive(Debug)]
@@ -45,7 +45,7 @@ pub(crate) async fn next_event(stream: &TcpStream, conn: &mut Connection) -> Nex
                 if let Err(e) = readable {
                     return Next::Io(e);
                 }
-                match stream.try_read(&mut buf) {
+                match try_read_drained(stream, &mut buf) {
                     Ok(0) => return Next::PeerClosed,
                     Ok(n) => conn.handle_input(Instant::now(), &buf[..n]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

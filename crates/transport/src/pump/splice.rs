@@ -5,14 +5,15 @@
 //! A pipe exists only while a burst flows (readiness-first, like the copy
 //! buffer): idle sessions hold no pipe and no extra descriptors. Pipes are
 //! budgeted process-wide to an eighth of the descriptor limit; over the
-//! budget, or when a pipe cannot be made, the burst is copied instead.
+//! budget, or when a pipe cannot be made or enlarged, the burst is copied
+//! instead.
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_getpipe_size, fcntl_setpipe_size, pipe_with};
+use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -53,11 +54,13 @@ impl Pipe {
             LIVE.fetch_sub(1, Relaxed);
             return None;
         };
-        // Best effort: an unprivileged user over pipe-user-pages-soft or
-        // pipe-max-size keeps the default capacity.
-        let chunk = fcntl_setpipe_size(&write, len)
-            .or_else(|_| fcntl_getpipe_size(&write))
-            .unwrap_or(64 * 1024);
+        // An unprivileged user over /proc/sys/fs/pipe-user-pages-soft gets
+        // two-page pipes that cannot grow: splicing through those is slower
+        // than copying, so copy.
+        let Ok(chunk) = fcntl_setpipe_size(&write, len) else {
+            LIVE.fetch_sub(1, Relaxed);
+            return None;
+        };
         Some(Self { read, write, chunk })
     }
 }

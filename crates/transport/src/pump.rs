@@ -219,16 +219,38 @@ async fn copy_one_way(
             .await
             .map_err(|e| source.error(true, e.kind()))?;
         // Data is (probably) there: borrow a pipe or, without one, a buffer
-        // for as long as it flows.
+        // for as long as it flows. The burst futures are boxed so that their
+        // state is on the heap only during a burst, not in every idle
+        // session's task.
         #[cfg(target_os = "linux")]
         let burst = match splice.then(|| splice::Pipe::new(buffer_len)).flatten() {
-            Some(pipe) => splice::burst(from, to, &pipe, moved, last_activity, source).await?,
-            None => copy_burst(from, to, buffer_len, moved, last_activity, source).await?,
+            Some(pipe) => {
+                Box::pin(splice::burst(from, to, &pipe, moved, last_activity, source)).await?
+            }
+            None => {
+                Box::pin(copy_burst(
+                    from,
+                    to,
+                    buffer_len,
+                    moved,
+                    last_activity,
+                    source,
+                ))
+                .await?
+            }
         };
         #[cfg(not(target_os = "linux"))]
         let burst = {
             let _ = splice; // no splice(2) here: always copy
-            copy_burst(from, to, buffer_len, moved, last_activity, source).await?
+            Box::pin(copy_burst(
+                from,
+                to,
+                buffer_len,
+                moved,
+                last_activity,
+                source,
+            ))
+            .await?
         };
         if let Burst::Eof = burst {
             // EOF: forward the FIN; the other direction carries on.

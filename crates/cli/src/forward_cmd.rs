@@ -171,8 +171,9 @@ impl Forwarder {
         .map_err(|e| e.to_string())?;
         local.write_all(&early).await.map_err(|e| e.to_string())?;
         let options = PumpOptions {
-            buffer_len: 64 * 1024,
+            buffer_len: 256 * 1024,
             idle_timeout: Duration::from_secs(3600),
+            splice: true,
         };
         let report = pump(&local, &relayed, &[], &options, std::future::pending()).await;
         tracing::info!(

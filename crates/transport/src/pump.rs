@@ -5,9 +5,15 @@
 //!   every read is written in full, and a side that ends its sending is
 //!   half-closed on the other side (FIN is forwarded) while the other
 //!   direction goes on.
-//! - An idle session holds no copy buffer: a direction waits for readiness
-//!   first and borrows a buffer only while there is data to move, which keeps
-//!   idle sessions to a few hundred bytes of user-space memory.
+//! - An idle session holds no copy buffer and no pipe: a direction waits for
+//!   readiness first and borrows a buffer (or, on Linux, a pipe) only while
+//!   there is data to move, which keeps idle sessions to a few hundred bytes
+//!   of user-space memory and two descriptors.
+//! - On Linux with [`PumpOptions::splice`], bytes move socket → pipe → socket
+//!   with splice(2) and never enter user space: about half the relay's CPU
+//!   per byte of a copy (see `docs/decisions.md`). Without a pipe (the
+//!   process-wide pipe budget is spent, or the system refuses one) a burst is
+//!   copied instead; other systems always copy.
 //! - It ends when both directions have closed, when neither moved a byte for
 //!   the idle timeout, on an I/O error, or when `cancel` completes.
 
@@ -22,6 +28,9 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::net::write_all;
 
+#[cfg(target_os = "linux")]
+mod splice;
+
 /// How a pump runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PumpOptions {
@@ -29,6 +38,10 @@ pub struct PumpOptions {
     pub buffer_len: usize,
     /// The session ends when no byte has moved either way for this long.
     pub idle_timeout: Duration,
+    /// On Linux, move bytes with splice(2) through a pipe of about
+    /// `buffer_len` bytes instead of copying them through user space.
+    /// Ignored elsewhere.
+    pub splice: bool,
 }
 
 /// Why a pump ended.
@@ -98,6 +111,7 @@ pub async fn pump(
             client,
             upstream,
             options.buffer_len,
+            options.splice,
             &up_bytes,
             &last_activity,
             Side::Client,
@@ -108,6 +122,7 @@ pub async fn pump(
         upstream,
         client,
         options.buffer_len,
+        options.splice,
         &down_bytes,
         &last_activity,
         Side::Upstream,
@@ -181,11 +196,20 @@ impl Side {
     }
 }
 
+/// How a burst of data ended.
+enum Burst {
+    /// The source has nothing more for now; wait for readiness again.
+    Drained,
+    /// The source ended its sending (FIN).
+    Eof,
+}
+
 /// Moves bytes `from` → `to` until `from` reaches EOF, then half-closes `to`.
 async fn copy_one_way(
     from: &TcpStream,
     to: &TcpStream,
     buffer_len: usize,
+    splice: bool,
     moved: &AtomicU64,
     last_activity: &Activity,
     source: Side,
@@ -194,28 +218,73 @@ async fn copy_one_way(
         from.readable()
             .await
             .map_err(|e| source.error(true, e.kind()))?;
-        // Data is (probably) there: borrow a buffer for as long as it flows.
-        let mut buffer = vec![0u8; buffer_len];
-        loop {
-            match from.try_read(&mut buffer) {
-                Ok(0) => {
-                    // EOF: forward the FIN; the other direction carries on.
-                    return socket2::SockRef::from(to)
-                        .shutdown(Shutdown::Write)
-                        .map_err(|e| source.error(false, e.kind()));
-                }
-                Ok(n) => {
-                    last_activity.touch();
-                    write_all(to, &buffer[..n])
-                        .await
-                        .map_err(|e| source.error(false, e.kind()))?;
-                    moved.fetch_add(n as u64, Relaxed);
-                    last_activity.touch();
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(source.error(true, e.kind())),
+        // Data is (probably) there: borrow a pipe or, without one, a buffer
+        // for as long as it flows. The burst futures are boxed so that their
+        // state is on the heap only during a burst, not in every idle
+        // session's task.
+        #[cfg(target_os = "linux")]
+        let burst = match splice.then(|| splice::Pipe::new(buffer_len)).flatten() {
+            Some(pipe) => {
+                Box::pin(splice::burst(from, to, &pipe, moved, last_activity, source)).await?
             }
+            None => {
+                Box::pin(copy_burst(
+                    from,
+                    to,
+                    buffer_len,
+                    moved,
+                    last_activity,
+                    source,
+                ))
+                .await?
+            }
+        };
+        #[cfg(not(target_os = "linux"))]
+        let burst = {
+            let _ = splice; // no splice(2) here: always copy
+            Box::pin(copy_burst(
+                from,
+                to,
+                buffer_len,
+                moved,
+                last_activity,
+                source,
+            ))
+            .await?
+        };
+        if let Burst::Eof = burst {
+            // EOF: forward the FIN; the other direction carries on.
+            return socket2::SockRef::from(to)
+                .shutdown(Shutdown::Write)
+                .map_err(|e| source.error(false, e.kind()));
+        }
+    }
+}
+
+/// Copies `from` → `to` through a buffer until `from` would block or ends.
+async fn copy_burst(
+    from: &TcpStream,
+    to: &TcpStream,
+    buffer_len: usize,
+    moved: &AtomicU64,
+    last_activity: &Activity,
+    source: Side,
+) -> Result<Burst, PumpEnd> {
+    let mut buffer = vec![0u8; buffer_len];
+    loop {
+        match from.try_read(&mut buffer) {
+            Ok(0) => return Ok(Burst::Eof),
+            Ok(n) => {
+                last_activity.touch();
+                write_all(to, &buffer[..n])
+                    .await
+                    .map_err(|e| source.error(false, e.kind()))?;
+                moved.fetch_add(n as u64, Relaxed);
+                last_activity.touch();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(source.error(true, e.kind())),
         }
     }
 }

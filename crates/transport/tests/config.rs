@@ -107,6 +107,12 @@ fn errors_name_file_line_and_key() {
         "`limits.idle_timeout_ms`: expected a value above 0",
     );
     assert_error(
+        "[limits]\nrelay_buffer_len = 4294967295\n",
+        2,
+        "`limits.relay_buffer_len`: 4294967295 is above the maximum of 16777216 bytes",
+    );
+    assert_error("[limits]\nrelay_splice = 1\n", 2, "relay_splice");
+    assert_error(
         "[listeners]\nallocation_ports = [1080, 1080]\n",
         2,
         "port 1080 is listed twice",

@@ -448,6 +448,7 @@ async fn connect(
     let options = PumpOptions {
         buffer_len: shared.limits.relay_buffer_len as usize,
         idle_timeout: shared.limits.idle_timeout(),
+        splice: shared.limits.relay_splice,
     };
     let report = pump(
         &stream,

@@ -238,6 +238,7 @@ async fn stream_session(
     let options = PumpOptions {
         buffer_len: shared.limits.relay_buffer_len as usize,
         idle_timeout: shared.limits.idle_timeout(),
+        splice: shared.limits.relay_splice,
     };
     let report = pump(
         client,

@@ -17,6 +17,7 @@
 //! - It ends when both directions have closed, when neither moved a byte for
 //!   the idle timeout, on an I/O error, or when `cancel` completes.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::Shutdown;
@@ -26,7 +27,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until};
 
-use crate::net::write_all;
+use crate::net::{try_read_drained, write_all};
 
 #[cfg(target_os = "linux")]
 mod splice;
@@ -218,10 +219,29 @@ async fn copy_one_way(
         from.readable()
             .await
             .map_err(|e| source.error(true, e.kind()))?;
-        // Data is (probably) there: borrow a pipe or, without one, a buffer
-        // for as long as it flows. The burst futures are boxed so that their
-        // state is on the heap only during a burst, not in every idle
-        // session's task.
+        // Data is (probably) there. Most bursts of an interactive session are
+        // small (a message, a keepalive): move those with one read and one
+        // write, without a pipe or a large buffer.
+        match first_read(from, to, moved, last_activity, source)? {
+            First::Drained => continue,
+            First::Eof => return half_close(to, source),
+            First::Small(rest) => {
+                if !rest.is_empty() {
+                    // Boxed, like the bursts: rare, and kept out of idle tasks.
+                    Box::pin(finish_write(to, &rest, moved, last_activity, source)).await?;
+                }
+                continue;
+            }
+            First::Bulk(rest) => {
+                if !rest.is_empty() {
+                    // Boxed, like the bursts: rare, and kept out of idle tasks.
+                    Box::pin(finish_write(to, &rest, moved, last_activity, source)).await?;
+                }
+            }
+        }
+        // A bulk burst: borrow a pipe or, without one, a buffer for as long
+        // as it flows. The burst futures are boxed so that their state is on
+        // the heap only during a burst, not in every idle session's task.
         #[cfg(target_os = "linux")]
         let burst = match splice.then(|| splice::Pipe::new(buffer_len)).flatten() {
             Some(pipe) => {
@@ -253,12 +273,97 @@ async fn copy_one_way(
             .await?
         };
         if let Burst::Eof = burst {
-            // EOF: forward the FIN; the other direction carries on.
-            return socket2::SockRef::from(to)
-                .shutdown(Shutdown::Write)
-                .map_err(|e| source.error(false, e.kind()));
+            return half_close(to, source);
         }
     }
+}
+
+/// EOF from the source: forward the FIN; the other direction carries on.
+fn half_close(to: &TcpStream, source: Side) -> Result<(), PumpEnd> {
+    socket2::SockRef::from(to)
+        .shutdown(Shutdown::Write)
+        .map_err(|e| source.error(false, e.kind()))
+}
+
+/// Bytes read first in each burst, into a per-thread buffer. A read that
+/// fills it marks a bulk burst (splice or the large buffer take over).
+const FIRST_READ_LEN: usize = 16 * 1024;
+
+thread_local! {
+    /// The first-read buffer: per worker thread, borrowed only for the
+    /// synchronous read and write below, never across an `.await`.
+    static FIRST_READ: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; FIRST_READ_LEN].into_boxed_slice());
+}
+
+/// How the first read of a burst went.
+enum First {
+    /// Nothing was queued after all.
+    Drained,
+    /// The source ended its sending.
+    Eof,
+    /// A short read: the source is drained. Holds what the destination did
+    /// not take at once (usually nothing).
+    Small(Vec<u8>),
+    /// The read filled the buffer: more is probably queued. Holds what the
+    /// destination did not take at once.
+    Bulk(Vec<u8>),
+}
+
+/// Reads up to [`FIRST_READ_LEN`] bytes and writes what the destination
+/// takes without waiting; the rest is returned to be written before anything
+/// else. No allocation unless the destination's send buffer is full.
+fn first_read(
+    from: &TcpStream,
+    to: &TcpStream,
+    moved: &AtomicU64,
+    last_activity: &Activity,
+    source: Side,
+) -> Result<First, PumpEnd> {
+    FIRST_READ.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        let n = loop {
+            match try_read_drained(from, &mut buf) {
+                Ok(0) => return Ok(First::Eof),
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(First::Drained),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(source.error(true, e.kind())),
+            }
+        };
+        last_activity.touch();
+        let mut written = 0;
+        while written < n {
+            match to.try_write(&buf[written..n]) {
+                Ok(w) => written += w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(source.error(false, e.kind())),
+            }
+        }
+        moved.fetch_add(written as u64, Relaxed);
+        let rest = buf[written..n].to_vec();
+        Ok(if n < buf.len() {
+            First::Small(rest)
+        } else {
+            First::Bulk(rest)
+        })
+    })
+}
+
+/// Writes what [`first_read`] could not, waiting for the destination.
+async fn finish_write(
+    to: &TcpStream,
+    rest: &[u8],
+    moved: &AtomicU64,
+    last_activity: &Activity,
+    source: Side,
+) -> Result<(), PumpEnd> {
+    write_all(to, rest)
+        .await
+        .map_err(|e| source.error(false, e.kind()))?;
+    moved.fetch_add(rest.len() as u64, Relaxed);
+    last_activity.touch();
+    Ok(())
 }
 
 /// Copies `from` → `to` through a buffer until `from` would block or ends.

@@ -212,3 +212,36 @@ async fn an_oversized_answer_is_dropped_and_the_next_passes() {
     assert_eq!(stats.udp_packets_down, 2);
     assert_eq!(stats.udp_dropped, 2);
 }
+
+/// More bindings answered at once than the relay takes readiness events per
+/// look (256): every client still gets its own answer.
+#[tokio::test]
+async fn many_bindings_answered_at_once_each_get_their_own() {
+    let rig = Rig::loopback().await;
+    let allocation = rig.allocate().await;
+    let dest = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = dest.local_addr().unwrap();
+    let mut clients = Vec::new();
+    for i in 0..300u16 {
+        let (client, header) = bound(&rig, &allocation, to).await;
+        client
+            .send(&datagram(&header, &numbered(i, 20)))
+            .await
+            .unwrap();
+        let (got, upstream) = recv(&dest).await;
+        assert_eq!(got, numbered(i, 20));
+        clients.push((client, header, upstream));
+    }
+    for (i, (_, _, upstream)) in clients.iter().enumerate() {
+        dest.try_send_to(&numbered(i as u16, 30), *upstream)
+            .unwrap();
+    }
+    for (i, (client, header, _)) in clients.iter().enumerate() {
+        let (got, _) = recv(client).await;
+        assert_eq!(
+            got,
+            datagram(header, &numbered(i as u16, 30)),
+            "binding {i}"
+        );
+    }
+}

@@ -11,6 +11,5 @@ pub mod stats;
 mod tcp;
 mod udp;
 mod udp_batch;
-mod udp_ready;
 
 pub use node::{BoundAddrs, OsEntropy, ProxyNode, ServeError};

@@ -10,15 +10,17 @@
 //! Client → destination: the relay socket is read in batches (`recvmmsg`,
 //! and GRO where the kernel has it, through quinn-udp); consecutive payloads
 //! of one binding leave in one GSO send. Destination → client: a binding
-//! holds no task and no buffer, only a waker ([`ready`]) that queues its id
-//! when its upstream socket becomes readable; the relay task then reads it,
-//! prepends the binding's header and sends from the relay socket.
+//! holds no task, no buffer and no tokio registration. Its upstream socket
+//! is a plain non-blocking socket in the relay socket's own mio `Poll` (an
+//! epoll set keyed by binding id), which tokio watches as one file
+//! descriptor; the relay task asks that set which bindings are readable,
+//! reads them, prepends each one's header and sends from the relay socket.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cloudproxy_proto::frame::MAX_DATAGRAM_PAYLOAD;
 use cloudproxy_proto::server::{
@@ -26,17 +28,18 @@ use cloudproxy_proto::server::{
 };
 use cloudproxy_proto::udp::UDP_HEADER_LEN;
 use cloudproxy_proto::{ErrorCode, SessionError};
+use mio::{Events, Poll as MioPoll, Registry, Token};
 use quinn_udp::{UdpSockRef, UdpSocketState};
+use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::net::{connected_udp, sleep_until_opt};
+use crate::net::{any_local_for, sleep_until_opt};
 use crate::server::node::Shared;
 use crate::server::quota::QuotaGuard;
 use crate::server::stats::{Active, Stats};
 use crate::server::tcp::{check_destination, quota_code};
 use crate::server::udp_batch::{BATCH, GSO_MAX_BYTES, with_batch};
-use crate::server::udp_ready::{BindingWaker, ReadyQueue};
 
 /// Largest datagram read from any socket; bigger ones are truncated by the
 /// kernel and then dropped as oversized.
@@ -105,7 +108,7 @@ struct Decision {
 /// What a binding needs once accepted.
 struct Setup {
     request: BindRequest,
-    upstream: UdpSocket,
+    upstream: mio::net::UdpSocket,
     /// The address `upstream` is connected to (GSO sends name it).
     target: SocketAddr,
     quota: QuotaGuard<u64>,
@@ -114,9 +117,9 @@ struct Setup {
 /// A live binding's I/O. Its client address and header live in the table.
 struct BindingIo {
     request: BindRequest,
-    upstream: UdpSocket,
+    /// Registered in the relay's mio `Poll` with the binding id as token.
+    upstream: mio::net::UdpSocket,
     target: SocketAddr,
-    waker: Arc<BindingWaker>,
     started: Instant,
     packets_up: u64,
     bytes_up: u64,
@@ -132,6 +135,9 @@ const RECV_ROUNDS: usize = 4;
 
 /// Datagrams read from one destination per turn before the next binding's.
 const DOWN_BATCH: usize = 64;
+
+/// Readiness events taken from a relay socket's `Poll` per look.
+const EVENTS: usize = 256;
 
 /// Kernel receive buffer asked for on each relay socket (the kernel caps it
 /// at `net.core.rmem_max`): absorbs bursts while the task is not running.
@@ -155,8 +161,12 @@ struct Relay {
     state: UdpSocketState,
     table: UdpRelay,
     bindings: HashMap<u32, Box<BindingIo>>,
-    ready: Arc<ReadyQueue>,
-    ready_ids: Vec<u32>,
+    /// Where bindings' upstream sockets are registered (the `Poll` itself
+    /// is watched by the task's loop).
+    registry: Registry,
+    /// Bindings whose last turn ended with datagrams maybe left unread
+    /// (the `Poll` is edge-triggered: it will not report them again).
+    unfinished: Vec<u32>,
 }
 
 impl Relay {
@@ -167,7 +177,7 @@ impl Relay {
             for _ in 0..RECV_ROUNDS {
                 let n = match batch.recv(&self.state, &self.socket) {
                     Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                     // ICMP errors from earlier replies surface here; not fatal.
                     Err(_) => continue,
                 };
@@ -242,7 +252,7 @@ impl Relay {
         let stats = &self.shared.stats;
         let sent = self.bindings.get_mut(&run.binding_id).is_some_and(|io| {
             let result = if count == 1 {
-                io.upstream.try_send(gather).map(|_| ())
+                io.upstream.send(gather).map(|_| ())
             } else {
                 self.state.try_send(
                     UdpSockRef::from(&io.upstream),
@@ -270,36 +280,39 @@ impl Relay {
         gather.clear();
     }
 
-    /// Destination → client for every binding whose upstream socket woke.
-    fn read_destinations(&mut self) {
-        let mut ids = std::mem::take(&mut self.ready_ids);
-        self.ready.take(&mut ids);
-        for &id in &ids {
+    /// Destination → client for the bindings `events` reports readable.
+    fn read_destinations(&mut self, events: &Events) {
+        for event in events {
+            self.read_destination(token_binding(event.token()));
+        }
+    }
+
+    /// Another turn for the bindings whose last turn did not finish.
+    fn read_unfinished(&mut self) {
+        let ids = std::mem::take(&mut self.unfinished);
+        for id in ids {
             self.read_destination(id);
         }
-        self.ready_ids = ids;
     }
 
     /// Reads up to `DOWN_BATCH` datagrams from one binding's destination and
-    /// sends each, behind the binding's header, to its client; then arms
-    /// the binding's waker (or queues it again if more may be waiting).
+    /// sends each, behind the binding's header, to its client; if the socket
+    /// may hold more, the binding gets another turn after the others.
     fn read_destination(&mut self, binding_id: u32) {
         let Some(io) = self.bindings.get_mut(&binding_id) else {
+            // Closed meanwhile (its event was already taken).
             return;
         };
-        io.waker.handling();
-        let waker = Waker::from(Arc::clone(&io.waker));
-        let mut cx = Context::from_waker(&waker);
         let stats = &self.shared.stats;
         let (mut packets, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
-        let done = with_batch(|batch| {
+        let finished = with_batch(|batch| {
             let buf = &mut batch.down;
             let mut header = &mut buf[..UDP_HEADER_LEN];
             let Some(client) = self.table.encapsulate(binding_id, &[], &mut header) else {
                 return true;
             };
             for _ in 0..DOWN_BATCH {
-                match io.upstream.try_recv(&mut buf[UDP_HEADER_LEN..]) {
+                match io.upstream.recv(&mut buf[UDP_HEADER_LEN..]) {
                     Ok(n) if n <= MAX_DATAGRAM_PAYLOAD => {
                         match self.socket.try_send_to(&buf[..UDP_HEADER_LEN + n], client) {
                             Ok(_) => {
@@ -309,17 +322,10 @@ impl Relay {
                             Err(_) => dropped += 1,
                         }
                     }
-                    // Longer than a relay datagram may carry.
+                    // Longer than a relay datagram may carry (the buffer
+                    // holds one byte more, so a longer one reads as that).
                     Ok(_) => dropped += 1,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        match io.upstream.poll_recv_ready(&mut cx) {
-                            // Armed: the waker queues the binding on the next datagram.
-                            Poll::Pending => return true,
-                            Poll::Ready(Ok(())) => {}
-                            // The runtime is shutting down.
-                            Poll::Ready(Err(_)) => return true,
-                        }
-                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                     // An ICMP error for an earlier send: not fatal.
                     Err(_) => dropped += 1,
                 }
@@ -331,9 +337,8 @@ impl Relay {
         Stats::add(&stats.udp_packets_down, packets);
         Stats::add(&stats.udp_bytes_down, bytes);
         Stats::add(&stats.udp_dropped, dropped);
-        if !done {
-            // Its turn is used up; more may be waiting: after the others.
-            waker.wake_by_ref();
+        if !finished {
+            self.unfinished.push(binding_id);
         }
     }
 
@@ -396,7 +401,9 @@ impl Relay {
                 }
             }
             UdpRelayEvent::BindingClosed { binding_id, reason } => {
-                if let Some(io) = self.bindings.remove(&binding_id) {
+                if let Some(mut io) = self.bindings.remove(&binding_id) {
+                    // Closing the socket would also take it out of the set.
+                    let _ = self.registry.deregister(&mut io.upstream);
                     end_binding(&io, &reason);
                 }
             }
@@ -427,10 +434,20 @@ impl Relay {
         }
     }
 
-    fn start_binding(&mut self, binding_id: u32, setup: Setup) {
+    fn start_binding(&mut self, binding_id: u32, mut setup: Setup) {
         let Some(client) = self.table.binding(binding_id).map(|b| b.client) else {
             return;
         };
+        // Registering reports what already arrived, as a first event.
+        if let Err(e) = self.registry.register(
+            &mut setup.upstream,
+            Token(binding_id as usize),
+            mio::Interest::READABLE,
+        ) {
+            tracing::warn!(error = %e, "cannot watch a binding's upstream socket; closing it");
+            self.table.close_binding(binding_id);
+            return;
+        }
         tracing::info!(%client, session = format_args!("{:016x}", setup.request.session_id), app = %setup.request.app_id, destination = %setup.request.destination, "udp binding created");
         self.bindings.insert(
             binding_id,
@@ -438,7 +455,6 @@ impl Relay {
                 request: setup.request,
                 upstream: setup.upstream,
                 target: setup.target,
-                waker: BindingWaker::new(binding_id, Arc::clone(&self.ready)),
                 started: Instant::now(),
                 packets_up: 0,
                 bytes_up: 0,
@@ -452,8 +468,6 @@ impl Relay {
                 ),
             }),
         );
-        // Reads whatever already came and arms the waker.
-        self.read_destination(binding_id);
     }
 }
 
@@ -468,15 +482,25 @@ pub(crate) async fn relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
     };
     let _ = state.set_recv_buffer_size(UdpSockRef::from(&*socket), RELAY_SOCKET_BUFFER);
     let _ = state.set_send_buffer_size(UdpSockRef::from(&*socket), RELAY_SOCKET_BUFFER);
-    let ready = Arc::new(ReadyQueue::default());
+    // The bindings' upstream sockets, as one descriptor for tokio.
+    let upstreams =
+        MioPoll::new().and_then(|poll| Ok((poll.registry().try_clone()?, watch(poll)?)));
+    let (registry, mut upstreams) = match upstreams {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up a UDP relay socket's upstream set");
+            return;
+        }
+    };
+    let mut events = Events::with_capacity(EVENTS);
     let mut relay = Relay {
         table: UdpRelay::new(Arc::clone(&shared.proto)),
         shared: Arc::clone(&shared),
         socket: Arc::clone(&socket),
         state,
         bindings: HashMap::new(),
-        ready: Arc::clone(&ready),
-        ready_ids: Vec::new(),
+        registry,
+        unfinished: Vec::new(),
     };
     // Binds being checked off this task; shutdown waits for their answers.
     let mut in_flight = 0usize;
@@ -501,7 +525,21 @@ pub(crate) async fn relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
                     relay.read_clients();
                 }
             }
-            () = ready.wait() => relay.read_destinations(),
+            guard = upstreams.readable_mut() => {
+                if let Ok(mut guard) = guard {
+                    let polled = guard.get_inner_mut().poll(&mut events, Some(Duration::ZERO));
+                    // A full batch may have left events behind: look again
+                    // next turn. Otherwise wait for tokio to report the set
+                    // readable anew (a newer report is never cleared).
+                    if polled.is_err() || events.iter().count() < EVENTS {
+                        guard.clear_ready();
+                    }
+                    if polled.is_ok() {
+                        relay.read_destinations(&events);
+                    }
+                }
+            }
+            () = std::future::ready(()), if !relay.unfinished.is_empty() => relay.read_unfinished(),
             Some(decision) = decide_rx.recv() => {
                 in_flight -= 1;
                 relay.decided(decision, stopping);
@@ -527,7 +565,7 @@ async fn check_bind(shared: &Shared, request: BindRequest) -> Result<Setup, (Err
         .acquire(request.app_id.as_str(), request.session_id)
         .map_err(|e| (quota_code(&e), e.to_string()))?;
     let target = targets[0];
-    let upstream = connected_udp(target).await.map_err(|e| {
+    let upstream = connected_upstream(target).map_err(|e| {
         (
             ErrorCode::DESTINATION_UNREACHABLE,
             format!("cannot open a UDP path to {target}: {e}"),
@@ -539,6 +577,34 @@ async fn check_bind(shared: &Shared, request: BindRequest) -> Result<Setup, (Err
         target,
         quota,
     })
+}
+
+/// A non-blocking UDP socket on an ephemeral port, connected to `target`,
+/// for the relay's own `Poll` rather than tokio's.
+fn connected_upstream(target: SocketAddr) -> io::Result<mio::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(any_local_for(target))?;
+    socket.connect(target)?;
+    socket.set_nonblocking(true)?;
+    Ok(mio::net::UdpSocket::from_std(socket))
+}
+
+/// Hands a `Poll`'s epoll descriptor to tokio's reactor.
+///
+/// `AsyncFd::new` is deprecated because a generic `T` might report another
+/// descriptor later, which would break tokio's bookkeeping; the safe-Rust
+/// replacement, `AsyncFd::register`, is an `unsafe fn` stating exactly that
+/// condition, and the workspace forbids `unsafe`. A `mio::Poll` owns its
+/// epoll descriptor from creation to drop and `as_raw_fd` always returns
+/// it, and this module never replaces the `Poll` inside the `AsyncFd`, so
+/// the condition holds.
+#[allow(deprecated)]
+fn watch(poll: MioPoll) -> io::Result<AsyncFd<MioPoll>> {
+    AsyncFd::with_interest(poll, tokio::io::Interest::READABLE)
+}
+
+fn token_binding(token: Token) -> u32 {
+    // Tokens are made from binding ids, so this never truncates.
+    token.0 as u32
 }
 
 fn end_binding(io: &BindingIo, reason: &SessionError) {

@@ -991,6 +991,24 @@ pub enum RelayInput {
     Dropped(DropReason),
 }
 
+/// Result of [`UdpRelay::handle_slice`]: [`RelayInput`] without a payload
+/// buffer of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SliceInput {
+    /// Forward `data[payload_start..]` to the binding's destination.
+    Forward {
+        /// The binding.
+        binding_id: u32,
+        /// Where the media payload starts in the datagram.
+        payload_start: usize,
+    },
+    /// A control datagram was handled: drain `poll_transmit` and `poll_event`.
+    Handled,
+    /// Dropped, and why.
+    Dropped(DropReason),
+}
+
 /// What the [`UdpRelay`] reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -1143,32 +1161,52 @@ impl UdpRelay {
     /// zero-copy payload; everything else is answered through
     /// `poll_transmit`, never with more bytes than were received.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: Bytes) -> RelayInput {
-        match classify(&data) {
-            DatagramClass::Relay => self.handle_relay(now, from, data),
-            DatagramClass::Control => self.handle_control(now, from, &data),
-            DatagramClass::Unknown => RelayInput::Dropped(DropReason::Malformed),
+        match self.handle_slice(now, from, &data) {
+            SliceInput::Forward {
+                binding_id,
+                payload_start,
+            } => RelayInput::Forward {
+                binding_id,
+                payload: data.slice(payload_start..),
+            },
+            SliceInput::Handled => RelayInput::Handled,
+            SliceInput::Dropped(reason) => RelayInput::Dropped(reason),
         }
     }
 
-    fn handle_relay(&mut self, now: Instant, from: SocketAddr, data: Bytes) -> RelayInput {
-        let Ok((h, payload)) = UdpHeader::parse(&data) else {
-            return RelayInput::Dropped(DropReason::Malformed);
+    /// [`UdpRelay::handle_datagram`] for a borrowed datagram, as read into a
+    /// reused batch buffer: data from a bound client comes back as
+    /// [`SliceInput::Forward`] with where its payload starts in `data`.
+    pub fn handle_slice(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> SliceInput {
+        match classify(data) {
+            DatagramClass::Relay => self.handle_relay(now, from, data),
+            DatagramClass::Control => match self.handle_control(now, from, data) {
+                RelayInput::Dropped(reason) => SliceInput::Dropped(reason),
+                _ => SliceInput::Handled,
+            },
+            DatagramClass::Unknown => SliceInput::Dropped(DropReason::Malformed),
+        }
+    }
+
+    fn handle_relay(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> SliceInput {
+        let Ok((h, payload)) = UdpHeader::parse(data) else {
+            return SliceInput::Dropped(DropReason::Malformed);
         };
         let payload_start = data.len() - payload.len();
         let Some(b) = self.bindings.get_mut(&h.binding_id) else {
-            return RelayInput::Dropped(DropReason::UnknownBinding);
+            return SliceInput::Dropped(DropReason::UnknownBinding);
         };
         if !tokens_equal(b.token, h.binding_token) {
-            return RelayInput::Dropped(DropReason::BadToken);
+            return SliceInput::Dropped(DropReason::BadToken);
         }
         if b.client != from {
-            return RelayInput::Dropped(DropReason::AddressMismatch);
+            return SliceInput::Dropped(DropReason::AddressMismatch);
         }
         b.last_seen = now;
         match h.kind {
-            UdpKind::Data => RelayInput::Forward {
+            UdpKind::Data => SliceInput::Forward {
                 binding_id: h.binding_id,
-                payload: data.slice(payload_start..),
+                payload_start,
             },
             UdpKind::Keepalive => {
                 let ack = UdpHeader {
@@ -1176,12 +1214,12 @@ impl UdpRelay {
                     ..h
                 };
                 self.reply(from, Bytes::copy_from_slice(&ack.to_array()));
-                RelayInput::Handled
+                SliceInput::Handled
             }
-            UdpKind::KeepaliveAck => RelayInput::Handled,
+            UdpKind::KeepaliveAck => SliceInput::Handled,
             UdpKind::Close => {
                 self.remove(h.binding_id, SessionError::ClosedByPeer);
-                RelayInput::Handled
+                SliceInput::Handled
             }
         }
     }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use cloudproxy_proto::client::{Allocator, AllocatorEvent, BindingEvent, RelayBinding};
 use cloudproxy_proto::frame::{BindMode, Frame};
 use cloudproxy_proto::server::{
-    Connection, DropReason, RelayInput, Role, ServerEvent, UdpAllocation, UdpRelayEvent,
+    Connection, DropReason, RelayInput, Role, ServerEvent, SliceInput, UdpAllocation, UdpRelayEvent,
 };
 use cloudproxy_proto::ticket::{Ticket, TicketKeyRing};
 use cloudproxy_proto::udp::{UdpHeader, UdpKind};
@@ -646,6 +646,19 @@ fn nat_rebinding_needs_ticket_and_token() {
     p.pump_udp(&mut b);
     assert_eq!(events(&mut b), vec![BindingEvent::Rebound]);
     assert!(p.udp_events.iter().any(|e| matches!(e, UdpRelayEvent::Rebound { old: o, new, .. } if *o == old && *new == p.client_addr)));
+    // The borrowed-datagram entry point (batched reads) says the same,
+    // with the payload as an offset.
+    assert_eq!(
+        p.udp.handle_slice(p.now, p.client_addr, &d),
+        SliceInput::Forward {
+            binding_id,
+            payload_start: 16
+        }
+    );
+    assert_eq!(
+        p.udp.handle_slice(p.now, old, &d),
+        SliceInput::Dropped(DropReason::AddressMismatch)
+    );
     assert_eq!(
         p.udp.handle_datagram(p.now, p.client_addr, d),
         RelayInput::Forward {

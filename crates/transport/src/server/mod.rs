@@ -10,5 +10,6 @@ mod socks5;
 pub mod stats;
 mod tcp;
 mod udp;
+mod udp_batch;
 
 pub use node::{BoundAddrs, OsEntropy, ProxyNode, ServeError};

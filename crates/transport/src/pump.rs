@@ -243,9 +243,15 @@ async fn copy_one_way(
         // as it flows. The burst futures are boxed so that their state is on
         // the heap only during a burst, not in every idle session's task.
         #[cfg(target_os = "linux")]
-        let burst = match splice.then(|| splice::Pipe::new(buffer_len)).flatten() {
+        let burst = match splice.then(|| splice::Pipe::take(buffer_len)).flatten() {
             Some(pipe) => {
-                Box::pin(splice::burst(from, to, &pipe, moved, last_activity, source)).await?
+                // On an error the pipe may hold bytes: it is dropped with the
+                // `?`, never pooled.
+                let burst =
+                    Box::pin(splice::burst(from, to, &pipe, moved, last_activity, source)).await?;
+                // `burst` returns `Ok` only with the pipe empty.
+                pipe.put_back();
+                burst
             }
             None => {
                 Box::pin(copy_burst(

@@ -2,12 +2,15 @@
 //! bytes never enter user space (the pipe holds references to the kernel's
 //! socket pages).
 //!
-//! A pipe exists only while a burst flows (readiness-first, like the copy
-//! buffer): idle sessions hold no pipe and no extra descriptors. Pipes are
+//! A session holds a pipe only while a burst flows (readiness-first, like
+//! the copy buffer): idle sessions hold no pipe and no extra descriptors.
+//! An emptied pipe goes back to a small per-thread pool for the next burst
+//! of any session, so flowing sessions do not create one per burst. Pipes are
 //! budgeted process-wide to an eighth of the descriptor limit; over the
 //! budget, or when a pipe cannot be made or enlarged, the burst is copied
 //! instead.
 
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::OnceLock;
@@ -40,12 +43,48 @@ pub(super) struct Pipe {
     write: OwnedFd,
     /// Bytes to ask for per splice: the pipe's capacity.
     chunk: usize,
+    /// The size asked for, to match pooled pipes to later requests.
+    len: usize,
+}
+
+/// Empty pipes kept per worker thread for the next burst, so a flowing
+/// session does not pay `pipe2`, `F_SETPIPE_SZ` and two `close`s per burst.
+/// A handful per thread: enough for the bursts a thread interleaves, and a
+/// bound on what sits unused (still counted in the budget).
+const POOL_PER_THREAD: usize = 8;
+
+thread_local! {
+    static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Pipe {
+    /// An empty pipe of about `len` bytes from this thread's pool or a new
+    /// one, or `None` when over the budget or the system refuses one (the
+    /// caller then copies).
+    pub(super) fn take(len: usize) -> Option<Self> {
+        let pooled = POOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            let at = pool.iter().position(|p| p.len == len)?;
+            Some(pool.swap_remove(at))
+        });
+        pooled.or_else(|| Self::new(len))
+    }
+
+    /// Gives an empty pipe back for a later burst (or closes it when the
+    /// pool is full). Only for a pipe known to be empty: the next burst
+    /// must not find another session's bytes in it.
+    pub(super) fn put_back(self) {
+        POOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < POOL_PER_THREAD {
+                pool.push(self);
+            }
+        });
+    }
+
     /// A pipe of about `len` bytes, or `None` when over the budget or the
     /// system refuses one (the caller then copies).
-    pub(super) fn new(len: usize) -> Option<Self> {
+    fn new(len: usize) -> Option<Self> {
         if LIVE.fetch_add(1, Relaxed) >= budget() {
             LIVE.fetch_sub(1, Relaxed);
             return None;
@@ -61,7 +100,12 @@ impl Pipe {
             LIVE.fetch_sub(1, Relaxed);
             return None;
         };
-        Some(Self { read, write, chunk })
+        Some(Self {
+            read,
+            write,
+            chunk,
+            len,
+        })
     }
 }
 

@@ -134,6 +134,8 @@ impl Report {
                 let ratios = if row.is_ours() {
                     rows.iter()
                         .filter(|p| !p.is_ours())
+                        // A ratio to zero (no loss at all) says nothing.
+                        .filter(|p| p.median() != 0.0)
                         .map(|p| format!("{:.2}× {}", row.median() / p.median(), p.contender))
                         .collect::<Vec<_>>()
                         .join(", ")

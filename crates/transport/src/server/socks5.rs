@@ -391,7 +391,7 @@ async fn connect(
     peer: SocketAddr,
     client: &Client,
     target: &Target,
-    _quota: QuotaGuard<u64>,
+    quota: QuotaGuard<u64>,
 ) {
     let targets = match permitted(
         &target.as_destination(),
@@ -444,6 +444,9 @@ async fn connect(
         |s| &s.tcp_sessions_active,
         Some(|s| &s.tcp_sessions_total),
     );
+    // Declared after `_active`, so dropped before it: once the stats show
+    // the session gone, its quota is free too.
+    let _quota = quota;
     let started = Instant::now();
     let options = PumpOptions {
         buffer_len: shared.limits.relay_buffer_len as usize,
@@ -522,7 +525,7 @@ async fn associate(
     mut control: TcpStream,
     peer: SocketAddr,
     client: &Client,
-    _quota: QuotaGuard<u64>,
+    quota: QuotaGuard<u64>,
 ) {
     let local_ip = control
         .local_addr()
@@ -552,6 +555,9 @@ async fn associate(
         |s| &s.udp_bindings_active,
         Some(|s| &s.udp_bindings_total),
     );
+    // Declared after `_active`, so dropped before it: once the stats show
+    // the session gone, its quota is free too.
+    let _quota = quota;
     let started = Instant::now();
     let idle = shared.limits.idle_timeout();
     let force_closed = shared.lifecycle.force_closed();

@@ -227,13 +227,16 @@ async fn stream_session(
     early: &[u8],
     request: &BindRequest,
     peer: SocketAddr,
-    _quota: QuotaGuard<u64>,
+    quota: QuotaGuard<u64>,
 ) {
     let _active = Active::new(
         &shared.stats,
         |s| &s.tcp_sessions_active,
         Some(|s| &s.tcp_sessions_total),
     );
+    // Declared after `_active`, so dropped before it: once the stats show
+    // the session gone, its quota is free too.
+    let _quota = quota;
     let started = Instant::now();
     let options = PumpOptions {
         buffer_len: shared.limits.relay_buffer_len as usize,
@@ -273,13 +276,16 @@ async fn datagram_session(
     upstream: &UdpSocket,
     request: &BindRequest,
     peer: SocketAddr,
-    _quota: QuotaGuard<u64>,
+    quota: QuotaGuard<u64>,
 ) {
     let _active = Active::new(
         &shared.stats,
         |s| &s.tcp_sessions_active,
         Some(|s| &s.tcp_sessions_total),
     );
+    // Declared after `_active`, so dropped before it: once the stats show
+    // the session gone, its quota is free too.
+    let _quota = quota;
     let started = Instant::now();
     let (mut packets_up, mut packets_down, mut bytes_up, mut bytes_down) = (0u64, 0u64, 0u64, 0u64);
     let force_closed = shared.lifecycle.force_closed();

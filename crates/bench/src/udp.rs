@@ -47,9 +47,11 @@ pub(crate) struct Sink {
 impl Sink {
     pub(crate) fn start() -> io::Result<Self> {
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        // Non-blocking from here on (quinn-udp sets it): the sink waits in
+        // poll(2), never by spinning, so it leaves the CPU to the path it
+        // measures.
         let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
         let _ = state.set_recv_buffer_size(UdpSockRef::from(&socket), 4 << 20);
-        socket.set_read_timeout(Some(Duration::from_millis(20)))?;
         let addr = socket.local_addr()?;
         let shared = Arc::new(SinkShared {
             run: AtomicU32::new(0),
@@ -126,6 +128,10 @@ fn sink_loop(socket: &UdpSocket, state: &UdpSocketState, shared: &SinkShared) {
             storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
         let n = match state.recv(UdpSockRef::from(socket), &mut bufs, &mut meta) {
             Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait_readable(socket);
+                continue;
+            }
             Err(_) => continue,
         };
         let now = clock_ns();
@@ -147,6 +153,19 @@ fn sink_loop(socket: &UdpSocket, state: &UdpSocketState, shared: &SinkShared) {
             }
         }
     }
+}
+
+/// Blocks until `socket` has a datagram, or 20 ms pass so the caller sees
+/// a new run or the stop flag.
+fn wait_readable(socket: &UdpSocket) {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut fds = [PollFd::new(socket, PollFlags::IN)];
+    let timeout = Timespec {
+        tv_sec: 0,
+        tv_nsec: 20_000_000,
+    };
+    // An interrupted or failed wait only means one more turn of the loop.
+    let _ = poll(&mut fds, Some(&timeout));
 }
 
 /// How datagrams leave the load generator.
@@ -175,9 +194,11 @@ impl SendPath {
     }
 
     fn udp_from(socket: UdpSocket, dest: SocketAddr, prefix: Vec<u8>) -> io::Result<Self> {
-        socket.set_nonblocking(false)?;
         let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
         let _ = state.set_send_buffer_size(UdpSockRef::from(&socket), 4 << 20);
+        // quinn-udp made it non-blocking; a real sender waits for its own
+        // socket buffer instead of dropping, so any loss is the path's.
+        socket.set_nonblocking(false)?;
         Ok(Self {
             wire: Wire::Udp {
                 socket,
@@ -237,9 +258,8 @@ impl SendPath {
                     };
                     match state.try_send(UdpSockRef::from(&*socket), &transmit) {
                         Ok(()) => {}
-                        // A full socket buffer or an ICMP error: those
-                        // datagrams are lost, as on a real sender.
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        // An ICMP error from an earlier datagram: these
+                        // are lost, as on a real sender.
                         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
                         Err(e) => return Err(e),
                     }

@@ -4,7 +4,7 @@
 //! coturn (TURN ChannelData), cloudproxy's UDP relay and UDP-over-TCP.
 
 use std::collections::HashMap;
-use std::io::{self, IoSliceMut, Write as _};
+use std::io::{self, IoSlice, IoSliceMut, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -180,6 +180,18 @@ pub(crate) enum Wire {
     Tcp(TcpStream),
 }
 
+/// How the sender hands a burst of datagrams to the kernel.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Batching {
+    /// One GSO `sendmsg` per burst: the receiver's GRO gets the burst as
+    /// one buffer, so a relay can read and forward it in one go. The
+    /// highest rate this sender reaches.
+    Gso,
+    /// One `sendmmsg` per burst, each datagram its own message: every
+    /// datagram crosses the stack alone, as from many independent clients.
+    Separate,
+}
+
 /// A way to the sink: the wire and the bytes each datagram carries before
 /// its payload (relay header, TURN channel header, frame header).
 pub(crate) struct SendPath {
@@ -209,13 +221,26 @@ impl SendPath {
         })
     }
 
+    /// Whether datagrams travel as frames on a TCP stream.
+    pub(crate) fn is_stream(&self) -> bool {
+        matches!(self.wire, Wire::Tcp(_))
+    }
+
     /// Sends run `run` at `rate` datagrams/s for `secs`; returns how many
     /// were sent.
-    pub(crate) fn send_run(&mut self, run: u32, rate: f64, secs: f64) -> io::Result<u64> {
+    pub(crate) fn send_run(
+        &mut self,
+        run: u32,
+        rate: f64,
+        secs: f64,
+        batching: Batching,
+    ) -> io::Result<u64> {
         let seg = self.prefix.len() + PAYLOAD;
         let max_batch = match &self.wire {
-            Wire::Udp { state, .. } => state.max_gso_segments().clamp(1, 64),
-            Wire::Tcp(_) => 64,
+            Wire::Udp { state, .. } if batching == Batching::Gso => {
+                state.max_gso_segments().clamp(1, 64)
+            }
+            _ => 64,
         };
         let mut buf = vec![0u8; seg * max_batch];
         for chunk in buf.chunks_mut(seg) {
@@ -244,6 +269,9 @@ impl SendPath {
             }
             let contents = &buf[..k * seg];
             match &mut self.wire {
+                Wire::Udp { socket, dest, .. } if batching == Batching::Separate => {
+                    send_separately(socket, *dest, contents, seg)?;
+                }
                 Wire::Udp {
                     socket,
                     state,
@@ -270,6 +298,40 @@ impl SendPath {
         }
         Ok(sent)
     }
+}
+
+/// Sends `contents` as `seg`-byte datagrams, one `sendmmsg` message each.
+fn send_separately(
+    socket: &UdpSocket,
+    dest: SocketAddr,
+    contents: &[u8],
+    seg: usize,
+) -> io::Result<()> {
+    use rustix::net::addr::SocketAddrArg as _;
+    use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, sendmmsg};
+    let dest = dest.as_any();
+    let iovs: Vec<[IoSlice<'_>; 1]> = contents.chunks(seg).map(|c| [IoSlice::new(c)]).collect();
+    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = iovs
+        .iter()
+        .map(|_| SendAncillaryBuffer::default())
+        .collect();
+    let mut messages: Vec<MMsgHdr<'_>> = iovs
+        .iter()
+        .zip(controls.iter_mut())
+        .map(|(iov, control)| MMsgHdr::new_with_addr(&dest, iov, control))
+        .collect();
+    let mut done = 0;
+    while done < messages.len() {
+        match sendmmsg(socket, &mut messages[done..], SendFlags::empty()) {
+            Ok(n) => done += n.max(1),
+            // An ICMP error from an earlier datagram: the rest of this
+            // burst is lost, as on a real sender (and as with GSO).
+            Err(rustix::io::Errno::CONNREFUSED) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Bound UDP socket to cloudproxy's UDP relay, driven by hand like

@@ -1,7 +1,8 @@
-//! UDP media load: a paced, batched sender (GSO through quinn-udp, or
-//! length-framed writes for UDP-over-TCP), a sink that timestamps arrivals
-//! with the same clock, and the ways to reach the sink: direct, socat,
-//! coturn (TURN ChannelData), cloudproxy's UDP relay and UDP-over-TCP.
+//! UDP media load: a paced, batched sender (GSO through quinn-udp or
+//! `sendmmsg`, or length-framed writes for UDP-over-TCP), a sink that
+//! timestamps arrivals with the same clock, and the ways to reach the sink:
+//! direct, socat, coturn (TURN ChannelData), cloudproxy's UDP relay and
+//! UDP-over-TCP.
 
 use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut, Write as _};
@@ -170,7 +171,7 @@ fn wait_readable(socket: &UdpSocket) {
 
 /// How datagrams leave the load generator.
 pub(crate) enum Wire {
-    /// UDP to `dest`, GSO-batched.
+    /// UDP to `dest`, in bursts as [`Batching`] says.
     Udp {
         socket: UdpSocket,
         state: UdpSocketState,

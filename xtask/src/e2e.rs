@@ -1112,6 +1112,12 @@ impl Checks {
     }
 }
 
+/// The media path the call reports: "udp" or "tcp".
+fn check_path(c: &mut Checks, d: &Demo, want: &str) {
+    let got = d.str("path");
+    c.check(got == Some(want), format!("path {want} (got {got:?})"));
+}
+
 /// The expectations every successful call shares: it worked, every
 /// reliable message arrived exactly once and in order, media flowed.
 fn check_call(c: &mut Checks, d: &Demo) {
@@ -1181,10 +1187,7 @@ fn scenario_2(bed: &mut Bed) -> Outcome {
     let d = bed.demo(NODE_A, Some(ENABLE), None, 3)?;
     let mut c = Checks::new();
     check_call(&mut c, &d);
-    c.check(
-        d.str("path") == Some("udp"),
-        format!("path udp (got {:?})", d.str("path")),
-    );
+    check_path(&mut c, &d, "udp");
     c.check(
         d.event("ProxyConnected")
             .is_some_and(|e| e.contains("UDP") || e.contains("Udp")),
@@ -1207,10 +1210,7 @@ fn scenario_3(bed: &mut Bed) -> Outcome {
     let d = bed.demo(NODE_A, Some(ENABLE), None, 3)?;
     let mut c = Checks::new();
     check_call(&mut c, &d);
-    c.check(
-        d.str("path") == Some("tcp"),
-        format!("path tcp (got {:?})", d.str("path")),
-    );
+    check_path(&mut c, &d, "tcp");
     let reason = d.str("fallback_reason").unwrap_or("");
     c.check(!reason.is_empty(), format!("fallback reason: {reason:?}"));
     c.check(
@@ -1239,10 +1239,7 @@ fn scenario_4(bed: &mut Bed) -> Outcome {
     let d = bed.demo(NODE_A, Some(ENABLE), None, 3)?;
     let mut c = Checks::new();
     check_call(&mut c, &d);
-    c.check(
-        d.str("path") == Some("udp"),
-        format!("path udp (got {:?})", d.str("path")),
-    );
+    check_path(&mut c, &d, "udp");
     let connect = d.num("connect_ms");
     let bound = 3.0 * STAGGER_MS + SLACK_MS;
     c.check(
@@ -1261,10 +1258,7 @@ fn scenario_5(bed: &mut Bed) -> Outcome {
     let d = bed.demo(&format!("{NODE_B},{NODE_A}"), Some(ENABLE), None, 3)?;
     let mut c = Checks::new();
     check_call(&mut c, &d);
-    c.check(
-        d.str("path") == Some("udp"),
-        format!("path udp (got {:?})", d.str("path")),
-    );
+    check_path(&mut c, &d, "udp");
     let connect = d.num("connect_ms");
     let bound = STAGGER_MS + SLACK_MS;
     c.check(
@@ -1401,10 +1395,7 @@ fn scenario_7(bed: &mut Bed) -> Outcome {
     let drops_before = bed.dns_drops()?;
     let d = bed.demo(PROXY_NAME, Some(ENABLE), None, 3)?;
     check_call(&mut c, &d);
-    c.check(
-        d.str("path") == Some("udp"),
-        format!("path udp (got {:?})", d.str("path")),
-    );
+    check_path(&mut c, &d, "udp");
     let drops = bed.dns_drops()? - drops_before;
     c.check(
         drops == 0,

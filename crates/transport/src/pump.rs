@@ -222,28 +222,24 @@ async fn copy_one_way(
         // Data is (probably) there. Most bursts of an interactive session are
         // small (a message, a keepalive): move those with one read and one
         // write, without a pipe or a large buffer.
-        match first_read(from, to, moved, last_activity, source)? {
+        let (rest, bulk) = match first_read(from, to, moved, last_activity, source)? {
             First::Drained => continue,
             First::Eof => return half_close(to, source),
-            First::Small(rest) => {
-                if !rest.is_empty() {
-                    // Boxed, like the bursts: rare, and kept out of idle tasks.
-                    Box::pin(finish_write(to, &rest, moved, last_activity, source)).await?;
-                }
-                continue;
-            }
-            First::Bulk(rest) => {
-                if !rest.is_empty() {
-                    // Boxed, like the bursts: rare, and kept out of idle tasks.
-                    Box::pin(finish_write(to, &rest, moved, last_activity, source)).await?;
-                }
-            }
+            First::Small(rest) => (rest, false),
+            First::Bulk(rest) => (rest, true),
+        };
+        if !rest.is_empty() {
+            // Boxed, like the bursts: rare, and kept out of idle tasks.
+            Box::pin(finish_write(to, &rest, moved, last_activity, source)).await?;
+        }
+        if !bulk {
+            continue;
         }
         // A bulk burst: borrow a pipe or, without one, a buffer for as long
         // as it flows. The burst futures are boxed so that their state is on
         // the heap only during a burst, not in every idle session's task.
         #[cfg(target_os = "linux")]
-        let burst = match splice.then(|| splice::Pipe::take(buffer_len)).flatten() {
+        let spliced = match splice.then(|| splice::Pipe::take(buffer_len)).flatten() {
             Some(pipe) => {
                 // On an error the pipe may hold bytes: it is dropped with the
                 // `?`, never pooled.
@@ -251,8 +247,17 @@ async fn copy_one_way(
                     Box::pin(splice::burst(from, to, &pipe, moved, last_activity, source)).await?;
                 // `burst` returns `Ok` only with the pipe empty.
                 pipe.put_back();
-                burst
+                Some(burst)
             }
+            None => None,
+        };
+        #[cfg(not(target_os = "linux"))]
+        let spliced = {
+            let _ = splice; // no splice(2) here: always copy
+            None
+        };
+        let burst = match spliced {
+            Some(burst) => burst,
             None => {
                 Box::pin(copy_burst(
                     from,
@@ -264,19 +269,6 @@ async fn copy_one_way(
                 ))
                 .await?
             }
-        };
-        #[cfg(not(target_os = "linux"))]
-        let burst = {
-            let _ = splice; // no splice(2) here: always copy
-            Box::pin(copy_burst(
-                from,
-                to,
-                buffer_len,
-                moved,
-                last_activity,
-                source,
-            ))
-            .await?
         };
         if let Burst::Eof = burst {
             return half_close(to, source);

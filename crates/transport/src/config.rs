@@ -409,22 +409,73 @@ pub enum ConfigError {
         /// What is wrong and what was expected.
         problem: String,
     },
+    /// A command-line flag set a value that does not make a usable
+    /// configuration; the problem reads as it would for the file.
+    #[error("{flag}: `{key}`: {problem}")]
+    InvalidFlag {
+        /// The flag, e.g. `--tcp-relay-port`.
+        flag: String,
+        /// The key it sets, dotted.
+        key: String,
+        /// What is wrong and what was expected.
+        problem: String,
+    },
 }
 
 impl ServerConfig {
     /// Reads and validates a configuration file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_toml_str(path, &text)
+        ConfigDraft::read(path)?.validate()
     }
 
     /// Parses and validates configuration text; `path` is only used in errors.
     pub fn from_toml_str(path: impl AsRef<Path>, text: &str) -> Result<Self, ConfigError> {
+        ConfigDraft::parse(path, text)?.validate()
+    }
+}
+
+/// A configuration that has parsed but is not checked yet: the file, then
+/// the command-line flags laid over it, then one validation of the result,
+/// whose errors name the flag or the file line that set the faulty value.
+///
+/// ```
+/// use cloudproxy_transport::config::ConfigDraft;
+///
+/// let mut draft = ConfigDraft::parse("proxy.toml", "[listeners]\nallocation_ports = [9700]\n")?;
+/// draft.set_by_flag("--tcp-relay-port", "listeners.tcp_relay_port", |c| {
+///     c.listeners.tcp_relay_port = 9700;
+/// });
+/// let error = draft.validate().unwrap_err().to_string();
+/// assert_eq!(
+///     error,
+///     "--tcp-relay-port: `listeners.tcp_relay_port`: port 9700 is also an allocation port"
+/// );
+/// # Ok::<(), cloudproxy_transport::config::ConfigError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConfigDraft {
+    config: ServerConfig,
+    path: PathBuf,
+    text: String,
+    /// Dotted key -> the flag that set it last.
+    flags: Vec<(String, String)>,
+}
+
+impl ConfigDraft {
+    /// Reads and parses a configuration file, without checking it.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses configuration text, without checking it; `path` is only used
+    /// in errors.
+    pub fn parse(path: impl AsRef<Path>, text: &str) -> Result<Self, ConfigError> {
         let path = path.as_ref();
-        let config: Self = toml::from_str(text).map_err(|e| {
+        let config: ServerConfig = toml::from_str(text).map_err(|e| {
             let (line, column) = line_column(text, e.span().map_or(0, |s| s.start));
             ConfigError::Parse {
                 path: path.to_owned(),
@@ -433,22 +484,87 @@ impl ServerConfig {
                 message: e.to_string().trim_end().to_owned(),
             }
         })?;
-        config.validate(path, text)?;
-        Ok(config)
+        Ok(Self {
+            config,
+            path: path.to_owned(),
+            text: text.to_owned(),
+            flags: Vec::new(),
+        })
     }
 
-    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
-        let invalid_at = |offset: usize, key: &str, problem: String| {
-            let (line, column) = line_column(text, offset);
-            ConfigError::Invalid {
-                path: path.to_owned(),
-                line,
-                column,
+    /// The configuration as it stands.
+    #[must_use]
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Lets `flag` change the value at the dotted `key`; an error about that
+    /// key then names the flag instead of the file.
+    pub fn set_by_flag(&mut self, flag: &str, key: &str, change: impl FnOnce(&mut ServerConfig)) {
+        change(&mut self.config);
+        self.flags.retain(|(k, _)| k != key);
+        self.flags.push((key.to_owned(), flag.to_owned()));
+    }
+
+    /// Checks the configuration, file and flags together.
+    pub fn validate(self) -> Result<ServerConfig, ConfigError> {
+        self.config.validate(&Origins {
+            path: &self.path,
+            text: &self.text,
+            flags: &self.flags,
+        })?;
+        Ok(self.config)
+    }
+}
+
+/// Where each value came from: a line of the file, or a flag.
+struct Origins<'a> {
+    path: &'a Path,
+    text: &'a str,
+    flags: &'a [(String, String)],
+}
+
+impl Origins<'_> {
+    fn flag(&self, key: &str) -> Option<&str> {
+        self.flags
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, f)| f.as_str())
+    }
+
+    /// An error at a byte offset of the file.
+    fn at(&self, offset: usize, key: &str, problem: String) -> ConfigError {
+        let (line, column) = line_column(self.text, offset);
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            line,
+            column,
+            key: key.to_owned(),
+            problem,
+        }
+    }
+
+    /// An error about `keys[0]`, which the other `keys` bear on: the first
+    /// of `keys` set by a flag names that flag; else the file's line that
+    /// sets `keys[0]`, or line 1 when a default is at fault.
+    fn invalid(&self, keys: &[&str], problem: String) -> ConfigError {
+        let key = keys[0];
+        if let Some(flag) = keys.iter().find_map(|k| self.flag(k)) {
+            return ConfigError::InvalidFlag {
+                flag: flag.to_owned(),
                 key: key.to_owned(),
                 problem,
-            }
-        };
-        let invalid = |key: &str, problem: String| invalid_at(key_offset(text, key), key, problem);
+            };
+        }
+        self.at(key_offset(self.text, key).unwrap_or(0), key, problem)
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self, origins: &Origins<'_>) -> Result<(), ConfigError> {
+        let invalid_at =
+            |offset: usize, key: &str, problem: String| origins.at(offset, key, problem);
+        let invalid = |key: &str, problem: String| origins.invalid(&[key], problem);
         let mut ids = HashSet::new();
         for app in &self.apps {
             let at = app.id.span().start;
@@ -508,8 +624,8 @@ impl ServerConfig {
                 .allocation_ports
                 .contains(&listeners.tcp_relay_port)
         {
-            return Err(invalid(
-                "listeners.tcp_relay_port",
+            return Err(origins.invalid(
+                &["listeners.tcp_relay_port", "listeners.allocation_ports"],
                 format!(
                     "port {} is also an allocation port",
                     listeners.tcp_relay_port
@@ -519,8 +635,8 @@ impl ServerConfig {
         let udp = &listeners.udp_relay_ports.0;
         if *udp.start() != 0 {
             if let Some(port) = listeners.allocation_ports.iter().find(|p| udp.contains(p)) {
-                return Err(invalid(
-                    "listeners.udp_relay_ports",
+                return Err(origins.invalid(
+                    &["listeners.udp_relay_ports", "listeners.allocation_ports"],
                     format!(
                         "range {} includes allocation port {port}",
                         listeners.udp_relay_ports
@@ -531,8 +647,8 @@ impl ServerConfig {
         if listeners.advertise.is_none() && listeners.bind.is_unspecified() && !self.apps.is_empty()
         {
             // Without an advertised address clients would be told to send to 0.0.0.0.
-            return Err(invalid(
-                "listeners.advertise",
+            return Err(origins.invalid(
+                &["listeners.advertise", "listeners.bind"],
                 format!(
                     "bind is {} so clients need an address to reach the relays; set listeners.advertise to this node's public address",
                     listeners.bind
@@ -584,21 +700,21 @@ impl ServerConfig {
     }
 }
 
-/// Byte offset of the line that sets the last segment of a dotted `key`, or 0
-/// when the file does not set it (a default is at fault).
-fn key_offset(text: &str, key: &str) -> usize {
+/// Byte offset of the line that sets the last segment of a dotted `key`, or
+/// `None` when the file does not set it (a default is at fault).
+fn key_offset(text: &str, key: &str) -> Option<usize> {
     let name = key.rsplit('.').next().unwrap_or(key);
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
         let trimmed = line.trim_start();
         if let Some(rest) = trimmed.strip_prefix(name) {
             if rest.trim_start().starts_with('=') {
-                return offset + (line.len() - trimmed.len());
+                return Some(offset + (line.len() - trimmed.len()));
             }
         }
         offset += line.len();
     }
-    0
+    None
 }
 
 /// 1-based line and column (in characters) of a byte offset.

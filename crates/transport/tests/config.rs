@@ -159,3 +159,47 @@ fn unreadable_file_names_the_path() {
             .starts_with("/nonexistent/cloudproxy.toml: cannot read")
     );
 }
+
+#[test]
+fn values_set_by_flags_get_the_same_checks_and_name_the_flag() {
+    use cloudproxy_transport::config::ConfigDraft;
+    // Valid as a file; the flag makes the relay port collide.
+    let mut draft =
+        ConfigDraft::parse("ok.toml", "[listeners]\nallocation_ports = [9700]\n").unwrap();
+    draft.set_by_flag("--tcp-relay-port", "listeners.tcp_relay_port", |c| {
+        c.listeners.tcp_relay_port = 9700;
+    });
+    let err = draft.validate().unwrap_err();
+    assert!(matches!(err, ConfigError::InvalidFlag { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "--tcp-relay-port: `listeners.tcp_relay_port`: port 9700 is also an allocation port"
+    );
+
+    // The same fault from the file reads the same after its location.
+    let file = ServerConfig::from_toml_str(
+        "bad.toml",
+        "[listeners]\nallocation_ports = [9700]\ntcp_relay_port = 9700\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        file.to_string(),
+        "bad.toml:3:1: `listeners.tcp_relay_port`: port 9700 is also an allocation port"
+    );
+
+    // A flag that unspecifies the bind of a file with apps: the advertise
+    // check names the flag.
+    let text = format!(
+        "[listeners]\nbind = \"127.0.0.1\"\n[[ticket_keys]]\nkey_id = 1\nsecret = \"{SECRET}\"\n[[apps]]\nid = \"a\"\nsecrets = [\"{SECRET}\"]\n"
+    );
+    ServerConfig::from_toml_str("ok.toml", &text).unwrap();
+    let mut draft = ConfigDraft::parse("ok.toml", &text).unwrap();
+    draft.set_by_flag("--bind", "listeners.bind", |c| {
+        c.listeners.bind = "0.0.0.0".parse().unwrap();
+    });
+    let err = draft.validate().unwrap_err().to_string();
+    assert!(
+        err.starts_with("--bind: `listeners.advertise`: bind is 0.0.0.0"),
+        "{err}"
+    );
+}

@@ -211,6 +211,25 @@ impl fmt::Debug for ErrorCode {
     }
 }
 
+impl ErrorCode {
+    /// The number and the name in words, for logs: `302 destination not
+    /// allowed`, or `999 unknown code` for a code this version does not know.
+    ///
+    /// ```
+    /// use cloudproxy_proto::ErrorCode;
+    ///
+    /// assert_eq!(ErrorCode::DESTINATION_NOT_ALLOWED.label(), "302 destination not allowed");
+    /// ```
+    #[must_use]
+    pub fn label(self) -> String {
+        let name = self.name().map_or_else(
+            || "unknown code".to_owned(),
+            |n| n.to_lowercase().replace('_', " "),
+        );
+        format!("{} {name}", self.0)
+    }
+}
+
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({})", self.user_text(), self.0)

@@ -222,7 +222,7 @@ impl Edge {
         shutdown.await;
         // Edge sessions never end by themselves: close them now.
         let outcome = lifecycle.drain(Duration::ZERO).await;
-        tracing::info!(?outcome, stats = ?shared.counters.snapshot(), "media edge stopped");
+        tracing::info!(%outcome, stats = %shared.counters.snapshot(), "media edge stopped");
     }
 
     /// Runs the edge on a tokio task; it stops when the returned

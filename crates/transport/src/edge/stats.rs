@@ -17,6 +17,19 @@ macro_rules! edge_counters {
             $( $(#[$doc])* pub $name: u64, )*
         }
 
+        impl std::fmt::Display for EdgeStats {
+            /// Every counter as `name=value`, space-separated, on one line.
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let mut sep = "";
+                $(
+                    write!(f, "{sep}{}={}", stringify!($name), self.$name)?;
+                    sep = " ";
+                )*
+                let _ = sep;
+                Ok(())
+            }
+        }
+
         impl Counters {
             pub(crate) fn snapshot(&self) -> EdgeStats {
                 EdgeStats { $( $name: self.$name.load(Relaxed), )* }

@@ -6,6 +6,7 @@
 //! to, so the process exits in bounded time without cutting a transfer that
 //! was about to finish.
 
+use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,6 +30,17 @@ pub enum DrainOutcome {
     Drained,
     /// The deadline passed; this many tasks were told to close.
     ForcedClose(usize),
+}
+
+impl fmt::Display for DrainOutcome {
+    /// `Drained`, or `ForcedClose` with how many tasks were closed: the
+    /// outcome's name first, so logs can be searched for it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Drained => f.write_str("Drained"),
+            Self::ForcedClose(n) => write!(f, "ForcedClose, {n} still running at the deadline"),
+        }
+    }
 }
 
 impl Lifecycle {
@@ -97,7 +109,9 @@ where
     H: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let local = listener.local_addr().ok();
+    let local = listener
+        .local_addr()
+        .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
     let stop = lifecycle.stopped_accepting();
     tokio::pin!(stop);
     loop {
@@ -110,11 +124,11 @@ where
                     lifecycle.spawn(handle(stream, peer));
                 }
                 Err(e) => {
-                    tracing::warn!(listener = ?local, error = %e, "accept failed; retrying shortly");
+                    tracing::warn!(listener = %local, error = %e, "accept failed; retrying shortly");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
         }
     }
-    tracing::debug!(listener = ?local, "stopped accepting");
+    tracing::debug!(listener = %local, "stopped accepting");
 }

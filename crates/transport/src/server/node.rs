@@ -1,6 +1,7 @@
 //! One running proxy node: its sockets, its shared state, and its tasks.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -65,6 +66,31 @@ pub struct BoundAddrs {
     pub udp_relays: Vec<SocketAddr>,
     /// The SOCKS5 listener, when enabled.
     pub socks5: Option<SocketAddr>,
+}
+
+impl fmt::Display for BoundAddrs {
+    /// `allocation tcp=A,B udp=A,B tcp_relay=A udp_relays=A,B socks5=A`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |addrs: &[SocketAddr]| {
+            addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        write!(
+            f,
+            "allocation_tcp={} allocation_udp={} tcp_relay={} udp_relays={}",
+            list(&self.allocation_tcp),
+            list(&self.allocation_udp),
+            self.tcp_relay,
+            list(&self.udp_relays)
+        )?;
+        if let Some(socks5) = self.socks5 {
+            write!(f, " socks5={socks5}")?;
+        }
+        Ok(())
+    }
 }
 
 /// A running proxy node.
@@ -216,7 +242,7 @@ impl ProxyNode {
         for socket in udp_relays {
             lifecycle.spawn(udp::relay(Arc::clone(&shared), Arc::new(socket)));
         }
-        tracing::info!(?addrs, %advertise, "proxy node started");
+        tracing::info!(%addrs, %advertise, "proxy node started");
         Ok(Self { shared, addrs })
     }
 
@@ -246,7 +272,7 @@ impl ProxyNode {
             .lifecycle
             .drain(self.shared.limits.drain_timeout())
             .await;
-        tracing::info!(?outcome, stats = ?self.shared.stats.snapshot(), "proxy node stopped");
+        tracing::info!(%outcome, stats = %self.shared.stats.snapshot(), "proxy node stopped");
         outcome
     }
 }

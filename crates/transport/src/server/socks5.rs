@@ -427,7 +427,7 @@ async fn connect(
     }
     let Some(upstream) = upstream else {
         Stats::bump(&shared.stats.bindings_refused);
-        tracing::info!(%peer, app = %client.app, destination = %target, error = ?last, "socks5 connect failed");
+        tracing::info!(%peer, app = %client.app, destination = %target, error = %last, "socks5 connect failed");
         let _ = reply(&mut stream, connect_reply(last), None).await;
         close_after_refusal(stream).await;
         return;

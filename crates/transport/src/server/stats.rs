@@ -23,6 +23,19 @@ macro_rules! counters {
             $( $(#[$doc])* pub $name: u64, )*
         }
 
+        impl std::fmt::Display for StatsSnapshot {
+            /// Every counter as `name=value`, space-separated, on one line.
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let mut sep = "";
+                $(
+                    write!(f, "{sep}{}={}", stringify!($name), self.$name)?;
+                    sep = " ";
+                )*
+                let _ = sep;
+                Ok(())
+            }
+        }
+
         impl Stats {
             /// Reads every counter.
             #[must_use]

@@ -52,7 +52,7 @@ pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: Soc
                 break;
             }
             Next::Event(other) => {
-                tracing::debug!(%peer, event = ?other, "unexpected event on an allocation connection");
+                tracing::debug!(%peer, event = event_name(&other), "unexpected event on an allocation connection");
                 break;
             }
             Next::PeerClosed => break,
@@ -139,7 +139,7 @@ async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<B
                         });
                     }
                     Err((code, message)) => {
-                        tracing::info!(%peer, session = format_args!("{:016x}", request.session_id), app = %request.app_id, destination = %request.destination, code = ?code, %message, "bind refused");
+                        tracing::info!(%peer, session = format_args!("{:016x}", request.session_id), app = %request.app_id, destination = %request.destination, code = %code.label(), %message, "bind refused");
                         conn.reject(Instant::now(), code, Some(&message));
                     }
                 }
@@ -150,7 +150,7 @@ async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<B
                 return None;
             }
             Next::Event(other) => {
-                tracing::debug!(%peer, event = ?other, "unexpected event before bind");
+                tracing::debug!(%peer, event = event_name(&other), "unexpected event before bind");
                 return None;
             }
             Next::PeerClosed => return None,
@@ -394,5 +394,18 @@ fn note_close(stats: &Stats, reason: &SessionError, allocation: bool) {
         SessionError::Rejected { .. } if allocation => Stats::bump(&stats.allocations_refused),
         SessionError::Rejected { .. } => Stats::bump(&stats.bindings_refused),
         _ => {}
+    }
+}
+
+/// A server event's name, for logs (its fields may be large or secret).
+fn event_name(event: &ServerEvent) -> &'static str {
+    match event {
+        ServerEvent::AllocationRequested(_) => "allocation requested",
+        ServerEvent::Allocated { .. } => "allocated",
+        ServerEvent::BindRequested(_) => "bind requested",
+        ServerEvent::Bound { .. } => "bound",
+        ServerEvent::Datagram(_) => "datagram",
+        ServerEvent::Closed(_) => "closed",
+        _ => "other",
     }
 }

@@ -384,7 +384,7 @@ impl Relay {
                 tokio::spawn(async move {
                     let outcome = check_bind(&shared, request).await;
                     if let Err((code, message)) = &outcome {
-                        tracing::info!(%client, code = ?code, %message, "udp bind refused");
+                        tracing::info!(%client, code = %code.label(), %message, "udp bind refused");
                     }
                     let _ = decide_tx.send(Decision { id, outcome });
                 });

@@ -12,7 +12,8 @@ use cloudproxy_transport::edge::{Edge, EdgeConfig};
 use cloudproxy_transport::server::ProxyNode;
 
 use crate::call::{CallSpec, Summary, run};
-use crate::runtime::{init_logging, runtime};
+use crate::logging::LogArgs;
+use crate::runtime::runtime;
 use crate::serve_cmd::random_hex;
 use crate::server_arg::{Credential, parse_credential, parse_edge, parse_server};
 
@@ -73,14 +74,15 @@ pub(crate) struct Args {
     /// Print the summary as JSON (and no progress line).
     #[arg(long)]
     json: bool,
-    /// Log filter (the embedded loopback node's allowlist warning is expected
-    /// here, hence `error` by default).
-    #[arg(long, default_value = "error", value_name = "FILTER")]
-    log: String,
+    #[command(flatten)]
+    logging: LogArgs,
 }
 
 pub(crate) fn run_cmd(args: Args) -> ExitCode {
-    init_logging(&args.log);
+    if let Err(e) = args.logging.init("error") {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
         eprintln!(
             "error: --seconds: expected a duration from 0 to 3600 seconds, found {}",

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use cloudproxy_transport::edge::{Edge, EdgeConfig};
 
-use crate::runtime::{ShutdownSignal, init_logging, runtime};
+use crate::logging::LogArgs;
+use crate::runtime::{ShutdownSignal, runtime};
 
 const EXIT_CONFIG: u8 = 2;
 
@@ -27,13 +28,15 @@ pub(crate) struct Args {
     /// UDP port for media (0 picks a free port).
     #[arg(long, value_name = "PORT")]
     udp_port: Option<u16>,
-    /// Log filter.
-    #[arg(long, default_value = "info", value_name = "FILTER")]
-    log: String,
+    #[command(flatten)]
+    logging: LogArgs,
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
-    init_logging(&args.log);
+    if let Err(e) = args.logging.init("info") {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let mut config = match &args.config {
         Some(path) => match EdgeConfig::from_file(path) {
             Ok(config) => config,
@@ -73,7 +76,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         println!("press Ctrl-C to stop");
         let handle = edge.handle();
         edge.run(shutdown.recv()).await;
-        eprintln!("stopped: {:?}", handle.stats());
+        tracing::info!(stats = %handle.stats(), "stopped");
         ExitCode::SUCCESS
     })
 }

@@ -18,7 +18,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
-use crate::runtime::{ShutdownSignal, init_logging, runtime};
+use crate::logging::LogArgs;
+use crate::runtime::{ShutdownSignal, runtime};
 use crate::server_arg::{Credential, parse_credential, parse_server};
 
 /// Arguments of `cloudproxy forward`.
@@ -40,9 +41,8 @@ pub(crate) struct Args {
     /// Where the relay connects each of them: IP:PORT or NAME:PORT.
     #[arg(long, value_name = "DEST")]
     to: String,
-    /// Log filter.
-    #[arg(long, default_value = "info", value_name = "FILTER")]
-    log: String,
+    #[command(flatten)]
+    logging: LogArgs,
 }
 
 const EXIT_USAGE: u8 = 2;
@@ -62,7 +62,10 @@ fn parse_destination(text: &str) -> Result<Address, String> {
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
-    init_logging(&args.log);
+    if let Err(e) = args.logging.init("info") {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let destination = match parse_destination(&args.to) {
         Ok(d) => d,
         Err(e) => {

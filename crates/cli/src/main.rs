@@ -8,6 +8,7 @@ mod call;
 mod demo_cmd;
 mod edge_cmd;
 mod forward_cmd;
+mod logging;
 mod params_cmd;
 mod probe_cmd;
 mod runtime;

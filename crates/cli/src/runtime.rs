@@ -1,5 +1,5 @@
-//! What every long-running subcommand shares: the tokio runtime, logging and
-//! the shutdown signal.
+//! What every long-running subcommand shares: the tokio runtime and the
+//! shutdown signal (logging is in `logging`).
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -9,15 +9,6 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("the tokio runtime starts")
-}
-
-/// Logs to stderr with `filter` (overridden by `RUST_LOG` when set).
-pub(crate) fn init_logging(filter: &str) {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, watched from the moment this is created.

@@ -4,16 +4,18 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cloudproxy_transport::allowlist::Rule;
-use cloudproxy_transport::config::{PortRange, ServerConfig};
+use cloudproxy_transport::allowlist::{Allowlist, Rule};
+use cloudproxy_transport::config::{ConfigDraft, PortRange, ServerConfig};
 use cloudproxy_transport::server::ProxyNode;
 
-use crate::runtime::{ShutdownSignal, init_logging, runtime};
+use crate::logging::LogArgs;
+use crate::runtime::{ShutdownSignal, runtime};
 
 /// Exit status when the configuration is unusable or a port cannot be bound.
 const EXIT_CONFIG: u8 = 2;
 
-/// Arguments of `cloudproxy serve`. Flags override the file.
+/// Arguments of `cloudproxy serve`. Flags override the file; the result is
+/// checked as a whole, so a flag gets the same checks as the file.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Configuration file (TOML). Without one, a loopback development node
@@ -43,9 +45,8 @@ pub(crate) struct Args {
     /// Enable the SOCKS5 listener on this port (0 picks a free port).
     #[arg(long, value_name = "PORT")]
     socks5_port: Option<u16>,
-    /// Log filter, e.g. info, debug, cloudproxy_transport=debug.
-    #[arg(long, default_value = "info", value_name = "FILTER")]
-    log: String,
+    #[command(flatten)]
+    logging: LogArgs,
 }
 
 fn parse_range(text: &str) -> Result<PortRange, String> {
@@ -59,21 +60,17 @@ fn parse_range(text: &str) -> Result<PortRange, String> {
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
-    init_logging(&args.log);
-    let (mut config, development) = match &args.config {
-        Some(path) => match ServerConfig::from_file(path) {
-            Ok(config) => (config, None),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        },
-        None => {
-            let (config, secret) = development_config();
-            (config, Some(secret))
+    if let Err(e) = args.logging.init("info") {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let (config, development) = match configure(&args) {
+        Ok(configured) => configured,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
-    apply_overrides(&mut config, &args);
     runtime().block_on(async move {
         // Before anything says "ready": see `ShutdownSignal`.
         let shutdown = ShutdownSignal::install();
@@ -86,42 +83,78 @@ pub(crate) fn run(args: Args) -> ExitCode {
         };
         print_banner(&node, &config, development.as_deref());
         shutdown.recv().await;
-        eprintln!(
-            "shutting down: draining sessions for up to {:?}",
-            config.limits.drain_timeout()
+        tracing::info!(
+            drain_timeout_ms = config.limits.drain_timeout_ms,
+            "shutting down: draining sessions"
         );
         let outcome = node.shutdown().await;
-        eprintln!("stopped ({outcome:?})");
+        tracing::info!("stopped ({outcome})");
         ExitCode::SUCCESS
     })
 }
 
-fn apply_overrides(config: &mut ServerConfig, args: &Args) {
-    let listeners = &mut config.listeners;
+/// The configuration to run: the file (or the development defaults), the
+/// flags laid over it, then one validation of the result. Also returns the
+/// development secret in development mode.
+fn configure(args: &Args) -> Result<(ServerConfig, Option<String>), String> {
+    let (mut draft, development) = match &args.config {
+        Some(path) => (ConfigDraft::read(path).map_err(|e| e.to_string())?, None),
+        None => {
+            let (draft, secret) = development_config();
+            (draft, Some(secret))
+        }
+    };
+    apply_overrides(&mut draft, args);
+    let bind = draft.config().listeners.bind;
+    if development.is_some() && !bind.is_loopback() {
+        // Its credentials are printed and its allowlist opens loopback: on
+        // another interface, any host could reach this host's loopback.
+        return Err(format!(
+            "--bind {bind}: development mode (no --config) serves loopback only, because its \
+             credentials are printed and its allowlist opens 127.0.0.1; bind 127.0.0.1 or ::1, \
+             or give a --config for a node other hosts can reach"
+        ));
+    }
+    let config = draft.validate().map_err(|e| e.to_string())?;
+    Ok((config, development))
+}
+
+fn apply_overrides(draft: &mut ConfigDraft, args: &Args) {
     if let Some(bind) = args.bind {
-        listeners.bind = bind;
+        draft.set_by_flag("--bind", "listeners.bind", |c| c.listeners.bind = bind);
     }
     if let Some(advertise) = args.advertise {
-        listeners.advertise = Some(advertise);
+        draft.set_by_flag("--advertise", "listeners.advertise", |c| {
+            c.listeners.advertise = Some(advertise);
+        });
     }
     if !args.allocation_ports.is_empty() {
-        listeners
-            .allocation_ports
-            .clone_from(&args.allocation_ports);
+        draft.set_by_flag("--allocation-port", "listeners.allocation_ports", |c| {
+            c.listeners
+                .allocation_ports
+                .clone_from(&args.allocation_ports);
+        });
     }
     if let Some(port) = args.tcp_relay_port {
-        listeners.tcp_relay_port = port;
+        draft.set_by_flag("--tcp-relay-port", "listeners.tcp_relay_port", |c| {
+            c.listeners.tcp_relay_port = port;
+        });
     }
     if let Some(range) = &args.udp_relay_ports {
-        listeners.udp_relay_ports = range.clone();
+        draft.set_by_flag("--udp-relay-ports", "listeners.udp_relay_ports", |c| {
+            c.listeners.udp_relay_ports = range.clone();
+        });
     }
     if let Some(port) = args.socks5_port {
-        config.socks5.enabled = true;
-        config.socks5.port = port;
+        draft.set_by_flag("--socks5-port", "socks5.port", |c| {
+            c.socks5.enabled = true;
+            c.socks5.port = port;
+        });
     }
     if !args.allow.is_empty() {
-        config.allowlist.allow =
-            cloudproxy_transport::allowlist::Allowlist::new(args.allow.clone());
+        draft.set_by_flag("--allow", "allowlist.allow", |c| {
+            c.allowlist.allow = Allowlist::new(args.allow.clone());
+        });
     }
 }
 
@@ -130,7 +163,7 @@ pub(crate) const DEV_APP: &str = "dev-app";
 
 /// A loopback node with one app, a fresh secret and a fresh ticket key; the
 /// relay may reach loopback destinations (a local edge).
-fn development_config() -> (ServerConfig, String) {
+fn development_config() -> (ConfigDraft, String) {
     let secret = random_hex(16);
     let text = format!(
         r#"
@@ -151,9 +184,9 @@ allow = ["127.0.0.1"]
 "#,
         ticket_key = random_hex(32),
     );
-    let config = ServerConfig::from_toml_str("<development defaults>", &text)
-        .expect("the development configuration is valid");
-    (config, secret)
+    let draft = ConfigDraft::parse("<development defaults>", &text)
+        .expect("the development configuration parses");
+    (draft, secret)
 }
 
 pub(crate) fn random_hex(bytes: usize) -> String {

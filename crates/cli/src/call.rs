@@ -6,7 +6,7 @@
 //! exactly once and in order, Alice measures round trips, and both send
 //! media at a voice-like 50 packets a second and count what arrives.
 
-use std::fmt::Write as _;
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,8 @@ pub(crate) struct CallSpec {
     pub(crate) mode: Option<ProxyMode>,
     pub(crate) duration: Duration,
     pub(crate) channel: String,
-    /// Print a live progress line to stderr.
+    /// Print progress to stderr: a line redrawn every second on a terminal,
+    /// a plain line every few seconds otherwise.
     pub(crate) progress: bool,
 }
 
@@ -60,6 +61,8 @@ const PONG: u8 = b'O';
 const PING_RATE: u64 = 50;
 /// Media datagrams per second from each side.
 const MEDIA_RATE: u64 = 50;
+/// Off a terminal, a progress line every this many seconds.
+const PLAIN_PROGRESS_EVERY: u64 = 5;
 /// After the last send, how long to wait for what is in flight.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -203,6 +206,8 @@ async fn call(spec: &CallSpec, summary: &mut Summary) -> Result<(), String> {
     let sending_until = tokio::time::Instant::now() + spec.duration;
     let hard_stop = sending_until + DRAIN;
     let mut media_seq = 0u64;
+    let redraw = std::io::stderr().is_terminal();
+    let mut progress_ticks = 0u64;
 
     loop {
         let sending = tokio::time::Instant::now() < sending_until;
@@ -238,26 +243,33 @@ async fn call(spec: &CallSpec, summary: &mut Summary) -> Result<(), String> {
             Some(event) = alice_events.recv() => tracker.note("alice", &event, summary),
             Some(event) = bob_events.recv() => tracker.note("bob", &event, summary),
             _ = progress_tick.tick(), if spec.progress => {
-                let mut sorted = rtts.clone();
-                sorted.sort_unstable();
-                let mut line = String::new();
-                let _ = write!(
-                    line,
-                    "\r  {:>5.1} s  messages {}/{}  media {}/{}  rtt p50 {}  path {}   ",
-                    started.elapsed().as_secs_f64(),
-                    alice_pongs.received + bob_pings.received,
-                    pings_sent + pongs_sent,
-                    alice_media + bob_media,
-                    summary.media_sent,
-                    percentile(&sorted, 50.0).map_or("-".into(), |v| format!("{v:.2} ms")),
-                    summary.path.as_deref().unwrap_or("?"),
-                );
-                eprint!("{line}");
+                progress_ticks += 1;
+                // A terminal gets one line redrawn every second; a file or a
+                // pipe gets a plain line every few seconds instead.
+                if redraw || (progress_ticks - 1) % PLAIN_PROGRESS_EVERY == 0 {
+                    let mut sorted = rtts.clone();
+                    sorted.sort_unstable();
+                    let line = format!(
+                        "  {:>5.1} s  messages {} of {} delivered  media {} of {} received  rtt p50 {}  path {}",
+                        started.elapsed().as_secs_f64(),
+                        alice_pongs.received + bob_pings.received,
+                        pings_sent + pongs_sent,
+                        alice_media + bob_media,
+                        summary.media_sent,
+                        percentile(&sorted, 50.0).map_or("-".into(), |v| format!("{v:.2} ms")),
+                        summary.path.as_deref().unwrap_or("not yet known"),
+                    );
+                    if redraw {
+                        eprint!("\r{line}   ");
+                    } else {
+                        eprintln!("{line}");
+                    }
+                }
             }
             () = tokio::time::sleep_until(hard_stop) => break,
         }
     }
-    if spec.progress {
+    if spec.progress && redraw {
         eprintln!();
     }
     // Late events (for instance a failover that just finished).

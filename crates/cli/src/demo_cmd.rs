@@ -218,7 +218,7 @@ allow = ["127.0.0.1"]
     };
     let summary = run(&spec).await;
     let stats = node.stats();
-    if !args.json {
+    if !args.json && summary.connect_ms.is_some() {
         println!(
             "  proxy node: {} allocations, {} TCP sessions, {} UDP bindings, {} datagrams relayed",
             stats.allocations,
@@ -238,6 +238,11 @@ fn report(summary: &Summary, json: bool) {
             "{}",
             serde_json::to_string_pretty(summary).expect("the summary serializes")
         );
+        return;
+    }
+    if let (None, Some(e)) = (summary.connect_ms, &summary.error) {
+        // The call never started: a table would only show zeros.
+        println!("result: FAILED: {e}");
         return;
     }
     let opt = |v: Option<f64>, unit: &str| v.map_or("-".to_owned(), |v| format!("{v:.2} {unit}"));

@@ -129,3 +129,54 @@ fn against_running_serve_and_edge_processes() {
     let error = summary["error"].as_str().unwrap();
     assert!(error.contains("could not join"), "{error}");
 }
+
+#[test]
+fn progress_off_a_terminal_is_plain_labelled_lines() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
+        .args(["demo", "--seconds", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        !stderr.contains('\r'),
+        "a redraw off a terminal: {stderr:?}"
+    );
+    let progress = stderr
+        .lines()
+        .find(|l| l.contains("messages"))
+        .unwrap_or_else(|| panic!("no progress line in {stderr:?}"));
+    assert!(
+        progress.contains(" delivered") && progress.contains(" received"),
+        "unlabelled figures: {progress:?}"
+    );
+}
+
+#[test]
+fn a_failed_demo_prints_its_error_and_no_table_of_zeros() {
+    let local = local_edge();
+    let serve_node = dev_proxy(&[]);
+    let output = Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
+        .args([
+            "demo",
+            "--proxy",
+            &serve_node.server,
+            "--edge",
+            &local.addrs,
+            "--app-id",
+            "dev-app",
+            "--credential",
+            "00112233445566778899aabbccddeeff",
+            "--seconds",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("result: FAILED: "), "{stdout}");
+    assert!(stdout.contains("could not join"), "{stdout}");
+    for table_line in ["summary", "media packets", "round trip", "connect time"] {
+        assert!(!stdout.contains(table_line), "{table_line:?} in:\n{stdout}");
+    }
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cloudproxy_params::ProxyServer;
 use cloudproxy_proto::client::{Allocation, ClientConfig};
-use cloudproxy_proto::{Address, AppId, DomainName, Timebase};
+use cloudproxy_proto::{Address, AppId, DomainName, ErrorCode, Timebase};
 use cloudproxy_transport::client::dial::DialPolicy;
 use cloudproxy_transport::client::resolve::candidates;
 use cloudproxy_transport::client::tunnel::{allocate, open_stream};
@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
 use crate::logging::LogArgs;
+use crate::probe_cmd::{Outcome, allocate_tcp};
 use crate::runtime::{ShutdownSignal, runtime};
 use crate::server_arg::{Credential, parse_credential, parse_server};
 
@@ -98,6 +99,15 @@ pub(crate) fn run(args: Args) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // One allocation before listening: a refused credential is an
+        // error now, not a silent close of every connection later.
+        let first = match first_allocation(&config, &targets, &args.app_id).await {
+            Ok(allocation) => allocation,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let listener = match TcpListener::bind(args.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -114,7 +124,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
             config,
             targets,
             destination,
-            allocation: Mutex::new(None),
+            allocation: Mutex::new(Some(first)),
         });
         let accept = async {
             loop {
@@ -136,6 +146,46 @@ pub(crate) fn run(args: Args) -> ExitCode {
         ExitCode::SUCCESS
     })
 }
+
+/// Allocates a session at the first target that grants one. The error says
+/// whether the proxy refused (and, for the credential, what to check) or
+/// could not be reached.
+async fn first_allocation(
+    config: &ClientConfig,
+    targets: &[SocketAddr],
+    app_id: &str,
+) -> Result<Allocation, String> {
+    let mut failures = Vec::new();
+    for &target in targets {
+        match allocate_tcp(target, config, START_TIMEOUT).await {
+            (_, Some(allocation)) => {
+                tracing::info!(service = %target, session = format_args!("{:016x}", allocation.session_id), "allocated");
+                return Ok(allocation);
+            }
+            (Outcome::Refused { code, reason }, None) if code == ErrorCode::BAD_CREDENTIAL.0 => {
+                return Err(format!(
+                    "the proxy at {target} refused the credential for app {app_id:?} ({reason}); \
+                     the proxy is reachable: check --app-id and --credential"
+                ));
+            }
+            (Outcome::Refused { reason, .. }, None) => {
+                return Err(format!(
+                    "the proxy at {target} refused the allocation: {reason}"
+                ));
+            }
+            (Outcome::Timeout, None) => failures.push(format!("{target}: no answer")),
+            (Outcome::Blocked { reason }, None) => failures.push(format!("{target}: {reason}")),
+            (Outcome::Open { .. }, None) => failures.push(format!("{target}: no allocation")),
+        }
+    }
+    Err(format!(
+        "could not allocate a proxy session, so nothing is forwarded ({})",
+        failures.join("; ")
+    ))
+}
+
+/// How long the start-up allocation may take at each address.
+const START_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Forwarder {
     config: ClientConfig,

@@ -57,9 +57,18 @@ pub(crate) enum Outcome {
         /// Round trip of the exchange, in microseconds.
         latency_us: u64,
     },
-    /// Refused or unreachable at once (RST, ICMP), or refused by the proxy.
+    /// Refused or unreachable at once (RST, ICMP), or closed without an
+    /// answer: not the proxy speaking.
     Blocked {
         /// Why.
+        reason: String,
+    },
+    /// The port answered and the proxy refused the request (the credential,
+    /// a quota…): reachable, and no firewall rule changes the answer.
+    Refused {
+        /// The protocol's error code, e.g. 200 for a refused credential.
+        code: u16,
+        /// The code's name and the proxy's message.
         reason: String,
     },
     /// No answer within the timeout (a firewall that drops).
@@ -69,6 +78,11 @@ pub(crate) enum Outcome {
 impl Outcome {
     fn is_open(&self) -> bool {
         matches!(self, Self::Open { .. })
+    }
+
+    /// The port answered, whatever it said.
+    fn is_reachable(&self) -> bool {
+        matches!(self, Self::Open { .. } | Self::Refused { .. })
     }
 }
 
@@ -90,6 +104,11 @@ pub(crate) enum Verdict {
     WorksOverUdp,
     /// Messages and media over the TCP relay only.
     WorksOnlyOverTcp,
+    /// Every port that answered refused the app id or secret: the network
+    /// is not the problem, the credential is.
+    CredentialRefused,
+    /// The proxy answered and refused for another reason (a quota…).
+    ProxyRefused,
     /// No call can be made.
     DoesNotWork,
 }
@@ -100,7 +119,7 @@ struct Report {
     checks: Vec<Check>,
     verdict: Verdict,
     /// The proxy answered but refused (credentials, quota…): no firewall
-    /// rule fixes that.
+    /// rule fixes that. The code's name, number and the proxy's message.
     proxy_refusal: Option<String>,
     /// Why the call through the proxy failed, when `--edge` was given.
     echo_error: Option<String>,
@@ -142,8 +161,10 @@ pub(crate) fn run(args: Args) -> ExitCode {
             print!("{}", render(&report));
         }
         match report.verdict {
-            Verdict::DoesNotWork => ExitCode::FAILURE,
-            _ => ExitCode::SUCCESS,
+            Verdict::WorksOverUdp | Verdict::WorksOnlyOverTcp => ExitCode::SUCCESS,
+            Verdict::CredentialRefused | Verdict::ProxyRefused | Verdict::DoesNotWork => {
+                ExitCode::FAILURE
+            }
         }
     })
 }
@@ -258,7 +279,15 @@ async fn probe(args: &Args, config: &ClientConfig, timeout: Duration) -> Result<
     };
     let allocated = allocation.is_some();
     let udp_media = echo_path.as_deref() != Some("tcp");
-    let verdict = if echo_error.is_some() {
+    let refusal_code = checks.iter().find_map(|c| match &c.outcome {
+        Outcome::Refused { code, .. } => Some(*code),
+        _ => None,
+    });
+    let verdict = if !allocated && refusal_code == Some(ErrorCode::BAD_CREDENTIAL.0) {
+        Verdict::CredentialRefused
+    } else if !allocated && refusal_code.is_some() {
+        Verdict::ProxyRefused
+    } else if echo_error.is_some() {
         Verdict::DoesNotWork
     } else if allocated && open("TCP", "message relay") && open("UDP", "media relay") && udp_media {
         Verdict::WorksOverUdp
@@ -267,17 +296,13 @@ async fn probe(args: &Args, config: &ClientConfig, timeout: Duration) -> Result<
     } else {
         Verdict::DoesNotWork
     };
-    let refused = |c: &Check| matches!(&c.outcome, Outcome::Blocked { reason } if reason.starts_with(REFUSED));
-    let proxy_refusal = checks
-        .iter()
-        .find(|c| refused(c))
-        .map(|c| match &c.outcome {
-            Outcome::Blocked { reason } => reason.clone(),
-            _ => String::new(),
-        });
+    let proxy_refusal = checks.iter().find_map(|c| match &c.outcome {
+        Outcome::Refused { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
     let missing_rules = checks
         .iter()
-        .filter(|c| !c.outcome.is_open() && !refused(c) && !c.role.starts_with("echo"))
+        .filter(|c| !c.outcome.is_reachable() && !c.role.starts_with("echo"))
         .map(|c| {
             format!(
                 "allow {} to {} port {} ({})",
@@ -318,9 +343,6 @@ async fn echo(args: &Args, edge_tcp: SocketAddr, edge_udp: SocketAddr) -> crate:
     run_call(&spec).await
 }
 
-/// How a proxy's refusal starts, to tell it from a firewall's.
-const REFUSED: &str = "refused by the proxy:";
-
 fn micros(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
@@ -334,9 +356,10 @@ fn io_outcome(e: &std::io::Error) -> Outcome {
 fn session_outcome(e: &SessionError) -> Outcome {
     match e {
         SessionError::Timeout { .. } => Outcome::Timeout,
-        SessionError::Refused { code, message } => Outcome::Blocked {
+        SessionError::Refused { code, message } => Outcome::Refused {
+            code: code.0,
             reason: format!(
-                "{REFUSED} {} ({}): {message}",
+                "{} ({}): {message}",
                 code.name().unwrap_or("unknown code"),
                 code.0
             ),
@@ -347,7 +370,9 @@ fn session_outcome(e: &SessionError) -> Outcome {
     }
 }
 
-async fn allocate_tcp(
+/// One allocation over TCP at `addr`, within `timeout`: what happened, and
+/// the allocation when it was granted.
+pub(crate) async fn allocate_tcp(
     addr: SocketAddr,
     config: &ClientConfig,
     timeout: Duration,
@@ -534,6 +559,7 @@ fn render(report: &Report) -> String {
                 ("open", format!("{:.1} ms", *latency_us as f64 / 1000.0))
             }
             Outcome::Blocked { reason } => ("blocked", reason.clone()),
+            Outcome::Refused { reason, .. } => ("refused", format!("the proxy answered: {reason}")),
             Outcome::Timeout => ("timeout", "no answer".into()),
         };
         let _ = writeln!(
@@ -551,6 +577,12 @@ fn render(report: &Report) -> String {
         Verdict::WorksOnlyOverTcp => {
             "a call will work only over TCP: media falls back to the TCP relay (UDP is blocked)"
         }
+        Verdict::CredentialRefused => {
+            "a call will not work: the proxy refused the credential (the ports are reachable; check the app id and secret)"
+        }
+        Verdict::ProxyRefused => {
+            "a call will not work: the proxy is reachable but refused the request (see below)"
+        }
         Verdict::DoesNotWork => "a call will not work through this proxy from here",
     };
     let _ = writeln!(out, "verdict: {verdict}");
@@ -561,11 +593,13 @@ fn render(report: &Report) -> String {
         );
     }
     if let Some(refusal) = &report.proxy_refusal {
-        let why = refusal.strip_prefix(REFUSED).unwrap_or(refusal).trim();
-        let _ = writeln!(out, "the proxy answered and refused: {why}");
+        let _ = writeln!(out, "the proxy answered and refused: {refusal}");
     }
     if report.missing_rules.is_empty() {
-        let _ = writeln!(out, "firewall: nothing missing");
+        let _ = writeln!(
+            out,
+            "firewall: nothing missing (every port checked answered)"
+        );
     } else {
         let _ = writeln!(out, "firewall rules still missing:");
         for rule in &report.missing_rules {

@@ -95,3 +95,51 @@ fn forward_refuses_a_malformed_credential() {
     assert!(stderr.contains("--credential"), "{stderr}");
     assert!(stderr.contains("hex digits"), "{stderr}");
 }
+
+#[test]
+fn forward_with_a_refused_credential_exits_at_start_with_a_clear_error() {
+    let serve_node = dev_proxy(&[]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
+        .args([
+            "forward",
+            "--server",
+            &serve_node.server,
+            "--app-id",
+            "dev-app",
+            "--credential",
+            "00112233445566778899aabbccddeeff",
+            "--to",
+            "127.0.0.1:9",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        let mut err = String::new();
+        let _ = std::io::BufReader::new(stdout).read_to_string(&mut out);
+        let _ = std::io::BufReader::new(stderr).read_to_string(&mut err);
+        let _ = done_tx.send((child.wait().unwrap().code(), out, err));
+    });
+    let Ok((code, stdout, stderr)) = done.recv_timeout(std::time::Duration::from_secs(20)) else {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        panic!("forward kept running with a refused credential");
+    };
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(!stdout.contains("forwarding"), "{stdout}");
+    assert!(
+        stderr.contains("refused the credential for app \"dev-app\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("check --app-id and --credential"),
+        "{stderr}"
+    );
+}

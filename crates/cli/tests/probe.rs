@@ -168,3 +168,42 @@ fn with_an_edge_the_probe_makes_a_call_through_the_relay() {
     );
     assert!(table.contains("verdict: a call will not work"), "{table}");
 }
+
+#[test]
+fn a_refused_credential_is_reported_as_that_not_as_blocked_ports() {
+    let serve_node = dev_proxy(&[]);
+    let server = serve_node.server.clone();
+    let bad = [
+        "--server",
+        &server,
+        "--app-id",
+        "dev-app",
+        "--credential",
+        "00112233445566778899aabbccddeeff",
+    ];
+    let output = probe(&bad);
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{table}");
+    // The allocation ports answered: reachable, refused, not blocked.
+    assert!(!table.contains(" blocked "), "{table}");
+    let refused_rows = table
+        .lines()
+        .filter(|l| l.split_whitespace().nth(3) == Some("refused"))
+        .count();
+    assert_eq!(refused_rows, 2, "{table}");
+    assert!(
+        table.contains("verdict: a call will not work: the proxy refused the credential (the ports are reachable; check the app id and secret)"),
+        "{table}"
+    );
+
+    let mut json_args = bad.to_vec();
+    json_args.push("--json");
+    let output = probe(&json_args);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["verdict"], "credential_refused", "{json:#}");
+    for check in json["checks"].as_array().unwrap() {
+        assert_eq!(check["state"], "refused", "{json:#}");
+        assert_eq!(check["code"], 200, "{json:#}");
+    }
+    assert!(json["missing_rules"].as_array().unwrap().is_empty());
+}

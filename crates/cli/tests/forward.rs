@@ -143,3 +143,89 @@ fn forward_with_a_refused_credential_exits_at_start_with_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// Stops a child by PID (SIGTERM) and returns its stderr.
+fn stop_and_read_stderr(mut child: std::process::Child) -> String {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let _ = child.wait();
+    stderr
+}
+
+#[test]
+fn edge_and_forward_log_one_human_line_per_event() {
+    // The edge: its stop line carries its counters as name=value.
+    let mut edge = Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
+        .args(["edge", "--tcp-port", "0", "--udp-port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(edge.stdout.take().unwrap());
+    let mut banner = String::new();
+    while !banner.contains("press Ctrl-C") {
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+            "{banner}"
+        );
+        banner.push_str(&line);
+    }
+    let stderr = stop_and_read_stderr(edge);
+    let stopped = stderr
+        .lines()
+        .find(|l| l.contains(" stopped "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(stopped.contains("members=0"), "{stopped}");
+    assert!(!stderr.contains("EdgeStats"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
+    for line in stderr.lines() {
+        assert!(
+            line.get(..4)
+                .is_some_and(|y| y.bytes().all(|b| b.is_ascii_digit())),
+            "a line without a timestamp: {line:?}"
+        );
+    }
+
+    // forward, as JSON for a collector.
+    let serve_node = dev_proxy(&[]);
+    let mut forward = Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
+        .args([
+            "forward",
+            "--server",
+            &serve_node.server,
+            "--app-id",
+            "dev-app",
+            "--credential",
+            &serve_node.secret,
+            "--to",
+            "127.0.0.1:9",
+            "--log-format",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(forward.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(line.starts_with("forwarding"), "{line}");
+    let stderr = stop_and_read_stderr(forward);
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect();
+    assert!(
+        events.iter().any(|e| e["message"] == "allocated"),
+        "{stderr}"
+    );
+}

@@ -682,6 +682,26 @@ impl ServerConfig {
                 ),
             ));
         }
+        let socks5_port = self.socks5.port;
+        if self.socks5.enabled && socks5_port != 0 {
+            let clash = if listeners.allocation_ports.contains(&socks5_port) {
+                Some("an allocation port")
+            } else if socks5_port == listeners.tcp_relay_port {
+                Some("the TCP relay port")
+            } else {
+                None
+            };
+            if let Some(what) = clash {
+                return Err(origins.invalid(
+                    &[
+                        "socks5.port",
+                        "listeners.allocation_ports",
+                        "listeners.tcp_relay_port",
+                    ],
+                    format!("port {socks5_port} is also {what}"),
+                ));
+            }
+        }
         if let Some(app) = &self.socks5.no_auth_app {
             if !self.apps.iter().any(|a| a.id.get_ref() == app) {
                 return Err(invalid(

@@ -203,3 +203,29 @@ fn values_set_by_flags_get_the_same_checks_and_name_the_flag() {
         "{err}"
     );
 }
+
+#[test]
+fn the_socks5_port_may_not_be_another_listeners_port() {
+    use cloudproxy_transport::config::ConfigDraft;
+    let err = ServerConfig::from_toml_str(
+        "bad.toml",
+        "[listeners]\nallocation_ports = [9700]\n[socks5]\nenabled = true\nport = 9700\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        err,
+        "bad.toml:5:1: `socks5.port`: port 9700 is also an allocation port"
+    );
+    let mut draft = ConfigDraft::parse("ok.toml", "").unwrap();
+    draft.set_by_flag("--socks5-port", "socks5.port", |c| {
+        c.socks5.enabled = true;
+        c.socks5.port = 4000;
+    });
+    assert_eq!(
+        draft.validate().unwrap_err().to_string(),
+        "--socks5-port: `socks5.port`: port 4000 is also the TCP relay port"
+    );
+    // Disabled, its port is not in the way.
+    ServerConfig::from_toml_str("ok.toml", "[socks5]\nport = 4000\n").unwrap();
+}

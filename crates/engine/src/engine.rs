@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, EngineBuilder};
+use crate::credential::Credential;
 use crate::error::EngineError;
 use crate::event::{ConnectionState, Events, IncomingMedia, IncomingMessage, StateReason};
 use crate::link::connect;
@@ -116,7 +117,14 @@ pub struct Engine {
 impl Engine {
     /// Starts building an engine for `app_id`, proving `credential` (the app
     /// secret) to the proxy. See [`EngineBuilder`].
-    pub fn builder(app_id: impl Into<String>, credential: impl Into<Vec<u8>>) -> EngineBuilder {
+    ///
+    /// The credential is a [`Credential`]: parse the hex string the
+    /// operator's `cloudproxy serve` prints with [`Credential::from_hex`];
+    /// raw bytes (`Vec<u8>`, `&[u8]`, `b"..."`) convert as they are.
+    pub fn builder(
+        app_id: impl Into<String>,
+        credential: impl Into<Credential>,
+    ) -> EngineBuilder {
         EngineBuilder::new(app_id.into(), credential.into())
     }
 

@@ -21,6 +21,7 @@ use tokio::sync::broadcast;
 use tokio_util::codec::Decoder;
 
 use crate::config::Config;
+use crate::credential::Credential;
 use crate::error::EngineError;
 use crate::event::{ConnectionState, Event, ProxyType, StateReason};
 use crate::settings::{ProxyMode, Settings};
@@ -283,9 +284,9 @@ async fn direct(config: &Config, join: Join) -> Result<Link, EngineError> {
         let joined = handshake(&mut conn, join).await?;
         let socket = udp_to(config.edge_udp)
             .await
-            .map_err(|source| EngineError::Io {
+            .map_err(|cause| EngineError::Io {
                 what: "opening the direct media socket",
-                source,
+                cause,
             })?;
         Ok::<_, EngineError>((conn, joined, socket))
     };
@@ -348,7 +349,21 @@ async fn proxy(
         .unwrap_or_else(|| config.default_server.clone());
     let addrs = candidates(&server, config.dns_timeout).await?;
     let client = client_config(config);
-    let (service, allocation) = allocate(&client, &addrs, &config.dial).await?;
+    let (service, allocation) = allocate(&client, &addrs, &config.dial)
+        .await
+        .map_err(|e| match e {
+            TunnelError::Refused {
+                proxy,
+                code: code @ ErrorCode::BAD_CREDENTIAL,
+                ..
+            } => EngineError::CredentialRefused {
+                app_id: config.app_id.as_str().to_owned(),
+                proxy,
+                code,
+                hint: credential_hint(&config.credential),
+            },
+            other => EngineError::Tunnel(other),
+        })?;
     tracing::debug!(%service, session = allocation.session_id, "proxy session allocated");
     let policy = MediaPolicy {
         transport,
@@ -409,13 +424,26 @@ async fn proxy(
     })
 }
 
+/// A hint for a refused credential that looks like the printed hex string
+/// passed as raw bytes.
+fn credential_hint(credential: &Credential) -> String {
+    if credential.looks_like_hex_text() {
+        format!(
+            "; the credential given is {} bytes that are all hex digits: it looks like the hex string passed as raw bytes (Credential::from_bytes or a Vec<u8>) instead of parsed",
+            credential.len()
+        )
+    } else {
+        String::new()
+    }
+}
+
 fn client_config(config: &Config) -> ClientConfig {
     let unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let mut client = ClientConfig::new(
         config.app_id.clone(),
-        config.credential.clone(),
+        config.credential.as_bytes().to_vec(),
         Timebase::new(Instant::now(), unix),
     );
     client.client_version =
@@ -429,7 +457,7 @@ async fn handshake(conn: &mut Conn, join: Join) -> Result<Joined, EngineError> {
     let what = "joining the channel";
     conn.write_frame(&Frame::Join(join))
         .await
-        .map_err(|source| EngineError::Io { what, source })?;
+        .map_err(|cause| EngineError::Io { what, cause })?;
     loop {
         let frame = conn
             .read_frame()
@@ -450,7 +478,7 @@ async fn handshake(conn: &mut Conn, join: Join) -> Result<Joined, EngineError> {
             Some(Frame::Ping(v)) => conn
                 .write_frame(&Frame::Pong(v))
                 .await
-                .map_err(|source| EngineError::Io { what, source })?,
+                .map_err(|cause| EngineError::Io { what, cause })?,
             Some(other) => {
                 return Err(EngineError::Protocol {
                     what,

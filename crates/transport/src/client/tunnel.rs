@@ -24,6 +24,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,7 +32,7 @@ use cloudproxy_proto::client::{
     Allocation, Allocator, AllocatorEvent, BindingEvent, ClientConfig, RelayBinding,
 };
 use cloudproxy_proto::frame::BindMode;
-use cloudproxy_proto::{Address, Path, SessionError};
+use cloudproxy_proto::{Address, ErrorCode, Path, SessionError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
@@ -39,33 +40,48 @@ use tokio::sync::{mpsc, watch};
 use crate::client::dial::{DialError, DialPolicy, Outcome, race};
 use crate::net::{connected_udp, sleep_until_opt, write_all};
 
-/// A tunnel step failed.
+/// A tunnel step failed. Each message says what happened once: a variant's
+/// `Display` includes its cause, so none returns that cause again as
+/// [`std::error::Error::source`] (the typed cause stays in the variant).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TunnelError {
     /// No allocation service or relay could be reached or agreed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Dial {
         /// Which step.
         what: &'static str,
         /// Every attempt and how it ended.
-        source: DialError,
+        cause: DialError,
     },
-    /// The relay or service refused, or the exchange broke down.
-    #[error("{what}: {source}")]
+    /// A proxy was reached and refused the step with an error code (a
+    /// wrong app id or credential, a quota, …).
+    #[error("{what}: the proxy at {proxy} refused: {}", refusal_text(*code, message))]
+    Refused {
+        /// Which step.
+        what: &'static str,
+        /// The proxy address that answered.
+        proxy: SocketAddr,
+        /// The code it sent.
+        code: ErrorCode,
+        /// Its explanation (often empty or the code's own text).
+        message: String,
+    },
+    /// The relay or service broke the exchange off.
+    #[error("{what}: {cause}")]
     Session {
         /// Which step.
         what: &'static str,
         /// Why.
-        source: SessionError,
+        cause: SessionError,
     },
     /// A socket operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Io {
         /// Which step.
         what: &'static str,
-        /// Why.
-        source: io::Error,
+        /// The operating system's error.
+        cause: io::Error,
     },
     /// Media over UDP was required but UDP does not get through.
     #[error(
@@ -75,6 +91,17 @@ pub enum TunnelError {
     /// The media path has closed.
     #[error("the media path is closed")]
     MediaClosed,
+}
+
+/// A refusal's code with its text, and the peer's message only when it adds
+/// something (proxies often send the code's own text again).
+fn refusal_text(code: ErrorCode, message: &str) -> String {
+    let message = message.trim();
+    if message.is_empty() || message == code.user_text() {
+        code.to_string()
+    } else {
+        format!("{code}; it said: {message}")
+    }
 }
 
 /// An error of one attempt, shown in a [`DialError`] line.
@@ -99,9 +126,14 @@ pub async fn allocate(
     candidates: &[SocketAddr],
     policy: &DialPolicy,
 ) -> Result<(SocketAddr, Allocation), TunnelError> {
+    const WHAT: &str = "allocating a proxy session";
     let config = config.clone();
-    race(candidates, policy, move |addr| {
-        let config = config.clone();
+    // The first refusal with a code: a proxy that answered and said no is
+    // reported as such, not as an address that could not be reached.
+    let refusal: Arc<Mutex<Option<(SocketAddr, ErrorCode, String)>>> = Arc::default();
+    let seen = refusal.clone();
+    let raced = race(candidates, policy, move |addr| {
+        let (config, seen) = (config.clone(), seen.clone());
         async move {
             let mut stream = TcpStream::connect(addr).await.map_err(attempt_error)?;
             let _ = stream.set_nodelay(true);
@@ -110,20 +142,52 @@ pub async fn allocate(
             let mut allocator = Allocator::new(&config, Path::Tcp, nonce, Instant::now());
             let result = drive_allocator(&mut stream, &mut allocator).await;
             let _ = stream.shutdown().await;
-            result
+            result.map_err(|e| match e {
+                AllocateError::Refused { code, message } => {
+                    let text = refusal_text(code, &message);
+                    let mut first = seen.lock().unwrap_or_else(PoisonError::into_inner);
+                    first.get_or_insert((addr, code, message));
+                    attempt_error(format!("refused: {text}"))
+                }
+                AllocateError::Other(e) => e,
+            })
         }
     })
-    .await
-    .map_err(|source| TunnelError::Dial {
-        what: "allocating a proxy session",
-        source,
+    .await;
+    raced.map_err(|cause| {
+        let first = refusal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match first {
+            Some((proxy, code, message)) => TunnelError::Refused {
+                what: WHAT,
+                proxy,
+                code,
+                message,
+            },
+            None => TunnelError::Dial { what: WHAT, cause },
+        }
     })
+}
+
+/// How one allocation attempt failed.
+enum AllocateError {
+    /// The service answered with an error code.
+    Refused { code: ErrorCode, message: String },
+    Other(AttemptError),
+}
+
+impl From<AttemptError> for AllocateError {
+    fn from(e: AttemptError) -> Self {
+        Self::Other(e)
+    }
 }
 
 async fn drive_allocator(
     stream: &mut TcpStream,
     allocator: &mut Allocator,
-) -> Result<Allocation, AttemptError> {
+) -> Result<Allocation, AllocateError> {
     let mut buf = [0u8; 4096];
     loop {
         while let Some(bytes) = allocator.poll_transmit() {
@@ -131,7 +195,10 @@ async fn drive_allocator(
         }
         match allocator.poll_event() {
             Some(AllocatorEvent::Allocated(allocation)) => return Ok(allocation),
-            Some(AllocatorEvent::Failed(reason)) => return Err(attempt_error(reason)),
+            Some(AllocatorEvent::Failed(SessionError::Refused { code, message })) => {
+                return Err(AllocateError::Refused { code, message });
+            }
+            Some(AllocatorEvent::Failed(reason)) => return Err(attempt_error(reason).into()),
             _ => {}
         }
         let deadline = allocator.poll_timeout().map(tokio::time::Instant::from_std);
@@ -139,10 +206,10 @@ async fn drive_allocator(
             readable = stream.readable() => {
                 readable.map_err(attempt_error)?;
                 match stream.try_read(&mut buf) {
-                    Ok(0) => return Err(attempt_error("the service closed the connection")),
+                    Ok(0) => return Err(attempt_error("the service closed the connection").into()),
                     Ok(n) => allocator.handle_input(Instant::now(), &buf[..n]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(attempt_error(e)),
+                    Err(e) => return Err(attempt_error(e).into()),
                 }
             }
             () = sleep_until_opt(deadline) => allocator.handle_timeout(Instant::now()),
@@ -183,9 +250,9 @@ pub async fn open_stream(
         }
     })
     .await
-    .map_err(|source| TunnelError::Dial {
+    .map_err(|cause| TunnelError::Dial {
         what: "opening the message channel through the relay",
-        source,
+        cause,
     })?;
     Ok(opened)
 }
@@ -366,7 +433,7 @@ async fn open_udp(
     if relays.is_empty() {
         return Err(TunnelError::Session {
             what: "opening the UDP media path",
-            source: SessionError::InvalidState("the allocation lists no UDP relay"),
+            cause: SessionError::InvalidState("the allocation lists no UDP relay"),
         });
     }
     let extra = u32::try_from(relays.len() - 1).unwrap_or(u32::MAX);
@@ -398,9 +465,9 @@ async fn open_udp(
         {
             Err(TunnelError::UdpBlocked(race_policy.overall_timeout))
         }
-        Err(source) => Err(TunnelError::Dial {
+        Err(cause) => Err(TunnelError::Dial {
             what: "binding the UDP media path",
-            source,
+            cause,
         }),
     }
 }
@@ -474,9 +541,9 @@ async fn open_udp_over_tcp(
         }
     })
     .await
-    .map_err(|source| TunnelError::Dial {
+    .map_err(|cause| TunnelError::Dial {
         what: "opening the UDP-over-TCP media path",
-        source,
+        cause,
     })?;
     Ok(spawn_driver(
         Driver::Tcp(stream),

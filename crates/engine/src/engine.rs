@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, EngineBuilder};
 use crate::credential::Credential;
 use crate::error::EngineError;
-use crate::event::{ConnectionState, Events, IncomingMedia, IncomingMessage, StateReason};
+use crate::event::{ConnectionState, Event, Events, IncomingMedia, IncomingMessage, StateReason};
 use crate::link::connect;
 use crate::session::{Command, Outputs, Session, SessionBase};
 use crate::settings::{ProxyMode, Settings};
@@ -183,6 +183,12 @@ impl Engine {
     ///
     /// All keys of one call are applied together or not at all.
     ///
+    /// An unknown key that looks like a misspelled known one
+    /// (`rtc.enableproxy`, `Rtc.Enable_Proxy`, `"rtc.enable_proxy "`) is still
+    /// kept, as the guide requires, but reported as an
+    /// [`Event::ParameterWarning`] ("did you mean `rtc.enable_proxy`?") and
+    /// logged with `tracing::warn!`.
+    ///
     /// # Errors
     /// * [`EngineError::InvalidState`] between `join_channel` and
     ///   `leave_channel` (the guide: call it before joining or after
@@ -209,6 +215,14 @@ impl Engine {
         let mut settings = self.settings();
         let next = settings.with_parameters(&params);
         *settings = next;
+        for warning in params.warnings() {
+            tracing::warn!(%warning, "set_parameters");
+            let _ = self
+                .inner
+                .out
+                .events
+                .send(Event::ParameterWarning { warning });
+        }
         Ok(())
     }
 

@@ -87,7 +87,7 @@ pub use settings::ProxyMode;
 
 pub use bytes::Bytes;
 pub use cloudproxy_params::{
-    DEFAULT_PORTS, DEFAULT_PROXY_DOMAIN, ParamError, ProxyKind, ProxyServer,
+    DEFAULT_PORTS, DEFAULT_PROXY_DOMAIN, ParamError, ParamWarning, ProxyKind, ProxyServer,
 };
 pub use cloudproxy_proto::ErrorCode;
 pub use cloudproxy_transport::client::dial::{DialError, DialPolicy};

@@ -188,7 +188,10 @@ fn params_json_output() {
         serde_json::json!({"line": 1, "column": 21, "offset": 20})
     );
     assert!(
-        json["error"].as_str().unwrap().starts_with("expected a value"),
+        json["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("expected a value"),
         "{json}"
     );
 }

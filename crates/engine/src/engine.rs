@@ -121,10 +121,7 @@ impl Engine {
     /// The credential is a [`Credential`]: parse the hex string the
     /// operator's `cloudproxy serve` prints with [`Credential::from_hex`];
     /// raw bytes (`Vec<u8>`, `&[u8]`, `b"..."`) convert as they are.
-    pub fn builder(
-        app_id: impl Into<String>,
-        credential: impl Into<Credential>,
-    ) -> EngineBuilder {
+    pub fn builder(app_id: impl Into<String>, credential: impl Into<Credential>) -> EngineBuilder {
         EngineBuilder::new(app_id.into(), credential.into())
     }
 

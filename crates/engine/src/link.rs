@@ -179,12 +179,17 @@ async fn confirm_media(
                 datagram = media.recv(&mut buf) => {
                     let datagram = datagram?;
                     match Frame::decode(datagram.clone()) {
-                        Ok(Frame::Media(m)) if m.payload.is_empty() => {
-                            if m.member_id == joined.member_id {
-                                return Ok(early);
-                            }
+                        // The confirmation: our own empty registration back.
+                        Ok(Frame::Media(m))
+                            if m.payload.is_empty() && m.member_id == joined.member_id =>
+                        {
+                            return Ok(early);
                         }
-                        Ok(Frame::Media(_)) if early.len() < EARLY_MEDIA_MAX => early.push(datagram),
+                        Ok(Frame::Media(m))
+                            if !m.payload.is_empty() && early.len() < EARLY_MEDIA_MAX =>
+                        {
+                            early.push(datagram);
+                        }
                         _ => {}
                     }
                 }
@@ -349,21 +354,22 @@ async fn proxy(
         .unwrap_or_else(|| config.default_server.clone());
     let addrs = candidates(&server, config.dns_timeout).await?;
     let client = client_config(config);
-    let (service, allocation) = allocate(&client, &addrs, &config.dial)
-        .await
-        .map_err(|e| match e {
-            TunnelError::Refused {
-                proxy,
-                code: code @ ErrorCode::BAD_CREDENTIAL,
-                ..
-            } => EngineError::CredentialRefused {
-                app_id: config.app_id.as_str().to_owned(),
-                proxy,
-                code,
-                hint: credential_hint(&config.credential),
-            },
-            other => EngineError::Tunnel(other),
-        })?;
+    let (service, allocation) =
+        allocate(&client, &addrs, &config.dial)
+            .await
+            .map_err(|e| match e {
+                TunnelError::Refused {
+                    proxy,
+                    code: code @ ErrorCode::BAD_CREDENTIAL,
+                    ..
+                } => EngineError::CredentialRefused {
+                    app_id: config.app_id.as_str().to_owned(),
+                    proxy,
+                    code,
+                    hint: credential_hint(&config.credential),
+                },
+                other => EngineError::Tunnel(other),
+            })?;
     tracing::debug!(%service, session = allocation.session_id, "proxy session allocated");
     let policy = MediaPolicy {
         transport,

@@ -37,10 +37,16 @@ fn printed_once(err: &dyn std::error::Error, part: &str) {
     );
 }
 
-fn proxied(credential: impl Into<Credential>, node: &cloudproxy_transport::server::ProxyNode) -> Engine {
+fn proxied(
+    credential: impl Into<Credential>,
+    node: &cloudproxy_transport::server::ProxyNode,
+) -> Engine {
     let addr = alloc_addr(node);
     let engine = Engine::builder(APP, credential)
-        .media_network("127.0.0.1:9".parse().unwrap(), "127.0.0.1:9".parse().unwrap())
+        .media_network(
+            "127.0.0.1:9".parse().unwrap(),
+            "127.0.0.1:9".parse().unwrap(),
+        )
         .default_proxy_domain("localhost")
         .build()
         .expect("engine builds");
@@ -69,7 +75,10 @@ fn credential_parses_the_hex_serve_prints() {
 #[test]
 fn credential_debug_never_shows_the_secret() {
     let credential = Credential::from_bytes(SECRET);
-    let shown = format!("{credential:?} {:?}", Engine::builder(APP, credential.clone()));
+    let shown = format!(
+        "{credential:?} {:?}",
+        Engine::builder(APP, credential.clone())
+    );
     assert!(shown.contains("<redacted, 23 bytes>"), "{shown}");
     assert!(!shown.contains("engine-test-secret"), "{shown}");
     assert!(!shown.contains(&hex(SECRET)), "{shown}");
@@ -78,12 +87,21 @@ fn credential_debug_never_shows_the_secret() {
 
 #[test]
 fn bad_hex_says_what_was_found_and_where() {
-    assert_eq!(Credential::from_hex("  ").unwrap_err(), CredentialError::Empty);
+    assert_eq!(
+        Credential::from_hex("  ").unwrap_err(),
+        CredentialError::Empty
+    );
     let odd = Credential::from_hex("abc").unwrap_err();
     assert_eq!(odd, CredentialError::OddLength { digits: 3 });
     assert!(odd.to_string().contains("found 3"), "{odd}");
     let bad = Credential::from_hex("ab\"cd").unwrap_err();
-    assert_eq!(bad, CredentialError::InvalidDigit { found: '"', offset: 2 });
+    assert_eq!(
+        bad,
+        CredentialError::InvalidDigit {
+            found: '"',
+            offset: 2
+        }
+    );
     assert!(bad.to_string().contains("at offset 2"), "{bad}");
 }
 
@@ -97,11 +115,16 @@ async fn the_hex_string_serve_prints_joins_through_the_proxy() {
         .default_proxy_domain("localhost")
         .build()
         .unwrap();
-    engine.set_parameters(r#"{"rtc.enable_proxy":true}"#).unwrap();
+    engine
+        .set_parameters(r#"{"rtc.enable_proxy":true}"#)
+        .unwrap();
     engine
         .set_parameters(&proxy_server_param(&[&addr.ip().to_string()], addr.port()))
         .unwrap();
-    engine.join_channel("hex-credential", 1).await.expect("joins");
+    engine
+        .join_channel("hex-credential", 1)
+        .await
+        .expect("joins");
     engine.leave_channel().await.unwrap();
     node.shutdown().await;
     edge.shutdown().await;
@@ -112,13 +135,22 @@ async fn refused_credential_error_says_refused_once() {
     let node = proxy_node().await;
     let engine = proxied(Credential::from_bytes(b"not-the-secret".to_vec()), &node);
     let err = engine.join_channel("refused", 1).await.unwrap_err();
-    let EngineError::CredentialRefused { ref app_id, proxy, .. } = err else {
+    let EngineError::CredentialRefused {
+        ref app_id, proxy, ..
+    } = err
+    else {
         panic!("expected CredentialRefused, got {err:?}");
     };
     assert_eq!((app_id.as_str(), proxy), (APP, alloc_addr(&node)));
     let text = err.to_string();
-    assert!(text.contains(&format!("the proxy at {proxy} refused app id \"{APP}\"")), "{text}");
-    assert!(!text.contains("could not reach"), "the proxy was reached: {text}");
+    assert!(
+        text.contains(&format!("the proxy at {proxy} refused app id \"{APP}\"")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("could not reach"),
+        "the proxy was reached: {text}"
+    );
     assert!(text.contains("check that the app id"), "{text}");
     assert!(text.contains("Credential::from_hex"), "{text}");
     assert!(!text.contains("looks like the hex string"), "{text}");
@@ -135,9 +167,14 @@ async fn the_printed_hex_passed_as_raw_bytes_gets_a_hint() {
     let engine = proxied(hex(SECRET).into_bytes(), &node);
     let err = engine.join_channel("hex-as-bytes", 1).await.unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, EngineError::CredentialRefused { .. }), "{err:?}");
     assert!(
-        text.contains("46 bytes that are all hex digits: it looks like the hex string passed as raw bytes"),
+        matches!(err, EngineError::CredentialRefused { .. }),
+        "{err:?}"
+    );
+    assert!(
+        text.contains(
+            "46 bytes that are all hex digits: it looks like the hex string passed as raw bytes"
+        ),
         "{text}"
     );
     node.shutdown().await;
@@ -150,7 +187,10 @@ async fn an_unreachable_proxy_says_could_not_reach_once() {
         l.local_addr().unwrap()
     };
     let engine = Engine::builder(APP, SECRET)
-        .media_network("127.0.0.1:9".parse().unwrap(), "127.0.0.1:9".parse().unwrap())
+        .media_network(
+            "127.0.0.1:9".parse().unwrap(),
+            "127.0.0.1:9".parse().unwrap(),
+        )
         .default_proxy_domain("localhost")
         .dial_policy(DialPolicy {
             stagger: Duration::from_millis(50),
@@ -159,7 +199,9 @@ async fn an_unreachable_proxy_says_could_not_reach_once() {
         })
         .build()
         .unwrap();
-    engine.set_parameters(r#"{"rtc.enable_proxy":true}"#).unwrap();
+    engine
+        .set_parameters(r#"{"rtc.enable_proxy":true}"#)
+        .unwrap();
     engine
         .set_parameters(&proxy_server_param(&["127.0.0.1"], dead.port()))
         .unwrap();
@@ -177,13 +219,21 @@ async fn an_unreachable_proxy_says_could_not_reach_once() {
 #[test]
 fn errors_print_their_cause_once() {
     use cloudproxy_engine::ResolveError;
-    let os = || std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset by peer");
+    let os = || {
+        std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        )
+    };
 
     let io = EngineError::Io {
         what: "joining the channel",
         cause: os(),
     };
-    assert_eq!(io.to_string(), "joining the channel: connection reset by peer");
+    assert_eq!(
+        io.to_string(),
+        "joining the channel: connection reset by peer"
+    );
     printed_once(&io, "connection reset by peer");
 
     let resolve = EngineError::from(ResolveError::Lookup {

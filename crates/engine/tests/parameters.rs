@@ -335,7 +335,10 @@ fn misspelled_key_warns_through_events() {
         .set_parameters(r#"{"Rtc.Enable_Proxy":true}"#)
         .expect("unknown keys are accepted, as the guide requires");
     assert_eq!(engine.proxy_mode(), cloudproxy_engine::ProxyMode::Off);
-    assert_eq!(engine.parameter("Rtc.Enable_Proxy").as_deref(), Some("true"));
+    assert_eq!(
+        engine.parameter("Rtc.Enable_Proxy").as_deref(),
+        Some("true")
+    );
     match events.try_recv() {
         Some(cloudproxy_engine::Event::ParameterWarning { warning }) => {
             assert_eq!(
@@ -370,7 +373,8 @@ fn source_code_form_is_refused_with_a_hint() {
         .unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains(r#"source-code form"#) && text.contains(r#"pass `{"rtc.enable_proxy":true}` instead"#),
+        text.contains(r#"source-code form"#)
+            && text.contains(r#"pass `{"rtc.enable_proxy":true}` instead"#),
         "{text}"
     );
     assert_eq!(engine.proxy_mode(), cloudproxy_engine::ProxyMode::Off);

@@ -28,7 +28,10 @@ fn misspelled_key_warns_with_suggestion() {
             "{input}"
         );
         let shown = warnings[0].to_string();
-        assert!(shown.contains("did you mean `rtc.enable_proxy`?"), "{shown}");
+        assert!(
+            shown.contains("did you mean `rtc.enable_proxy`?"),
+            "{shown}"
+        );
         assert!(shown.contains(&format!("{key:?}")), "{shown}");
     }
     assert_eq!(suggest_key("rtc.proxyserver"), Some("rtc.proxy_server"));

@@ -214,7 +214,10 @@ async fn a_media_registration_is_confirmed_to_its_sender_and_not_forwarded() {
     a.send_media(b"a1").await;
     assert_eq!(&b.recv_media().await.payload[..], b"a1");
     let s = wait_stats(h, "counters", |s| s.media_out == 2).await;
-    assert_eq!((s.media_in, s.media_registrations, s.media_dropped), (3, 1, 0));
+    assert_eq!(
+        (s.media_in, s.media_registrations, s.media_dropped),
+        (3, 1, 0)
+    );
     edge.shutdown().await;
 }
 

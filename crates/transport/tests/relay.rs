@@ -329,5 +329,8 @@ async fn a_refused_allocation_says_refused_once() {
             rig.allocation_addr()
         )
     );
-    assert!(std::error::Error::source(&err).is_none(), "the cause is in the message already");
+    assert!(
+        std::error::Error::source(&err).is_none(),
+        "the cause is in the message already"
+    );
 }

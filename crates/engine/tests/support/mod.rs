@@ -224,10 +224,7 @@ pub fn confirm_media_registrations(socket: tokio::net::UdpSocket) {
             };
             if let Ok(Frame::Media(m)) = Frame::parse(&buf[..n]) {
                 if m.payload.is_empty() {
-                    let confirmation = Frame::Media(Media {
-                        token: 0,
-                        ..m
-                    });
+                    let confirmation = Frame::Media(Media { token: 0, ..m });
                     let _ = socket.send_to(&confirmation.to_bytes(), from).await;
                 }
             }

@@ -174,7 +174,10 @@ pub async fn allocate(
 /// How one allocation attempt failed.
 enum AllocateError {
     /// The service answered with an error code.
-    Refused { code: ErrorCode, message: String },
+    Refused {
+        code: ErrorCode,
+        message: String,
+    },
     Other(AttemptError),
 }
 

@@ -281,13 +281,18 @@ impl Engine {
     }
 
     /// Joins `channel` as user `uid` and returns once joined; messages and
-    /// media then flow until [`Engine::leave_channel`]. A lost connection is
+    /// media then flow until [`Engine::leave_channel`]. "Joined" includes
+    /// the media path: the media network has confirmed this engine's media
+    /// address over the path media takes, so media another member sends
+    /// right after this returns is delivered. A lost connection is
     /// re-established automatically (state `Reconnecting`, then `Connected`
     /// with reason `Resumed`).
     ///
-    /// Bounded: `Off` fails after the direct timeout (3 s); `Auto` falls back
-    /// to the proxy after it; the proxy steps are bounded by the dial policy
-    /// (10 s per step), the UDP probe (2 s) and the handshake timeout (10 s).
+    /// Bounded: `Off` fails after the direct timeout (3 s, joining and
+    /// confirming the media path); `Auto` falls back to the proxy after it;
+    /// the proxy steps are bounded by the dial policy (10 s per step), the
+    /// UDP probe (2 s) and the handshake timeout (10 s, joining and
+    /// confirming the media path).
     ///
     /// # Errors
     /// [`EngineError::InvalidState`] if already joining or in a channel;

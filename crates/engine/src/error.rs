@@ -91,10 +91,12 @@ pub enum EngineError {
         /// How long the UDP relay was probed.
         probe: Duration,
     },
-    /// The media network could not be reached directly.
+    /// The media network could not be reached directly, or its media path
+    /// (UDP) was not confirmed in time.
     #[error("connecting directly to the media network at {addr}: {reason}")]
     Direct {
-        /// The media network's TCP address.
+        /// The media network's TCP address, or its UDP address when the
+        /// media path was not confirmed.
         addr: SocketAddr,
         /// What failed.
         reason: String,

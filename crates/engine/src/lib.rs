@@ -53,6 +53,9 @@
 //! most one stagger), allocates a session, opens the media path (UDP probed
 //! for 2 s, then UDP-over-TCP in `On`/`Auto`, reported by
 //! [`Event::MediaFallbackToTcp`]) and the message channel, and joins.
+//! On every path a join (and a resume) is reported only once the media
+//! network has confirmed the engine's media address over the media path, so
+//! media sent right after `join_channel` returns is not lost.
 //! [`Event::ProxyConnected`] says which transport media took and how long it
 //! took.
 //!

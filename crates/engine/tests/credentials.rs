@@ -262,3 +262,42 @@ fn errors_print_their_cause_once() {
     printed_once(&auto, "connection reset by peer");
     printed_once(&auto, "connection refused");
 }
+
+#[tokio::test]
+async fn a_refused_destination_says_refused_once() {
+    // The node's allowlist is 127.0.0.1 only: a media network on ::1 is
+    // refused by the relay before anything is sent to it.
+    let node = proxy_node().await;
+    let addr = alloc_addr(&node);
+    let engine = Engine::builder(APP, SECRET)
+        .media_network("[::1]:9".parse().unwrap(), "[::1]:9".parse().unwrap())
+        .default_proxy_domain("localhost")
+        .build()
+        .unwrap();
+    engine
+        .set_parameters(r#"{"rtc.enable_proxy":true}"#)
+        .unwrap();
+    engine
+        .set_cloud_proxy(cloudproxy_engine::ProxyMode::ForceTcp)
+        .unwrap();
+    engine
+        .set_parameters(&proxy_server_param(&[&addr.ip().to_string()], addr.port()))
+        .unwrap();
+    let err = engine
+        .join_channel("refused-destination", 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Tunnel(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("opening the UDP-over-TCP media path: the proxy at 127.0.0.1:"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("could not reach"),
+        "the relay was reached: {text}"
+    );
+    printed_once(&err, "refused");
+    printed_once(&err, "(302)");
+    node.shutdown().await;
+}

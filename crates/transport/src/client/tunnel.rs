@@ -104,6 +104,44 @@ fn refusal_text(code: ErrorCode, message: &str) -> String {
     }
 }
 
+/// The first refusal with a code among a race's attempts: a proxy that
+/// answered and said no is reported as such ([`TunnelError::Refused`]), not
+/// folded into "could not reach any of N address(es)". Shared by the
+/// attempts of one race.
+#[derive(Debug, Clone, Default)]
+struct FirstRefusal(Arc<Mutex<Option<(SocketAddr, ErrorCode, String)>>>);
+
+impl FirstRefusal {
+    /// The attempt at `addr` ended with `reason`: remember it if it is a
+    /// refusal, and give the attempt's line.
+    fn note(&self, addr: SocketAddr, reason: SessionError) -> AttemptError {
+        match reason {
+            SessionError::Refused { code, message } => {
+                let line = attempt_error(format!("refused: {}", refusal_text(code, &message)));
+                self.0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get_or_insert((addr, code, message));
+                line
+            }
+            other => attempt_error(other),
+        }
+    }
+
+    /// The race failed: a refusal if there was one, else `Dial`.
+    fn error(&self, what: &'static str, cause: DialError) -> TunnelError {
+        match self.0.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            Some((proxy, code, message)) => TunnelError::Refused {
+                what,
+                proxy,
+                code,
+                message,
+            },
+            None => TunnelError::Dial { what, cause },
+        }
+    }
+}
+
 /// An error of one attempt, shown in a [`DialError`] line.
 #[derive(Debug)]
 struct AttemptError(String);
@@ -126,13 +164,10 @@ pub async fn allocate(
     candidates: &[SocketAddr],
     policy: &DialPolicy,
 ) -> Result<(SocketAddr, Allocation), TunnelError> {
-    const WHAT: &str = "allocating a proxy session";
     let config = config.clone();
-    // The first refusal with a code: a proxy that answered and said no is
-    // reported as such, not as an address that could not be reached.
-    let refusal: Arc<Mutex<Option<(SocketAddr, ErrorCode, String)>>> = Arc::default();
+    let refusal = FirstRefusal::default();
     let seen = refusal.clone();
-    let raced = race(candidates, policy, move |addr| {
+    race(candidates, policy, move |addr| {
         let (config, seen) = (config.clone(), seen.clone());
         async move {
             let mut stream = TcpStream::connect(addr).await.map_err(attempt_error)?;
@@ -140,57 +175,21 @@ pub async fn allocate(
             let mut nonce = [0u8; 16];
             getrandom::fill(&mut nonce).map_err(attempt_error)?;
             let mut allocator = Allocator::new(&config, Path::Tcp, nonce, Instant::now());
-            let result = drive_allocator(&mut stream, &mut allocator).await;
+            let result = drive_allocator(&mut stream, &mut allocator, addr, &seen).await;
             let _ = stream.shutdown().await;
-            result.map_err(|e| match e {
-                AllocateError::Refused { code, message } => {
-                    let text = refusal_text(code, &message);
-                    let mut first = seen.lock().unwrap_or_else(PoisonError::into_inner);
-                    first.get_or_insert((addr, code, message));
-                    attempt_error(format!("refused: {text}"))
-                }
-                AllocateError::Other(e) => e,
-            })
+            result
         }
     })
-    .await;
-    raced.map_err(|cause| {
-        let first = refusal
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        match first {
-            Some((proxy, code, message)) => TunnelError::Refused {
-                what: WHAT,
-                proxy,
-                code,
-                message,
-            },
-            None => TunnelError::Dial { what: WHAT, cause },
-        }
-    })
-}
-
-/// How one allocation attempt failed.
-enum AllocateError {
-    /// The service answered with an error code.
-    Refused {
-        code: ErrorCode,
-        message: String,
-    },
-    Other(AttemptError),
-}
-
-impl From<AttemptError> for AllocateError {
-    fn from(e: AttemptError) -> Self {
-        Self::Other(e)
-    }
+    .await
+    .map_err(|cause| refusal.error("allocating a proxy session", cause))
 }
 
 async fn drive_allocator(
     stream: &mut TcpStream,
     allocator: &mut Allocator,
-) -> Result<Allocation, AllocateError> {
+    addr: SocketAddr,
+    refusal: &FirstRefusal,
+) -> Result<Allocation, AttemptError> {
     let mut buf = [0u8; 4096];
     loop {
         while let Some(bytes) = allocator.poll_transmit() {
@@ -198,10 +197,7 @@ async fn drive_allocator(
         }
         match allocator.poll_event() {
             Some(AllocatorEvent::Allocated(allocation)) => return Ok(allocation),
-            Some(AllocatorEvent::Failed(SessionError::Refused { code, message })) => {
-                return Err(AllocateError::Refused { code, message });
-            }
-            Some(AllocatorEvent::Failed(reason)) => return Err(attempt_error(reason).into()),
+            Some(AllocatorEvent::Failed(reason)) => return Err(refusal.note(addr, reason)),
             _ => {}
         }
         let deadline = allocator.poll_timeout().map(tokio::time::Instant::from_std);
@@ -209,10 +205,10 @@ async fn drive_allocator(
             readable = stream.readable() => {
                 readable.map_err(attempt_error)?;
                 match stream.try_read(&mut buf) {
-                    Ok(0) => return Err(attempt_error("the service closed the connection").into()),
+                    Ok(0) => return Err(attempt_error("the service closed the connection")),
                     Ok(n) => allocator.handle_input(Instant::now(), &buf[..n]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(attempt_error(e).into()),
+                    Err(e) => return Err(attempt_error(e)),
                 }
             }
             () = sleep_until_opt(deadline) => allocator.handle_timeout(Instant::now()),
@@ -231,9 +227,15 @@ pub async fn open_stream(
     policy: &DialPolicy,
 ) -> Result<(TcpStream, Bytes), TunnelError> {
     let (config, allocation) = (config.clone(), allocation.clone());
+    let refusal = FirstRefusal::default();
+    let seen = refusal.clone();
     let (_, opened) = race(&allocation.tcp_relays.clone(), policy, move |addr| {
-        let (config, allocation, destination) =
-            (config.clone(), allocation.clone(), destination.clone());
+        let (config, allocation, destination, seen) = (
+            config.clone(),
+            allocation.clone(),
+            destination.clone(),
+            seen.clone(),
+        );
         async move {
             let stream = TcpStream::connect(addr).await.map_err(attempt_error)?;
             let _ = stream.set_nodelay(true);
@@ -246,24 +248,24 @@ pub async fn open_stream(
                 Instant::now(),
             )
             .map_err(attempt_error)?;
-            match drive_tcp_bind(&stream, &mut binding).await? {
+            match drive_tcp_bind(&stream, &mut binding, addr, &seen).await? {
                 BindingEvent::Bound { early_data, .. } => Ok((stream, early_data)),
                 other => Err(attempt_error(format!("unexpected {other:?}"))),
             }
         }
     })
     .await
-    .map_err(|cause| TunnelError::Dial {
-        what: "opening the message channel through the relay",
-        cause,
-    })?;
+    .map_err(|cause| refusal.error("opening the message channel through the relay", cause))?;
     Ok(opened)
 }
 
-/// Runs a TCP bind until `Bound` (returned) or failure.
+/// Runs a TCP bind to the relay at `addr` until `Bound` (returned) or
+/// failure (a refusal is noted in `refusal`).
 async fn drive_tcp_bind(
     stream: &TcpStream,
     binding: &mut RelayBinding,
+    addr: SocketAddr,
+    refusal: &FirstRefusal,
 ) -> Result<BindingEvent, AttemptError> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -272,7 +274,7 @@ async fn drive_tcp_bind(
         }
         match binding.poll_event() {
             Some(event @ BindingEvent::Bound { .. }) => return Ok(event),
-            Some(BindingEvent::Closed(reason)) => return Err(attempt_error(reason)),
+            Some(BindingEvent::Closed(reason)) => return Err(refusal.note(addr, reason)),
             _ => {}
         }
         let deadline = binding.poll_timeout().map(tokio::time::Instant::from_std);
@@ -446,10 +448,16 @@ async fn open_udp(
         overall_timeout: policy.udp_probe_timeout + STAGGER.saturating_mul(extra),
     };
     let (config, allocation) = (config.clone(), allocation.clone());
+    let refusal = FirstRefusal::default();
+    let seen = refusal.clone();
     let raced = race(&relays, &race_policy, move |relay| {
-        let (config, allocation, destination) =
-            (config.clone(), allocation.clone(), destination.clone());
-        async move { bind_udp(relay, &config, &allocation, destination).await }
+        let (config, allocation, destination, seen) = (
+            config.clone(),
+            allocation.clone(),
+            destination.clone(),
+            seen.clone(),
+        );
+        async move { bind_udp(relay, &config, &allocation, destination, &seen).await }
     })
     .await;
     match raced {
@@ -468,10 +476,7 @@ async fn open_udp(
         {
             Err(TunnelError::UdpBlocked(race_policy.overall_timeout))
         }
-        Err(cause) => Err(TunnelError::Dial {
-            what: "binding the UDP media path",
-            cause,
-        }),
+        Err(cause) => Err(refusal.error("binding the UDP media path", cause)),
     }
 }
 
@@ -482,6 +487,7 @@ async fn bind_udp(
     config: &ClientConfig,
     allocation: &Allocation,
     destination: Address,
+    refusal: &FirstRefusal,
 ) -> Result<(UdpSocket, RelayBinding), AttemptError> {
     let socket = connected_udp(relay).await.map_err(attempt_error)?;
     let mut binding = RelayBinding::new(
@@ -500,7 +506,7 @@ async fn bind_udp(
         }
         match binding.poll_event() {
             Some(BindingEvent::Bound { .. }) => return Ok((socket, binding)),
-            Some(BindingEvent::Closed(reason)) => return Err(attempt_error(reason)),
+            Some(BindingEvent::Closed(reason)) => return Err(refusal.note(relay, reason)),
             _ => {}
         }
         let deadline = binding.poll_timeout().map(tokio::time::Instant::from_std);
@@ -524,9 +530,15 @@ async fn open_udp_over_tcp(
     policy: &MediaPolicy,
 ) -> Result<MediaPath, TunnelError> {
     let (config, allocation_c) = (config.clone(), allocation.clone());
+    let refusal = FirstRefusal::default();
+    let seen = refusal.clone();
     let (relay, (stream, binding)) = race(&allocation.tcp_relays, &policy.tcp_dial, move |addr| {
-        let (config, allocation, destination) =
-            (config.clone(), allocation_c.clone(), destination.clone());
+        let (config, allocation, destination, seen) = (
+            config.clone(),
+            allocation_c.clone(),
+            destination.clone(),
+            seen.clone(),
+        );
         async move {
             let stream = TcpStream::connect(addr).await.map_err(attempt_error)?;
             let _ = stream.set_nodelay(true);
@@ -539,15 +551,12 @@ async fn open_udp_over_tcp(
                 Instant::now(),
             )
             .map_err(attempt_error)?;
-            drive_tcp_bind(&stream, &mut binding).await?;
+            drive_tcp_bind(&stream, &mut binding, addr, &seen).await?;
             Ok::<_, AttemptError>((stream, binding))
         }
     })
     .await
-    .map_err(|cause| TunnelError::Dial {
-        what: "opening the UDP-over-TCP media path",
-        cause,
-    })?;
+    .map_err(|cause| refusal.error("opening the UDP-over-TCP media path", cause))?;
     Ok(spawn_driver(
         Driver::Tcp(stream),
         binding,

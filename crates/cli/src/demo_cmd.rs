@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cloudproxy_engine::{ProxyMode, ProxyServer};
+use cloudproxy_engine::{Credential, ProxyMode, ProxyServer};
 use cloudproxy_transport::config::ServerConfig;
 use cloudproxy_transport::edge::{Edge, EdgeConfig};
 use cloudproxy_transport::server::ProxyNode;
@@ -15,7 +15,7 @@ use crate::call::{CallSpec, Summary, run};
 use crate::logging::LogArgs;
 use crate::runtime::runtime;
 use crate::serve_cmd::random_hex;
-use crate::server_arg::{Credential, parse_credential, parse_edge, parse_server};
+use crate::server_arg::{parse_edge, parse_server};
 
 /// The proxy mode, as `set_cloud_proxy` takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -59,7 +59,7 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ID")]
     app_id: Option<String>,
     /// The app secret in hex (external proxy).
-    #[arg(long, value_name = "HEX", value_parser = parse_credential)]
+    #[arg(long, value_name = "HEX")]
     credential: Option<Credential>,
     /// A `set_parameters` string applied to both engines, e.g.
     /// '{"rtc.enable_proxy":true}' (repeat for several; default: exactly that).
@@ -109,7 +109,7 @@ pub(crate) fn run_cmd(args: Args) -> ExitCode {
                 }
                 let spec = CallSpec {
                     app_id: app_id.clone(),
-                    credential: credential.0.clone(),
+                    credential: credential.as_bytes().to_vec(),
                     edge_tcp: *tcp,
                     edge_udp: *udp,
                     params,
@@ -201,10 +201,10 @@ allow = ["127.0.0.1"]
         proxy.ip(),
         proxy.port()
     ));
-    let credential: Vec<u8> = (0..secret.len())
-        .step_by(2)
-        .filter_map(|i| u8::from_str_radix(&secret[i..i + 2], 16).ok())
-        .collect();
+    let credential = match Credential::from_hex(&secret) {
+        Ok(credential) => credential.as_bytes().to_vec(),
+        Err(e) => return failed(format!("the demo's own app secret: {e}")),
+    };
     let spec = CallSpec {
         app_id: "demo-app".into(),
         credential,

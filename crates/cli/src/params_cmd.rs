@@ -4,7 +4,10 @@ use std::fmt::Write as _;
 use std::io::Read as _;
 use std::process::ExitCode;
 
-use cloudproxy_params::{DEFAULT_PROXY_DOMAIN, MAX_INPUT_LEN, Params, ProxyKind, ProxyServer};
+use cloudproxy_params::{
+    DEFAULT_PROXY_DOMAIN, MAX_INPUT_LEN, ParamError, Params, ProxyKind, ProxyServer,
+};
+use serde::Serialize;
 
 /// Exit status when the parameter string does not parse.
 const EXIT_INVALID: u8 = 2;
@@ -18,6 +21,10 @@ pub(crate) struct Args {
     /// it from standard input.
     #[arg(value_name = "STRING")]
     input: String,
+    /// Print the result as JSON on standard output (also when the string
+    /// does not parse), for scripts.
+    #[arg(long)]
+    json: bool,
 }
 
 pub(crate) fn run(args: &Args) -> ExitCode {
@@ -33,14 +40,132 @@ pub(crate) fn run(args: &Args) -> ExitCode {
     } else {
         args.input.clone().into_bytes()
     };
-    match cloudproxy_params::parse_bytes(&bytes) {
+    let parsed = cloudproxy_params::parse_bytes(&bytes);
+    if args.json {
+        let report = match &parsed {
+            Ok(params) => JsonReport::of(params),
+            Err(e) => JsonReport::failed(e),
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("the report serializes")
+        );
+    }
+    match parsed {
         Ok(params) => {
-            print!("{}", render(&params));
+            if !args.json {
+                for warning in params.warnings() {
+                    eprintln!("warning: {warning}");
+                }
+                print!("{}", render(&params));
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            if !args.json {
+                eprintln!("error: {e}");
+            }
             ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
+/// What `params --json` prints: the interpretation, or the error with its
+/// position.
+#[derive(Debug, Serialize)]
+struct JsonReport {
+    ok: bool,
+    /// The error's message (with its excerpt), when the string does not parse.
+    error: Option<String>,
+    /// The error's kind, e.g. `Syntax` or `SourceCodeForm`.
+    error_kind: Option<String>,
+    /// Where the error is: line, column (1-based) and byte offset.
+    error_position: Option<JsonPosition>,
+    /// `rtc.enable_proxy`, when set.
+    enable_proxy: Option<bool>,
+    /// `rtc.proxy_server`, when set.
+    proxy_server: Option<JsonServer>,
+    /// Every other key with its value.
+    other_keys: serde_json::Map<String, serde_json::Value>,
+    /// Accepted but probably mistaken, e.g. a misspelled key.
+    warnings: Vec<String>,
+    /// The parameters as canonical JSON.
+    canonical: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonPosition {
+    line: usize,
+    column: usize,
+    offset: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonServer {
+    /// 1 (domain name) or 2 (IP address list).
+    proxy_type: u8,
+    hosts: Vec<String>,
+    /// As given; 0 means the default ports.
+    port: u16,
+    /// The ports that are tried.
+    ports: Vec<u16>,
+}
+
+impl JsonReport {
+    fn of(params: &Params<'_>) -> Self {
+        let proxy_server = params.proxy_server().map(|server| {
+            let (proxy_type, hosts) = match server.kind() {
+                ProxyKind::Domain(host) => (1, vec![host.clone()]),
+                ProxyKind::IpList(ips) => (2, ips.iter().map(ToString::to_string).collect()),
+            };
+            JsonServer {
+                proxy_type,
+                hosts,
+                port: server.port(),
+                ports: server.ports().to_vec(),
+            }
+        });
+        let other_keys = params
+            .others()
+            .map(|(key, value)| {
+                // A parsed value is JSON; re-reading its canonical form
+                // cannot fail.
+                let value =
+                    serde_json::from_str(&value.to_string()).unwrap_or(serde_json::Value::Null);
+                (key.to_owned(), value)
+            })
+            .collect();
+        Self {
+            ok: true,
+            error: None,
+            error_kind: None,
+            error_position: None,
+            enable_proxy: params.enable_proxy(),
+            proxy_server,
+            other_keys,
+            warnings: params.warnings().iter().map(ToString::to_string).collect(),
+            canonical: Some(params.to_json()),
+        }
+    }
+
+    fn failed(error: &ParamError) -> Self {
+        Self {
+            ok: false,
+            error: Some(error.to_string()),
+            error_kind: Some(format!("{:?}", error.kind())),
+            error_position: error.location().map(|at| {
+                let p = at.position();
+                JsonPosition {
+                    line: p.line,
+                    column: p.column,
+                    offset: p.offset,
+                }
+            }),
+            enable_proxy: None,
+            proxy_server: None,
+            other_keys: serde_json::Map::new(),
+            warnings: Vec::new(),
+            canonical: None,
         }
     }
 }

@@ -117,3 +117,81 @@ fn missing_argument_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("STRING"));
 }
+
+#[test]
+fn misspelled_key_warns_with_suggestion() {
+    let out = cloudproxy(&["params", r#"{"rtc.enableproxy":true}"#], None);
+    assert_eq!(out.status.code(), Some(0), "still accepted");
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr,
+        "warning: unknown key \"rtc.enableproxy\" is kept but has no effect: did you mean `rtc.enable_proxy`?\n"
+    );
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("proxy enabled: not set"), "{stdout}");
+    assert!(stdout.contains("rtc.enableproxy = true"), "{stdout}");
+}
+
+#[test]
+fn source_code_form_gets_a_hint() {
+    let out = cloudproxy(&["params", r#""{\"rtc.enable_proxy\":true}""#], None);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(
+            r#"error: expected the parameter string itself, found it in source-code form (outer quotes and \" escapes of a string literal): pass `{"rtc.enable_proxy":true}` instead"#
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn params_json_output() {
+    let out = cloudproxy(
+        &[
+            "params",
+            "--json",
+            r#"{"rtc.enable_proxy":true,"rtc.proxy_server":[2, "["192.168.0.112","127.0.0.1"]", 0],"che.audio.level":3,"rtc.proxyserver":1}"#,
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(json["ok"], true);
+    assert_eq!(json["enable_proxy"], true);
+    assert_eq!(json["proxy_server"]["proxy_type"], 2);
+    assert_eq!(
+        json["proxy_server"]["hosts"],
+        serde_json::json!(["192.168.0.112", "127.0.0.1"])
+    );
+    assert_eq!(json["proxy_server"]["port"], 0);
+    assert_eq!(
+        json["proxy_server"]["ports"],
+        serde_json::json!([1080, 8000, 25000, 9700])
+    );
+    assert_eq!(json["other_keys"]["che.audio.level"], 3);
+    assert_eq!(
+        json["warnings"],
+        serde_json::json!([
+            "unknown key \"rtc.proxyserver\" is kept but has no effect: did you mean `rtc.proxy_server`?"
+        ])
+    );
+
+    let out = cloudproxy(&["params", "--json", r#"{"rtc.enable_proxy":tru}"#], None);
+    assert_eq!(out.status.code(), Some(2));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["error_kind"], "Syntax");
+    assert_eq!(
+        json["error_position"],
+        serde_json::json!({"line": 1, "column": 21, "offset": 20})
+    );
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("expected a value"),
+        "{json}"
+    );
+}

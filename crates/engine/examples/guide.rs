@@ -9,13 +9,15 @@
 
 use std::time::Duration;
 
-use cloudproxy_engine::{Bytes, Engine, Event};
+use cloudproxy_engine::{Bytes, Credential, Engine, Event};
 use cloudproxy_transport::config::ServerConfig;
 use cloudproxy_transport::edge::{Edge, EdgeConfig};
 use cloudproxy_transport::server::ProxyNode;
 
 const APP_ID: &str = "guide-app";
-const CREDENTIAL: &[u8] = b"guide-app-credential";
+/// The app secret as the operator hands it out: the hex string
+/// `cloudproxy serve` prints and the proxy's configuration lists.
+const CREDENTIAL_HEX: &str = "67756964652d6170702d63726564656e7469616c";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,7 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cloud proxy: allocation service on {proxy}");
 
     let make = || -> Result<Engine, Box<dyn std::error::Error>> {
-        let engine = Engine::builder(APP_ID, CREDENTIAL.to_vec())
+        let engine = Engine::builder(APP_ID, Credential::from_hex(CREDENTIAL_HEX)?)
             .media_network(edge.tcp_addr(), edge.udp_addr())
             .build()?;
         // Step 5 of the guide, verbatim.
@@ -125,7 +127,7 @@ secret = "{key}"
 [allowlist]
 allow = ["127.0.0.1"]
 "#,
-        credential = hex(CREDENTIAL),
+        credential = CREDENTIAL_HEX,
         key = hex(&ticket_key),
     );
     Ok(ServerConfig::from_toml_str("guide-example.toml", &text)?)

@@ -7,6 +7,7 @@ use cloudproxy_params::ProxyServer;
 use cloudproxy_proto::AppId;
 use cloudproxy_transport::client::dial::DialPolicy;
 
+use crate::credential::Credential;
 use crate::engine::Engine;
 use crate::error::EngineError;
 
@@ -14,7 +15,7 @@ use crate::error::EngineError;
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) app_id: AppId,
-    pub(crate) credential: Vec<u8>,
+    pub(crate) credential: Credential,
     pub(crate) edge_tcp: SocketAddr,
     pub(crate) edge_udp: SocketAddr,
     pub(crate) default_server: ProxyServer,
@@ -35,9 +36,10 @@ pub(crate) struct Config {
 ///
 /// ```
 /// use std::time::Duration;
-/// use cloudproxy_engine::Engine;
+/// use cloudproxy_engine::{Credential, Engine};
 ///
-/// let engine = Engine::builder("my-app", b"my-app-secret".to_vec())
+/// let credential: Credential = "5e3a9c0d41b2f7e6a8c9d0e1f2a3b4c5".parse()?;
+/// let engine = Engine::builder("my-app", credential)
 ///     .media_network("198.51.100.1:7000".parse()?, "198.51.100.1:7000".parse()?)
 ///     .default_proxy_domain("proxy.example.com")
 ///     .direct_timeout(Duration::from_secs(2))
@@ -49,7 +51,7 @@ pub(crate) struct Config {
 #[must_use = "call build() to get an Engine"]
 pub struct EngineBuilder {
     app_id: String,
-    credential: Vec<u8>,
+    credential: Credential,
     media_network: Option<(SocketAddr, SocketAddr)>,
     default_domain: String,
     direct_timeout: Duration,
@@ -63,7 +65,7 @@ pub struct EngineBuilder {
 }
 
 impl EngineBuilder {
-    pub(crate) fn new(app_id: String, credential: Vec<u8>) -> Self {
+    pub(crate) fn new(app_id: String, credential: Credential) -> Self {
         Self {
             app_id,
             credential,

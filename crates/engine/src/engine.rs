@@ -12,8 +12,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, EngineBuilder};
+use crate::credential::Credential;
 use crate::error::EngineError;
-use crate::event::{ConnectionState, Events, IncomingMedia, IncomingMessage, StateReason};
+use crate::event::{ConnectionState, Event, Events, IncomingMedia, IncomingMessage, StateReason};
 use crate::link::connect;
 use crate::session::{Command, Outputs, Session, SessionBase};
 use crate::settings::{ProxyMode, Settings};
@@ -116,7 +117,11 @@ pub struct Engine {
 impl Engine {
     /// Starts building an engine for `app_id`, proving `credential` (the app
     /// secret) to the proxy. See [`EngineBuilder`].
-    pub fn builder(app_id: impl Into<String>, credential: impl Into<Vec<u8>>) -> EngineBuilder {
+    ///
+    /// The credential is a [`Credential`]: parse the hex string the
+    /// operator's `cloudproxy serve` prints with [`Credential::from_hex`];
+    /// raw bytes (`Vec<u8>`, `&[u8]`, `b"..."`) convert as they are.
+    pub fn builder(app_id: impl Into<String>, credential: impl Into<Credential>) -> EngineBuilder {
         EngineBuilder::new(app_id.into(), credential.into())
     }
 
@@ -175,6 +180,12 @@ impl Engine {
     ///
     /// All keys of one call are applied together or not at all.
     ///
+    /// An unknown key that looks like a misspelled known one
+    /// (`rtc.enableproxy`, `Rtc.Enable_Proxy`, `"rtc.enable_proxy "`) is still
+    /// kept, as the guide requires, but reported as an
+    /// [`Event::ParameterWarning`] ("did you mean `rtc.enable_proxy`?") and
+    /// logged with `tracing::warn!`.
+    ///
     /// # Errors
     /// * [`EngineError::InvalidState`] between `join_channel` and
     ///   `leave_channel` (the guide: call it before joining or after
@@ -201,6 +212,14 @@ impl Engine {
         let mut settings = self.settings();
         let next = settings.with_parameters(&params);
         *settings = next;
+        for warning in params.warnings() {
+            tracing::warn!(%warning, "set_parameters");
+            let _ = self
+                .inner
+                .out
+                .events
+                .send(Event::ParameterWarning { warning });
+        }
         Ok(())
     }
 
@@ -262,13 +281,18 @@ impl Engine {
     }
 
     /// Joins `channel` as user `uid` and returns once joined; messages and
-    /// media then flow until [`Engine::leave_channel`]. A lost connection is
+    /// media then flow until [`Engine::leave_channel`]. "Joined" includes
+    /// the media path: the media network has confirmed this engine's media
+    /// address over the path media takes, so media another member sends
+    /// right after this returns is delivered. A lost connection is
     /// re-established automatically (state `Reconnecting`, then `Connected`
     /// with reason `Resumed`).
     ///
-    /// Bounded: `Off` fails after the direct timeout (3 s); `Auto` falls back
-    /// to the proxy after it; the proxy steps are bounded by the dial policy
-    /// (10 s per step), the UDP probe (2 s) and the handshake timeout (10 s).
+    /// Bounded: `Off` fails after the direct timeout (3 s, joining and
+    /// confirming the media path); `Auto` falls back to the proxy after it;
+    /// the proxy steps are bounded by the dial policy (10 s per step), the
+    /// UDP probe (2 s) and the handshake timeout (10 s, joining and
+    /// confirming the media path).
     ///
     /// # Errors
     /// [`EngineError::InvalidState`] if already joining or in a channel;

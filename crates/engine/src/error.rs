@@ -7,6 +7,12 @@ use cloudproxy_proto::ErrorCode;
 
 /// Why an engine call failed. Each message says what was expected, what was
 /// found and where, so the reader knows what to change.
+///
+/// Each message says what happened once: a variant's `Display` includes its
+/// cause, so no variant returns that cause again as
+/// [`std::error::Error::source`]; the typed cause stays in the variant's
+/// field (or, for [`EngineError::Resolve`] and [`EngineError::Tunnel`], is
+/// the wrapped error itself, shown as it is).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EngineError {
@@ -23,7 +29,7 @@ pub enum EngineError {
     /// The `set_parameters` string did not parse or a known key had a wrong
     /// value; nothing was applied.
     #[error("set_parameters: {0}; no parameter was applied")]
-    InvalidParameters(#[from] cloudproxy_params::ParamError),
+    InvalidParameters(cloudproxy_params::ParamError),
     /// The call is not allowed in the engine's current state; nothing changed.
     #[error("{operation} {hint} (the engine is {state})")]
     InvalidState {
@@ -53,12 +59,30 @@ pub enum EngineError {
         max: usize,
     },
     /// The proxy server's host name could not be resolved.
-    #[error("resolving the proxy server: {0}")]
+    #[error(transparent)]
     Resolve(#[from] cloudproxy_transport::client::resolve::ResolveError),
     /// Allocating a proxy session or opening a relay path failed (every
-    /// address tried is listed).
-    #[error("through the proxy: {0}")]
+    /// address tried is listed), or a proxy refused it.
+    #[error(transparent)]
     Tunnel(#[from] cloudproxy_transport::client::tunnel::TunnelError),
+    /// The proxy was reached and refused the app id or its credential
+    /// (`BAD_CREDENTIAL`, 200).
+    #[error(
+        "the proxy at {proxy} refused app id {app_id:?} or its credential ({code_name}, {code_number}): check that the app id is the one the proxy's operator configured, and that the credential is the app secret given as the hex string that `cloudproxy serve` prints (or the proxy's configuration lists under [[apps]] secrets), parsed with Credential::from_hex{hint}",
+        code_name = code.name().unwrap_or("unknown code"),
+        code_number = code.0
+    )]
+    CredentialRefused {
+        /// The app id the engine was built with.
+        app_id: String,
+        /// The proxy address that refused.
+        proxy: SocketAddr,
+        /// The code it sent.
+        code: ErrorCode,
+        /// A more specific hint, when the credential gives one (empty
+        /// otherwise).
+        hint: String,
+    },
     /// `ProxyMode::ForceUdp` and the proxy's UDP relay did not answer.
     #[error(
         "ProxyMode::ForceUdp requires media over UDP, but the proxy's UDP relay did not answer within {probe:?}: UDP looks blocked on this network; use ProxyMode::On or ProxyMode::ForceTcp to carry media over TCP"
@@ -67,16 +91,18 @@ pub enum EngineError {
         /// How long the UDP relay was probed.
         probe: Duration,
     },
-    /// The media network could not be reached directly.
+    /// The media network could not be reached directly, or its media path
+    /// (UDP) was not confirmed in time.
     #[error("connecting directly to the media network at {addr}: {reason}")]
     Direct {
-        /// The media network's TCP address.
+        /// The media network's TCP address, or its UDP address when the
+        /// media path was not confirmed.
         addr: SocketAddr,
         /// What failed.
         reason: String,
     },
     /// `ProxyMode::Auto`: the direct path and the proxy both failed.
-    #[error("the direct path failed ({direct}) and so did the proxy: {proxy}")]
+    #[error("the direct path failed ({direct}), and so did the proxy: {proxy}")]
     AutoFailed {
         /// Why the direct path failed.
         direct: String,
@@ -110,14 +136,20 @@ pub enum EngineError {
         after: Duration,
     },
     /// A socket operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Io {
         /// The step.
         what: &'static str,
         /// The operating system's error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The connection to the channel was lost and could not be re-established.
     #[error("the channel connection was lost: {0}")]
     Disconnected(String),
+}
+
+impl From<cloudproxy_params::ParamError> for EngineError {
+    fn from(e: cloudproxy_params::ParamError) -> Self {
+        Self::InvalidParameters(e)
+    }
 }

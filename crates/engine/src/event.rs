@@ -114,6 +114,14 @@ pub enum Event {
         /// The user's member id in this channel.
         member_id: u32,
     },
+    /// [`Engine::set_parameters`](crate::Engine::set_parameters) accepted
+    /// something that is most likely a mistake, such as a misspelled
+    /// `rtc.enable_proxy` (kept as an unknown key, with no effect). Also
+    /// logged with `tracing::warn!`.
+    ParameterWarning {
+        /// What, with a suggestion; its `Display` is one line.
+        warning: cloudproxy_params::ParamWarning,
+    },
 }
 
 /// A reliable message from another member.

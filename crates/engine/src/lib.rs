@@ -8,10 +8,12 @@
 //!
 //! ```no_run
 //! use bytes::Bytes;
-//! use cloudproxy_engine::Engine;
+//! use cloudproxy_engine::{Credential, Engine};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let engine = Engine::builder("my-app", b"my-app-secret".to_vec())
+//! // The app secret as the operator's `cloudproxy serve` printed it.
+//! let credential = Credential::from_hex("5e3a9c0d41b2f7e6a8c9d0e1f2a3b4c5")?;
+//! let engine = Engine::builder("my-app", credential)
 //!     .media_network("198.51.100.1:7000".parse()?, "198.51.100.1:7000".parse()?)
 //!     .build()?;
 //! // The guide's strings, verbatim.
@@ -51,6 +53,9 @@
 //! most one stagger), allocates a session, opens the media path (UDP probed
 //! for 2 s, then UDP-over-TCP in `On`/`Auto`, reported by
 //! [`Event::MediaFallbackToTcp`]) and the message channel, and joins.
+//! On every path a join (and a resume) is reported only once the media
+//! network has confirmed the engine's media address over the media path, so
+//! media sent right after `join_channel` returns is not lost.
 //! [`Event::ProxyConnected`] says which transport media took and how long it
 //! took.
 //!
@@ -66,6 +71,7 @@
 //! the media edge's linger time), then the state becomes `Failed`.
 
 mod config;
+mod credential;
 mod engine;
 mod error;
 mod event;
@@ -74,6 +80,7 @@ mod session;
 mod settings;
 
 pub use config::EngineBuilder;
+pub use credential::{Credential, CredentialError};
 pub use engine::{Engine, MAX_MEDIA_LEN, MAX_MESSAGE_LEN};
 pub use error::EngineError;
 pub use event::{
@@ -83,7 +90,7 @@ pub use settings::ProxyMode;
 
 pub use bytes::Bytes;
 pub use cloudproxy_params::{
-    DEFAULT_PORTS, DEFAULT_PROXY_DOMAIN, ParamError, ProxyKind, ProxyServer,
+    DEFAULT_PORTS, DEFAULT_PROXY_DOMAIN, ParamError, ParamWarning, ProxyKind, ProxyServer,
 };
 pub use cloudproxy_proto::ErrorCode;
 pub use cloudproxy_transport::client::dial::{DialError, DialPolicy};

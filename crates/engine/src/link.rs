@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use cloudproxy_proto::client::ClientConfig;
 use cloudproxy_proto::codec::FrameCodec;
-use cloudproxy_proto::frame::{Frame, Join, Joined};
+use cloudproxy_proto::frame::{Frame, Join, Joined, Media};
 use cloudproxy_proto::{Address, ErrorCode, Timebase};
 use cloudproxy_transport::client::resolve::candidates;
 use cloudproxy_transport::client::tunnel::{
@@ -21,6 +21,7 @@ use tokio::sync::broadcast;
 use tokio_util::codec::Decoder;
 
 use crate::config::Config;
+use crate::credential::Credential;
 use crate::error::EngineError;
 use crate::event::{ConnectionState, Event, ProxyType, StateReason};
 use crate::settings::{ProxyMode, Settings};
@@ -128,13 +129,74 @@ pub(crate) enum Route {
     Proxy(ProxyType),
 }
 
-/// A joined connection.
+/// A joined connection, its media path confirmed by the media network.
 #[derive(Debug)]
 pub(crate) struct Link {
     pub(crate) conn: Conn,
     pub(crate) media: MediaLink,
     pub(crate) joined: Joined,
     pub(crate) route: Route,
+    /// Media from other members that arrived while the registration was
+    /// being confirmed; delivered first.
+    pub(crate) early_media: Vec<Bytes>,
+}
+
+/// Most media datagrams kept from before the registration was confirmed.
+const EARLY_MEDIA_MAX: usize = 64;
+
+/// Registers this member's media address with the media network (an empty
+/// `Media`, `docs/protocol.md` §9.3) and waits until the edge confirms it,
+/// retransmitting at 50 ms doubling to 1 s, until `deadline`. Until it is
+/// confirmed, media other members send is dropped at the edge for want of
+/// an address: so a join is reported only after this. Returns the media of
+/// others that arrived meanwhile (at most [`EARLY_MEDIA_MAX`]).
+async fn confirm_media(
+    media: &mut MediaLink,
+    joined: &Joined,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<Bytes>, String> {
+    let registration = Frame::Media(Media {
+        member_id: joined.member_id,
+        token: joined.media_token,
+        payload: Bytes::new(),
+    })
+    .to_bytes();
+    let mut early = Vec::new();
+    let mut retry = Duration::from_millis(50);
+    let mut buf = vec![0u8; 2048];
+    // Bounded: every pass sends once and waits at least 50 ms, until the
+    // deadline.
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err("no confirmation of the media registration".into());
+        }
+        media.send(registration.clone()).await;
+        let resend_at = (now + retry).min(deadline);
+        retry = (retry * 2).min(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                datagram = media.recv(&mut buf) => {
+                    let datagram = datagram?;
+                    match Frame::decode(datagram.clone()) {
+                        // The confirmation: our own empty registration back.
+                        Ok(Frame::Media(m))
+                            if m.payload.is_empty() && m.member_id == joined.member_id =>
+                        {
+                            return Ok(early);
+                        }
+                        Ok(Frame::Media(m))
+                            if !m.payload.is_empty() && early.len() < EARLY_MEDIA_MAX =>
+                        {
+                            early.push(datagram);
+                        }
+                        _ => {}
+                    }
+                }
+                () = tokio::time::sleep_until(resend_at) => break,
+            }
+        }
+    }
 }
 
 /// Establishes a link under `settings`, sending `join` (fresh or resume);
@@ -210,9 +272,11 @@ pub(crate) async fn connect(
     }
 }
 
-/// Straight to the media network, bounded by `direct_timeout` as a whole.
+/// Straight to the media network, bounded by `direct_timeout` as a whole
+/// (joining and confirming the media path).
 async fn direct(config: &Config, join: Join) -> Result<Link, EngineError> {
     let addr = config.edge_tcp;
+    let deadline = tokio::time::Instant::now() + config.direct_timeout;
     let attempt = async {
         let stream = TcpStream::connect(addr)
             .await
@@ -225,24 +289,38 @@ async fn direct(config: &Config, join: Join) -> Result<Link, EngineError> {
         let joined = handshake(&mut conn, join).await?;
         let socket = udp_to(config.edge_udp)
             .await
-            .map_err(|source| EngineError::Io {
+            .map_err(|cause| EngineError::Io {
                 what: "opening the direct media socket",
-                source,
+                cause,
             })?;
-        Ok(Link {
-            conn,
-            media: MediaLink::Direct(socket),
-            joined,
-            route: Route::Direct,
-        })
+        Ok::<_, EngineError>((conn, joined, socket))
     };
-    match tokio::time::timeout(config.direct_timeout, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(EngineError::Direct {
-            addr,
-            reason: format!("no answer within {:?}", config.direct_timeout),
-        }),
-    }
+    let (conn, joined, socket) = match tokio::time::timeout_at(deadline, attempt).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(EngineError::Direct {
+                addr,
+                reason: format!("no answer within {:?}", config.direct_timeout),
+            });
+        }
+    };
+    let mut media = MediaLink::Direct(socket);
+    let early_media = confirm_media(&mut media, &joined, deadline)
+        .await
+        .map_err(|why| EngineError::Direct {
+            addr: config.edge_udp,
+            reason: format!(
+                "the media path (UDP) was not confirmed within {:?}: {why}; UDP may be blocked",
+                config.direct_timeout
+            ),
+        })?;
+    Ok(Link {
+        conn,
+        media,
+        joined,
+        route: Route::Direct,
+        early_media,
+    })
 }
 
 async fn udp_to(peer: SocketAddr) -> io::Result<UdpSocket> {
@@ -276,7 +354,22 @@ async fn proxy(
         .unwrap_or_else(|| config.default_server.clone());
     let addrs = candidates(&server, config.dns_timeout).await?;
     let client = client_config(config);
-    let (service, allocation) = allocate(&client, &addrs, &config.dial).await?;
+    let (service, allocation) =
+        allocate(&client, &addrs, &config.dial)
+            .await
+            .map_err(|e| match e {
+                TunnelError::Refused {
+                    proxy,
+                    code: code @ ErrorCode::BAD_CREDENTIAL,
+                    ..
+                } => EngineError::CredentialRefused {
+                    app_id: config.app_id.as_str().to_owned(),
+                    proxy,
+                    code,
+                    hint: credential_hint(&config.credential),
+                },
+                other => EngineError::Tunnel(other),
+            })?;
     tracing::debug!(%service, session = allocation.session_id, "proxy session allocated");
     let policy = MediaPolicy {
         transport,
@@ -298,7 +391,9 @@ async fn proxy(
     )
     .await?;
     let mut conn = Conn::new(stream, &early);
-    let joined = tokio::time::timeout(config.handshake_timeout, handshake(&mut conn, join))
+    // The join and the media path's confirmation share one deadline.
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let joined = tokio::time::timeout_at(deadline, handshake(&mut conn, join))
         .await
         .map_err(|_| EngineError::Timeout {
             what: "joining the channel through the proxy",
@@ -308,10 +403,19 @@ async fn proxy(
         MediaPathKind::Udp => ProxyType::Udp,
         MediaPathKind::UdpOverTcp => ProxyType::Tcp,
     };
-    if let (Some(why), MediaTransport::Auto) = (media.fallback_reason(), transport) {
-        let _ = events.send(Event::MediaFallbackToTcp {
-            why: why.to_owned(),
-        });
+    let fallback = media.fallback_reason().map(str::to_owned);
+    let mut media = MediaLink::Relay(media);
+    let early_media = confirm_media(&mut media, &joined, deadline)
+        .await
+        .map_err(|why| {
+            tracing::warn!(%why, "the media path through the proxy was not confirmed");
+            EngineError::Timeout {
+                what: "confirming the media path through the proxy with the media network",
+                after: config.handshake_timeout,
+            }
+        })?;
+    if let (Some(why), MediaTransport::Auto) = (fallback, transport) {
+        let _ = events.send(Event::MediaFallbackToTcp { why });
     }
     let _ = events.send(Event::ProxyConnected {
         proxy_type,
@@ -319,10 +423,24 @@ async fn proxy(
     });
     Ok(Link {
         conn,
-        media: MediaLink::Relay(media),
+        media,
         joined,
         route: Route::Proxy(proxy_type),
+        early_media,
     })
+}
+
+/// A hint for a refused credential that looks like the printed hex string
+/// passed as raw bytes.
+fn credential_hint(credential: &Credential) -> String {
+    if credential.looks_like_hex_text() {
+        format!(
+            "; the credential given is {} bytes that are all hex digits: it looks like the hex string passed as raw bytes (Credential::from_bytes or a Vec<u8>) instead of parsed",
+            credential.len()
+        )
+    } else {
+        String::new()
+    }
 }
 
 fn client_config(config: &Config) -> ClientConfig {
@@ -331,7 +449,7 @@ fn client_config(config: &Config) -> ClientConfig {
         .map_or(0, |d| d.as_secs());
     let mut client = ClientConfig::new(
         config.app_id.clone(),
-        config.credential.clone(),
+        config.credential.as_bytes().to_vec(),
         Timebase::new(Instant::now(), unix),
     );
     client.client_version =
@@ -345,7 +463,7 @@ async fn handshake(conn: &mut Conn, join: Join) -> Result<Joined, EngineError> {
     let what = "joining the channel";
     conn.write_frame(&Frame::Join(join))
         .await
-        .map_err(|source| EngineError::Io { what, source })?;
+        .map_err(|cause| EngineError::Io { what, cause })?;
     loop {
         let frame = conn
             .read_frame()
@@ -366,7 +484,7 @@ async fn handshake(conn: &mut Conn, join: Join) -> Result<Joined, EngineError> {
             Some(Frame::Ping(v)) => conn
                 .write_frame(&Frame::Pong(v))
                 .await
-                .map_err(|source| EngineError::Io { what, source })?,
+                .map_err(|cause| EngineError::Io { what, cause })?,
             Some(other) => {
                 return Err(EngineError::Protocol {
                     what,

@@ -109,7 +109,7 @@ impl Session {
         mut commands: mpsc::UnboundedReceiver<Command>,
         mut media: mpsc::Receiver<Bytes>,
     ) {
-        self.register_media(&link).await;
+        // `connect` registered the media address and saw it confirmed.
         loop {
             match self.drive(&mut link, &mut commands, &mut media).await {
                 End::Leave(ack) => {
@@ -165,7 +165,8 @@ impl Session {
         }
     }
 
-    /// An empty `Media` tells the edge where to send this member's media.
+    /// An empty `Media` tells the edge where to send this member's media
+    /// (repeated with every ping, so a relay's new address is learnt).
     async fn register_media(&self, link: &Link) {
         link.media.send(self.media_frame(Bytes::new())).await;
     }
@@ -188,6 +189,9 @@ impl Session {
         let mut last_tx = Instant::now();
         let mut last_rx = Instant::now();
         let mut buf = vec![0u8; 2048];
+        for datagram in std::mem::take(&mut link.early_media) {
+            self.on_media(&datagram);
+        }
         loop {
             let ping_at = last_tx + self.config.keepalive_interval;
             let dead_at = last_rx + self.config.keepalive_timeout;
@@ -411,7 +415,7 @@ impl Session {
                 .await
                 .map_err(|e| format!("resending a message: {e}"))?;
         }
-        self.register_media(link).await;
+        // The media path was confirmed by `connect`.
         self.out.state(ConnectionState::Connected, reason);
         Ok(())
     }

@@ -66,7 +66,9 @@ async fn a_silent_media_network_is_detected_and_the_membership_resumed() {
     let (log_tx, mut log_rx) = mpsc::unbounded_channel();
     let tcp = silent_edge(log_tx).await;
     let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let engine = builder(tcp, udp.local_addr().unwrap())
+    let udp_addr = udp.local_addr().unwrap();
+    confirm_media_registrations(udp);
+    let engine = builder(tcp, udp_addr)
         .keepalive(Duration::from_millis(100), Duration::from_millis(500))
         .build()
         .unwrap();

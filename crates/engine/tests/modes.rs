@@ -441,3 +441,66 @@ async fn join_rules_and_payload_limits() {
     engine.leave_channel().await.unwrap();
     edge.shutdown().await;
 }
+
+/// Joins `a` and `b` together `rounds` times; right after both joins return,
+/// each sends exactly one media datagram, which the other must receive (a
+/// loss fails within `LOSS_WAIT`, not after the general safety net).
+async fn media_right_after_join(a: &Engine, b: &Engine, channel: &str, rounds: u32) {
+    const LOSS_WAIT: Duration = Duration::from_secs(3);
+    let bound = Duration::from_secs(90);
+    let all = async {
+        for round in 0..rounds {
+            let (ja, jb) = tokio::join!(a.join_channel(channel, 1), b.join_channel(channel, 2));
+            ja.expect("a joins");
+            jb.expect("b joins");
+            let (to_b, to_a) = (format!("a{round}"), format!("b{round}"));
+            a.send_media(Bytes::from(to_b.clone())).unwrap();
+            b.send_media(Bytes::from(to_a.clone())).unwrap();
+            for (receiver, want) in [(b, &to_b), (a, &to_a)] {
+                let got = tokio::time::timeout(LOSS_WAIT, receiver.recv_media())
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("round {round}: the first media datagram {want:?} was lost")
+                    })
+                    .expect("engine alive");
+                assert_eq!(got.payload, want.as_bytes(), "round {round}");
+            }
+            a.leave_channel().await.unwrap();
+            b.leave_channel().await.unwrap();
+        }
+    };
+    tokio::time::timeout(bound, all)
+        .await
+        .unwrap_or_else(|_| panic!("{rounds} rounds did not finish within {bound:?}"));
+}
+
+#[tokio::test]
+async fn media_sent_right_after_join_is_never_lost_over_the_udp_relay() {
+    let edge = edge().await;
+    let node = proxy_node().await;
+    let (a, b) = (proxied_engine(&edge, &node), proxied_engine(&edge, &node));
+    media_right_after_join(&a, &b, "first-media-udp", 50).await;
+    assert_eq!(node.stats().allocations, 100, "every join used the proxy");
+    node.shutdown().await;
+    edge.shutdown().await;
+}
+
+#[tokio::test]
+async fn media_sent_right_after_join_is_never_lost_over_udp_over_tcp() {
+    let edge = edge().await;
+    let node = proxy_node().await;
+    let (a, b) = (proxied_engine(&edge, &node), proxied_engine(&edge, &node));
+    a.set_cloud_proxy(ProxyMode::ForceTcp).unwrap();
+    b.set_cloud_proxy(ProxyMode::ForceTcp).unwrap();
+    media_right_after_join(&a, &b, "first-media-tcp", 50).await;
+    node.shutdown().await;
+    edge.shutdown().await;
+}
+
+#[tokio::test]
+async fn media_sent_right_after_join_is_never_lost_on_the_direct_path() {
+    let edge = edge().await;
+    let (a, b) = (engine(&edge), engine(&edge));
+    media_right_after_join(&a, &b, "first-media-direct", 50).await;
+    edge.shutdown().await;
+}

@@ -325,3 +325,57 @@ async fn the_default_server_is_what_a_join_uses() {
     engine.leave_channel().await.unwrap();
     edge.shutdown().await;
 }
+
+#[test]
+fn misspelled_key_warns_through_events() {
+    let edge_addr = "127.0.0.1:9".parse().unwrap();
+    let engine = builder(edge_addr, edge_addr).build().unwrap();
+    let mut events = engine.events();
+    engine
+        .set_parameters(r#"{"Rtc.Enable_Proxy":true}"#)
+        .expect("unknown keys are accepted, as the guide requires");
+    assert_eq!(engine.proxy_mode(), cloudproxy_engine::ProxyMode::Off);
+    assert_eq!(
+        engine.parameter("Rtc.Enable_Proxy").as_deref(),
+        Some("true")
+    );
+    match events.try_recv() {
+        Some(cloudproxy_engine::Event::ParameterWarning { warning }) => {
+            assert_eq!(
+                warning,
+                cloudproxy_engine::ParamWarning::MisspelledKey {
+                    key: "Rtc.Enable_Proxy".into(),
+                    suggestion: "rtc.enable_proxy"
+                }
+            );
+            assert!(
+                warning
+                    .to_string()
+                    .ends_with("did you mean `rtc.enable_proxy`?"),
+                "{warning}"
+            );
+        }
+        other => panic!("expected a ParameterWarning, got {other:?}"),
+    }
+    // A right key warns about nothing.
+    engine
+        .set_parameters(r#"{"rtc.enable_proxy":true}"#)
+        .unwrap();
+    assert_eq!(events.try_recv(), None);
+}
+
+#[test]
+fn source_code_form_is_refused_with_a_hint() {
+    let edge_addr = "127.0.0.1:9".parse().unwrap();
+    let engine = builder(edge_addr, edge_addr).build().unwrap();
+    let err = engine
+        .set_parameters(r#""{\"rtc.enable_proxy\":true}""#)
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(r#"source-code form"#)
+            && text.contains(r#"pass `{"rtc.enable_proxy":true}` instead"#),
+        "{text}"
+    );
+    assert_eq!(engine.proxy_mode(), cloudproxy_engine::ProxyMode::Off);
+}

@@ -292,6 +292,22 @@ pub enum ParamError {
         /// Where.
         at: Location,
     },
+    /// The input is a parameter string as written in program source — inside
+    /// a string literal's outer quotes, or with its quotes escaped as `\"`
+    /// — rather than the string itself. The suggestion is the string's
+    /// value, which parses.
+    #[error(
+        "expected the parameter string itself, found it in source-code form ({form}): pass `{suggestion}` instead {at}"
+    )]
+    SourceCodeForm {
+        /// How the input is written: `"outer quotes and \" escapes"` or
+        /// `"\" escapes"`.
+        form: &'static str,
+        /// The string's value (shortened with `…` past 200 characters).
+        suggestion: String,
+        /// Where the first quote or backslash is.
+        at: Location,
+    },
     /// Deserializing a [`Value`](crate::Value) into a user type failed.
     #[error("cannot deserialize parameters: {message}")]
     Deserialize {
@@ -332,6 +348,8 @@ pub enum ErrorKind {
     PortOutOfRange,
     /// [`ParamError::Deserialize`].
     Deserialize,
+    /// [`ParamError::SourceCodeForm`].
+    SourceCodeForm,
 }
 
 impl ParamError {
@@ -353,6 +371,7 @@ impl ParamError {
             Self::EmptyIpList { .. } => ErrorKind::EmptyIpList,
             Self::PortOutOfRange { .. } => ErrorKind::PortOutOfRange,
             Self::Deserialize { .. } => ErrorKind::Deserialize,
+            Self::SourceCodeForm { .. } => ErrorKind::SourceCodeForm,
         }
     }
 
@@ -372,7 +391,8 @@ impl ParamError {
             | Self::InvalidIpList { at, .. }
             | Self::InvalidIp { at, .. }
             | Self::EmptyIpList { at }
-            | Self::PortOutOfRange { at, .. } => Some(at),
+            | Self::PortOutOfRange { at, .. }
+            | Self::SourceCodeForm { at, .. } => Some(at),
         }
     }
 

@@ -104,6 +104,7 @@ mod parser;
 mod proxy;
 mod serialize;
 mod value;
+mod warning;
 
 use std::borrow::Cow;
 
@@ -111,6 +112,7 @@ pub use error::{ErrorKind, Location, MAX_DEPTH, MAX_INPUT_LEN, ParamError, Posit
 pub use proxy::{DEFAULT_PORTS, DEFAULT_PROXY_DOMAIN, ProxyKind, ProxyServer};
 pub use serialize::to_json;
 pub use value::{Number, Object, Value};
+pub use warning::{KNOWN_KEYS, ParamWarning, suggest_key};
 
 /// The key of the proxy on/off switch, `rtc.enable_proxy`.
 pub const ENABLE_PROXY_KEY: &str = parser::ENABLE_PROXY;
@@ -175,13 +177,42 @@ impl<'a> Params<'a> {
     /// A [`ParamError`] locating the first fault: syntax, limits, duplicate keys,
     /// or an invalid value for a known key.
     pub fn parse(input: &'a str) -> Result<Self, ParamError> {
-        let doc = parser::parse_document(input)?;
+        let doc = match parser::parse_document(input) {
+            Ok(doc) => doc,
+            Err(e @ ParamError::Syntax { .. }) => return Err(source_code_form(input).unwrap_or(e)),
+            Err(e) => return Err(e),
+        };
         let typed = proxy::interpret(input, &doc)?;
         Ok(Self {
             object: doc.object,
             enable_proxy: typed.enable_proxy,
             proxy_server: typed.proxy_server,
         })
+    }
+
+    /// What the string says that is accepted but most likely a mistake: an
+    /// unknown key that is a misspelling of a known one (see
+    /// [`suggest_key`]). Unknown keys are still kept, as the guide requires.
+    ///
+    /// ```
+    /// let p = cloudproxy_params::parse(r#"{"Rtc.Enable_Proxy":true,"che.audio.level":3}"#)?;
+    /// let shown: Vec<String> = p.warnings().iter().map(ToString::to_string).collect();
+    /// assert_eq!(
+    ///     shown,
+    ///     ["unknown key \"Rtc.Enable_Proxy\" is kept but has no effect: did you mean `rtc.enable_proxy`?"]
+    /// );
+    /// # Ok::<(), cloudproxy_params::ParamError>(())
+    /// ```
+    #[must_use]
+    pub fn warnings(&self) -> Vec<ParamWarning> {
+        self.others()
+            .filter_map(|(key, _)| {
+                suggest_key(key).map(|suggestion| ParamWarning::MisspelledKey {
+                    key: key.to_owned(),
+                    suggestion,
+                })
+            })
+            .collect()
     }
 
     /// `rtc.enable_proxy`, if set.
@@ -285,4 +316,59 @@ impl<'a> From<Params<'a>> for Cow<'a, str> {
     fn from(params: Params<'a>) -> Self {
         Cow::Owned(params.to_json())
     }
+}
+
+/// Longest suggestion quoted in a [`ParamError::SourceCodeForm`].
+const SUGGESTION_MAX: usize = 200;
+
+/// When `input` (which failed to parse) is a parameter string written as in
+/// program source — `"{\"rtc.enable_proxy\":true}"` with the literal's outer
+/// quotes, or `{\"rtc.enable_proxy\":true}` with escaped quotes only — and
+/// its value parses, the error that says so.
+fn source_code_form(input: &str) -> Option<ParamError> {
+    let text = input.trim();
+    let quoted = text.len() >= 2 && text.starts_with('"') && text.ends_with('"');
+    let (form, body) = if quoted {
+        (
+            "outer quotes and \\\" escapes of a string literal",
+            &text[1..text.len() - 1],
+        )
+    } else if text.starts_with("{\\\"") {
+        ("\\\" escapes of a string literal", text)
+    } else {
+        return None;
+    };
+    let value = unescape_quotes(body);
+    // Only when the value is a parameter string: then the hint is right.
+    let doc = parser::parse_document(&value).ok()?;
+    proxy::interpret(&value, &doc).ok()?;
+    let suggestion = if value.chars().count() > SUGGESTION_MAX {
+        let mut short: String = value.chars().take(SUGGESTION_MAX).collect();
+        short.push('…');
+        short
+    } else {
+        value.clone()
+    };
+    let offset = input.find(['"', '\\']).unwrap_or(0);
+    Some(ParamError::SourceCodeForm {
+        form,
+        suggestion,
+        at: Location::of(input, offset),
+    })
+}
+
+/// `\"` → `"` and `\\` → `\`; every other character as it is.
+fn unescape_quotes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some(&next @ ('"' | '\\'))) => {
+                out.push(next);
+                chars.next();
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }

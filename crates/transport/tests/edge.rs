@@ -7,6 +7,7 @@ mod edge_client;
 
 use std::collections::HashSet;
 
+use bytes::Bytes;
 use cloudproxy_proto::frame::{Frame, MAX_PAYLOAD, Media, Message, Resume};
 use cloudproxy_transport::edge::{Edge, EdgeConfig, EdgeError, RunningEdge};
 use edge_client::{APP, Client, FramedConn, Notice, join_frame, join_frame_app, wait_stats};
@@ -182,6 +183,41 @@ async fn media_goes_to_other_members_once_their_address_is_known() {
     }
     let s = wait_stats(h, "counters", |s| s.media_out == 5).await;
     assert_eq!((s.media_in, s.media_dropped), (4, 0));
+    edge.shutdown().await;
+}
+
+/// An empty `Media` registers the sender's address: the edge confirms it to
+/// the sender with the same empty frame and forwards it to nobody.
+#[tokio::test]
+async fn a_media_registration_is_confirmed_to_its_sender_and_not_forwarded() {
+    let edge = start_default().await;
+    let h = edge.handle();
+    let a = Client::join(h, "room", 1).await;
+    let b = Client::join(h, "room", 2).await;
+    b.send_media(b"b0").await;
+    wait_stats(h, "media from B", |s| s.media_in == 1).await;
+
+    a.send_media(b"").await;
+    let confirmation = a.recv_media().await;
+    assert_eq!(
+        confirmation,
+        Media {
+            member_id: a.member_id(),
+            token: 0,
+            payload: Bytes::new()
+        }
+    );
+    // A's address is known now: B's next datagram reaches it, and the
+    // registration itself never reached B (B's next datagram is this one).
+    b.send_media(b"b1").await;
+    assert_eq!(&a.recv_media().await.payload[..], b"b1");
+    a.send_media(b"a1").await;
+    assert_eq!(&b.recv_media().await.payload[..], b"a1");
+    let s = wait_stats(h, "counters", |s| s.media_out == 2).await;
+    assert_eq!(
+        (s.media_in, s.media_registrations, s.media_dropped),
+        (3, 1, 0)
+    );
     edge.shutdown().await;
 }
 

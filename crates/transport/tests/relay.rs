@@ -306,3 +306,31 @@ async fn a_silent_first_udp_relay_is_skipped() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+/// A proxy that answers and refuses is reported as a refusal by that proxy,
+/// once, not as an address that could not be reached.
+#[tokio::test]
+async fn a_refused_allocation_says_refused_once() {
+    let rig = Rig::loopback().await;
+    let mut client = rig.client.clone();
+    client.secret = b"not-the-secret".to_vec();
+    let err = cloudproxy_transport::client::tunnel::allocate(
+        &client,
+        &[rig.allocation_addr()],
+        &DialPolicy::default(),
+    )
+    .await
+    .unwrap_err();
+    let shown = err.to_string();
+    assert_eq!(
+        shown,
+        format!(
+            "allocating a proxy session: the proxy at {} refused: The app id or credential was not accepted by the proxy; check them. (200)",
+            rig.allocation_addr()
+        )
+    );
+    assert!(
+        std::error::Error::source(&err).is_none(),
+        "the cause is in the message already"
+    );
+}

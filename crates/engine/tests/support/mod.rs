@@ -210,3 +210,24 @@ pub async fn tcp_front(
     });
     addr
 }
+
+/// For a fake media network: answers every media registration (an empty
+/// `Media`) received on `socket` with its confirmation, as the reference
+/// edge does (`docs/protocol.md` §9.3), so engines can join it.
+pub fn confirm_media_registrations(socket: tokio::net::UdpSocket) {
+    use cloudproxy_proto::frame::{Frame, Media};
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            if let Ok(Frame::Media(m)) = Frame::parse(&buf[..n]) {
+                if m.payload.is_empty() {
+                    let confirmation = Frame::Media(Media { token: 0, ..m });
+                    let _ = socket.send_to(&confirmation.to_bytes(), from).await;
+                }
+            }
+        }
+    });
+}

@@ -6,16 +6,18 @@ use std::time::Duration;
 use cloudproxy_params::{ProxyKind, ProxyServer};
 
 /// The host name of a type-1 server could not be turned into addresses.
+/// Each message is complete: no variant returns its cause again as
+/// [`std::error::Error::source`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ResolveError {
     /// The resolver answered with an error.
-    #[error("resolving proxy host {host:?}: {source}")]
+    #[error("resolving proxy host {host:?}: {cause}")]
     Lookup {
         /// The host name.
         host: String,
         /// The resolver's error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The resolver did not answer in time.
     #[error("resolving proxy host {host:?}: no answer within {timeout:?}")]
@@ -65,9 +67,9 @@ async fn resolve(host: &str, timeout: Duration) -> Result<Vec<IpAddr>, ResolveEr
             host: host.to_owned(),
             timeout,
         })?
-        .map_err(|source| ResolveError::Lookup {
+        .map_err(|cause| ResolveError::Lookup {
             host: host.to_owned(),
-            source,
+            cause,
         })?;
     let mut ips: Vec<IpAddr> = Vec::new();
     for addr in addrs {

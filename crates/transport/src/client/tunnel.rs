@@ -24,6 +24,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,7 +32,7 @@ use cloudproxy_proto::client::{
     Allocation, Allocator, AllocatorEvent, BindingEvent, ClientConfig, RelayBinding,
 };
 use cloudproxy_proto::frame::BindMode;
-use cloudproxy_proto::{Address, Path, SessionError};
+use cloudproxy_proto::{Address, ErrorCode, Path, SessionError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
@@ -39,33 +40,48 @@ use tokio::sync::{mpsc, watch};
 use crate::client::dial::{DialError, DialPolicy, Outcome, race};
 use crate::net::{connected_udp, sleep_until_opt, write_all};
 
-/// A tunnel step failed.
+/// A tunnel step failed. Each message says what happened once: a variant's
+/// `Display` includes its cause, so none returns that cause again as
+/// [`std::error::Error::source`] (the typed cause stays in the variant).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TunnelError {
     /// No allocation service or relay could be reached or agreed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Dial {
         /// Which step.
         what: &'static str,
         /// Every attempt and how it ended.
-        source: DialError,
+        cause: DialError,
     },
-    /// The relay or service refused, or the exchange broke down.
-    #[error("{what}: {source}")]
+    /// A proxy was reached and refused the step with an error code (a
+    /// wrong app id or credential, a quota, …).
+    #[error("{what}: the proxy at {proxy} refused: {}", refusal_text(*code, message))]
+    Refused {
+        /// Which step.
+        what: &'static str,
+        /// The proxy address that answered.
+        proxy: SocketAddr,
+        /// The code it sent.
+        code: ErrorCode,
+        /// Its explanation (often empty or the code's own text).
+        message: String,
+    },
+    /// The relay or service broke the exchange off.
+    #[error("{what}: {cause}")]
     Session {
         /// Which step.
         what: &'static str,
         /// Why.
-        source: SessionError,
+        cause: SessionError,
     },
     /// A socket operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Io {
         /// Which step.
         what: &'static str,
-        /// Why.
-        source: io::Error,
+        /// The operating system's error.
+        cause: io::Error,
     },
     /// Media over UDP was required but UDP does not get through.
     #[error(
@@ -75,6 +91,55 @@ pub enum TunnelError {
     /// The media path has closed.
     #[error("the media path is closed")]
     MediaClosed,
+}
+
+/// A refusal's code with its text, and the peer's message only when it adds
+/// something (proxies often send the code's own text again).
+fn refusal_text(code: ErrorCode, message: &str) -> String {
+    let message = message.trim();
+    if message.is_empty() || message == code.user_text() {
+        code.to_string()
+    } else {
+        format!("{code}; it said: {message}")
+    }
+}
+
+/// The first refusal with a code among a race's attempts: a proxy that
+/// answered and said no is reported as such ([`TunnelError::Refused`]), not
+/// folded into "could not reach any of N address(es)". Shared by the
+/// attempts of one race.
+#[derive(Debug, Clone, Default)]
+struct FirstRefusal(Arc<Mutex<Option<(SocketAddr, ErrorCode, String)>>>);
+
+impl FirstRefusal {
+    /// The attempt at `addr` ended with `reason`: remember it if it is a
+    /// refusal, and give the attempt's line.
+    fn note(&self, addr: SocketAddr, reason: SessionError) -> AttemptError {
+        match reason {
+            SessionError::Refused { code, message } => {
+                let line = attempt_error(format!("refused: {}", refusal_text(code, &message)));
+                self.0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get_or_insert((addr, code, message));
+                line
+            }
+            other => attempt_error(other),
+        }
+    }
+
+    /// The race failed: a refusal if there was one, else `Dial`.
+    fn error(&self, what: &'static str, cause: DialError) -> TunnelError {
+        match self.0.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            Some((proxy, code, message)) => TunnelError::Refused {
+                what,
+                proxy,
+                code,
+                message,
+            },
+            None => TunnelError::Dial { what, cause },
+        }
+    }
 }
 
 /// An error of one attempt, shown in a [`DialError`] line.
@@ -100,29 +165,30 @@ pub async fn allocate(
     policy: &DialPolicy,
 ) -> Result<(SocketAddr, Allocation), TunnelError> {
     let config = config.clone();
+    let refusal = FirstRefusal::default();
+    let seen = refusal.clone();
     race(candidates, policy, move |addr| {
-        let config = config.clone();
+        let (config, seen) = (config.clone(), seen.clone());
         async move {
             let mut stream = TcpStream::connect(addr).await.map_err(attempt_error)?;
             let _ = stream.set_nodelay(true);
             let mut nonce = [0u8; 16];
             getrandom::fill(&mut nonce).map_err(attempt_error)?;
             let mut allocator = Allocator::new(&config, Path::Tcp, nonce, Instant::now());
-            let result = drive_allocator(&mut stream, &mut allocator).await;
+            let result = drive_allocator(&mut stream, &mut allocator, addr, &seen).await;
             let _ = stream.shutdown().await;
             result
         }
     })
     .await
-    .map_err(|source| TunnelError::Dial {
-        what: "allocating a proxy session",
-        source,
-    })
+    .map_err(|cause| refusal.error("allocating a proxy session", cause))
 }
 
 async fn drive_allocator(
     stream: &mut TcpStream,
     allocator: &mut Allocator,
+    addr: SocketAddr,
+    refusal: &FirstRefusal,
 ) -> Result<Allocation, AttemptError> {
     let mut buf = [0u8; 4096];
     loop {
@@ -131,7 +197,7 @@ async fn drive_allocator(
         }
         match allocator.poll_event() {
             Some(AllocatorEvent::Allocated(allocation)) => return Ok(allocation),
-            Some(AllocatorEvent::Failed(reason)) => return Err(attempt_error(reason)),
+            Some(AllocatorEvent::Failed(reason)) => return Err(refusal.note(addr, reason)),
             _ => {}
         }
         let deadline = allocator.poll_timeout().map(tokio::time::Instant::from_std);
@@ -161,9 +227,15 @@ pub async fn open_stream(
     policy: &DialPolicy,
 ) -> Result<(TcpStream, Bytes), TunnelError> {
     let (config, allocation) = (config.clone(), allocation.clone());
+    let refusal = FirstRefusal::default();
+    let seen = refusal.clone();
     let (_, opened) = race(&allocation.tcp_relays.clone(), policy, move |addr| {
-        let (config, allocation, destination) =
-            (config.clone(), allocation.clone(), destination.clone());
+        let (config, allocation, destination, seen) = (
+            config.clone(),
+            allocation.clone(),
+            destination.clone(),
+            seen.clone(),
+        );
         async move {
             let stream = TcpStream::connect(addr).await.map_err(attempt_error)?;
             let _ = stream.set_nodelay(true);
@@ -176,24 +248,24 @@ pub async fn open_stream(
                 Instant::now(),
             )
             .map_err(attempt_error)?;
-            match drive_tcp_bind(&stream, &mut binding).await? {
+            match drive_tcp_bind(&stream, &mut binding, addr, &seen).await? {
                 BindingEvent::Bound { early_data, .. } => Ok((stream, early_data)),
                 other => Err(attempt_error(format!("unexpected {other:?}"))),
             }
         }
     })
     .await
-    .map_err(|source| TunnelError::Dial {
-        what: "opening the message channel through the relay",
-        source,
-    })?;
+    .map_err(|cause| refusal.error("opening the message channel through the relay", cause))?;
     Ok(opened)
 }
 
-/// Runs a TCP bind until `Bound` (returned) or failure.
+/// Runs a TCP bind to the relay at `addr` until `Bound` (returned) or
+/// failure (a refusal is noted in `refusal`).
 async fn drive_tcp_bind(
     stream: &TcpStream,
     binding: &mut RelayBinding,
+    addr: SocketAddr,
+    refusal: &FirstRefusal,
 ) -> Result<BindingEvent, AttemptError> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -202,7 +274,7 @@ async fn drive_tcp_bind(
         }
         match binding.poll_event() {
             Some(event @ BindingEvent::Bound { .. }) => return Ok(event),
-            Some(BindingEvent::Closed(reason)) => return Err(attempt_error(reason)),
+            Some(BindingEvent::Closed(reason)) => return Err(refusal.note(addr, reason)),
             _ => {}
         }
         let deadline = binding.poll_timeout().map(tokio::time::Instant::from_std);
@@ -366,7 +438,7 @@ async fn open_udp(
     if relays.is_empty() {
         return Err(TunnelError::Session {
             what: "opening the UDP media path",
-            source: SessionError::InvalidState("the allocation lists no UDP relay"),
+            cause: SessionError::InvalidState("the allocation lists no UDP relay"),
         });
     }
     let extra = u32::try_from(relays.len() - 1).unwrap_or(u32::MAX);
@@ -376,10 +448,16 @@ async fn open_udp(
         overall_timeout: policy.udp_probe_timeout + STAGGER.saturating_mul(extra),
     };
     let (config, allocation) = (config.clone(), allocation.clone());
+    let refusal = FirstRefusal::default();
+    let seen = refusal.clone();
     let raced = race(&relays, &race_policy, move |relay| {
-        let (config, allocation, destination) =
-            (config.clone(), allocation.clone(), destination.clone());
-        async move { bind_udp(relay, &config, &allocation, destination).await }
+        let (config, allocation, destination, seen) = (
+            config.clone(),
+            allocation.clone(),
+            destination.clone(),
+            seen.clone(),
+        );
+        async move { bind_udp(relay, &config, &allocation, destination, &seen).await }
     })
     .await;
     match raced {
@@ -398,10 +476,7 @@ async fn open_udp(
         {
             Err(TunnelError::UdpBlocked(race_policy.overall_timeout))
         }
-        Err(source) => Err(TunnelError::Dial {
-            what: "binding the UDP media path",
-            source,
-        }),
+        Err(cause) => Err(refusal.error("binding the UDP media path", cause)),
     }
 }
 
@@ -412,6 +487,7 @@ async fn bind_udp(
     config: &ClientConfig,
     allocation: &Allocation,
     destination: Address,
+    refusal: &FirstRefusal,
 ) -> Result<(UdpSocket, RelayBinding), AttemptError> {
     let socket = connected_udp(relay).await.map_err(attempt_error)?;
     let mut binding = RelayBinding::new(
@@ -430,7 +506,7 @@ async fn bind_udp(
         }
         match binding.poll_event() {
             Some(BindingEvent::Bound { .. }) => return Ok((socket, binding)),
-            Some(BindingEvent::Closed(reason)) => return Err(attempt_error(reason)),
+            Some(BindingEvent::Closed(reason)) => return Err(refusal.note(relay, reason)),
             _ => {}
         }
         let deadline = binding.poll_timeout().map(tokio::time::Instant::from_std);
@@ -454,9 +530,15 @@ async fn open_udp_over_tcp(
     policy: &MediaPolicy,
 ) -> Result<MediaPath, TunnelError> {
     let (config, allocation_c) = (config.clone(), allocation.clone());
+    let refusal = FirstRefusal::default();
+    let seen = refusal.clone();
     let (relay, (stream, binding)) = race(&allocation.tcp_relays, &policy.tcp_dial, move |addr| {
-        let (config, allocation, destination) =
-            (config.clone(), allocation_c.clone(), destination.clone());
+        let (config, allocation, destination, seen) = (
+            config.clone(),
+            allocation_c.clone(),
+            destination.clone(),
+            seen.clone(),
+        );
         async move {
             let stream = TcpStream::connect(addr).await.map_err(attempt_error)?;
             let _ = stream.set_nodelay(true);
@@ -469,15 +551,12 @@ async fn open_udp_over_tcp(
                 Instant::now(),
             )
             .map_err(attempt_error)?;
-            drive_tcp_bind(&stream, &mut binding).await?;
+            drive_tcp_bind(&stream, &mut binding, addr, &seen).await?;
             Ok::<_, AttemptError>((stream, binding))
         }
     })
     .await
-    .map_err(|source| TunnelError::Dial {
-        what: "opening the UDP-over-TCP media path",
-        source,
-    })?;
+    .map_err(|cause| refusal.error("opening the UDP-over-TCP media path", cause))?;
     Ok(spawn_driver(
         Driver::Tcp(stream),
         binding,

@@ -23,7 +23,9 @@ const SEND_STALL: Duration = Duration::from_millis(2);
 ///
 /// Nothing is ever sent back to the source of an invalid datagram (no
 /// reflection, no amplification): only addresses that sent a `Media` with a
-/// valid member id and token receive anything.
+/// valid member id and token receive anything. A valid empty `Media` is a
+/// registration: it is answered with the same empty frame (token 0) to its
+/// source, so the client knows media will reach it, and never forwarded.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     socket: Arc<UdpSocket>,
@@ -58,7 +60,9 @@ pub(crate) async fn run(
                 continue;
             }
         };
+        let registration = media.payload.is_empty();
         match shared.media(&media, src, &mut targets) {
+            Ok(()) if registration => bump(&shared.counters.media_registrations),
             Ok(()) => bump(&shared.counters.media_in),
             Err(why) => {
                 bump(&shared.counters.media_dropped);
@@ -67,6 +71,15 @@ pub(crate) async fn run(
                 }
                 continue;
             }
+        }
+        if registration {
+            // Confirm the registration to the address just learnt (which
+            // proved membership with its token): the same empty frame back,
+            // token 0, sent like forwarded media. No amplification: one
+            // header-sized datagram answers one, and only to a source
+            // holding a valid media token.
+            targets.clear();
+            targets.push(src);
         }
         if targets.is_empty() {
             continue;
@@ -91,6 +104,7 @@ pub(crate) async fn run(
                 r => r,
             };
             match sent {
+                Ok(_) if registration => {}
                 Ok(_) => bump(&shared.counters.media_out),
                 Err(e) => {
                     bump(&shared.counters.media_dropped);

@@ -28,7 +28,11 @@
 //!   recipient last sent valid media from. A member that has not sent media
 //!   yet has no address and receives none; a wrong token or an unknown member
 //!   is dropped and counted. Nothing is ever sent to an address that has not
-//!   proven membership (no reflection, no amplification).
+//!   proven membership (no reflection, no amplification). A `Media` with an
+//!   empty payload is a *registration*: it sets the member's address, is not
+//!   forwarded, and is confirmed with the same empty frame (token 0) sent
+//!   back to its source, so a client knows media will reach it before it
+//!   reports the channel joined.
 //! * **Resume (§9.6)** — when a connection drops without `Leave` (close,
 //!   reset, or no frame for `idle_timeout_ms`), the membership lingers for
 //!   `member_linger_ms`, with its unacknowledged messages. A `Join` with

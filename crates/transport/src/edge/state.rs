@@ -698,7 +698,9 @@ impl Shared {
     }
 
     /// Checks a media datagram from `src` and fills `out` with the addresses
-    /// to forward it to. Learns `src` as the sender's media address.
+    /// to forward it to. Learns `src` as the sender's media address. An empty
+    /// payload is a registration: it is learnt, not forwarded (`out` stays
+    /// empty), and the caller confirms it to `src`.
     pub(crate) fn media(
         &self,
         media: &Media,
@@ -715,6 +717,9 @@ impl Shared {
             return Err(MediaDrop::BadToken);
         }
         m.media_addr = Some(src);
+        if media.payload.is_empty() {
+            return Ok(());
+        }
         m.counts.media_in += 1;
         let key = m.key.clone();
         let Some(channel) = st.channels.get(&*key) else {

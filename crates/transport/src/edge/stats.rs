@@ -71,6 +71,9 @@ edge_counters! {
     media_in,
     /// Media datagrams sent to recipients.
     media_out,
+    /// Media registrations (an empty `Media`) learnt and confirmed to their
+    /// source (`docs/protocol.md` §9.3).
+    media_registrations,
     /// Media datagrams dropped: malformed, unknown member, wrong token, or a
     /// full socket buffer.
     media_dropped,

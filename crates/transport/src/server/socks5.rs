@@ -792,6 +792,34 @@ mod tests {
     }
 
     #[test]
+    fn declared_udp_sources() {
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let addr = |s: &str| Target::Addr(s.parse().unwrap());
+        // Zeros: the port of the first datagram will be kept.
+        assert_eq!(declared_source(peer, &addr("0.0.0.0:0")), Ok(None));
+        assert_eq!(declared_source(peer, &addr("[::]:0")), Ok(None));
+        // A port (with or without the address): only that port of the peer.
+        let pinned = Ok(Some("127.0.0.1:5000".parse().unwrap()));
+        assert_eq!(declared_source(peer, &addr("0.0.0.0:5000")), pinned);
+        assert_eq!(declared_source(peer, &addr("127.0.0.1:5000")), pinned);
+        assert_eq!(
+            declared_source(peer, &addr("[::ffff:127.0.0.1]:5000")),
+            pinned
+        );
+        assert_eq!(
+            declared_source(peer, &Target::Name("client.example".into(), 5000)),
+            pinned
+        );
+        // Another address could never send here: refused.
+        let err = declared_source(peer, &addr("10.0.0.5:5000")).unwrap_err();
+        assert!(
+            err.contains("10.0.0.5") && err.contains("127.0.0.1"),
+            "{err}"
+        );
+        assert!(declared_source(peer, &addr("10.0.0.5:0")).is_err());
+    }
+
+    #[test]
     fn hex_passwords() {
         assert_eq!(decode_hex("00ff"), Ok(vec![0, 255]));
         assert!(decode_hex("0").is_err());

@@ -227,6 +227,8 @@ impl Forwarder {
             buffer_len: 256 * 1024,
             idle_timeout: Duration::from_secs(3600),
             splice: true,
+            // The relay ends the session at its lifetime; nothing to add here.
+            deadline: None,
         };
         let report = pump(&local, &relayed, &[], &options, std::future::pending()).await;
         tracing::info!(

@@ -65,7 +65,7 @@ use crate::codec::FrameCodec;
 use crate::error::{ErrorCode, SessionError};
 use crate::frame::{
     AllocateOk, AllocateRequest, Bind, BindMode, BindOk, ErrorFrame, Frame, HEADER_LEN,
-    MAX_DATAGRAM_PAYLOAD, Refresh,
+    MAX_DATAGRAM_PAYLOAD, MAX_PAYLOAD, Refresh,
 };
 use crate::ticket::{Ticket, TicketKeyRing, tokens_equal, verify_credential_proof};
 use crate::time::Timebase;
@@ -145,6 +145,12 @@ pub struct ServerConfig {
     /// Most UDP binds waiting for the I/O layer's decision (default 1024);
     /// more are dropped.
     pub max_pending_binds: usize,
+    /// Largest frame body accepted on a TCP connection, bound or not
+    /// (default and cap [`MAX_PAYLOAD`]); before the bind the lower
+    /// [`HANDSHAKE_MAX_PAYLOAD`] applies too. A larger frame is refused with
+    /// `Error` 100 and the connection closes, before anything is reserved
+    /// for its body (`docs/protocol.md` §3.1).
+    pub max_frame_len: usize,
 }
 
 impl ServerConfig {
@@ -164,6 +170,7 @@ impl ServerConfig {
             udp_relays_per_allocation: 2,
             capabilities: Capabilities::ALL,
             max_pending_binds: 1024,
+            max_frame_len: MAX_PAYLOAD,
         }
     }
 }
@@ -602,13 +609,14 @@ impl Connection {
     #[must_use]
     pub fn new(server: Arc<Server>, role: Role, now: Instant) -> Self {
         let deadline = now + server.config.handshake_timeout;
+        let handshake_max = HANDSHAKE_MAX_PAYLOAD.min(server.config.max_frame_len);
         Self {
             server,
             role,
             state: ConnState::Handshake { deadline },
             last_recv: now,
             buf: BytesMut::new(),
-            codec: FrameCodec::with_max_payload(HANDSHAKE_MAX_PAYLOAD),
+            codec: FrameCodec::with_max_payload(handshake_max),
             out: BytesMut::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -819,7 +827,9 @@ impl Connection {
                 let deadline =
                     now + Duration::from_secs(request.session_deadline.saturating_sub(unix));
                 self.state = ConnState::Datagram { deadline };
-                self.codec = FrameCodec::new();
+                // The operator's limit, not the protocol's: a lower
+                // configured limit is refused like the protocol maximum.
+                self.codec = FrameCodec::with_max_payload(self.server.config.max_frame_len);
                 Bytes::new()
             }
         };

@@ -809,3 +809,34 @@ fn forged_udp_error_does_not_tear_down_a_bound_binding() {
     b.handle_input(p.now, forged);
     assert_eq!(refused(&events(&mut b)[0]), Some(ErrorCode::EXPIRED_TICKET));
 }
+
+#[test]
+fn configured_max_frame_len_holds_after_a_datagram_bind() {
+    let mut p = Pair::new();
+    p.server = make_server_with(p.now, UNIX0, KEY, 1, |cfg| cfg.max_frame_len = 4096);
+    let alloc = p.allocate();
+    let mut b = RelayBinding::new(
+        &p.client,
+        &alloc,
+        Path::Tcp,
+        BindMode::Datagram,
+        edge_udp(),
+        p.now,
+    )
+    .unwrap();
+    let mut conn = Connection::new(p.server.clone(), Role::Relay, p.now);
+    p.pump_tcp(&mut b, &mut conn, &mut accept_all);
+    assert!(b.is_bound());
+    // A header announcing 32 768 bytes: refused at once, no body awaited.
+    conn.handle_input(p.now, &[0x43, 0x50, 1, 0x12, 0, 0x00, 0x80, 0x00]);
+    assert!(conn.is_closed());
+    let Frame::Error(e) = Frame::parse(&conn.poll_transmit().unwrap()).unwrap() else {
+        panic!("expected an Error frame")
+    };
+    assert_eq!(e.code, ErrorCode::MALFORMED_FRAME);
+    assert!(
+        e.message.as_str().contains("maximum is 4096"),
+        "{}",
+        e.message.as_str()
+    );
+}

@@ -2,9 +2,11 @@
 //!
 //! A relay that can be pointed anywhere is an open door into the operator's
 //! network, so the list is default-deny and every destination is
-//! *canonicalised* before it is checked: `::ffff:127.0.0.1`, `::127.0.0.1` and
-//! `64:ff9b::7f00:1` all mean 127.0.0.1 to somebody on the path, and are checked
-//! as 127.0.0.1. The unspecified addresses (`0.0.0.0`, `::`, which Linux treats
+//! *canonicalised* before it is checked: `::ffff:127.0.0.1`, `::127.0.0.1`,
+//! `::ffff:0:127.0.0.1`, `64:ff9b::7f00:1` and `64:ff9b:1::7f00:1` all mean
+//! 127.0.0.1 to somebody on the path, and are checked as 127.0.0.1; a 6to4
+//! or Teredo address is checked together with the IPv4 addresses it tunnels
+//! to. The unspecified addresses (`0.0.0.0`, `::`, which Linux treats
 //! as "this host"), broadcast and multicast are refused whatever the list says.
 //!
 //! ```
@@ -22,7 +24,7 @@
 //! ```
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::str::FromStr;
 
@@ -31,10 +33,20 @@ use serde::{Deserialize, Deserializer};
 
 /// The address a packet to `ip` really reaches, for the purpose of policy.
 ///
-/// IPv4 addresses embedded in IPv6 forms that reach the IPv4 host are unwrapped:
-/// IPv4-mapped (`::ffff:a.b.c.d`), the deprecated IPv4-compatible form
-/// (`::a.b.c.d`, except `::` and `::1`) and the NAT64 well-known prefix
-/// (`64:ff9b::/96`, which a NAT64 gateway on the path turns back into IPv4).
+/// IPv6 forms that a translator on the path turns back into IPv4 are
+/// unwrapped to that IPv4 address, which is then the one checked and the one
+/// the relay sends to (so no translator ever sees the IPv6 form):
+///
+/// - IPv4-mapped `::ffff:a.b.c.d`;
+/// - the deprecated IPv4-compatible `::a.b.c.d` (except `::` and `::1`);
+/// - SIIT's IPv4-translated `::ffff:0:a.b.c.d` (`::ffff:0:0:0/96`, RFC 2765);
+/// - NAT64's well-known prefix `64:ff9b::/96` (RFC 6052) and the local-use
+///   prefix `64:ff9b:1::/48` (RFC 8215), the IPv4 address in the last
+///   32 bits.
+///
+/// 6to4 and Teredo addresses are tunnelled, not translated: they stay IPv6
+/// here, and [`Allowlist::check`] checks the IPv4 addresses they carry (see
+/// [`tunnelled_ipv4`]) as well.
 ///
 /// ```
 /// use cloudproxy_transport::allowlist::canonical_ip;
@@ -42,6 +54,8 @@ use serde::{Deserialize, Deserializer};
 ///
 /// let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
 /// assert_eq!(canonical_ip(mapped), "127.0.0.1".parse::<IpAddr>().unwrap());
+/// let nat64: IpAddr = "64:ff9b:1::a9fe:a9fe".parse().unwrap();
+/// assert_eq!(canonical_ip(nat64), "169.254.169.254".parse::<IpAddr>().unwrap());
 /// ```
 #[must_use]
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
@@ -50,13 +64,51 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
         return IpAddr::V4(v4);
     }
     let s = v6.segments();
-    let low_v4 = || Ipv4Addr::from(((u32::from(s[6])) << 16) | u32::from(s[7]));
     let compatible = s[..6].iter().all(|&x| x == 0) && !(v6.is_unspecified() || v6.is_loopback());
+    let siit = s[..6] == [0, 0, 0, 0, 0xffff, 0];
     let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
-    if compatible || nat64 {
-        IpAddr::V4(low_v4())
+    let nat64_local = s[..3] == [0x64, 0xff9b, 1];
+    if compatible || siit || nat64 || nat64_local {
+        IpAddr::V4(low_v4(v6))
     } else {
         ip
+    }
+}
+
+/// The IPv4 address in the last 32 bits of `v6`.
+fn low_v4(v6: Ipv6Addr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from_be_bytes(
+        v6.octets()[12..].try_into().expect("4 bytes"),
+    ))
+}
+
+/// The IPv4 addresses a tunnelled IPv6 address carries, which its packets
+/// reach first (the tunnel's IPv4 end points):
+///
+/// - 6to4 (`2002::/16`, RFC 3056): the site's IPv4 address, bits 16..48;
+/// - Teredo (`2001::/32`, RFC 4380): the Teredo server's IPv4 address
+///   (bits 32..64) and the client's (the last 32 bits, inverted).
+///
+/// Empty for every other address.
+///
+/// ```
+/// use cloudproxy_transport::allowlist::tunnelled_ipv4;
+/// use std::net::Ipv4Addr;
+///
+/// let six_to_four = "2002:7f00:1::1".parse().unwrap();
+/// assert_eq!(tunnelled_ipv4(six_to_four), vec![Ipv4Addr::LOCALHOST]);
+/// ```
+#[must_use]
+pub fn tunnelled_ipv4(ip: IpAddr) -> Vec<Ipv4Addr> {
+    let IpAddr::V6(v6) = ip else {
+        return Vec::new();
+    };
+    let o = v6.octets();
+    let v4 = |at: usize| Ipv4Addr::new(o[at], o[at + 1], o[at + 2], o[at + 3]);
+    match v6.segments() {
+        [0x2002, ..] => vec![v4(2)],
+        [0x2001, 0, ..] => vec![v4(4), Ipv4Addr::from(!u32::from(v4(12)))],
+        _ => Vec::new(),
     }
 }
 
@@ -242,8 +294,22 @@ impl Allowlist {
 
     /// Checks a destination; on success returns the canonical address, which
     /// is the one to connect to (so the check and the use cannot disagree).
+    ///
+    /// A 6to4 or Teredo destination passes only when a rule covers it *and*
+    /// every IPv4 address it tunnels to (with the same port) passes as an
+    /// IPv4 destination: allowing a broad IPv6 range never opens loopback,
+    /// private or metadata addresses through a tunnel.
     pub fn check(&self, addr: SocketAddr) -> Result<SocketAddr, Denied> {
         let canonical = SocketAddr::new(canonical_ip(addr.ip()), addr.port());
+        self.check_canonical(addr, canonical)?;
+        for v4 in tunnelled_ipv4(canonical.ip()) {
+            self.check_canonical(addr, SocketAddr::new(v4.into(), addr.port()))?;
+        }
+        Ok(canonical)
+    }
+
+    /// The checks on one canonical address; errors name `addr` as given.
+    fn check_canonical(&self, addr: SocketAddr, canonical: SocketAddr) -> Result<(), Denied> {
         let ip = canonical.ip();
         if ip.is_unspecified() {
             return Err(Denied::Unspecified { addr });
@@ -255,7 +321,7 @@ impl Allowlist {
             return Err(Denied::PortZero { addr });
         }
         if self.rules.iter().any(|rule| rule.covers(canonical)) {
-            Ok(canonical)
+            Ok(())
         } else {
             Err(Denied::NotAllowed { addr, canonical })
         }
@@ -352,9 +418,12 @@ fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     match (a, b) {
         (IpNet::V4(a), IpNet::V4(b)) => overlaps_v4(a, b),
         (IpNet::V6(a), IpNet::V6(b)) => overlaps_v6(a, b),
-        // An IPv6 rule covering ::ffff:0:0/96 would not match anything, since
-        // destinations are canonicalised to IPv4 first; so mixed pairs never
-        // overlap in effect.
+        // An IPv6 rule never opens an IPv4 range, whichever IPv4-carrying
+        // prefix it covers (::ffff:0:0/96, ::/96, ::ffff:0:0:0/96,
+        // 64:ff9b::/96, 64:ff9b:1::/48, 2002::/16, 2001::/32): translated
+        // forms are checked as their IPv4 address against the IPv4 rules,
+        // tunnelled ones against both. So mixed pairs never overlap in
+        // effect, and the IPv4 rules' own warnings are the whole story.
         _ => false,
     }
 }

@@ -36,6 +36,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cloudproxy_proto::frame::{MAX_DATAGRAM_PAYLOAD, MAX_PAYLOAD};
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
@@ -672,6 +673,18 @@ impl ServerConfig {
             if value == 0 {
                 return Err(invalid(key, "expected a value above 0".into()));
             }
+        }
+        // Below a full relay datagram UDP-over-TCP could not carry media;
+        // above the protocol maximum the limit would silently not apply.
+        let frame_range = MAX_DATAGRAM_PAYLOAD as u64..=MAX_PAYLOAD as u64;
+        if !frame_range.contains(&u64::from(limits.max_frame_len)) {
+            return Err(invalid(
+                "limits.max_frame_len",
+                format!(
+                    "{} is outside {MAX_DATAGRAM_PAYLOAD}..={MAX_PAYLOAD} bytes (a full relay datagram up to the protocol maximum)",
+                    limits.max_frame_len
+                ),
+            ));
         }
         if limits.relay_buffer_len > MAX_RELAY_BUFFER_LEN {
             return Err(invalid(

@@ -15,7 +15,10 @@
 //!   process-wide pipe budget is spent, or the system refuses one) a burst is
 //!   copied instead; other systems always copy.
 //! - It ends when both directions have closed, when neither moved a byte for
-//!   the idle timeout, on an I/O error, or when `cancel` completes.
+//!   the idle timeout, at [`PumpOptions::deadline`] (the session's maximum
+//!   lifetime), on an I/O error, or when `cancel` completes. The timers run
+//!   beside the copies, so a peer that stops reading cannot hold the pump
+//!   past them while a write waits.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -43,6 +46,9 @@ pub struct PumpOptions {
     /// `buffer_len` bytes instead of copying them through user space.
     /// Ignored elsewhere.
     pub splice: bool,
+    /// The session ends here whatever the traffic (its maximum lifetime);
+    /// `None` for no such limit.
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// Why a pump ended.
@@ -52,6 +58,9 @@ pub enum PumpEnd {
     Closed,
     /// No traffic either way for the idle timeout.
     IdleTimeout,
+    /// [`PumpOptions::deadline`] passed: the session reached its maximum
+    /// lifetime.
+    SessionLifetime,
     /// Reading from or writing to the client failed.
     ClientError(io::ErrorKind),
     /// Reading from or writing to the upstream failed.
@@ -67,6 +76,7 @@ impl PumpEnd {
         match self {
             Self::Closed => "closed",
             Self::IdleTimeout => "idle-timeout",
+            Self::SessionLifetime => "session-lifetime",
             Self::ClientError(_) => "client-error",
             Self::UpstreamError(_) => "upstream-error",
             Self::Cancelled => "cancelled",
@@ -149,6 +159,9 @@ pub async fn pump(
             Err(end) => end,
         },
         () = idle => PumpEnd::IdleTimeout,
+        () = crate::net::sleep_until_opt(options.deadline.map(Instant::from_std)) => {
+            PumpEnd::SessionLifetime
+        }
         () = cancel => PumpEnd::Cancelled,
     };
     PumpReport {

@@ -182,3 +182,119 @@ proptest! {
         prop_assert_eq!(canonical_ip(ip.to_ipv6_mapped().into()), std::net::IpAddr::from(ip));
     }
 }
+
+/// NAT64 (well-known and local-use prefixes), SIIT, 6to4 and Teredo
+/// addresses carry IPv4 addresses; an operator who allows all of IPv6 must
+/// not open loopback, private or metadata addresses through them.
+#[test]
+fn nat64_6to4_teredo_siit_forms_are_checked_as_ipv4() {
+    // Every IPv6 address, and one public IPv4 network.
+    let list: Allowlist = "[::/0], 203.0.113.0/24".parse().unwrap();
+    for dest in [
+        // NAT64, well-known prefix: 127.0.0.1, 10.0.0.1, 169.254.169.254.
+        "[64:ff9b::7f00:1]:80",
+        "[64:ff9b::a00:1]:80",
+        "[64:ff9b::a9fe:a9fe]:80",
+        // NAT64, local-use prefix (RFC 8215), whatever the bits between.
+        "[64:ff9b:1::7f00:1]:80",
+        "[64:ff9b:1:abcd:ef01:2345:a9fe:a9fe]:80",
+        // SIIT, IPv4-translated.
+        "[::ffff:0:7f00:1]:80",
+        "[::ffff:0:c0a8:1]:80",
+        // 6to4: the site's IPv4 address is in bits 16..48.
+        "[2002:7f00:1::1]:80",
+        "[2002:a9fe:a9fe::1]:80",
+        "[2002:a00:1:1::5]:80",
+        // Teredo, server 127.0.0.1, client 203.0.113.5 (inverted).
+        "[2001:0:7f00:1:0:0:34ff:8efa]:80",
+        // Teredo, server 203.0.113.5, client 169.254.169.254 (inverted).
+        "[2001:0:cb00:7105:0:0:5601:5601]:80",
+    ] {
+        let result = list.check(addr(dest));
+        assert!(
+            matches!(result, Err(Denied::NotAllowed { canonical, .. }) if canonical.is_ipv4()),
+            "{dest}: {result:?}"
+        );
+    }
+    // The IPv4 these forms carry is what the error names.
+    assert_eq!(
+        list.check(addr("[2002:a9fe:a9fe::1]:80")),
+        Err(Denied::NotAllowed {
+            addr: addr("[2002:a9fe:a9fe::1]:80"),
+            canonical: addr("169.254.169.254:80"),
+        })
+    );
+    // An unspecified IPv4 inside is the unspecified address.
+    for dest in ["[64:ff9b::]:80", "[2002::1]:80", "[::ffff:0:0.0.0.0]:80"] {
+        let result = list.check(addr(dest));
+        assert!(
+            matches!(result, Err(Denied::Unspecified { .. })),
+            "{dest}: {result:?}"
+        );
+    }
+
+    // Allowed IPv4 addresses stay reachable in these forms: translated ones
+    // are connected to as IPv4, tunnelled ones as the IPv6 address.
+    let nat64 = list.check(addr("[64:ff9b::cb00:7105]:80"));
+    assert_eq!(nat64, Ok(addr("203.0.113.5:80")));
+    let local = list.check(addr("[64:ff9b:1::cb00:7105]:80"));
+    assert_eq!(local, Ok(addr("203.0.113.5:80")));
+    let siit = list.check(addr("[::ffff:0:cb00:7105]:80"));
+    assert_eq!(siit, Ok(addr("203.0.113.5:80")));
+    let six_to_four = addr("[2002:cb00:7105::1]:80");
+    assert_eq!(list.check(six_to_four), Ok(six_to_four));
+    // Teredo, server 203.0.113.5, client 203.0.113.9.
+    let teredo = addr("[2001:0:cb00:7105:0:0:34ff:8ef6]:80");
+    assert_eq!(list.check(teredo), Ok(teredo));
+    // A tunnelled address needs its IPv6 rule too, not only the IPv4 one.
+    let v4_only: Allowlist = "203.0.113.0/24".parse().unwrap();
+    assert!(v4_only.check(six_to_four).is_err());
+    assert!(v4_only.check(teredo).is_err());
+    // 2001:db8::/32 (documentation) is not Teredo.
+    let doc = addr("[2001:db8::7f00:1]:80");
+    assert_eq!(list.check(doc), Ok(doc));
+
+    // And the start-up warning stays truthful: an IPv6 rule over these
+    // prefixes opens no IPv4 range, so none is reported for it.
+    let prefixes: Allowlist =
+        "[::/0], [64:ff9b::/96], [64:ff9b:1::/48], [::ffff:0:0:0/96], [2002::/16], [2001::/32]"
+            .parse()
+            .unwrap();
+    let risky = prefixes.risky_openings();
+    assert!(
+        risky.iter().all(|r| matches!(r.range, ipnet::IpNet::V6(_))),
+        "{risky:?}"
+    );
+}
+
+proptest! {
+    /// Whatever IPv4 address is carried in a translated or tunnelled IPv6
+    /// form, the decision of a list that allows all of IPv6 is the one for
+    /// the plain IPv4 address.
+    #[test]
+    fn every_ipv4_carrying_form_decides_like_its_ipv4(v4 in any::<u32>(), port in 1u16.., net in any::<u32>(), len in 0u8..=32, other in any::<u32>()) {
+        let ip = std::net::Ipv4Addr::from(v4);
+        let net = ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(net), len).unwrap().trunc();
+        let list = Allowlist::new(vec![
+            Rule { net: net.into(), ports: 1..=u16::MAX },
+            Rule { net: "::/0".parse().unwrap(), ports: 1..=u16::MAX },
+        ]);
+        let plain = list.check(SocketAddr::new(ip.into(), port)).is_ok();
+        let v6 = |segments: [u16; 8]| SocketAddr::new(std::net::Ipv6Addr::from(segments).into(), port);
+        let (hi, lo) = ((v4 >> 16) as u16, v4 as u16);
+        let (o_hi, o_lo) = ((other >> 16) as u16, other as u16);
+        for form in [
+            v6([0x64, 0xff9b, 0, 0, 0, 0, hi, lo]),
+            v6([0x64, 0xff9b, 1, o_hi, o_lo, 0, hi, lo]),
+            v6([0, 0, 0, 0, 0xffff, 0, hi, lo]),
+            v6([0x2002, hi, lo, o_hi, 0, 0, 0, 1]),
+        ] {
+            prop_assert_eq!(list.check(form).is_ok(), plain, "{}", form);
+        }
+        // Teredo: allowed only when both the server and the client are.
+        let other_ip = std::net::Ipv4Addr::from(other);
+        let other_ok = list.check(SocketAddr::new(other_ip.into(), port)).is_ok();
+        let teredo = v6([0x2001, 0, hi, lo, 0, 0, !o_hi, !o_lo]);
+        prop_assert_eq!(list.check(teredo).is_ok(), plain && other_ok, "{}", teredo);
+    }
+}

@@ -229,3 +229,20 @@ fn the_socks5_port_may_not_be_another_listeners_port() {
     // Disabled, its port is not in the way.
     ServerConfig::from_toml_str("ok.toml", "[socks5]\nport = 4000\n").unwrap();
 }
+
+#[test]
+fn max_frame_len_must_hold_a_relay_datagram_and_stay_within_the_protocol() {
+    for bad in [1000, 1399, 65537, 100_000] {
+        assert_error(
+            &format!("[limits]\nmax_frame_len = {bad}\n"),
+            2,
+            &format!("`limits.max_frame_len`: {bad} is outside 1400..=65536 bytes"),
+        );
+    }
+    for good in [1400, 4096, 65536] {
+        let config =
+            ServerConfig::from_toml_str("ok.toml", &format!("[limits]\nmax_frame_len = {good}\n"))
+                .unwrap();
+        assert_eq!(config.limits.max_frame_len, good);
+    }
+}

@@ -24,6 +24,7 @@ fn options(idle: Duration, splice: bool) -> PumpOptions {
         buffer_len: 16 * 1024,
         idle_timeout: idle,
         splice,
+        deadline: None,
     }
 }
 
@@ -410,4 +411,43 @@ async fn a_client_reset_while_bytes_flow_is_the_clients_error(splice: bool) {
     );
     assert!(report.upstream_to_client >= 1 << 20);
     sender.await.unwrap();
+}
+
+both_methods!(the_session_deadline_ends_a_pump_stuck_on_a_client_that_does_not_read);
+
+/// The upstream streams to an app that never reads: the pump's write to the
+/// app waits, yet the session still ends at its deadline.
+async fn the_session_deadline_ends_a_pump_stuck_on_a_client_that_does_not_read(splice: bool) {
+    let (_app, relay_client) = pair().await;
+    let (relay_upstream, mut server) = pair().await;
+    let mut options = options(LONG, splice);
+    options.deadline = Some(std::time::Instant::now() + Duration::from_millis(300));
+    // Bounded: 64 MiB at most, far more than the sockets can buffer.
+    let writer = tokio::spawn(async move {
+        let chunk = vec![1u8; 64 * 1024];
+        for _ in 0..1024 {
+            if server.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let report = tokio::time::timeout(
+        Duration::from_secs(10),
+        pump(
+            &relay_client,
+            &relay_upstream,
+            &[],
+            &options,
+            std::future::pending(),
+        ),
+    )
+    .await
+    .expect("the pump ends at its deadline");
+    assert_eq!(report.end, PumpEnd::SessionLifetime);
+    assert!(report.upstream_to_client > 0);
+    drop((relay_client, relay_upstream));
+    tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .expect("the writer sees the close")
+        .unwrap();
 }

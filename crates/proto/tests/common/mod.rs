@@ -236,6 +236,17 @@ pub fn edge_tcp() -> Address {
 
 /// Builds a server whose clock says `unix` at `now`.
 pub fn make_server(now: Instant, unix: u64, key: &[u8], seed: u64) -> Arc<Server> {
+    make_server_with(now, unix, key, seed, |_| {})
+}
+
+/// [`make_server`] with the configuration adjusted by `adjust`.
+pub fn make_server_with(
+    now: Instant,
+    unix: u64,
+    key: &[u8],
+    seed: u64,
+    adjust: impl FnOnce(&mut ServerConfig),
+) -> Arc<Server> {
     let mut apps = HashMap::new();
     apps.insert(
         AppId::new(APP).unwrap(),
@@ -249,6 +260,7 @@ pub fn make_server(now: Instant, unix: u64, key: &[u8], seed: u64) -> Arc<Server
     cfg.udp_relays = (4500..=4650)
         .map(|p| SocketAddr::from(([192, 0, 2, 1], p)))
         .collect();
+    adjust(&mut cfg);
     Arc::new(Server::new(
         cfg,
         TicketKeyRing::new(1, key.to_vec()),

@@ -293,6 +293,7 @@ fn proto_server(
     proto.handshake_timeout = limits.handshake_timeout();
     proto.idle_timeout = limits.idle_timeout();
     proto.keepalive_interval = std::time::Duration::from_secs(limits.keepalive_interval_secs);
+    proto.max_frame_len = usize::try_from(limits.max_frame_len).unwrap_or(usize::MAX);
     proto.tcp_relays = vec![SocketAddr::new(advertise, addrs.tcp_relay.port())];
     proto.udp_relays = addrs
         .udp_relays

@@ -31,6 +31,7 @@ use crate::server::destination::{Destination, DestinationError, permitted};
 use crate::server::node::Shared;
 use crate::server::quota::QuotaGuard;
 use crate::server::stats::{Active, Stats};
+use crate::server::tcp::session_deadline;
 
 const VERSION: u8 = 5;
 const AUTH_VERSION: u8 = 1;
@@ -99,12 +100,16 @@ impl From<io::Error> for Refused {
 struct Client {
     app: String,
     session: u64,
+    /// Unix seconds at which a ticket's session reaches its maximum
+    /// lifetime; `None` for a login that starts a new session.
+    session_deadline: Option<u64>,
 }
 
 /// A request after authentication.
 enum Request {
     Connect(Target),
-    UdpAssociate,
+    /// With the address the client says it will send its datagrams from.
+    UdpAssociate(Target),
 }
 
 /// A destination as a SOCKS5 client writes it.
@@ -187,7 +192,9 @@ pub(crate) async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer:
     };
     match request {
         Request::Connect(target) => connect(&shared, stream, peer, &client, &target, quota).await,
-        Request::UdpAssociate => associate(&shared, stream, peer, &client, quota).await,
+        Request::UdpAssociate(declared) => {
+            associate(&shared, stream, peer, &client, &declared, quota).await;
+        }
     }
 }
 
@@ -208,6 +215,7 @@ async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<(Client, R
         Client {
             app: app.clone(),
             session: new_session_id(),
+            session_deadline: None,
         }
     } else {
         stream.write_all(&[VERSION, METHOD_UNACCEPTABLE]).await?;
@@ -229,10 +237,9 @@ async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<(Client, R
     };
     match head[1] {
         CMD_CONNECT => Ok((client, Request::Connect(target))),
-        // The address a UDP client names is where it will send from; the
-        // source is checked against the control connection's peer instead,
-        // which clients behind NAT cannot predict anyway.
-        CMD_UDP_ASSOCIATE => Ok((client, Request::UdpAssociate)),
+        // The address a UDP client names is where it will send from
+        // (zeros when it does not know); `associate` holds it to that.
+        CMD_UDP_ASSOCIATE => Ok((client, Request::UdpAssociate(target))),
         _ => {
             reply(stream, Reply::CommandNotSupported, None).await?;
             Err(Refused::Command(Reply::CommandNotSupported))
@@ -260,11 +267,12 @@ async fn authenticate(shared: &Shared, stream: &mut TcpStream) -> Result<Client,
         .ok()
         .and_then(|app| verify(shared, app, &password).map(|session| (app, session)));
     match verified {
-        Some((app, session)) => {
+        Some((app, (session, session_deadline))) => {
             stream.write_all(&[AUTH_VERSION, 0]).await?;
             Ok(Client {
                 app: app.to_owned(),
                 session,
+                session_deadline,
             })
         }
         None => {
@@ -275,15 +283,16 @@ async fn authenticate(shared: &Shared, stream: &mut TcpStream) -> Result<Client,
 }
 
 /// The session the password proves for `app`: the app secret (a new
-/// session) or a ticket of that app (its session).
-fn verify(shared: &Shared, app: &str, password: &[u8]) -> Option<u64> {
+/// session) or a ticket of that app (its session, and when that session
+/// reaches its maximum lifetime).
+fn verify(shared: &Shared, app: &str, password: &[u8]) -> Option<(u64, Option<u64>)> {
     let bytes = decode_hex(std::str::from_utf8(password).ok()?).ok()?;
     let secrets = shared.app_secrets.get(app)?;
     if secrets
         .iter()
         .any(|s| bool::from(s.as_slice().ct_eq(&bytes)))
     {
-        return Some(new_session_id());
+        return Some((new_session_id(), None));
     }
     let sealed = SealedTicket::new(bytes.into()).ok()?;
     let ticket = shared
@@ -291,7 +300,20 @@ fn verify(shared: &Shared, app: &str, password: &[u8]) -> Option<u64> {
         .ticket_keys()
         .open(&sealed, shared.proto.unix_at(Instant::now()))
         .ok()?;
-    (ticket.app_id.as_str() == app).then_some(ticket.session_id)
+    let deadline = ticket
+        .created_at
+        .saturating_add(shared.proto.config().max_session_lifetime.as_secs());
+    (ticket.app_id.as_str() == app).then_some((ticket.session_id, Some(deadline)))
+}
+
+/// When a SOCKS5 session reaches its maximum lifetime: its ticket's session
+/// deadline, or, for a login with the app secret (a new session), the
+/// maximum lifetime from `started`.
+fn deadline_of(shared: &Shared, client: &Client, started: Instant) -> Instant {
+    match client.session_deadline {
+        Some(unix) => session_deadline(shared, unix),
+        None => started + shared.proto.config().max_session_lifetime,
+    }
 }
 
 /// A session id for a password login: a random start per process, then a
@@ -452,6 +474,7 @@ async fn connect(
         buffer_len: shared.limits.relay_buffer_len as usize,
         idle_timeout: shared.limits.idle_timeout(),
         splice: shared.limits.relay_splice,
+        deadline: Some(deadline_of(shared, client, started)),
     };
     let report = pump(
         &stream,
@@ -520,13 +543,49 @@ fn parse_udp(datagram: &[u8]) -> Option<(u8, Target, &[u8])> {
     Some((frag, target, payload))
 }
 
+/// The source a UDP association accepts datagrams from: the control
+/// connection's IP, and the port the client declared in its request (RFC
+/// 1928 §7), or else the port of its first datagram. A declared address that
+/// is not the control connection's is refused: nothing could use it.
+fn declared_source(peer: SocketAddr, declared: &Target) -> Result<Option<SocketAddr>, String> {
+    let (ip, port) = match declared {
+        Target::Addr(a) => (Some(a.ip()).filter(|ip| !ip.is_unspecified()), a.port()),
+        // A name says nothing about where datagrams come from; its port does.
+        Target::Name(_, port) => (None, *port),
+    };
+    if let Some(ip) = ip {
+        let canonical = crate::allowlist::canonical_ip;
+        if canonical(ip) != canonical(peer.ip()) {
+            return Err(format!(
+                "declared UDP source {ip} is not the control connection's address {}",
+                peer.ip()
+            ));
+        }
+    }
+    Ok((port != 0).then(|| SocketAddr::new(peer.ip(), port)))
+}
+
 async fn associate(
     shared: &Shared,
     mut control: TcpStream,
     peer: SocketAddr,
     client: &Client,
+    declared: &Target,
     quota: QuotaGuard<u64>,
 ) {
+    // A declared port locks the association to that one address from the
+    // start, so another socket of the same host (or NAT) cannot take it by
+    // sending first.
+    let mut client_addr = match declared_source(peer, declared) {
+        Ok(source) => source,
+        Err(problem) => {
+            Stats::bump(&shared.stats.bindings_refused);
+            tracing::info!(%peer, app = %client.app, %problem, "socks5 udp associate refused");
+            let _ = reply(&mut control, Reply::NotAllowed, None).await;
+            close_after_refusal(control).await;
+            return;
+        }
+    };
     let local_ip = control
         .local_addr()
         .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip());
@@ -560,12 +619,13 @@ async fn associate(
     let _quota = quota;
     let started = Instant::now();
     let idle = shared.limits.idle_timeout();
+    let lifetime_end = tokio::time::Instant::from_std(deadline_of(shared, client, started));
     let force_closed = shared.lifecycle.force_closed();
     tokio::pin!(force_closed);
 
-    // The client's UDP address: its control connection's IP, port learned
-    // from its first datagram.
-    let mut client_addr: Option<SocketAddr> = None;
+    // `client_addr` (above): the client's UDP address, its control
+    // connection's IP with the declared port, or else the port learned from
+    // its first datagram.
     let mut decisions: HashMap<Target, Option<SocketAddr>> = HashMap::new();
     let mut contacted: HashSet<SocketAddr> = HashSet::new();
     let (mut packets_up, mut packets_down) = (0u64, 0u64);
@@ -650,6 +710,7 @@ async fn associate(
                 }
             }
             () = tokio::time::sleep_until(last_activity + idle) => break "idle-timeout",
+            () = tokio::time::sleep_until(lifetime_end) => break "session-lifetime",
             () = &mut force_closed => break "shutdown",
         }
     };
@@ -728,6 +789,34 @@ mod tests {
             "RSV must be zero"
         );
         assert!(parse_udp(&[0, 0, 0, 9]).is_none());
+    }
+
+    #[test]
+    fn declared_udp_sources() {
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let addr = |s: &str| Target::Addr(s.parse().unwrap());
+        // Zeros: the port of the first datagram will be kept.
+        assert_eq!(declared_source(peer, &addr("0.0.0.0:0")), Ok(None));
+        assert_eq!(declared_source(peer, &addr("[::]:0")), Ok(None));
+        // A port (with or without the address): only that port of the peer.
+        let pinned = Ok(Some("127.0.0.1:5000".parse().unwrap()));
+        assert_eq!(declared_source(peer, &addr("0.0.0.0:5000")), pinned);
+        assert_eq!(declared_source(peer, &addr("127.0.0.1:5000")), pinned);
+        assert_eq!(
+            declared_source(peer, &addr("[::ffff:127.0.0.1]:5000")),
+            pinned
+        );
+        assert_eq!(
+            declared_source(peer, &Target::Name("client.example".into(), 5000)),
+            pinned
+        );
+        // Another address could never send here: refused.
+        let err = declared_source(peer, &addr("10.0.0.5:5000")).unwrap_err();
+        assert!(
+            err.contains("10.0.0.5") && err.contains("127.0.0.1"),
+            "{err}"
+        );
+        assert!(declared_source(peer, &addr("10.0.0.5:0")).is_err());
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The TCP side of a node: the allocation service and the relay (stream mode
 //! and UDP-over-TCP).
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::{Buf, Bytes};
 use cloudproxy_proto::frame::{BindMode, MAX_DATAGRAM_PAYLOAD};
 use cloudproxy_proto::server::{BindRequest, Connection, Role, ServerEvent};
 use cloudproxy_proto::{Address, ErrorCode, SessionError};
@@ -242,6 +244,8 @@ async fn stream_session(
         buffer_len: shared.limits.relay_buffer_len as usize,
         idle_timeout: shared.limits.idle_timeout(),
         splice: shared.limits.relay_splice,
+        // A stream ends with its session, like the session's UDP bindings.
+        deadline: Some(session_deadline(shared, request.session_deadline)),
     };
     let report = pump(
         client,
@@ -267,8 +271,101 @@ async fn stream_session(
     );
 }
 
+/// The `Instant` at which a session reaches its maximum lifetime, from the
+/// unix deadline its ticket gives.
+pub(crate) fn session_deadline(shared: &Shared, unix_deadline: u64) -> Instant {
+    shared.proto.config().timebase.instant_at(unix_deadline)
+}
+
+/// Bytes of frames waiting for a datagram-mode client above which the relay
+/// stops reading that client and drops its destination's datagrams: a client
+/// that does not read cannot make the relay queue without bound.
+const OUTBOX_LIMIT: usize = 64 * 1024;
+
+/// How long the frame that ends a datagram session (`Error`, `Close`) may
+/// wait for a client that is not reading before the connection is closed
+/// without it.
+const CLOSING_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Frames for a datagram-mode client, written only as fast as the client's
+/// socket takes them, so that no write ever waits outside the session's
+/// `select!` (its timers and the forced close).
+#[derive(Default)]
+struct Outbox {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl Outbox {
+    /// Takes what the state machine wants sent.
+    fn take_from(&mut self, conn: &mut Connection) {
+        while let Some(frame) = conn.poll_transmit() {
+            self.bytes += frame.len();
+            self.frames.push_back(frame);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn is_full(&self) -> bool {
+        self.bytes >= OUTBOX_LIMIT
+    }
+
+    /// Writes what the socket takes now, without waiting.
+    fn write_ready(&mut self, client: &TcpStream) -> io::Result<()> {
+        while !self.frames.is_empty() {
+            // Up to 64 frames per system call, gathered without allocating.
+            let mut slices = [IoSlice::new(&[]); 64];
+            let mut count = 0;
+            for (slot, frame) in slices.iter_mut().zip(&self.frames) {
+                *slot = IoSlice::new(frame);
+                count += 1;
+            }
+            match client.try_write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(mut n) => {
+                    self.bytes -= n;
+                    while n > 0 {
+                        let front = self.frames.front_mut().expect("n <= queued bytes");
+                        if n >= front.len() {
+                            n -= front.len();
+                            self.frames.pop_front();
+                        } else {
+                            front.advance(n);
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes everything, waiting for the socket; the caller bounds the wait.
+    async fn write_all(&mut self, client: &TcpStream) -> io::Result<()> {
+        loop {
+            self.write_ready(client)?;
+            if self.is_empty() {
+                return Ok(());
+            }
+            client.writable().await?;
+        }
+    }
+}
+
 /// UDP-over-TCP: `Datagram` frames from the client go to the destination as
 /// UDP datagrams, and the destination's datagrams come back as frames.
+///
+/// Every wait — reading, writing, the idle timer, the session's lifetime,
+/// the forced close on shutdown — is one arm of the same `select!`: a client
+/// that stops reading holds no write open past any of them. While its
+/// frames back up beyond [`OUTBOX_LIMIT`], the client is not read (so its
+/// idle timer runs) and the destination's datagrams are dropped (counted).
 async fn datagram_session(
     shared: &Shared,
     client: &TcpStream,
@@ -292,6 +389,7 @@ async fn datagram_session(
     tokio::pin!(force_closed);
     let mut read_buf = vec![0u8; 16 * 1024];
     let mut datagram = vec![0u8; MAX_DATAGRAM_PAYLOAD + 1];
+    let mut outbox = Outbox::default();
     let reason: String = 'session: loop {
         // Hand datagrams to the destination; stop at the close event.
         while let Some(event) = conn.poll_event() {
@@ -306,18 +404,28 @@ async fn datagram_session(
                     Err(_) => Stats::bump(&shared.stats.udp_dropped),
                 },
                 ServerEvent::Closed(reason) => {
-                    let _ = flush(client, &mut conn).await;
+                    // The closing frame gets a short, bounded chance to
+                    // leave; shutdown cuts even that short.
+                    outbox.take_from(&mut conn);
+                    tokio::select! {
+                        _ = tokio::time::timeout(CLOSING_FLUSH, outbox.write_all(client)) => {}
+                        () = &mut force_closed => {}
+                    }
                     break 'session reason.to_string();
                 }
                 _ => {}
             }
         }
-        if let Err(e) = flush(client, &mut conn).await {
+        outbox.take_from(&mut conn);
+        if let Err(e) = outbox.write_ready(client) {
             break format!("client write failed: {e}");
         }
+        let backed_up = outbox.is_full();
         let deadline = conn.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
-            readable = client.readable() => {
+            // Not while the client's frames back up: every frame read may
+            // queue an answer (a Pong).
+            readable = client.readable(), if !backed_up => {
                 if let Err(e) = readable {
                     break format!("client read failed: {e}");
                 }
@@ -328,8 +436,14 @@ async fn datagram_session(
                     Err(e) => break format!("client read failed: {e}"),
                 }
             }
+            writable = client.writable(), if !outbox.is_empty() => {
+                if let Err(e) = writable {
+                    break format!("client write failed: {e}");
+                }
+                // The loop's top writes what now fits.
+            }
             received = upstream.recv(&mut datagram) => match received {
-                Ok(n) if n <= MAX_DATAGRAM_PAYLOAD => {
+                Ok(n) if n <= MAX_DATAGRAM_PAYLOAD && !backed_up => {
                     if conn.send_datagram(&datagram[..n]).is_ok() {
                         packets_down += 1;
                         bytes_down += n as u64;
@@ -337,14 +451,17 @@ async fn datagram_session(
                         Stats::add(&shared.stats.udp_bytes_down, n as u64);
                     }
                 }
-                // Too large for a Datagram frame, or an ICMP error surfacing:
-                // count it and go on.
+                // Too large for a Datagram frame, the client is not keeping
+                // up (UDP may drop), or an ICMP error surfacing: count it and
+                // go on.
                 Ok(_) | Err(_) => Stats::bump(&shared.stats.udp_dropped),
             },
             () = sleep_until_opt(deadline) => conn.handle_timeout(Instant::now()),
             () = &mut force_closed => {
+                // Shutdown: a Close if the socket takes it now, no waiting.
                 conn.close();
-                let _ = flush(client, &mut conn).await;
+                outbox.take_from(&mut conn);
+                let _ = outbox.write_ready(client);
                 break "shutdown".into();
             }
         }

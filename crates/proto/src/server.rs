@@ -1161,6 +1161,15 @@ pub enum UdpRelayEvent {
         /// Why.
         reason: SessionError,
     },
+    /// A control datagram was refused (malformed, or a `Bind` whose ticket
+    /// did not verify), and its `Error` (if it fits) queued: for the I/O
+    /// layer's log and its login-failure limit.
+    Refused {
+        /// The sender.
+        client: SocketAddr,
+        /// The refusal.
+        code: ErrorCode,
+    },
 }
 
 /// Public view of one UDP binding.
@@ -1339,18 +1348,31 @@ impl UdpRelay {
         }
     }
 
+    /// [`UdpRelay::reply_error`], reported as [`UdpRelayEvent::Refused`].
+    fn refuse(
+        &mut self,
+        from: SocketAddr,
+        code: ErrorCode,
+        message: Option<&str>,
+        limit: usize,
+    ) -> RelayInput {
+        self.events
+            .push_back(UdpRelayEvent::Refused { client: from, code });
+        self.reply_error(from, code, message, limit)
+    }
+
     fn handle_control(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> RelayInput {
         let limit = data.len();
         let bind = match Frame::parse(data) {
             Ok(Frame::Bind(b)) => b,
-            Ok(_) => return self.reply_error(from, ErrorCode::UNEXPECTED_FRAME, None, limit),
+            Ok(_) => return self.refuse(from, ErrorCode::UNEXPECTED_FRAME, None, limit),
             Err(e) => {
-                return self.reply_error(from, e.wire_code(), Some(&e.to_string()), limit);
+                return self.refuse(from, e.wire_code(), Some(&e.to_string()), limit);
             }
         };
         let request = match self.server.check_bind(now, &bind, Path::Udp) {
             Ok(r) => r,
-            Err(e) => return self.reply_error(from, e.code, Some(e.message.as_str()), limit),
+            Err(e) => return self.refuse(from, e.code, Some(e.message.as_str()), limit),
         };
         if let Some(rebind) = bind.rebind {
             return self.handle_rebind(

@@ -609,3 +609,34 @@ async fn failed_logins_and_malformed_input_are_logged_within_a_budget() {
     assert!(flood_lines < 60, "{flood_lines} lines for 200 refusals");
     assert_eq!(rig.node.stats().login_failures, 201);
 }
+
+#[tokio::test]
+async fn bad_tickets_on_udp_binds_count_as_login_failures() {
+    let rig = Rig::start(
+        r#""127.0.0.1""#,
+        100,
+        "[limits]\nlogin_failure_burst = 2\nlogin_failures_per_minute = 1\n",
+    )
+    .await;
+    let relay = rig.node.addrs().udp_relays[0];
+    let echo = proxy_support::udp_echo().await;
+    let good = rig.allocate().await;
+    let mut forged = good.clone();
+    forged.ticket =
+        cloudproxy_proto::SealedTicket::new(bytes::Bytes::from_static(b"not a ticket")).unwrap();
+    for _ in 0..2 {
+        let err = proxy_support::bind_udp_raw(relay, &rig.client, &forged, Address::Ip(echo))
+            .await
+            .unwrap_err();
+        assert_eq!(refusal(&err), Some(ErrorCode::INVALID_TICKET), "{err}");
+    }
+    assert_eq!(rig.node.stats().login_limit_engaged, 1);
+    // Now even a good ticket from this source goes unanswered.
+    let mut client = rig.client.clone();
+    client.handshake_timeout = Duration::from_millis(500);
+    let err = proxy_support::bind_udp_raw(relay, &client, &good, Address::Ip(echo))
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(&err), None, "no answer, so no refusal code: {err}");
+    assert!(rig.node.stats().logins_rate_limited >= 1);
+}

@@ -26,7 +26,7 @@ use cloudproxy_proto::frame::MAX_DATAGRAM_PAYLOAD;
 use cloudproxy_proto::server::{
     BindRequest, BindRequestId, DropReason, SliceInput, UdpAllocation, UdpRelay, UdpRelayEvent,
 };
-use cloudproxy_proto::udp::UDP_HEADER_LEN;
+use cloudproxy_proto::udp::{DatagramClass, UDP_HEADER_LEN, classify};
 use cloudproxy_proto::{ErrorCode, SessionError};
 use mio::{Events, Poll as MioPoll, Registry, Token};
 use quinn_udp::{UdpSockRef, UdpSocketState};
@@ -246,12 +246,22 @@ impl Relay {
         gather: &mut Vec<u8>,
     ) {
         let stats = &self.shared.stats;
+        // A control datagram (a `Bind`) from a source over its login-failure
+        // limit is dropped unread; data datagrams never take the lock.
+        if classify(datagram) == DatagramClass::Control && !source_allowed(&self.shared, from) {
+            return;
+        }
         match self.table.handle_slice(now, from, datagram) {
             SliceInput::Forward {
                 binding_id,
                 payload_start,
             } => self.gather(binding_id, &datagram[payload_start..], run, gather),
-            SliceInput::Dropped(DropReason::Malformed) => Stats::bump(&stats.malformed),
+            SliceInput::Dropped(DropReason::Malformed) => {
+                Stats::bump(&stats.malformed);
+                self.shared.refusal_log.log(|| {
+                    tracing::warn!(peer = %from, bytes = datagram.len(), "relay datagram dropped: malformed input");
+                });
+            }
             SliceInput::Dropped(_) => Stats::bump(&stats.udp_dropped),
             _ => {}
         }
@@ -443,6 +453,20 @@ impl Relay {
                 if let Some(io) = self.bindings.get(&binding_id) {
                     tracing::info!(session = format_args!("{:016x}", io.request.session_id), %old, %new, "udp binding moved to a new client address");
                 }
+            }
+            UdpRelayEvent::Refused { client, code } => {
+                let failed_login =
+                    [ErrorCode::INVALID_TICKET, ErrorCode::EXPIRED_TICKET].contains(&code);
+                if failed_login {
+                    login_failed(&self.shared, client);
+                }
+                self.shared.refusal_log.log(|| {
+                    if failed_login {
+                        tracing::warn!(peer = %client, reason = %code, "udp bind refused: failed login");
+                    } else {
+                        tracing::warn!(peer = %client, reason = %code, "udp bind refused");
+                    }
+                });
             }
             UdpRelayEvent::BindingClosed { binding_id, reason } => {
                 if let Some(mut io) = self.bindings.remove(&binding_id) {

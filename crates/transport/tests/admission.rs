@@ -640,3 +640,25 @@ async fn bad_tickets_on_udp_binds_count_as_login_failures() {
     assert_eq!(refusal(&err), None, "no answer, so no refusal code: {err}");
     assert!(rig.node.stats().logins_rate_limited >= 1);
 }
+
+#[test]
+fn new_limits_of_zero_are_refused_with_their_key() {
+    for key in [
+        "max_bindings_per_session",
+        "max_upstream_sockets_per_app",
+        "dns_lookups_in_flight_per_app",
+        "dns_lookups_per_sec_per_app",
+        "login_failure_burst",
+        "login_failures_per_minute",
+        "login_failure_sources",
+    ] {
+        let text =
+            proxy_support::config_text(r#""127.0.0.1""#, 1, &format!("[limits]\n{key} = 0\n"));
+        let err = ServerConfig::from_toml_str("test.toml", &text).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains(&format!("`limits.{key}`")), "{message}");
+        assert!(message.contains("expected a value above 0"), "{message}");
+    }
+    let text = proxy_support::config_text(r#""127.0.0.1""#, 1, "[limits]\nreserved_fds = 0\n");
+    ServerConfig::from_toml_str("test.toml", &text).unwrap();
+}

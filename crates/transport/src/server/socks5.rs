@@ -603,6 +603,9 @@ async fn associate(
                     None if decisions.len() >= MAX_UDP_DESTINATIONS => None,
                     None => {
                         let d = shared.lookups.permitted(&client.app, &target.as_destination(), &shared.allowlist).await;
+                        // Over the app's lookup budget is for now, not for good:
+                        // not remembered.
+                        let keep = !matches!(d, Err(DestinationError::LookupsInFlight { .. } | DestinationError::LookupRate { .. }));
                         let d = match d {
                             Ok(addrs) => addrs.first().copied(),
                             Err(e) => {
@@ -611,7 +614,9 @@ async fn associate(
                                 None
                             }
                         };
-                        decisions.insert(target, d);
+                        if keep {
+                            decisions.insert(target, d);
+                        }
                         d
                     }
                 };

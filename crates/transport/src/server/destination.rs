@@ -94,6 +94,10 @@ impl DestinationError {
 
 /// The allowed, canonical addresses for `destination`, in resolver order.
 /// Never empty on success.
+///
+/// This resolves with the system resolver and no budget; the node's relays
+/// resolve through their per-app bounded lookups instead
+/// ([`lookups`](crate::server::lookups)).
 pub async fn permitted(
     destination: &Destination<'_>,
     allowlist: &Allowlist,

@@ -597,6 +597,21 @@ async fn failed_logins_and_malformed_input_are_logged_within_a_budget() {
         .filter(|l| l.contains("malformed input"))
         .count();
     assert_eq!(malformed, 2, "{:#?}", captured.lines());
+    // And on the allocation service's UDP port.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp.send_to(b"not the protocol", rig.node.addrs().allocation_udp[0])
+        .await
+        .unwrap();
+    within("the UDP malformed-input line", async {
+        while !captured
+            .lines()
+            .iter()
+            .any(|l| l.contains("allocation datagram dropped: malformed input"))
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
 
     // A flood: 200 wrong proofs make at most the budget's lines.
     let before = captured.lines().len();

@@ -69,7 +69,7 @@ use crate::frame::{
 };
 use crate::ticket::{Ticket, TicketKeyRing, tokens_equal, verify_credential_proof};
 use crate::time::Timebase;
-use crate::types::{Address, AppId, Capabilities, Text, Transports};
+use crate::types::{Address, AppId, Capabilities, SealedTicket, Text, Transports};
 use crate::udp::{DatagramClass, UdpHeader, UdpKind, classify};
 
 /// The secrets and permissions of one app.
@@ -211,6 +211,33 @@ pub struct BindRequest {
     pub path: Path,
     /// Unix seconds when the session must end (max session lifetime).
     pub session_deadline: u64,
+}
+
+/// What a valid login proves, by ticket ([`Server::open_ticket`]) or by
+/// secret ([`Server::check_secret`]): the app, the session, what it may use
+/// and until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The app.
+    pub app_id: AppId,
+    /// The session.
+    pub session_id: u64,
+    /// Transports the session may use (the ticket's, or the app's).
+    pub transports: Transports,
+    /// Unix seconds when the session must end (max session lifetime).
+    pub session_deadline: u64,
+}
+
+impl Grant {
+    /// Whether the session may use `needed`; the refusal is
+    /// `TRANSPORT_NOT_ALLOWED`.
+    pub fn permits(&self, needed: Transports) -> Result<(), ErrorFrame> {
+        if self.transports.contains(needed) {
+            Ok(())
+        } else {
+            Err(ErrorFrame::new(ErrorCode::TRANSPORT_NOT_ALLOWED))
+        }
+    }
 }
 
 /// An error frame that fits in `limit` bytes, shortening its message, or
@@ -399,6 +426,86 @@ impl Server {
         }
     }
 
+    /// Opens a relay ticket: it verifies and is unexpired, and its session is
+    /// within the max session lifetime. Every login by ticket — a native
+    /// `Bind` or a SOCKS5 password that is a ticket — goes through here, so
+    /// they cannot disagree.
+    pub fn open_ticket(&self, now: Instant, ticket: &SealedTicket) -> Result<Grant, ErrorFrame> {
+        let unix = self.unix_at(now);
+        let t = self
+            .keys
+            .open(ticket, unix)
+            .map_err(|e| ErrorFrame::with_message(e.wire_code(), e.to_string()))?;
+        let session_deadline = t
+            .created_at
+            .saturating_add(self.config.max_session_lifetime.as_secs());
+        if unix >= session_deadline {
+            return Err(ErrorFrame::new(ErrorCode::SESSION_TOO_OLD));
+        }
+        Ok(Grant {
+            app_id: t.app_id,
+            session_id: t.session_id,
+            transports: t.transports,
+            session_deadline,
+        })
+    }
+
+    /// Checks an app secret presented as it is (SOCKS5 user/password, where
+    /// no proof is possible): known app, and `secret` equal to one of its
+    /// secrets, compared in constant time with *every* secret, as
+    /// [`Server::check_allocate`] does with proofs. The session is new
+    /// (`session_id`, chosen by the caller) and may live for the max session
+    /// lifetime from now.
+    pub fn check_secret(
+        &self,
+        now: Instant,
+        app_id: &AppId,
+        secret: &[u8],
+        session_id: u64,
+    ) -> Result<Grant, ErrorFrame> {
+        let Some(app) = self.credentials.lookup(app_id) else {
+            return Err(ErrorFrame::new(ErrorCode::BAD_CREDENTIAL));
+        };
+        let mut ok = subtle::Choice::from(0);
+        for s in &app.secrets {
+            ok |= subtle::ConstantTimeEq::ct_eq(s.as_slice(), secret);
+        }
+        if !bool::from(ok) {
+            return Err(ErrorFrame::new(ErrorCode::BAD_CREDENTIAL));
+        }
+        Ok(Grant {
+            app_id: app_id.clone(),
+            session_id,
+            transports: app.transports,
+            session_deadline: self
+                .unix_at(now)
+                .saturating_add(self.config.max_session_lifetime.as_secs()),
+        })
+    }
+
+    /// A session of `app_id` without any credential, for a listener the
+    /// operator opened to that app (SOCKS5 `no_auth_app`): the app's
+    /// transports, the max session lifetime from now.
+    pub fn grant_unauthenticated(
+        &self,
+        now: Instant,
+        app_id: &AppId,
+        session_id: u64,
+    ) -> Result<Grant, ErrorFrame> {
+        let app = self
+            .credentials
+            .lookup(app_id)
+            .ok_or_else(|| ErrorFrame::new(ErrorCode::BAD_CREDENTIAL))?;
+        Ok(Grant {
+            app_id: app_id.clone(),
+            session_id,
+            transports: app.transports,
+            session_deadline: self
+                .unix_at(now)
+                .saturating_add(self.config.max_session_lifetime.as_secs()),
+        })
+    }
+
     /// Checks a `Bind`: the ticket verifies and is unexpired, the session is
     /// within its max lifetime, and the ticket allows this mode on this path.
     pub fn check_bind(
@@ -407,11 +514,7 @@ impl Server {
         bind: &Bind,
         path: Path,
     ) -> Result<BindRequest, ErrorFrame> {
-        let unix = self.unix_at(now);
-        let t = self
-            .keys
-            .open(&bind.ticket, unix)
-            .map_err(|e| ErrorFrame::with_message(e.wire_code(), e.to_string()))?;
+        let grant = self.open_ticket(now, &bind.ticket)?;
         let needed = match (bind.mode, path) {
             (BindMode::Stream, Path::Tcp) => Transports::TCP,
             (BindMode::Datagram, Path::Tcp) => Transports::UDP_OVER_TCP,
@@ -423,22 +526,14 @@ impl Server {
                 ));
             }
         };
-        if !t.transports.contains(needed) {
-            return Err(ErrorFrame::new(ErrorCode::TRANSPORT_NOT_ALLOWED));
-        }
-        let session_deadline = t
-            .created_at
-            .saturating_add(self.config.max_session_lifetime.as_secs());
-        if unix >= session_deadline {
-            return Err(ErrorFrame::new(ErrorCode::SESSION_TOO_OLD));
-        }
+        grant.permits(needed)?;
         Ok(BindRequest {
-            session_id: t.session_id,
-            app_id: t.app_id,
+            session_id: grant.session_id,
+            app_id: grant.app_id,
             destination: bind.destination.clone(),
             mode: bind.mode,
             path,
-            session_deadline,
+            session_deadline: grant.session_deadline,
         })
     }
 
@@ -598,6 +693,8 @@ pub struct Connection {
     out: BytesMut,
     transmits: VecDeque<Bytes>,
     events: VecDeque<ServerEvent>,
+    /// The app the first request named (unverified), for the I/O layer's log.
+    claimed_app: Option<AppId>,
 }
 
 /// Largest frame body accepted before a connection is bound (handshake frames
@@ -620,7 +717,16 @@ impl Connection {
             out: BytesMut::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            claimed_app: None,
         }
+    }
+
+    /// The app the client's first request named — its `AllocateRequest`'s app
+    /// id, or the app inside its ticket — whether or not it verified. For
+    /// logging a refusal; never proof of anything.
+    #[must_use]
+    pub fn claimed_app(&self) -> Option<&AppId> {
+        self.claimed_app.as_ref()
     }
 
     /// The listener role.
@@ -670,6 +776,15 @@ impl Connection {
     fn handle_frame(&mut self, now: Instant, frame: Frame) {
         let ConnState::Handshake { deadline } = self.state else {
             return self.handle_datagram_mode(frame);
+        };
+        self.claimed_app = match &frame {
+            Frame::AllocateRequest(r) => Some(r.app_id.clone()),
+            Frame::Refresh(Refresh { ticket, .. }) | Frame::Bind(Bind { ticket, .. }) => {
+                Ticket::parse_unverified(ticket.as_bytes())
+                    .ok()
+                    .map(|(t, _)| t.app_id)
+            }
+            _ => None,
         };
         let result = match (self.role, frame) {
             (Role::Allocation, Frame::AllocateRequest(r)) => {
@@ -1056,6 +1171,15 @@ pub enum UdpRelayEvent {
         /// Why.
         reason: SessionError,
     },
+    /// A control datagram was refused (malformed, or a `Bind` whose ticket
+    /// did not verify), and its `Error` (if it fits) queued: for the I/O
+    /// layer's log and its login-failure limit.
+    Refused {
+        /// The sender.
+        client: SocketAddr,
+        /// The refusal.
+        code: ErrorCode,
+    },
 }
 
 /// Public view of one UDP binding.
@@ -1234,18 +1358,31 @@ impl UdpRelay {
         }
     }
 
+    /// [`UdpRelay::reply_error`], reported as [`UdpRelayEvent::Refused`].
+    fn refuse(
+        &mut self,
+        from: SocketAddr,
+        code: ErrorCode,
+        message: Option<&str>,
+        limit: usize,
+    ) -> RelayInput {
+        self.events
+            .push_back(UdpRelayEvent::Refused { client: from, code });
+        self.reply_error(from, code, message, limit)
+    }
+
     fn handle_control(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> RelayInput {
         let limit = data.len();
         let bind = match Frame::parse(data) {
             Ok(Frame::Bind(b)) => b,
-            Ok(_) => return self.reply_error(from, ErrorCode::UNEXPECTED_FRAME, None, limit),
+            Ok(_) => return self.refuse(from, ErrorCode::UNEXPECTED_FRAME, None, limit),
             Err(e) => {
-                return self.reply_error(from, e.wire_code(), Some(&e.to_string()), limit);
+                return self.refuse(from, e.wire_code(), Some(&e.to_string()), limit);
             }
         };
         let request = match self.server.check_bind(now, &bind, Path::Udp) {
             Ok(r) => r,
-            Err(e) => return self.reply_error(from, e.code, Some(e.message.as_str()), limit),
+            Err(e) => return self.refuse(from, e.code, Some(e.message.as_str()), limit),
         };
         if let Some(rebind) = bind.rebind {
             return self.handle_rebind(

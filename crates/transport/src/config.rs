@@ -310,6 +310,30 @@ pub struct Limits {
     pub relay_splice: bool,
     /// How long shutdown lets sessions drain before closing them.
     pub drain_timeout_ms: u64,
+    /// Bindings one session (one ticket, or one SOCKS5 login) may hold at
+    /// once on this node: TCP streams, UDP-over-TCP, UDP bindings and
+    /// SOCKS5 requests together.
+    pub max_bindings_per_session: u32,
+    /// Upstream sockets one app's bindings may hold at once on this node.
+    /// With several apps, each is also held to half the node's descriptor
+    /// budget, so one app always leaves descriptors for the others.
+    pub max_upstream_sockets_per_app: u32,
+    /// Descriptors never given to bindings: kept for listeners, connections
+    /// still in their handshake, logs.
+    pub reserved_fds: u32,
+    /// Name lookups one app may have in flight at once; more are refused at
+    /// once (a lookup counts until the resolver really returns).
+    pub dns_lookups_in_flight_per_app: u32,
+    /// Name lookups one app may start a second (the burst is one second's
+    /// worth); more are refused at once.
+    pub dns_lookups_per_sec_per_app: u32,
+    /// Failed logins (wrong SOCKS5 password, wrong allocation proof, bad
+    /// ticket) one source address may make at once before it is refused.
+    pub login_failure_burst: u32,
+    /// Failed logins a minute one source address may make after its burst.
+    pub login_failures_per_minute: u32,
+    /// Source addresses the login-failure limiter remembers at once.
+    pub login_failure_sources: u32,
 }
 
 /// The largest accepted `limits.relay_buffer_len`: each flowing direction
@@ -330,6 +354,14 @@ impl Default for Limits {
             relay_buffer_len: 256 * 1024,
             relay_splice: true,
             drain_timeout_ms: 10_000,
+            max_bindings_per_session: 8,
+            max_upstream_sockets_per_app: 10_000,
+            reserved_fds: 128,
+            dns_lookups_in_flight_per_app: 8,
+            dns_lookups_per_sec_per_app: 50,
+            login_failure_burst: 10,
+            login_failures_per_minute: 30,
+            login_failure_sources: 10_000,
         }
     }
 }
@@ -668,6 +700,34 @@ impl ServerConfig {
             (
                 "limits.relay_buffer_len",
                 u64::from(limits.relay_buffer_len),
+            ),
+            (
+                "limits.max_bindings_per_session",
+                u64::from(limits.max_bindings_per_session),
+            ),
+            (
+                "limits.max_upstream_sockets_per_app",
+                u64::from(limits.max_upstream_sockets_per_app),
+            ),
+            (
+                "limits.dns_lookups_in_flight_per_app",
+                u64::from(limits.dns_lookups_in_flight_per_app),
+            ),
+            (
+                "limits.dns_lookups_per_sec_per_app",
+                u64::from(limits.dns_lookups_per_sec_per_app),
+            ),
+            (
+                "limits.login_failure_burst",
+                u64::from(limits.login_failure_burst),
+            ),
+            (
+                "limits.login_failures_per_minute",
+                u64::from(limits.login_failures_per_minute),
+            ),
+            (
+                "limits.login_failure_sources",
+                u64::from(limits.login_failure_sources),
             ),
         ] {
             if value == 0 {

@@ -217,7 +217,13 @@ async fn an_oversized_answer_is_dropped_and_the_next_passes() {
 /// look (256): every client still gets its own answer.
 #[tokio::test]
 async fn many_bindings_answered_at_once_each_get_their_own() {
-    let rig = Rig::loopback().await;
+    // One session holds all 300 bindings: lift the per-session bound.
+    let rig = Rig::start(
+        r#""127.0.0.1""#,
+        2000,
+        "[limits]\nmax_bindings_per_session = 300\n",
+    )
+    .await;
     let allocation = rig.allocate().await;
     let dest = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let to = dest.local_addr().unwrap();

@@ -60,6 +60,28 @@ pub enum DestinationError {
         /// The deadline.
         timeout: Duration,
     },
+    /// The app already has its maximum of name lookups in flight on this
+    /// node (`limits.dns_lookups_in_flight_per_app`); refused at once.
+    #[error(
+        "destination {name} was not resolved: the app already has {max} name lookups in flight on this relay; retry later"
+    )]
+    LookupsInFlight {
+        /// The name and port.
+        name: String,
+        /// The limit.
+        max: u32,
+    },
+    /// The app started more name lookups than its rate allows
+    /// (`limits.dns_lookups_per_sec_per_app`); refused at once.
+    #[error(
+        "destination {name} was not resolved: the app is over its {per_sec} name lookups a second on this relay; retry later"
+    )]
+    LookupRate {
+        /// The name and port.
+        name: String,
+        /// The rate.
+        per_sec: u32,
+    },
 }
 
 impl DestinationError {
@@ -72,6 +94,10 @@ impl DestinationError {
 
 /// The allowed, canonical addresses for `destination`, in resolver order.
 /// Never empty on success.
+///
+/// This resolves with the system resolver and no budget; the node's relays
+/// resolve through their per-app bounded lookups instead
+/// ([`lookups`](crate::server::lookups)).
 pub async fn permitted(
     destination: &Destination<'_>,
     allowlist: &Allowlist,
@@ -93,10 +119,28 @@ pub async fn permitted(
             name: name.clone(),
             timeout: dns_timeout,
         })?
-        .map_err(|e| DestinationError::Unresolvable {
-            name: name.clone(),
-            reason: e.to_string(),
+        .map_err(|e| {
+            tracing::debug!(destination = %name, error = %e, "name lookup failed");
+            unresolvable(name.clone())
         })?;
+    check_resolved(name, resolved, allowlist)
+}
+
+/// The resolver's failure as a client may see it: the host's own error text
+/// (which can describe the host, "Too many open files") goes to the log only.
+pub(crate) fn unresolvable(name: String) -> DestinationError {
+    DestinationError::Unresolvable {
+        name,
+        reason: "the name does not resolve".into(),
+    }
+}
+
+/// Checks every address a name resolved to; the allowed ones, or why none is.
+pub(crate) fn check_resolved(
+    name: String,
+    resolved: impl IntoIterator<Item = SocketAddr>,
+    allowlist: &Allowlist,
+) -> Result<Vec<SocketAddr>, DestinationError> {
     let mut allowed = Vec::new();
     let mut first_denial = None;
     for addr in resolved {

@@ -1,9 +1,15 @@
 //! The proxy service that operators run: allocation service, TCP relay and
 //! UDP relay, and the optional SOCKS5 listener.
 
+mod admission;
+mod bucket;
 mod conn;
+mod descriptors;
 pub mod destination;
 pub mod lifecycle;
+mod log_limit;
+mod login_limit;
+pub mod lookups;
 mod node;
 pub mod quota;
 mod socks5;

@@ -14,8 +14,12 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::allowlist::Allowlist;
 use crate::config::{Limits, ServerConfig};
+use crate::server::descriptors::{raise_nofile, upstream_budget};
 use crate::server::lifecycle::{DrainOutcome, Lifecycle, accept_tcp};
-use crate::server::quota::Quotas;
+use crate::server::log_limit::LogLimiter;
+use crate::server::login_limit::{LoginLimiter, LoginLimits};
+use crate::server::lookups::{LookupLimits, Lookups, Resolve, SystemResolver};
+use crate::server::quota::{AppLimits, Quotas};
 use crate::server::stats::{Stats, StatsSnapshot};
 use crate::server::{socks5, tcp, udp};
 
@@ -47,8 +51,12 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     pub(crate) lifecycle: Lifecycle,
     pub(crate) limits: Limits,
-    /// App id → secrets, for SOCKS5 user/password authentication.
-    pub(crate) app_secrets: HashMap<String, Vec<Vec<u8>>>,
+    /// Name resolution, bounded per app.
+    pub(crate) lookups: Lookups,
+    /// Login failures per source address.
+    pub(crate) logins: LoginLimiter,
+    /// The budget of refusal log lines (failed logins, malformed input).
+    pub(crate) refusal_log: LogLimiter,
     /// The app that SOCKS5 clients without authentication count against.
     pub(crate) socks5_no_auth_app: Option<String>,
 }
@@ -136,6 +144,17 @@ impl Entropy for OsEntropy {
 impl ProxyNode {
     /// Binds every listener of `config` and starts serving.
     pub async fn start(config: &ServerConfig) -> Result<Self, ServeError> {
+        Self::start_with_resolver(config, Arc::new(SystemResolver)).await
+    }
+
+    /// [`ProxyNode::start`] with another resolver for destination names
+    /// than the system's (each app's lookups are still bounded by
+    /// `[limits]`).
+    pub async fn start_with_resolver(
+        config: &ServerConfig,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Self, ServeError> {
+        let nofile = raise_nofile();
         let listeners = &config.listeners;
         let bind = listeners.bind;
         let mut addrs = BoundAddrs {
@@ -183,11 +202,33 @@ impl ProxyNode {
             bind
         });
         let proto = proto_server(config, advertise, &addrs)?;
-        let quotas = Quotas::new(
-            config
-                .apps
-                .iter()
-                .map(|a| (a.id.get_ref().as_str(), a.max_sessions)),
+        let limits = &config.limits;
+        let node_sockets = upstream_budget(nofile, u64::from(limits.reserved_fds));
+        // With several apps, none may take more than half the node's budget.
+        let app_sockets = if config.apps.len() > 1 {
+            u64::from(limits.max_upstream_sockets_per_app).min(node_sockets / 2)
+        } else {
+            u64::from(limits.max_upstream_sockets_per_app)
+        };
+        let app_sockets = u32::try_from(app_sockets).unwrap_or(u32::MAX);
+        tracing::info!(
+            node = node_sockets,
+            per_app = app_sockets,
+            per_session_bindings = limits.max_bindings_per_session,
+            "upstream socket budget"
+        );
+        let quotas = Quotas::with_limits(
+            config.apps.iter().map(|a| {
+                (
+                    a.id.get_ref().as_str(),
+                    AppLimits {
+                        max_sessions: a.max_sessions,
+                        max_bindings_per_session: limits.max_bindings_per_session,
+                        max_upstream_sockets: app_sockets,
+                    },
+                )
+            }),
+            node_sockets,
         );
         let shared = Arc::new(Shared {
             proto: Arc::new(proto),
@@ -196,16 +237,20 @@ impl ProxyNode {
             stats: Arc::new(Stats::default()),
             lifecycle: Lifecycle::new(),
             limits: config.limits.clone(),
-            app_secrets: config
-                .apps
-                .iter()
-                .map(|a| {
-                    (
-                        a.id.get_ref().clone(),
-                        a.secrets.iter().map(|s| s.0.clone()).collect(),
-                    )
-                })
-                .collect(),
+            lookups: Lookups::new(
+                resolver,
+                LookupLimits {
+                    in_flight_per_app: limits.dns_lookups_in_flight_per_app,
+                    per_sec_per_app: limits.dns_lookups_per_sec_per_app,
+                    timeout: limits.dns_timeout(),
+                },
+            ),
+            logins: LoginLimiter::new(LoginLimits {
+                burst: limits.login_failure_burst,
+                per_minute: limits.login_failures_per_minute,
+                sources: limits.login_failure_sources as usize,
+            }),
+            refusal_log: LogLimiter::new(Instant::now()),
             socks5_no_auth_app: config.socks5.no_auth_app.clone(),
         });
 

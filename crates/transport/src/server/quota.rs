@@ -1,9 +1,14 @@
-//! Per-app concurrency quotas (the guide's "concurrent scale").
+//! Per-app concurrency quotas (the guide's "concurrent scale") and what the
+//! sessions hold.
 //!
 //! A session counts against its app while it holds at least one relay binding
-//! on this node — its TCP message channel, its UDP media binding, or both. The
-//! count is kept by guards: dropping the last guard of a session frees its
-//! place, so no error path can leak a slot.
+//! on this node — its TCP message channel, its UDP media binding, or both. A
+//! session may hold at most `max_bindings_per_session` bindings, an app at
+//! most `max_upstream_sockets` upstream sockets, and the node as a whole at
+//! most its descriptor budget, so one ticket cannot take the descriptors
+//! other apps need. The counts are kept by guards: dropping a guard gives
+//! back its binding, its sockets and (with the session's last binding) the
+//! session's place, so no error path can leak a slot.
 //!
 //! Quotas are per node: nodes share no state (tickets are self-verifying), so
 //! a fleet-wide figure is the per-node quota times the nodes an app is spread
@@ -31,43 +36,111 @@ pub enum QuotaError {
         /// The app.
         app: String,
     },
+    /// The session already holds its maximum number of bindings.
+    #[error("the session already holds its maximum of {max} bindings on this node")]
+    SessionBindings {
+        /// The limit.
+        max: u32,
+    },
+    /// The app already holds its maximum number of upstream sockets.
+    #[error("app {app:?} already holds its maximum of {max} upstream sockets on this node")]
+    AppSockets {
+        /// The app.
+        app: String,
+        /// The limit.
+        max: u32,
+    },
+    /// The node has no descriptors left for new bindings (the ones it keeps
+    /// in reserve are not for bindings).
+    #[error("the relay is at its capacity; try another proxy address")]
+    NodeFull,
+}
+
+/// What one app may hold on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppLimits {
+    /// Concurrent sessions.
+    pub max_sessions: u32,
+    /// Bindings one session may hold at once.
+    pub max_bindings_per_session: u32,
+    /// Upstream sockets the app's bindings may hold at once.
+    pub max_upstream_sockets: u32,
+}
+
+impl AppLimits {
+    /// Only a session quota; bindings and sockets unbounded.
+    #[must_use]
+    pub fn sessions(max_sessions: u32) -> Self {
+        Self {
+            max_sessions,
+            max_bindings_per_session: u32::MAX,
+            max_upstream_sockets: u32::MAX,
+        }
+    }
 }
 
 struct AppUsage<S> {
-    max: u32,
+    limits: AppLimits,
+    /// Upstream sockets held by the app's bindings.
+    sockets: u32,
     /// Live sessions and how many bindings each holds.
     sessions: HashMap<S, u32>,
 }
 
+struct Book<S> {
+    apps: HashMap<String, AppUsage<S>>,
+    /// Upstream sockets held on the node, and the most it may hold.
+    sockets: u64,
+    node_sockets: u64,
+}
+
 /// The quota book of one node, shared by every listener.
 pub struct Quotas<S> {
-    apps: Mutex<HashMap<String, AppUsage<S>>>,
+    book: Mutex<Book<S>>,
 }
 
 impl<S: Hash + Eq + Clone> Quotas<S> {
     /// A book for these apps and their maximum concurrent sessions.
     pub fn new<'a>(apps: impl IntoIterator<Item = (&'a str, u32)>) -> Arc<Self> {
+        Self::with_limits(
+            apps.into_iter()
+                .map(|(id, max)| (id, AppLimits::sessions(max))),
+            u64::MAX,
+        )
+    }
+
+    /// A book for these apps and their limits, on a node that may hold at
+    /// most `node_sockets` upstream sockets.
+    pub fn with_limits<'a>(
+        apps: impl IntoIterator<Item = (&'a str, AppLimits)>,
+        node_sockets: u64,
+    ) -> Arc<Self> {
         let apps = apps
             .into_iter()
-            .map(|(id, max)| {
+            .map(|(id, limits)| {
                 (
                     id.to_owned(),
                     AppUsage {
-                        max,
+                        limits,
+                        sockets: 0,
                         sessions: HashMap::new(),
                     },
                 )
             })
             .collect();
         Arc::new(Self {
-            apps: Mutex::new(apps),
+            book: Mutex::new(Book {
+                apps,
+                sockets: 0,
+                node_sockets,
+            }),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, AppUsage<S>>> {
+    fn lock(&self) -> MutexGuard<'_, Book<S>> {
         // A panic elsewhere while holding the lock leaves the counts intact
-        // (every update is a single insert or decrement), so keep going.
-        self.apps
+        // (every update is a few integer moves), so keep going.
+        self.book
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -75,61 +148,104 @@ impl<S: Hash + Eq + Clone> Quotas<S> {
     /// Whether `app` could start a new session now. The allocation service
     /// asks this to refuse early; the binding itself is what takes the place.
     pub fn has_room(&self, app: &str) -> Result<(), QuotaError> {
-        let apps = self.lock();
-        let usage = apps.get(app).ok_or_else(|| QuotaError::UnknownApp {
+        let book = self.lock();
+        let usage = book.apps.get(app).ok_or_else(|| QuotaError::UnknownApp {
             app: app.to_owned(),
         })?;
-        if usage.sessions.len() >= usage.max as usize {
+        if usage.sessions.len() >= usage.limits.max_sessions as usize {
             return Err(QuotaError::Exceeded {
                 app: app.to_owned(),
-                max: usage.max,
+                max: usage.limits.max_sessions,
             });
         }
         Ok(())
     }
 
-    /// Takes a binding for `session` of `app`. A session that already holds a
-    /// binding is always admitted (its second transport, or a reconnection);
-    /// a new one only while the app is under its quota.
+    /// Takes a binding with one upstream socket for `session` of `app`; see
+    /// [`Quotas::acquire_sockets`].
     pub fn acquire(self: &Arc<Self>, app: &str, session: S) -> Result<QuotaGuard<S>, QuotaError> {
-        let mut apps = self.lock();
-        let usage = apps.get_mut(app).ok_or_else(|| QuotaError::UnknownApp {
-            app: app.to_owned(),
-        })?;
+        self.acquire_sockets(app, session, 1)
+    }
+
+    /// Takes a binding holding `sockets` upstream sockets for `session` of
+    /// `app`. A session that already holds a binding gets another (its
+    /// second transport, or a reconnection) while under its bindings limit;
+    /// a new one only while the app is under its session quota. Either way
+    /// the app and the node must have room for the sockets.
+    pub fn acquire_sockets(
+        self: &Arc<Self>,
+        app: &str,
+        session: S,
+        sockets: u32,
+    ) -> Result<QuotaGuard<S>, QuotaError> {
+        let mut book = self.lock();
+        if book.sockets + u64::from(sockets) > book.node_sockets {
+            return Err(QuotaError::NodeFull);
+        }
+        let usage = book
+            .apps
+            .get_mut(app)
+            .ok_or_else(|| QuotaError::UnknownApp {
+                app: app.to_owned(),
+            })?;
+        let limits = usage.limits;
         let live = usage.sessions.len();
-        match usage.sessions.get_mut(&session) {
-            Some(bindings) => *bindings += 1,
-            None if live < usage.max as usize => {
-                usage.sessions.insert(session.clone(), 1);
-            }
-            None => {
-                return Err(QuotaError::Exceeded {
-                    app: app.to_owned(),
-                    max: usage.max,
+        match usage.sessions.get(&session) {
+            Some(&bindings) if bindings >= limits.max_bindings_per_session => {
+                return Err(QuotaError::SessionBindings {
+                    max: limits.max_bindings_per_session,
                 });
             }
+            None if live >= limits.max_sessions as usize => {
+                return Err(QuotaError::Exceeded {
+                    app: app.to_owned(),
+                    max: limits.max_sessions,
+                });
+            }
+            _ => {}
         }
+        if u64::from(usage.sockets) + u64::from(sockets) > u64::from(limits.max_upstream_sockets) {
+            return Err(QuotaError::AppSockets {
+                app: app.to_owned(),
+                max: limits.max_upstream_sockets,
+            });
+        }
+        *usage.sessions.entry(session.clone()).or_insert(0) += 1;
+        usage.sockets += sockets;
+        book.sockets += u64::from(sockets);
         Ok(QuotaGuard {
             quotas: Arc::clone(self),
             app: app.to_owned(),
             session,
+            sockets,
         })
     }
 
     /// Live sessions of `app` on this node.
     pub fn sessions(&self, app: &str) -> usize {
-        self.lock().get(app).map_or(0, |u| u.sessions.len())
+        self.lock().apps.get(app).map_or(0, |u| u.sessions.len())
     }
 
-    fn release(&self, app: &str, session: &S) {
-        let mut apps = self.lock();
-        if let Some(usage) = apps.get_mut(app) {
+    /// Upstream sockets held by `app`'s bindings on this node.
+    pub fn sockets(&self, app: &str) -> u32 {
+        self.lock().apps.get(app).map_or(0, |u| u.sockets)
+    }
+
+    fn release(&self, app: &str, session: &S, sockets: u32) {
+        let mut book = self.lock();
+        let mut released = false;
+        if let Some(usage) = book.apps.get_mut(app) {
             if let Some(bindings) = usage.sessions.get_mut(session) {
                 *bindings -= 1;
                 if *bindings == 0 {
                     usage.sessions.remove(session);
                 }
+                usage.sockets = usage.sockets.saturating_sub(sockets);
+                released = true;
             }
+        }
+        if released {
+            book.sockets = book.sockets.saturating_sub(u64::from(sockets));
         }
     }
 }
@@ -139,6 +255,7 @@ pub struct QuotaGuard<S: Hash + Eq + Clone> {
     quotas: Arc<Quotas<S>>,
     app: String,
     session: S,
+    sockets: u32,
 }
 
 impl<S: Hash + Eq + Clone> QuotaGuard<S> {
@@ -151,7 +268,7 @@ impl<S: Hash + Eq + Clone> QuotaGuard<S> {
 
 impl<S: Hash + Eq + Clone> Drop for QuotaGuard<S> {
     fn drop(&mut self) {
-        self.quotas.release(&self.app, &self.session);
+        self.quotas.release(&self.app, &self.session, self.sockets);
     }
 }
 
@@ -193,6 +310,47 @@ mod tests {
         let third = q.acquire("a", 3).unwrap();
         drop((other, third));
         assert_eq!(q.sessions("a"), 0);
+    }
+
+    #[test]
+    fn bindings_per_session_are_bounded() {
+        let limits = AppLimits {
+            max_sessions: 2,
+            max_bindings_per_session: 2,
+            max_upstream_sockets: 100,
+        };
+        let q = Quotas::with_limits([("a", limits)], u64::MAX);
+        let held = [q.acquire("a", 1u64).unwrap(), q.acquire("a", 1).unwrap()];
+        assert_eq!(
+            q.acquire("a", 1).unwrap_err(),
+            QuotaError::SessionBindings { max: 2 }
+        );
+        drop(held);
+        assert!(q.acquire("a", 1).is_ok(), "given back with the guards");
+    }
+
+    #[test]
+    fn sockets_are_bounded_per_app_and_per_node() {
+        let limits = AppLimits {
+            max_sessions: 100,
+            max_bindings_per_session: 100,
+            max_upstream_sockets: 4,
+        };
+        let q = Quotas::with_limits([("a", limits), ("b", limits)], 6);
+        let a = q.acquire_sockets("a", 1u64, 3).unwrap();
+        assert_eq!(
+            q.acquire_sockets("a", 2, 2).unwrap_err(),
+            QuotaError::AppSockets {
+                app: "a".into(),
+                max: 4
+            }
+        );
+        let b = q.acquire_sockets("b", 3, 3).unwrap();
+        assert_eq!(q.acquire("b", 4).unwrap_err(), QuotaError::NodeFull);
+        assert_eq!((q.sockets("a"), q.sockets("b")), (3, 3));
+        drop((a, b));
+        assert_eq!((q.sockets("a"), q.sockets("b")), (0, 0));
+        assert!(q.acquire_sockets("a", 1, 4).is_ok());
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //!
 //! - Username = app id; password = the app secret in hex, or a ticket in hex
 //!   (then the SOCKS session *is* that ticket's session for the quota).
+//!   Logins go through [`admission`](crate::server::admission), the same
+//!   rules as the native protocol: constant-time secrets, tickets, the
+//!   per-session transports (CONNECT needs TCP, UDP ASSOCIATE needs UDP),
+//!   the max session lifetime, quotas, and the login-failure limit.
 //! - CONNECT to IPv4, IPv6 and domain destinations; names are resolved by the
 //!   relay and the resolved address is what the allowlist checks.
 //! - UDP ASSOCIATE: datagrams are accepted only from the client of the
@@ -20,14 +24,14 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
-use cloudproxy_proto::SealedTicket;
-use subtle::ConstantTimeEq;
+use cloudproxy_proto::Transports;
+use cloudproxy_proto::server::Grant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::config::decode_hex;
 use crate::pump::{PumpOptions, pump};
-use crate::server::destination::{Destination, DestinationError, permitted};
+use crate::server::admission::{self, LoginRefused};
+use crate::server::destination::{Destination, DestinationError};
 use crate::server::node::Shared;
 use crate::server::quota::QuotaGuard;
 use crate::server::stats::{Active, Stats};
@@ -69,7 +73,7 @@ const MAX_UDP_DESTINATIONS: usize = 1024;
 enum Refused {
     Io(io::Error),
     Malformed(&'static str),
-    Auth,
+    Auth(LoginRefused),
     NoMethod,
     Command(Reply),
 }
@@ -79,7 +83,7 @@ impl std::fmt::Display for Refused {
         match self {
             Self::Io(e) => write!(f, "connection failed during the handshake: {e}"),
             Self::Malformed(what) => write!(f, "malformed {what}"),
-            Self::Auth => f.write_str("wrong app id or password"),
+            Self::Auth(why) => write!(f, "login refused: {why}"),
             Self::NoMethod => f.write_str(
                 "no acceptable authentication method offered (user/password is required)",
             ),
@@ -100,9 +104,9 @@ impl From<io::Error> for Refused {
 struct Client {
     app: String,
     session: u64,
-    /// Unix seconds at which a ticket's session reaches its maximum
-    /// lifetime; `None` for a login that starts a new session.
-    session_deadline: Option<u64>,
+    /// Unix seconds when the session must end (max session lifetime), as
+    /// admission decided it.
+    session_deadline: u64,
 }
 
 /// A request after authentication.
@@ -160,18 +164,20 @@ async fn close_after_refusal(mut stream: TcpStream) {
 pub(crate) async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
     let handshake = tokio::time::timeout(
         shared.limits.handshake_timeout(),
-        handshake(&shared, &mut stream),
+        handshake(&shared, &mut stream, peer),
     )
     .await;
-    let (client, request) = match handshake {
+    let (grant, request) = match handshake {
         Ok(Ok(done)) => done,
         Ok(Err(refused)) => {
             match &refused {
                 Refused::Malformed(_) => Stats::bump(&shared.stats.malformed),
-                Refused::Auth => Stats::bump(&shared.stats.socks5_auth_refused),
+                Refused::Auth(_) => Stats::bump(&shared.stats.socks5_auth_refused),
                 _ => {}
             }
-            tracing::info!(%peer, reason = %refused, "socks5 connection refused");
+            shared.refusal_log.log(|| {
+                tracing::info!(%peer, reason = %refused, "socks5 connection refused");
+            });
             close_after_refusal(stream).await;
             return;
         }
@@ -180,11 +186,26 @@ pub(crate) async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer:
             return;
         }
     };
-    let quota = match shared.quotas.acquire(&client.app, client.session) {
-        Ok(guard) => guard,
-        Err(e) => {
+    // CONNECT holds one upstream socket; an association its relay socket
+    // and one upstream socket per address family.
+    let (needed, sockets) = match request {
+        Request::Connect(_) => (Transports::TCP, 1),
+        Request::UdpAssociate(_) => (Transports::UDP, 3),
+    };
+    let (quota, client) = match admission::admit(&shared, &grant, needed, sockets) {
+        Ok(admitted) => (
+            admitted.quota,
+            Client {
+                app: grant.app_id.as_str().to_owned(),
+                session: grant.session_id,
+                session_deadline: admitted.session_deadline,
+            },
+        ),
+        Err((code, message)) => {
             Stats::bump(&shared.stats.bindings_refused);
-            tracing::info!(%peer, app = %client.app, error = %e, "socks5 request refused");
+            shared.refusal_log.log(|| {
+                tracing::info!(%peer, app = %grant.app_id, code = %code.label(), error = %message, "socks5 request refused");
+            });
             let _ = reply(&mut stream, Reply::NotAllowed, None).await;
             close_after_refusal(stream).await;
             return;
@@ -198,7 +219,11 @@ pub(crate) async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer:
     }
 }
 
-async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<(Client, Request), Refused> {
+async fn handshake(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+) -> Result<(Grant, Request), Refused> {
     // Greeting: VER NMETHODS METHODS...
     let mut head = [0u8; 2];
     stream.read_exact(&mut head).await?;
@@ -209,14 +234,10 @@ async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<(Client, R
     stream.read_exact(&mut methods).await?;
     let client = if methods.contains(&METHOD_PASSWORD) {
         stream.write_all(&[VERSION, METHOD_PASSWORD]).await?;
-        authenticate(shared, stream).await?
+        authenticate(shared, stream, peer).await?
     } else if let (true, Some(app)) = (methods.contains(&METHOD_NONE), &shared.socks5_no_auth_app) {
         stream.write_all(&[VERSION, METHOD_NONE]).await?;
-        Client {
-            app: app.clone(),
-            session: new_session_id(),
-            session_deadline: None,
-        }
+        admission::no_auth(shared, app, new_session_id()).map_err(Refused::Auth)?
     } else {
         stream.write_all(&[VERSION, METHOD_UNACCEPTABLE]).await?;
         return Err(Refused::NoMethod);
@@ -247,8 +268,12 @@ async fn handshake(shared: &Shared, stream: &mut TcpStream) -> Result<(Client, R
     }
 }
 
-/// RFC 1929: VER ULEN UNAME PLEN PASSWD.
-async fn authenticate(shared: &Shared, stream: &mut TcpStream) -> Result<Client, Refused> {
+/// RFC 1929: VER ULEN UNAME PLEN PASSWD, checked by admission.
+async fn authenticate(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+) -> Result<Grant, Refused> {
     let mut ver = [0u8; 2];
     stream.read_exact(&mut ver).await?;
     if ver[0] != AUTH_VERSION {
@@ -263,56 +288,15 @@ async fn authenticate(shared: &Shared, stream: &mut TcpStream) -> Result<Client,
     let mut password = vec![0u8; usize::from(plen[0])];
     stream.read_exact(&mut password).await?;
 
-    let verified = std::str::from_utf8(&user)
-        .ok()
-        .and_then(|app| verify(shared, app, &password).map(|session| (app, session)));
-    match verified {
-        Some((app, (session, session_deadline))) => {
+    match admission::login(shared, peer, &user, &password, new_session_id) {
+        Ok(grant) => {
             stream.write_all(&[AUTH_VERSION, 0]).await?;
-            Ok(Client {
-                app: app.to_owned(),
-                session,
-                session_deadline,
-            })
+            Ok(grant)
         }
-        None => {
+        Err(refused) => {
             stream.write_all(&[AUTH_VERSION, 1]).await?;
-            Err(Refused::Auth)
+            Err(Refused::Auth(refused))
         }
-    }
-}
-
-/// The session the password proves for `app`: the app secret (a new
-/// session) or a ticket of that app (its session, and when that session
-/// reaches its maximum lifetime).
-fn verify(shared: &Shared, app: &str, password: &[u8]) -> Option<(u64, Option<u64>)> {
-    let bytes = decode_hex(std::str::from_utf8(password).ok()?).ok()?;
-    let secrets = shared.app_secrets.get(app)?;
-    if secrets
-        .iter()
-        .any(|s| bool::from(s.as_slice().ct_eq(&bytes)))
-    {
-        return Some((new_session_id(), None));
-    }
-    let sealed = SealedTicket::new(bytes.into()).ok()?;
-    let ticket = shared
-        .proto
-        .ticket_keys()
-        .open(&sealed, shared.proto.unix_at(Instant::now()))
-        .ok()?;
-    let deadline = ticket
-        .created_at
-        .saturating_add(shared.proto.config().max_session_lifetime.as_secs());
-    (ticket.app_id.as_str() == app).then_some((ticket.session_id, Some(deadline)))
-}
-
-/// When a SOCKS5 session reaches its maximum lifetime: its ticket's session
-/// deadline, or, for a login with the app secret (a new session), the
-/// maximum lifetime from `started`.
-fn deadline_of(shared: &Shared, client: &Client, started: Instant) -> Instant {
-    match client.session_deadline {
-        Some(unix) => session_deadline(shared, unix),
-        None => started + shared.proto.config().max_session_lifetime,
     }
 }
 
@@ -415,18 +399,14 @@ async fn connect(
     target: &Target,
     quota: QuotaGuard<u64>,
 ) {
-    let targets = match permitted(
-        &target.as_destination(),
-        &shared.allowlist,
-        shared.limits.dns_timeout(),
-    )
-    .await
+    let targets = match shared
+        .lookups
+        .permitted(&client.app, &target.as_destination(), &shared.allowlist)
+        .await
     {
         Ok(t) => t,
         Err(e) => {
-            if e.is_policy() {
-                Stats::bump(&shared.stats.destinations_refused);
-            }
+            crate::server::tcp::note_destination_error(shared, &e);
             Stats::bump(&shared.stats.bindings_refused);
             tracing::info!(%peer, app = %client.app, destination = %target, error = %e, "socks5 connect refused");
             let _ = reply(&mut stream, destination_reply(&e), None).await;
@@ -474,7 +454,7 @@ async fn connect(
         buffer_len: shared.limits.relay_buffer_len as usize,
         idle_timeout: shared.limits.idle_timeout(),
         splice: shared.limits.relay_splice,
-        deadline: Some(deadline_of(shared, client, started)),
+        deadline: Some(session_deadline(shared, client.session_deadline)),
     };
     let report = pump(
         &stream,
@@ -619,7 +599,7 @@ async fn associate(
     let _quota = quota;
     let started = Instant::now();
     let idle = shared.limits.idle_timeout();
-    let lifetime_end = tokio::time::Instant::from_std(deadline_of(shared, client, started));
+    let lifetime_end = tokio::time::Instant::from_std(session_deadline(shared, client.session_deadline));
     let force_closed = shared.lifecycle.force_closed();
     tokio::pin!(force_closed);
 
@@ -662,18 +642,21 @@ async fn associate(
                     Some(d) => *d,
                     None if decisions.len() >= MAX_UDP_DESTINATIONS => None,
                     None => {
-                        let d = permitted(&target.as_destination(), &shared.allowlist, shared.limits.dns_timeout()).await;
+                        let d = shared.lookups.permitted(&client.app, &target.as_destination(), &shared.allowlist).await;
+                        // Over the app's lookup budget is for now, not for good:
+                        // not remembered.
+                        let keep = !matches!(d, Err(DestinationError::LookupsInFlight { .. } | DestinationError::LookupRate { .. }));
                         let d = match d {
                             Ok(addrs) => addrs.first().copied(),
                             Err(e) => {
-                                if e.is_policy() {
-                                    Stats::bump(&shared.stats.destinations_refused);
-                                }
+                                crate::server::tcp::note_destination_error(shared, &e);
                                 tracing::info!(%peer, destination = %target, error = %e, "socks5 udp destination refused");
                                 None
                             }
                         };
-                        decisions.insert(target, d);
+                        if keep {
+                            decisions.insert(target, d);
+                        }
                         d
                     }
                 };
@@ -766,6 +749,7 @@ fn relay_down(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::decode_hex;
 
     #[test]
     fn udp_headers() {

@@ -86,6 +86,16 @@ counters! {
     socks5_fragments_dropped,
     /// SOCKS5 clients refused at authentication.
     socks5_auth_refused,
+    /// Failed logins on every listener: wrong SOCKS5 password, wrong
+    /// allocation proof, bad or expired ticket.
+    login_failures,
+    /// Login attempts refused unchecked because their source was over its
+    /// login-failure limit.
+    logins_rate_limited,
+    /// Times a source's login-failure limit engaged.
+    login_limit_engaged,
+    /// Binds refused because their app was over its name-lookup budget.
+    lookups_refused,
 }
 
 impl Stats {

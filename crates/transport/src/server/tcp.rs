@@ -13,18 +13,76 @@ use cloudproxy_proto::server::{BindRequest, Connection, Role, ServerEvent};
 use cloudproxy_proto::{Address, ErrorCode, SessionError};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::client::dial::{DialPolicy, race};
+use crate::client::dial::{DialError, DialPolicy, Outcome, race};
 use crate::net::{connected_udp, sleep_until_opt};
 use crate::pump::{PumpOptions, pump};
+use crate::server::admission::{
+    admit, bind_grant, bind_transport, is_login_failure, login_failed, quota_code, source_allowed,
+};
 use crate::server::conn::{Next, flush, next_event};
-use crate::server::destination::{Destination, DestinationError, permitted};
+use crate::server::destination::{Destination, DestinationError};
 use crate::server::node::Shared;
-use crate::server::quota::{QuotaError, QuotaGuard};
+use crate::server::quota::QuotaGuard;
 use crate::server::stats::{Active, Stats};
+
+/// Refuses a connection from a source over its login-failure limit before
+/// anything is read from it: one `Error` frame, then close.
+fn refuse_limited_source(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> bool {
+    if source_allowed(shared, peer) {
+        return false;
+    }
+    let frame =
+        cloudproxy_proto::frame::Frame::Error(cloudproxy_proto::frame::ErrorFrame::with_message(
+            ErrorCode::SERVER_BUSY,
+            "too many failed logins from this address; retry later",
+        ));
+    // A fresh socket's send buffer takes these few bytes at once; if not,
+    // the refusal is only the close.
+    let _ = stream.try_write(&frame.to_bytes());
+    shared.refusal_log.log(|| {
+        tracing::info!(%peer, "connection refused: its source is over the login-failure limit");
+    });
+    true
+}
+
+/// Logs why a native connection ended before it became a session (failed
+/// login, malformed input, timeout), within the node's log budget, and
+/// counts a failed login against its source.
+fn note_refusal(shared: &Shared, conn: &Connection, peer: SocketAddr, reason: &SessionError) {
+    let failed_login = is_login_failure(reason);
+    if failed_login {
+        login_failed(shared, peer);
+    }
+    let app = conn.claimed_app().map_or("-", |a| a.as_str());
+    let what = if conn.role() == Role::Allocation {
+        "allocation"
+    } else {
+        "bind"
+    };
+    let log = match reason {
+        SessionError::Protocol(_) | SessionError::UnexpectedFrame { .. } => Some(true),
+        SessionError::Rejected { .. } | SessionError::Timeout { .. } => Some(false),
+        // A client that closed or said `Close` is no refusal.
+        _ => None,
+    };
+    let Some(malformed) = log else { return };
+    shared.refusal_log.log(|| {
+        if malformed {
+            tracing::warn!(%peer, app, %reason, "{what} connection closed: malformed input");
+        } else if failed_login {
+            tracing::warn!(%peer, app, %reason, "{what} refused: failed login");
+        } else {
+            tracing::info!(%peer, app, %reason, "{what} refused");
+        }
+    });
+}
 
 /// One connection on an allocation port: `AllocateRequest` or `Refresh` in,
 /// `AllocateOk` or `Error` out, then close.
 pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    if refuse_limited_source(&shared, &stream, peer) {
+        return;
+    }
     let mut conn = Connection::new(Arc::clone(&shared.proto), Role::Allocation, Instant::now());
     loop {
         match next_event(&stream, &mut conn).await {
@@ -50,6 +108,7 @@ pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: Soc
             }
             Next::Event(ServerEvent::Closed(reason)) => {
                 note_close(&shared.stats, &reason, true);
+                note_refusal(&shared, &conn, peer, &reason);
                 let _ = flush(&stream, &mut conn).await;
                 break;
             }
@@ -111,6 +170,9 @@ enum Bound {
 /// Runs the relay handshake until a bind is accepted (and `BindOk` sent), or
 /// the connection ends; refusals are answered here.
 async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<Bound> {
+    if refuse_limited_source(shared, stream, peer) {
+        return None;
+    }
     let mut conn = Connection::new(Arc::clone(&shared.proto), Role::Relay, Instant::now());
     loop {
         match next_event(stream, &mut conn).await {
@@ -141,13 +203,19 @@ async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<B
                         });
                     }
                     Err((code, message)) => {
-                        tracing::info!(%peer, session = format_args!("{:016x}", request.session_id), app = %request.app_id, destination = %request.destination, code = %code.label(), %message, "bind refused");
+                        shared.refusal_log.log(|| {
+                            tracing::info!(%peer, session = format_args!("{:016x}", request.session_id), app = %request.app_id, destination = %request.destination, code = %code.label(), %message, "bind refused");
+                        });
                         conn.reject(Instant::now(), code, Some(&message));
                     }
                 }
             }
             Next::Event(ServerEvent::Closed(reason)) => {
                 note_close(&shared.stats, &reason, false);
+                // Our own refusals (quota, destination) were logged above.
+                if !matches!(reason, SessionError::Rejected { .. }) || is_login_failure(&reason) {
+                    note_refusal(shared, &conn, peer, &reason);
+                }
                 let _ = flush(stream, &mut conn).await;
                 return None;
             }
@@ -169,14 +237,14 @@ enum Upstream {
     Datagram(UdpSocket, QuotaGuard<u64>),
 }
 
-/// The checks and the connect behind a bind: destination policy, quota, then
-/// the relay's own socket to the destination.
+/// The checks and the connect behind a bind: admission (transport, session
+/// deadline, quota), then the destination (its name lookups count against
+/// an app already within its quota), then the relay's own socket to it.
 async fn prepare(shared: &Shared, request: &BindRequest) -> Result<Upstream, (ErrorCode, String)> {
-    let targets = check_destination(shared, &request.destination).await?;
-    let quota = shared
-        .quotas
-        .acquire(request.app_id.as_str(), request.session_id)
-        .map_err(|e| (quota_code(&e), e.to_string()))?;
+    let needed = bind_transport(request.mode, request.path);
+    let admitted = admit(shared, &bind_grant(request), needed, 1)?;
+    let quota = admitted.quota;
+    let targets = check_destination(shared, request.app_id.as_str(), &request.destination).await?;
     match request.mode {
         BindMode::Stream => {
             let policy = DialPolicy {
@@ -186,40 +254,80 @@ async fn prepare(shared: &Shared, request: &BindRequest) -> Result<Upstream, (Er
             };
             let (_, up) = race(&targets, &policy, TcpStream::connect)
                 .await
-                .map_err(|e| (ErrorCode::DESTINATION_UNREACHABLE, e.to_string()))?;
+                .map_err(|e| {
+                    tracing::debug!(destination = %request.destination, error = %e, "upstream connect failed");
+                    (ErrorCode::DESTINATION_UNREACHABLE, connect_failure(&e).to_owned())
+                })?;
             let _ = up.set_nodelay(true);
             Ok(Upstream::Stream(up, quota))
         }
         BindMode::Datagram => {
             let target = targets[0];
-            let up = connected_udp(target).await.map_err(|e| {
-                (
-                    ErrorCode::DESTINATION_UNREACHABLE,
-                    format!("cannot open a UDP path to {target}: {e}"),
-                )
-            })?;
+            let up = connected_udp(target)
+                .await
+                .map_err(|e| upstream_socket_failure(&e, target))?;
             Ok(Upstream::Datagram(up, quota))
         }
     }
 }
 
-/// The allowlisted addresses for a destination, or the error to send.
+/// What a client is told when the upstream connect failed: which way it
+/// failed, never the host's error text (that is logged).
+pub(crate) fn connect_failure(e: &DialError) -> &'static str {
+    let timed_out = e
+        .attempts
+        .iter()
+        .all(|(_, o)| !matches!(o, Outcome::Failed(_)));
+    if timed_out {
+        "the destination did not answer in time"
+    } else {
+        "the destination refused the connection or could not be reached"
+    }
+}
+
+/// A socket the relay could not open for a destination: the host's error
+/// (for instance "Too many open files") goes to the log, the client gets a
+/// generic refusal.
+pub(crate) fn upstream_socket_failure(e: &io::Error, target: SocketAddr) -> (ErrorCode, String) {
+    tracing::warn!(destination = %target, error = %e, "cannot open an upstream socket");
+    (
+        ErrorCode::INTERNAL,
+        "the relay could not open a path to the destination".to_owned(),
+    )
+}
+
+/// The allowlisted addresses for a destination, or the error to send; a
+/// name is resolved within `app`'s lookup budget.
 pub(crate) async fn check_destination(
     shared: &Shared,
+    app: &str,
     destination: &Address,
 ) -> Result<Vec<SocketAddr>, (ErrorCode, String)> {
     let dest = match destination {
         Address::Ip(addr) => Destination::Addr(*addr),
         Address::Domain(name, port) => Destination::Name(name.as_str(), *port),
     };
-    permitted(&dest, &shared.allowlist, shared.limits.dns_timeout())
+    shared
+        .lookups
+        .permitted(app, &dest, &shared.allowlist)
         .await
         .map_err(|e| {
-            if e.is_policy() {
-                Stats::bump(&shared.stats.destinations_refused);
-            }
+            note_destination_error(shared, &e);
             (destination_code(&e), e.to_string())
         })
+}
+
+/// Counts a destination refusal.
+pub(crate) fn note_destination_error(shared: &Shared, e: &DestinationError) {
+    if e.is_policy() {
+        Stats::bump(&shared.stats.destinations_refused);
+    }
+    if matches!(
+        e,
+        DestinationError::LookupsInFlight { .. } | DestinationError::LookupRate { .. }
+    ) {
+        Stats::bump(&shared.stats.lookups_refused);
+    }
 }
 
 async fn stream_session(
@@ -480,13 +588,6 @@ async fn datagram_session(
         %reason,
         "session ended"
     );
-}
-
-pub(crate) fn quota_code(e: &QuotaError) -> ErrorCode {
-    match e {
-        QuotaError::UnknownApp { .. } => ErrorCode::BAD_CREDENTIAL,
-        _ => ErrorCode::QUOTA_EXCEEDED,
-    }
 }
 
 pub(crate) fn destination_code(e: &DestinationError) -> ErrorCode {

@@ -26,7 +26,7 @@ use cloudproxy_proto::frame::MAX_DATAGRAM_PAYLOAD;
 use cloudproxy_proto::server::{
     BindRequest, BindRequestId, DropReason, SliceInput, UdpAllocation, UdpRelay, UdpRelayEvent,
 };
-use cloudproxy_proto::udp::UDP_HEADER_LEN;
+use cloudproxy_proto::udp::{DatagramClass, UDP_HEADER_LEN, classify};
 use cloudproxy_proto::{ErrorCode, SessionError};
 use mio::{Events, Poll as MioPoll, Registry, Token};
 use quinn_udp::{UdpSockRef, UdpSocketState};
@@ -35,10 +35,13 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::net::{any_local_for, sleep_until_opt};
+use crate::server::admission::{
+    admit, bind_grant, bind_transport, login_failed, quota_code, source_allowed,
+};
 use crate::server::node::Shared;
 use crate::server::quota::QuotaGuard;
 use crate::server::stats::{Active, Stats};
-use crate::server::tcp::{check_destination, quota_code};
+use crate::server::tcp::{check_destination, upstream_socket_failure};
 use crate::server::udp_batch::{BATCH, GSO_MAX_BYTES, with_batch};
 
 /// Largest datagram read from any socket; bigger ones are truncated by the
@@ -60,16 +63,25 @@ pub(crate) async fn allocation(shared: Arc<Shared>, socket: UdpSocket) {
                 Err(_) => continue,
             },
         };
+        // A source over its login-failure limit gets nothing (not even an
+        // error: no reply to an unauthenticated source is safest).
+        if !source_allowed(&shared, from) {
+            continue;
+        }
         let reply = match shared
             .proto
             .handle_allocation_datagram(Instant::now(), &buf[..n])
         {
             UdpAllocation::Drop => {
                 Stats::bump(&shared.stats.malformed);
+                shared.refusal_log.log(|| {
+                    tracing::warn!(peer = %from, bytes = n, "allocation datagram dropped: malformed input");
+                });
                 None
             }
             UdpAllocation::Reply(bytes) => {
                 Stats::bump(&shared.stats.allocations_refused);
+                note_udp_refusal(&shared, from, &buf[..n], &bytes);
                 Some(bytes)
             }
             UdpAllocation::Pending(pending) => {
@@ -97,6 +109,36 @@ pub(crate) async fn allocation(shared: Arc<Shared>, socket: UdpSocket) {
             let _ = socket.try_send_to(&reply, from);
         }
     }
+}
+
+/// Logs a refused allocation datagram (within the node's log budget) and
+/// counts a failed login against its source.
+fn note_udp_refusal(shared: &Shared, from: SocketAddr, request: &[u8], reply: &[u8]) {
+    use cloudproxy_proto::frame::Frame;
+    let code = match Frame::parse(reply) {
+        Ok(Frame::Error(e)) => e.code,
+        _ => ErrorCode::INTERNAL,
+    };
+    let failed_login = [
+        ErrorCode::BAD_CREDENTIAL,
+        ErrorCode::INVALID_TICKET,
+        ErrorCode::EXPIRED_TICKET,
+    ]
+    .contains(&code);
+    if failed_login {
+        login_failed(shared, from);
+    }
+    shared.refusal_log.log(|| {
+        let app = match Frame::parse(request) {
+            Ok(Frame::AllocateRequest(r)) => r.app_id.as_str().to_owned(),
+            _ => "-".to_owned(),
+        };
+        if failed_login {
+            tracing::warn!(peer = %from, app, reason = %code, "allocation refused: failed login");
+        } else {
+            tracing::info!(peer = %from, app, reason = %code, "allocation refused");
+        }
+    });
 }
 
 /// The outcome of checking a bind off the socket's task (DNS may be slow).
@@ -204,12 +246,22 @@ impl Relay {
         gather: &mut Vec<u8>,
     ) {
         let stats = &self.shared.stats;
+        // A control datagram (a `Bind`) from a source over its login-failure
+        // limit is dropped unread; data datagrams never take the lock.
+        if classify(datagram) == DatagramClass::Control && !source_allowed(&self.shared, from) {
+            return;
+        }
         match self.table.handle_slice(now, from, datagram) {
             SliceInput::Forward {
                 binding_id,
                 payload_start,
             } => self.gather(binding_id, &datagram[payload_start..], run, gather),
-            SliceInput::Dropped(DropReason::Malformed) => Stats::bump(&stats.malformed),
+            SliceInput::Dropped(DropReason::Malformed) => {
+                Stats::bump(&stats.malformed);
+                self.shared.refusal_log.log(|| {
+                    tracing::warn!(peer = %from, bytes = datagram.len(), "relay datagram dropped: malformed input");
+                });
+            }
             SliceInput::Dropped(_) => Stats::bump(&stats.udp_dropped),
             _ => {}
         }
@@ -384,7 +436,9 @@ impl Relay {
                 tokio::spawn(async move {
                     let outcome = check_bind(&shared, request).await;
                     if let Err((code, message)) = &outcome {
-                        tracing::info!(%client, code = %code.label(), %message, "udp bind refused");
+                        shared.refusal_log.log(|| {
+                            tracing::info!(%client, code = %code.label(), %message, "udp bind refused");
+                        });
                     }
                     let _ = decide_tx.send(Decision { id, outcome });
                 });
@@ -399,6 +453,20 @@ impl Relay {
                 if let Some(io) = self.bindings.get(&binding_id) {
                     tracing::info!(session = format_args!("{:016x}", io.request.session_id), %old, %new, "udp binding moved to a new client address");
                 }
+            }
+            UdpRelayEvent::Refused { client, code } => {
+                let failed_login =
+                    [ErrorCode::INVALID_TICKET, ErrorCode::EXPIRED_TICKET].contains(&code);
+                if failed_login {
+                    login_failed(&self.shared, client);
+                }
+                self.shared.refusal_log.log(|| {
+                    if failed_login {
+                        tracing::warn!(peer = %client, reason = %code, "udp bind refused: failed login");
+                    } else {
+                        tracing::warn!(peer = %client, reason = %code, "udp bind refused");
+                    }
+                });
             }
             UdpRelayEvent::BindingClosed { binding_id, reason } => {
                 if let Some(mut io) = self.bindings.remove(&binding_id) {
@@ -558,19 +626,15 @@ pub(crate) async fn relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
     }
 }
 
+/// Admission (transport, session deadline, quota) first, so name lookups
+/// only run for an app within its quota; then the destination and the
+/// binding's own upstream socket.
 async fn check_bind(shared: &Shared, request: BindRequest) -> Result<Setup, (ErrorCode, String)> {
-    let targets = check_destination(shared, &request.destination).await?;
-    let quota = shared
-        .quotas
-        .acquire(request.app_id.as_str(), request.session_id)
-        .map_err(|e| (quota_code(&e), e.to_string()))?;
+    let needed = bind_transport(request.mode, request.path);
+    let quota = admit(shared, &bind_grant(&request), needed, 1)?.quota;
+    let targets = check_destination(shared, request.app_id.as_str(), &request.destination).await?;
     let target = targets[0];
-    let upstream = connected_upstream(target).map_err(|e| {
-        (
-            ErrorCode::DESTINATION_UNREACHABLE,
-            format!("cannot open a UDP path to {target}: {e}"),
-        )
-    })?;
+    let upstream = connected_upstream(target).map_err(|e| upstream_socket_failure(&e, target))?;
     Ok(Setup {
         request,
         upstream,

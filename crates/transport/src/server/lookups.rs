@@ -1,0 +1,161 @@
+//! Name resolution for the relays, bounded per app.
+//!
+//! The system resolver (`getaddrinfo`) cannot be cancelled: a lookup of a
+//! name whose servers never answer holds a blocking-pool thread for the
+//! resolver's own timeout, however soon the relay stops waiting. Unbounded,
+//! one app issuing such lookups fills the pool and every app's names wait
+//! behind them. So each app has its own budget: at most
+//! `dns_lookups_in_flight_per_app` lookups at once — a place held until the
+//! lookup has *really* ended, not until the relay gave up on it — and at most
+//! `dns_lookups_per_sec_per_app` started a second. Over either, the bind is
+//! refused at once with a typed error; other apps' lookups are untouched.
+//!
+//! The resolver itself is behind [`Resolve`], so a node can be given another
+//! one (tests model a resolver that never answers with it).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::allowlist::Allowlist;
+use crate::server::bucket::TokenBucket;
+use crate::server::destination::{Destination, DestinationError, check_resolved, unresolvable};
+
+/// A lookup's result, as a resolver delivers it.
+pub type LookupFuture = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;
+
+/// A name resolver for the relays.
+pub trait Resolve: Send + Sync + 'static {
+    /// Resolves `host` (with `port`). `hold` is the app's place among its
+    /// lookups in flight: keep it alive until the lookup has really ended,
+    /// even when the returned future is dropped (the relay stopped waiting),
+    /// so a lookup that cannot be cancelled still counts against its app.
+    fn lookup(&self, host: String, port: u16, hold: LookupHold) -> LookupFuture;
+}
+
+/// One app's place among its lookups in flight (see [`Resolve::lookup`]).
+#[derive(Debug)]
+pub struct LookupHold {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The operating system's resolver (`getaddrinfo`: `/etc/hosts`, then DNS as
+/// `nsswitch.conf` says), on tokio's blocking pool.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn lookup(&self, host: String, port: u16, hold: LookupHold) -> LookupFuture {
+        let task = tokio::task::spawn_blocking(move || {
+            // The place is given back when getaddrinfo returns, not before.
+            let _hold = hold;
+            (host.as_str(), port)
+                .to_socket_addrs()
+                .map(Iterator::collect)
+        });
+        Box::pin(async move { task.await.unwrap_or_else(|e| Err(io::Error::other(e))) })
+    }
+}
+
+/// The per-app lookup limits (from `[limits]`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LookupLimits {
+    pub(crate) in_flight_per_app: u32,
+    pub(crate) per_sec_per_app: u32,
+    pub(crate) timeout: Duration,
+}
+
+struct AppLookups {
+    in_flight: Arc<Semaphore>,
+    rate: TokenBucket,
+}
+
+/// The node's resolver with every app's budget.
+pub(crate) struct Lookups {
+    resolver: Arc<dyn Resolve>,
+    limits: LookupLimits,
+    apps: Mutex<HashMap<String, AppLookups>>,
+}
+
+impl Lookups {
+    pub(crate) fn new(resolver: Arc<dyn Resolve>, limits: LookupLimits) -> Self {
+        Self {
+            resolver,
+            limits,
+            apps: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A place among `app`'s lookups, or the typed refusal.
+    fn reserve(&self, app: &str, name: &str) -> Result<LookupHold, DestinationError> {
+        let mut apps = self
+            .apps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let limits = self.limits;
+        let now = Instant::now();
+        // Apps come from verified logins only, so this map is bounded by
+        // the configuration.
+        let entry = apps.entry(app.to_owned()).or_insert_with(|| AppLookups {
+            in_flight: Arc::new(Semaphore::new(limits.in_flight_per_app as usize)),
+            rate: TokenBucket::new(
+                limits.per_sec_per_app,
+                f64::from(limits.per_sec_per_app),
+                now,
+            ),
+        });
+        let permit = Arc::clone(&entry.in_flight)
+            .try_acquire_owned()
+            .map_err(|_| DestinationError::LookupsInFlight {
+                name: name.to_owned(),
+                max: limits.in_flight_per_app,
+            })?;
+        if !entry.rate.take(now) {
+            return Err(DestinationError::LookupRate {
+                name: name.to_owned(),
+                per_sec: limits.per_sec_per_app,
+            });
+        }
+        Ok(LookupHold { _permit: permit })
+    }
+
+    /// The allowed, canonical addresses for `destination`, resolving a name
+    /// within `app`'s budget and the lookup deadline.
+    pub(crate) async fn permitted(
+        &self,
+        app: &str,
+        destination: &Destination<'_>,
+        allowlist: &Allowlist,
+    ) -> Result<Vec<SocketAddr>, DestinationError> {
+        let (host, port) = match *destination {
+            Destination::Addr(addr) => {
+                return allowlist
+                    .check(addr)
+                    .map(|a| vec![a])
+                    .map_err(DestinationError::Denied);
+            }
+            Destination::Name(host, port) => (host, port),
+        };
+        let name = destination.to_string();
+        let hold = self.reserve(app, &name)?;
+        let timeout = self.limits.timeout;
+        let resolved =
+            tokio::time::timeout(timeout, self.resolver.lookup(host.to_owned(), port, hold))
+                .await
+                .map_err(|_| DestinationError::ResolveTimeout {
+                    name: name.clone(),
+                    timeout,
+                })?
+                .map_err(|e| {
+                    tracing::debug!(destination = %name, error = %e, "name lookup failed");
+                    unresolvable(name.clone())
+                })?;
+        check_resolved(name, resolved, allowlist)
+    }
+}

@@ -1,0 +1,679 @@
+//! One admission path for every listener, and the limits on what one client
+//! can take from the others: SOCKS5 logins under the native rules, name
+//! lookups bounded per app and run only within the quota, bindings per
+//! session and sockets per app, login failures per source, refusal logs, and
+//! no host error text in what clients see.
+
+mod proxy_support;
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cloudproxy_proto::client::{Allocation, Allocator, AllocatorEvent, ClientConfig};
+use cloudproxy_proto::frame::BindMode;
+use cloudproxy_proto::ticket::{Ticket, TicketKeyRing};
+use cloudproxy_proto::{Address, AppId, DomainName, ErrorCode, Path, SessionError, Transports};
+use cloudproxy_transport::config::ServerConfig;
+use cloudproxy_transport::server::ProxyNode;
+use cloudproxy_transport::server::lookups::{LookupFuture, LookupHold, Resolve};
+use proxy_support::{
+    APP, Rig, SECRET_HEX, TICKET_KEY_HEX, allocate_raw, bind_tcp_raw, client_config, refusal,
+    tcp_echo, ticket_key, unix_now, within,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+
+const SOCKS: &str = "[socks5]\nenabled = true\nport = 0\n";
+const OTHER_APP: &str = "other-app";
+const OTHER_SECRET_HEX: &str = "6f746865722d6170702d7365637265742d3132";
+
+/// A resolver shaped like getaddrinfo on a blocking pool of `threads`:
+/// a lookup takes a thread until it ends, and a lookup of a `*.never.test`
+/// name never ends (its servers never answer), whoever stops waiting.
+/// `localhost` is 127.0.0.1; `emfile.test` fails as a host out of
+/// descriptors would. Nothing leaves the process.
+struct ModelResolver {
+    threads: Arc<Semaphore>,
+    calls: AtomicUsize,
+}
+
+impl ModelResolver {
+    fn new(threads: usize) -> Arc<Self> {
+        Arc::new(Self {
+            threads: Arc::new(Semaphore::new(threads)),
+            calls: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Resolve for ModelResolver {
+    fn lookup(&self, host: String, port: u16, hold: LookupHold) -> LookupFuture {
+        self.calls.fetch_add(1, Relaxed);
+        let threads = Arc::clone(&self.threads);
+        let task = tokio::spawn(async move {
+            let _thread = threads.acquire_owned().await.unwrap();
+            let _hold = hold;
+            if host.ends_with(".never.test") {
+                std::future::pending::<()>().await;
+            }
+            match host.as_str() {
+                "localhost" => Ok(vec![SocketAddr::from((Ipv4Addr::LOCALHOST, port))]),
+                "emfile.test" => Err(io::Error::from_raw_os_error(24)),
+                _ => Err(io::Error::new(io::ErrorKind::NotFound, "no such name")),
+            }
+        });
+        Box::pin(async move { task.await.unwrap() })
+    }
+}
+
+/// A loopback node with two apps (`test-app`, `other-app`), SOCKS5 on, and
+/// `limits` as the `[limits]` section.
+async fn two_apps(limits: &str, resolver: Arc<ModelResolver>) -> ProxyNode {
+    let text = format!(
+        r#"
+[listeners]
+bind = "127.0.0.1"
+allocation_ports = [0]
+tcp_relay_port = 0
+udp_relay_ports = "0-1"
+
+[[apps]]
+id = "{APP}"
+max_sessions = 1000
+secrets = ["{SECRET_HEX}"]
+
+[[apps]]
+id = "{OTHER_APP}"
+max_sessions = 1000
+secrets = ["{OTHER_SECRET_HEX}"]
+
+[[ticket_keys]]
+key_id = 1
+secret = "{TICKET_KEY_HEX}"
+
+[allowlist]
+allow = ["127.0.0.1"]
+
+{SOCKS}
+[limits]
+{limits}
+"#
+    );
+    let config = ServerConfig::from_toml_str("test.toml", &text).unwrap();
+    ProxyNode::start_with_resolver(&config, resolver)
+        .await
+        .unwrap()
+}
+
+/// What a SOCKS5 CONNECT came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Socks {
+    /// RFC 1929 status (non-zero: refused).
+    AuthRefused(u8),
+    /// RFC 1928 reply code, and the stream (open on success).
+    Reply(u8),
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A SOCKS5 CONNECT to `target` (an address, or a name when `name` is set)
+/// as `user`/`password`; the stream stays open on success.
+async fn socks_connect(
+    socks: SocketAddr,
+    user: &str,
+    password: &str,
+    target: SocketAddr,
+    name: Option<&str>,
+) -> (Socks, TcpStream) {
+    let mut s = TcpStream::connect(socks).await.unwrap();
+    let mut hello = vec![5, 1, 2, 1, user.len() as u8];
+    hello.extend_from_slice(user.as_bytes());
+    hello.push(password.len() as u8);
+    hello.extend_from_slice(password.as_bytes());
+    s.write_all(&hello).await.unwrap();
+    let mut answer = [0u8; 4];
+    within("auth", s.read_exact(&mut answer)).await.unwrap();
+    assert_eq!(answer[..2], [5, 2]);
+    if answer[3] != 0 {
+        return (Socks::AuthRefused(answer[3]), s);
+    }
+    let mut request = vec![5, 1, 0];
+    match name {
+        Some(name) => {
+            request.extend_from_slice(&[3, name.len() as u8]);
+            request.extend_from_slice(name.as_bytes());
+        }
+        None => {
+            let IpAddr::V4(ip) = target.ip() else {
+                unreachable!()
+            };
+            request.push(1);
+            request.extend_from_slice(&ip.octets());
+        }
+    }
+    request.extend_from_slice(&target.port().to_be_bytes());
+    s.write_all(&request).await.unwrap();
+    let mut reply = [0u8; 10];
+    within("reply", s.read_exact(&mut reply)).await.unwrap();
+    (Socks::Reply(reply[1]), s)
+}
+
+async fn echo_once(stream: &mut TcpStream, what: &[u8]) {
+    stream.write_all(what).await.unwrap();
+    let mut back = vec![0u8; what.len()];
+    within("echo", stream.read_exact(&mut back)).await.unwrap();
+    assert_eq!(back, what);
+}
+
+// ---- 12.2: one admission path ----
+
+#[tokio::test]
+async fn socks5_ticket_login_applies_app_transport_rules() {
+    let rig = Rig::start(r#""127.0.0.1""#, 100, SOCKS).await;
+    let socks = rig.node.addrs().socks5.unwrap();
+    let echo = tcp_echo().await;
+    // A session granted UDP only: the native relay refuses it a TCP stream…
+    let mut udp_only = rig.client.clone();
+    udp_only.transports = Transports::UDP;
+    let allocation = allocate_raw(rig.allocation_addr(), &udp_only)
+        .await
+        .unwrap();
+    assert_eq!(allocation.transports, Transports::UDP);
+    let err = bind_tcp_raw(
+        rig.node.addrs().tcp_relay,
+        &udp_only,
+        &allocation,
+        BindMode::Stream,
+        Address::Ip(echo),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refusal(&err), Some(ErrorCode::TRANSPORT_NOT_ALLOWED));
+    // …and so does SOCKS5 CONNECT with the same ticket: not allowed (2).
+    let ticket = hex(allocation.ticket.as_bytes());
+    let (outcome, _) = socks_connect(socks, APP, &ticket, echo, None).await;
+    assert_eq!(outcome, Socks::Reply(2));
+    assert_eq!(rig.node.stats().tcp_sessions_total, 0);
+
+    // A ticket that grants TCP still connects.
+    let allocation = rig.allocate().await;
+    let ticket = hex(allocation.ticket.as_bytes());
+    let (outcome, mut stream) = socks_connect(socks, APP, &ticket, echo, None).await;
+    assert_eq!(outcome, Socks::Reply(0));
+    echo_once(&mut stream, b"granted").await;
+}
+
+#[tokio::test]
+async fn socks5_ticket_login_applies_the_max_session_lifetime() {
+    // This node keeps sessions 60 s at most; the ticket (signed with the
+    // fleet's key, still unexpired) is of a session started 120 s ago.
+    let rig = Rig::start(
+        r#""127.0.0.1""#,
+        100,
+        &format!("{SOCKS}\n[limits]\nmax_session_lifetime_secs = 60\n"),
+    )
+    .await;
+    let socks = rig.node.addrs().socks5.unwrap();
+    let echo = tcp_echo().await;
+    let now = unix_now();
+    let sealed = TicketKeyRing::new(1, ticket_key()).seal(&Ticket {
+        key_id: 1,
+        session_id: 7,
+        app_id: AppId::new(APP).unwrap(),
+        transports: Transports::ALL,
+        created_at: now - 120,
+        expires_at: now + 600,
+    });
+    // The native relay refuses it: the session is too old.
+    let mut allocation = rig.allocate().await;
+    allocation.ticket = sealed.clone();
+    let err = bind_tcp_raw(
+        rig.node.addrs().tcp_relay,
+        &rig.client,
+        &allocation,
+        BindMode::Stream,
+        Address::Ip(echo),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refusal(&err), Some(ErrorCode::SESSION_TOO_OLD));
+    // SOCKS5 the same.
+    let (outcome, _) = socks_connect(socks, APP, &hex(sealed.as_bytes()), echo, None).await;
+    assert_ne!(outcome, Socks::Reply(0), "{outcome:?}");
+    assert_eq!(rig.node.stats().tcp_sessions_total, 0);
+}
+
+#[tokio::test]
+async fn socks5_password_login_accepts_every_secret_of_a_rotation() {
+    let new_secret = "6e65772d7365637265742d666f722d726f74617465";
+    let text = proxy_support::config_text(r#""127.0.0.1""#, 100, SOCKS).replace(
+        &format!("secrets = [\"{SECRET_HEX}\"]"),
+        &format!("secrets = [\"{SECRET_HEX}\", \"{new_secret}\"]"),
+    );
+    let config = ServerConfig::from_toml_str("test.toml", &text).unwrap();
+    let node = ProxyNode::start(&config).await.unwrap();
+    let socks = node.addrs().socks5.unwrap();
+    let echo = tcp_echo().await;
+    for secret in [SECRET_HEX, new_secret] {
+        let (outcome, mut stream) = socks_connect(socks, APP, secret, echo, None).await;
+        assert_eq!(outcome, Socks::Reply(0));
+        echo_once(&mut stream, secret.as_bytes()).await;
+    }
+    let (outcome, _) = socks_connect(socks, APP, OTHER_SECRET_HEX, echo, None).await;
+    assert_eq!(outcome, Socks::AuthRefused(1));
+}
+
+// ---- 13.2: name resolution bounded per app, after the quota ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_names_of_one_app_do_not_delay_another() {
+    // Four resolver threads; each app may hold two of them.
+    let resolver = ModelResolver::new(4);
+    let node = two_apps(
+        "dns_timeout_ms = 300\ndns_lookups_in_flight_per_app = 2\n",
+        Arc::clone(&resolver),
+    )
+    .await;
+    let socks = node.addrs().socks5.unwrap();
+    let echo = tcp_echo().await;
+
+    // test-app floods CONNECTs to names that never answer.
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        flood.spawn(async move {
+            let name = format!("n{i}.never.test");
+            socks_connect(socks, APP, SECRET_HEX, echo, Some(&name))
+                .await
+                .0
+        });
+    }
+    // Every one is refused (host unreachable), quickly: at most two wait
+    // for the lookup deadline, the rest are refused at once.
+    let started = Instant::now();
+    while let Some(outcome) = within("the flood", flood.join_next()).await {
+        assert_eq!(outcome.unwrap(), Socks::Reply(4));
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // The flood's lookups still hold their threads; other-app's names
+    // resolve anyway, every time.
+    for i in 0..5 {
+        let (outcome, mut stream) =
+            socks_connect(socks, OTHER_APP, OTHER_SECRET_HEX, echo, Some("localhost")).await;
+        assert_eq!(outcome, Socks::Reply(0), "other-app's bind {i}");
+        echo_once(&mut stream, b"resolved").await;
+    }
+    assert!(node.stats().lookups_refused >= 30, "{:?}", node.stats());
+}
+
+#[tokio::test]
+async fn name_lookups_run_only_within_the_quota() {
+    let resolver = ModelResolver::new(4);
+    let text = proxy_support::config_text(r#""127.0.0.1""#, 1, "");
+    let config = ServerConfig::from_toml_str("test.toml", &text).unwrap();
+    let node = ProxyNode::start_with_resolver(&config, resolver.clone())
+        .await
+        .unwrap();
+    let client = client_config(SECRET_HEX);
+    let allocation_addr = node.addrs().allocation_tcp[0];
+    let relay = node.addrs().tcp_relay;
+    let echo = tcp_echo().await;
+    // Two tickets while there is room; the first session takes the place.
+    let first = allocate_raw(allocation_addr, &client).await.unwrap();
+    let second = allocate_raw(allocation_addr, &client).await.unwrap();
+    let _held = bind_tcp_raw(relay, &client, &first, BindMode::Stream, Address::Ip(echo))
+        .await
+        .unwrap();
+    // The second session is over the quota: refused before its name is
+    // looked up.
+    let never = Address::Domain(DomainName::new("slow.never.test").unwrap(), 80);
+    let err = bind_tcp_raw(relay, &client, &second, BindMode::Stream, never)
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(&err), Some(ErrorCode::QUOTA_EXCEEDED), "{err}");
+    assert_eq!(resolver.calls.load(Relaxed), 0, "no lookup was started");
+}
+
+// ---- 13.3: what one session and one app may hold ----
+
+#[tokio::test]
+async fn bindings_per_session_are_bounded() {
+    let rig = Rig::start(
+        r#""127.0.0.1""#,
+        2,
+        &format!("{SOCKS}\n[limits]\nmax_bindings_per_session = 3\n"),
+    )
+    .await;
+    let relay = rig.node.addrs().tcp_relay;
+    let socks = rig.node.addrs().socks5.unwrap();
+    let echo = tcp_echo().await;
+    let allocation = rig.allocate().await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let bound = bind_tcp_raw(
+            relay,
+            &rig.client,
+            &allocation,
+            BindMode::Stream,
+            Address::Ip(echo),
+        )
+        .await
+        .unwrap();
+        held.push(bound);
+    }
+    // A SOCKS5 CONNECT with the same ticket is the same session's third.
+    let ticket = hex(allocation.ticket.as_bytes());
+    let (outcome, _third) = socks_connect(socks, APP, &ticket, echo, None).await;
+    assert_eq!(outcome, Socks::Reply(0));
+    // A fourth, on either listener, is refused.
+    let err = bind_tcp_raw(
+        relay,
+        &rig.client,
+        &allocation,
+        BindMode::Stream,
+        Address::Ip(echo),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refusal(&err), Some(ErrorCode::QUOTA_EXCEEDED), "{err}");
+    let (outcome, _) = socks_connect(socks, APP, &ticket, echo, None).await;
+    assert_eq!(outcome, Socks::Reply(2));
+    assert_eq!(rig.node.sessions(APP), 1);
+}
+
+#[tokio::test]
+async fn upstream_sockets_are_kept_for_other_apps() {
+    let node = two_apps("max_upstream_sockets_per_app = 3\n", ModelResolver::new(4)).await;
+    let socks = node.addrs().socks5.unwrap();
+    let echo = tcp_echo().await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (outcome, stream) = socks_connect(socks, APP, SECRET_HEX, echo, None).await;
+        assert_eq!(outcome, Socks::Reply(0));
+        held.push(stream);
+    }
+    let (outcome, _) = socks_connect(socks, APP, SECRET_HEX, echo, None).await;
+    assert_eq!(outcome, Socks::Reply(2), "test-app is at its sockets");
+    let (outcome, mut stream) = socks_connect(socks, OTHER_APP, OTHER_SECRET_HEX, echo, None).await;
+    assert_eq!(outcome, Socks::Reply(0), "other-app is not");
+    echo_once(&mut stream, b"room left").await;
+}
+
+#[tokio::test]
+async fn host_errors_never_reach_clients() {
+    let resolver = ModelResolver::new(4);
+    let text = proxy_support::config_text(r#""127.0.0.1""#, 100, "");
+    let config = ServerConfig::from_toml_str("test.toml", &text).unwrap();
+    let node = ProxyNode::start_with_resolver(&config, resolver)
+        .await
+        .unwrap();
+    let client = client_config(SECRET_HEX);
+    let allocation = allocate_raw(node.addrs().allocation_tcp[0], &client)
+        .await
+        .unwrap();
+    let relay = node.addrs().tcp_relay;
+    let closed = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let refusals = [
+        // The connect fails with the host's ECONNREFUSED.
+        Address::Ip(closed),
+        // The resolver fails with the host's EMFILE.
+        Address::Domain(DomainName::new("emfile.test").unwrap(), 80),
+    ];
+    for destination in refusals {
+        let err = bind_tcp_raw(relay, &client, &allocation, BindMode::Stream, destination)
+            .await
+            .unwrap_err();
+        let SessionError::Refused { code, message } = &err else {
+            panic!("expected a refusal, got {err}");
+        };
+        assert_eq!(*code, ErrorCode::DESTINATION_UNREACHABLE);
+        for host_text in ["os error", "Too many open files", "Connection refused"] {
+            assert!(!message.contains(host_text), "{message:?}");
+        }
+        assert!(!message.is_empty());
+    }
+}
+
+// ---- 13.9: login failures per source ----
+
+/// An allocation over TCP from `source` (a loopback address of this host).
+async fn allocate_from(
+    source: IpAddr,
+    addr: SocketAddr,
+    config: &ClientConfig,
+) -> Result<Allocation, SessionError> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let mut allocator = Allocator::new(config, Path::Tcp, [3; 16], Instant::now());
+    let mut buf = vec![0u8; 4096];
+    within("allocation", async {
+        loop {
+            while let Some(bytes) = allocator.poll_transmit() {
+                let _ = stream.write_all(&bytes).await;
+            }
+            match allocator.poll_event() {
+                Some(AllocatorEvent::Allocated(a)) => return Ok(a),
+                Some(AllocatorEvent::Failed(e)) => return Err(e),
+                _ => {}
+            }
+            match stream.read(&mut buf).await {
+                Ok(n) if n > 0 => allocator.handle_input(Instant::now(), &buf[..n]),
+                _ => return Err(SessionError::ClosedByPeer),
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn login_failures_are_rate_limited_per_source() {
+    let rig = Rig::start(
+        r#""127.0.0.1""#,
+        100,
+        &format!("{SOCKS}\n[limits]\nlogin_failure_burst = 3\nlogin_failures_per_minute = 1\n"),
+    )
+    .await;
+    let socks = rig.node.addrs().socks5.unwrap();
+    let echo = tcp_echo().await;
+    let wrong = "00112233445566778899aabbccddeeff";
+    // SOCKS5 from 127.0.0.1: three wrong passwords, then even the right one
+    // is refused unchecked.
+    for _ in 0..3 {
+        let (outcome, _) = socks_connect(socks, APP, wrong, echo, None).await;
+        assert_eq!(outcome, Socks::AuthRefused(1));
+    }
+    let (outcome, _) = socks_connect(socks, APP, SECRET_HEX, echo, None).await;
+    assert_eq!(outcome, Socks::AuthRefused(1), "the limit holds");
+    let stats = rig.node.stats();
+    assert_eq!(stats.login_failures, 3);
+    assert_eq!(stats.login_limit_engaged, 1);
+    assert!(stats.logins_rate_limited >= 1);
+
+    // Native allocations from 127.0.0.1 are refused too (busy: try another
+    // proxy); another source is not affected.
+    let err = allocate_raw(rig.allocation_addr(), &rig.client)
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(&err), Some(ErrorCode::SERVER_BUSY), "{err}");
+    let other: IpAddr = Ipv4Addr::new(127, 0, 0, 3).into();
+    let wrong_proof = client_config(wrong);
+    for _ in 0..3 {
+        let err = allocate_from(other, rig.allocation_addr(), &wrong_proof)
+            .await
+            .unwrap_err();
+        assert_eq!(refusal(&err), Some(ErrorCode::BAD_CREDENTIAL), "{err}");
+    }
+    // Wrong proofs count like wrong passwords: now 127.0.0.3 is limited.
+    let err = allocate_from(other, rig.allocation_addr(), &rig.client)
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(&err), Some(ErrorCode::SERVER_BUSY), "{err}");
+    assert_eq!(rig.node.stats().login_limit_engaged, 2);
+    let fresh: IpAddr = Ipv4Addr::new(127, 0, 0, 4).into();
+    allocate_from(fresh, rig.allocation_addr(), &rig.client)
+        .await
+        .unwrap();
+}
+
+// ---- 12.3: refusals on the native protocol are logged, within a budget ----
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn failed_logins_and_malformed_input_are_logged_within_a_budget() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // This test's runtime runs on this thread only, node tasks included.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let rig = Rig::start(
+        r#""127.0.0.1""#,
+        100,
+        "[limits]\nlogin_failure_burst = 1000\n",
+    )
+    .await;
+
+    // A wrong proof: one line with the peer, the app and the reason.
+    let wrong = client_config("00112233445566778899aabbccddeeff");
+    allocate_raw(rig.allocation_addr(), &wrong)
+        .await
+        .unwrap_err();
+    let lines = captured.lines();
+    let line = lines
+        .iter()
+        .find(|l| l.contains("failed login"))
+        .unwrap_or_else(|| panic!("no failed-login line in {lines:#?}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("127.0.0.1:"), "{line}");
+    assert!(line.contains(APP), "{line}");
+    assert!(line.contains("200"), "the code: {line}");
+
+    // Garbage on the allocation port and on the relay port.
+    for addr in [rig.allocation_addr(), rig.node.addrs().tcp_relay] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut sink = Vec::new();
+        let _ = within("close", s.read_to_end(&mut sink)).await;
+    }
+    let malformed = captured
+        .lines()
+        .iter()
+        .filter(|l| l.contains("malformed input"))
+        .count();
+    assert_eq!(malformed, 2, "{:#?}", captured.lines());
+    // And on the allocation service's UDP port.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp.send_to(b"not the protocol", rig.node.addrs().allocation_udp[0])
+        .await
+        .unwrap();
+    within("the UDP malformed-input line", async {
+        while !captured
+            .lines()
+            .iter()
+            .any(|l| l.contains("allocation datagram dropped: malformed input"))
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+
+    // A flood: 200 wrong proofs make at most the budget's lines.
+    let before = captured.lines().len();
+    for _ in 0..200 {
+        allocate_raw(rig.allocation_addr(), &wrong)
+            .await
+            .unwrap_err();
+    }
+    let flood_lines = captured.lines().len() - before;
+    assert!(flood_lines < 60, "{flood_lines} lines for 200 refusals");
+    assert_eq!(rig.node.stats().login_failures, 201);
+}
+
+#[tokio::test]
+async fn bad_tickets_on_udp_binds_count_as_login_failures() {
+    let rig = Rig::start(
+        r#""127.0.0.1""#,
+        100,
+        "[limits]\nlogin_failure_burst = 2\nlogin_failures_per_minute = 1\n",
+    )
+    .await;
+    let relay = rig.node.addrs().udp_relays[0];
+    let echo = proxy_support::udp_echo().await;
+    let good = rig.allocate().await;
+    let mut forged = good.clone();
+    forged.ticket =
+        cloudproxy_proto::SealedTicket::new(bytes::Bytes::from_static(b"not a ticket")).unwrap();
+    for _ in 0..2 {
+        let err = proxy_support::bind_udp_raw(relay, &rig.client, &forged, Address::Ip(echo))
+            .await
+            .unwrap_err();
+        assert_eq!(refusal(&err), Some(ErrorCode::INVALID_TICKET), "{err}");
+    }
+    assert_eq!(rig.node.stats().login_limit_engaged, 1);
+    // Now even a good ticket from this source goes unanswered.
+    let mut client = rig.client.clone();
+    client.handshake_timeout = Duration::from_millis(500);
+    let err = proxy_support::bind_udp_raw(relay, &client, &good, Address::Ip(echo))
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(&err), None, "no answer, so no refusal code: {err}");
+    assert!(rig.node.stats().logins_rate_limited >= 1);
+}
+
+#[test]
+fn new_limits_of_zero_are_refused_with_their_key() {
+    for key in [
+        "max_bindings_per_session",
+        "max_upstream_sockets_per_app",
+        "dns_lookups_in_flight_per_app",
+        "dns_lookups_per_sec_per_app",
+        "login_failure_burst",
+        "login_failures_per_minute",
+        "login_failure_sources",
+    ] {
+        let text =
+            proxy_support::config_text(r#""127.0.0.1""#, 1, &format!("[limits]\n{key} = 0\n"));
+        let err = ServerConfig::from_toml_str("test.toml", &text).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains(&format!("`limits.{key}`")), "{message}");
+        assert!(message.contains("expected a value above 0"), "{message}");
+    }
+    let text = proxy_support::config_text(r#""127.0.0.1""#, 1, "[limits]\nreserved_fds = 0\n");
+    ServerConfig::from_toml_str("test.toml", &text).unwrap();
+}

@@ -4,6 +4,7 @@
 //! a fresh machine.
 
 mod e2e;
+mod provision;
 
 use std::env;
 use std::ffi::OsString;
@@ -15,7 +16,9 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci                       fmt check, clippy -D warnings, tests, docs -D warnings, fuzz corpus replay
+  ci                       the tests' tools (curl, procps, a Python venv with PySocks in
+                           target/ci-venv), fmt check, clippy -D warnings, tests,
+                           docs -D warnings, fuzz corpus replay
   fuzz [TARGET] [--secs N] coverage-guided fuzzing with cargo-fuzz on nightly (default: every target, 60 s each)
   bench [--quick] [--only SECTIONS]
                            whole-system benchmarks against haproxy, socat, dante, coturn (release
@@ -55,6 +58,15 @@ fn project_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The Cargo target directory, absolute: `CARGO_TARGET_DIR` (relative to
+/// where cargo was started) or `target/`.
+fn target_dir() -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => env::current_dir().unwrap_or_default().join(dir),
+        None => project_root().join("target"),
+    }
+}
+
 fn cargo() -> OsString {
     env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
@@ -77,6 +89,9 @@ fn step(name: &str, cmd: &mut Command) -> Result {
 
 fn ci() -> Result {
     let started = Instant::now();
+    // What the tests run besides cargo: installed here, so this command
+    // passes on a fresh machine exactly as the README gives it.
+    let python = provision::ci_tools()?;
     step(
         "fmt",
         Command::new(cargo()).args(["fmt", "--all", "--", "--check"]),
@@ -95,7 +110,9 @@ fn ci() -> Result {
     )?;
     step(
         "test",
-        Command::new(cargo()).args(["test", "--workspace", "--locked"]),
+        Command::new(cargo())
+            .args(["test", "--workspace", "--locked"])
+            .env(provision::TEST_PYTHON_VAR, &python),
     )?;
     step(
         "doc",
@@ -228,9 +245,7 @@ fn bench(args: &[String]) -> Result {
             "cloudproxy-bench",
         ]),
     )?;
-    let target = env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| project_root().join("target"), PathBuf::from);
-    let release = target.join("release");
+    let release = target_dir().join("release");
     let out = project_root().join("target/bench");
     step(
         "bench",

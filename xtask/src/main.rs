@@ -3,6 +3,7 @@
 //! Plain `std::process::Command` and no dependencies, so it builds in seconds on
 //! a fresh machine.
 
+mod checks;
 mod e2e;
 mod provision;
 
@@ -17,8 +18,8 @@ usage: cargo xtask <command>
 
 commands:
   ci                       the tests' tools (curl, procps, a Python venv with PySocks in
-                           target/ci-venv), fmt check, clippy -D warnings, tests,
-                           docs -D warnings, fuzz corpus replay
+                           target/ci-venv), fmt check, clippy -D warnings, tests, docs drift,
+                           docs -D warnings, fuzz corpus replay, cargo package of every crate
   fuzz [TARGET] [--secs N] coverage-guided fuzzing with cargo-fuzz on nightly (default: every target, 60 s each)
   bench [--quick] [--only SECTIONS]
                            whole-system benchmarks against haproxy, socat, dante, coturn (release
@@ -114,6 +115,7 @@ fn ci() -> Result {
             .args(["test", "--workspace", "--locked"])
             .env(provision::TEST_PYTHON_VAR, &python),
     )?;
+    checks::docs_drift()?;
     step(
         "doc",
         Command::new(cargo())
@@ -134,6 +136,7 @@ fn ci() -> Result {
             "--nocapture",
         ]),
     )?;
+    checks::package()?;
     println!("\nci: all steps passed in {:.1?}", started.elapsed());
     Ok(())
 }

@@ -3,7 +3,9 @@
 //! Plain `std::process::Command` and no dependencies, so it builds in seconds on
 //! a fresh machine.
 
+mod checks;
 mod e2e;
+mod provision;
 
 use std::env;
 use std::ffi::OsString;
@@ -15,7 +17,9 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci                       fmt check, clippy -D warnings, tests, docs -D warnings, fuzz corpus replay
+  ci                       the tests' tools (curl, procps, a Python venv with PySocks in
+                           target/ci-venv), fmt check, clippy -D warnings, tests, docs drift,
+                           docs -D warnings, fuzz corpus replay, cargo package of every crate
   fuzz [TARGET] [--secs N] coverage-guided fuzzing with cargo-fuzz on nightly (default: every target, 60 s each)
   bench [--quick] [--only SECTIONS]
                            whole-system benchmarks against haproxy, socat, dante, coturn (release
@@ -55,6 +59,15 @@ fn project_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The Cargo target directory, absolute: `CARGO_TARGET_DIR` (relative to
+/// where cargo was started) or `target/`.
+fn target_dir() -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => env::current_dir().unwrap_or_default().join(dir),
+        None => project_root().join("target"),
+    }
+}
+
 fn cargo() -> OsString {
     env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
@@ -77,6 +90,9 @@ fn step(name: &str, cmd: &mut Command) -> Result {
 
 fn ci() -> Result {
     let started = Instant::now();
+    // What the tests run besides cargo: installed here, so this command
+    // passes on a fresh machine exactly as the README gives it.
+    let python = provision::ci_tools()?;
     step(
         "fmt",
         Command::new(cargo()).args(["fmt", "--all", "--", "--check"]),
@@ -95,8 +111,11 @@ fn ci() -> Result {
     )?;
     step(
         "test",
-        Command::new(cargo()).args(["test", "--workspace", "--locked"]),
+        Command::new(cargo())
+            .args(["test", "--workspace", "--locked"])
+            .env(provision::TEST_PYTHON_VAR, &python),
     )?;
+    checks::docs_drift()?;
     step(
         "doc",
         Command::new(cargo())
@@ -117,6 +136,7 @@ fn ci() -> Result {
             "--nocapture",
         ]),
     )?;
+    checks::package()?;
     println!("\nci: all steps passed in {:.1?}", started.elapsed());
     Ok(())
 }
@@ -228,9 +248,7 @@ fn bench(args: &[String]) -> Result {
             "cloudproxy-bench",
         ]),
     )?;
-    let target = env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| project_root().join("target"), PathBuf::from);
-    let release = target.join("release");
+    let release = target_dir().join("release");
     let out = project_root().join("target/bench");
     step(
         "bench",

@@ -168,8 +168,9 @@ print("ok")
         port = socks.port(),
         echo_port = echo.port()
     );
+    let python = python_with_pysocks();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
+        Command::new(&python)
             .arg("-c")
             .arg(script)
             .output()
@@ -179,13 +180,46 @@ print("ok")
     .unwrap();
     assert!(
         output.status.success(),
-        "PySocks UDP failed (is PySocks installed? `pip install PySocks`): {}",
+        "the PySocks UDP client failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok");
     let stats = rig.node.stats();
     assert_eq!(stats.udp_packets_up, 3);
     assert_eq!(stats.udp_packets_down, 3);
+}
+
+/// The Python that has PySocks: `$CLOUDPROXY_TEST_PYTHON` (set by `cargo
+/// xtask ci`), else the virtual environment `cargo xtask ci` leaves in the
+/// target directory, else `python3`. Panics with what to run when it cannot
+/// import `socks`: a missing client fails the test, it does not skip it.
+fn python_with_pysocks() -> std::path::PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR is target/tmp")
+        .join("ci-venv");
+    let venv_python = venv.join("bin/python3");
+    let python = match std::env::var_os("CLOUDPROXY_TEST_PYTHON") {
+        Some(python) => python.into(),
+        None if venv_python.is_file() => venv_python,
+        None => "python3".into(),
+    };
+    let found = match Command::new(&python).args(["-c", "import socks"]).output() {
+        Ok(output) if output.status.success() => return python,
+        Ok(output) => String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .last()
+            .unwrap_or("no output")
+            .to_owned(),
+        Err(e) => e.to_string(),
+    };
+    panic!(
+        "expected a Python with PySocks for the SOCKS5 UDP client; {} cannot `import socks` \
+         ({found}). Run `cargo xtask ci` once: it creates {} with PySocks (or set \
+         CLOUDPROXY_TEST_PYTHON to a Python that has it)",
+        python.display(),
+        venv.display(),
+    )
 }
 
 /// A raw client, for the refusals: greets with user/password, and returns

@@ -1,0 +1,239 @@
+//! `cargo xtask ci` checks that keep the documentation and the packaging
+//! true to the code: the command-line docs name what `cloudproxy --help`
+//! lists, the licence files the manifest promises exist, and every published
+//! crate packages (with its verify build) without a warning.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use crate::{Result, cargo, project_root, step, target_dir};
+
+/// Crates of the workspace that are not published: left out of `package`.
+const UNPUBLISHED: [&str; 2] = ["cloudproxy-bench", "xtask"];
+
+/// Subcommands whose flags `docs/operations.md` gives as a synopsis.
+const SYNOPSES: [&str; 3] = ["serve", "edge", "forward"];
+
+/// Docs and licence files against the code; every problem is listed, not
+/// just the first.
+pub(crate) fn docs_drift() -> Result {
+    let started = Instant::now();
+    println!("\n==> docs drift: cloudproxy --help against the docs, licence files");
+    let root = project_root();
+    step(
+        "build cloudproxy",
+        Command::new(cargo()).args(["build", "--quiet", "--locked", "-p", "cloudproxy-cli"]),
+    )?;
+    let bin = target_dir().join("debug").join("cloudproxy");
+    let mut problems = Vec::new();
+
+    // Licences: `license = "MIT OR Apache-2.0"` promises both texts.
+    let manifest = read(&root.join("Cargo.toml"))?;
+    if !manifest.contains(r#"license = "MIT OR Apache-2.0""#) {
+        problems.push(
+            "Cargo.toml: expected `license = \"MIT OR Apache-2.0\"` in [workspace.package] \
+             (the licence files below follow it)"
+                .to_owned(),
+        );
+    }
+    for (file, marker) in [
+        (
+            "LICENSE-MIT",
+            "Permission is hereby granted, free of charge",
+        ),
+        ("LICENSE-APACHE", "Version 2.0, January 2004"),
+    ] {
+        match fs::read_to_string(root.join(file)) {
+            Ok(text) if text.contains(marker) => {}
+            Ok(_) => problems.push(format!(
+                "{file}: expected the standard text (containing {marker:?}), found something else"
+            )),
+            Err(e) => problems.push(format!(
+                "{file}: expected at the workspace root (Cargo.toml says MIT OR Apache-2.0): {e}"
+            )),
+        }
+    }
+
+    // Every subcommand has its section in the CLI crate's README.
+    let subcommands = subcommands(&help(&bin, &[])?);
+    if subcommands.is_empty() {
+        problems.push("`cloudproxy --help`: expected a `Commands:` list, found none".to_owned());
+    }
+    let cli_readme_path = "crates/cli/README.md";
+    let cli_readme = read(&root.join(cli_readme_path))?;
+    for name in &subcommands {
+        if !cli_readme.contains(&format!("`cloudproxy {name}`")) {
+            problems.push(format!(
+                "{cli_readme_path}: `cloudproxy --help` lists the subcommand `{name}`, \
+                 but the README never names `cloudproxy {name}`"
+            ));
+        }
+    }
+
+    // Every flag of serve, edge and forward is in its synopsis.
+    let ops_path = "docs/operations.md";
+    let ops = read(&root.join(ops_path))?;
+    for name in SYNOPSES {
+        let Some(synopsis) = synopsis(&ops, name) else {
+            problems.push(format!(
+                "{ops_path}: expected a section \"## `cloudproxy {name}`\" with a synopsis \
+                 in a ``` block, found none"
+            ));
+            continue;
+        };
+        for flag in long_flags(&help(&bin, &[name])?) {
+            if !names_flag(synopsis, &flag) {
+                problems.push(format!(
+                    "{ops_path}: the `cloudproxy {name}` synopsis lacks {flag} \
+                     (listed by `cloudproxy {name} --help`)"
+                ));
+            }
+        }
+    }
+
+    // The README says how to install the command.
+    if !read(&root.join("README.md"))?.contains("cargo install --path crates/cli") {
+        problems.push(
+            "README.md: expected an install line `cargo install --path crates/cli`, found none"
+                .to_owned(),
+        );
+    }
+
+    if !problems.is_empty() {
+        return Err(format!(
+            "docs drift: {} problem(s):\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        ));
+    }
+    println!("==> docs drift: ok in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+/// `cargo package` of every published crate, each with its verify build
+/// (cargo resolves unpublished siblings from the crates it has just
+/// packaged); any `warning:` fails the step, since a metadata warning means
+/// a crate would reach crates.io without its links or README.
+pub(crate) fn package() -> Result {
+    let mut cmd = Command::new(cargo());
+    cmd.args(["package", "--workspace", "--locked", "--allow-dirty"]);
+    for name in UNPUBLISHED {
+        cmd.args(["--exclude", name]);
+    }
+    cmd.current_dir(project_root());
+    println!("\n==> package: {cmd:?}");
+    let started = Instant::now();
+    let output = cmd
+        .output()
+        .map_err(|e| format!("step `package`: could not start {cmd:?}: {e}"))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    print!("{}", String::from_utf8_lossy(&output.stdout));
+    eprint!("{stderr}");
+    if !output.status.success() {
+        return Err(format!("step `package` failed ({})", output.status));
+    }
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.trim_start().starts_with("warning:"))
+        .collect();
+    if !warnings.is_empty() {
+        return Err(format!(
+            "step `package`: expected no warnings, found {}:\n  {}",
+            warnings.len(),
+            warnings.join("\n  ")
+        ));
+    }
+    println!("==> package: ok in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<String> {
+    fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))
+}
+
+/// `cloudproxy ARGS --help`, as text.
+fn help(bin: &Path, args: &[&str]) -> Result<String> {
+    let output = Command::new(bin)
+        .args(args)
+        .arg("--help")
+        .output()
+        .map_err(|e| format!("running {} {args:?} --help: {e}", bin.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} {args:?} --help exited with {}: {}",
+            bin.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The names in clap's `Commands:` list, without `help`.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The long flags of an `Options:` list, without `--help` and `--version`.
+fn long_flags(help: &str) -> Vec<String> {
+    let mut flags: Vec<String> = help
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with('-'))
+        .flat_map(|l| l.split([' ', ',', '=']))
+        .filter(|t| t.starts_with("--") && !matches!(*t, "--help" | "--version"))
+        .map(str::to_owned)
+        .collect();
+    flags.dedup();
+    flags
+}
+
+/// The first fenced block after the heading "## `cloudproxy NAME`".
+fn synopsis<'a>(doc: &'a str, name: &str) -> Option<&'a str> {
+    let heading = format!("## `cloudproxy {name}`");
+    let section = &doc[doc.find(&heading)? + heading.len()..];
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    let open = section.find("```")?;
+    let body = &section[open + 3..];
+    let body = &body[body.find('\n')? + 1..];
+    Some(&body[..body.find("```")?])
+}
+
+/// Whether `text` names `flag` as a whole word (`--log` is not `--log-format`).
+fn names_flag(text: &str, flag: &str) -> bool {
+    text.match_indices(flag).any(|(at, _)| {
+        !text[at + flag.len()..]
+            .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_clap_help() {
+        let help = "Usage: x <COMMAND>\n\nCommands:\n  params   Parse\n  serve    Run\n  help     Print\n\nOptions:\n  -h, --help  Print help\n";
+        assert_eq!(subcommands(help), ["params", "serve"]);
+        let help = "Options:\n  -c, --config <FILE>\n          File\n\n      --log <FILTER>\n  -h, --help\n";
+        assert_eq!(long_flags(help), ["--config", "--log"]);
+    }
+
+    #[test]
+    fn finds_a_synopsis_and_whole_flags() {
+        let doc = "# x\n\n## `cloudproxy serve`\n\ntext\n\n```\ncloudproxy serve [--log FILTER] [--bind IP]\n```\n\n## `cloudproxy edge`\n\nno block\n";
+        let s = synopsis(doc, "serve").unwrap();
+        assert!(names_flag(s, "--log") && names_flag(s, "--bind"));
+        assert!(!names_flag(s, "--lo") && !names_flag(s, "--log-format"));
+        assert_eq!(synopsis(doc, "edge"), None);
+    }
+}

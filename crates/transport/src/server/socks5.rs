@@ -599,7 +599,8 @@ async fn associate(
     let _quota = quota;
     let started = Instant::now();
     let idle = shared.limits.idle_timeout();
-    let lifetime_end = tokio::time::Instant::from_std(session_deadline(shared, client.session_deadline));
+    let lifetime_end =
+        tokio::time::Instant::from_std(session_deadline(shared, client.session_deadline));
     let force_closed = shared.lifecycle.force_closed();
     tokio::pin!(force_closed);
 

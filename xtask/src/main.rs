@@ -3,6 +3,7 @@
 //! Plain `std::process::Command` and no dependencies, so it builds in seconds on
 //! a fresh machine.
 
+mod deploy;
 mod e2e;
 
 use std::env;
@@ -117,6 +118,7 @@ fn ci() -> Result {
             "--nocapture",
         ]),
     )?;
+    deploy::check()?;
     println!("\nci: all steps passed in {:.1?}", started.elapsed());
     Ok(())
 }

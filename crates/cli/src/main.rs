@@ -74,8 +74,8 @@ enum Command {
     Demo(demo_cmd::Args),
     /// Print a fresh app secret or ticket key in the configuration's format.
     ///
-    /// `keygen secret` prints a `secrets = ["…"]` line for an [[apps]]
-    /// entry; `keygen ticket-key [--key-id N]` prints a [[ticket_keys]]
+    /// `keygen secret` prints a `secrets = ["…"]` line for an `[[apps]]`
+    /// entry; `keygen ticket-key [--key-id N]` prints a `[[ticket_keys]]`
     /// block; --raw prints only the hex. Bytes come from the operating
     /// system's random generator.
     Keygen(keygen_cmd::Args),

@@ -4,6 +4,7 @@
 //! a fresh machine.
 
 mod checks;
+mod deploy;
 mod e2e;
 mod provision;
 
@@ -19,7 +20,8 @@ usage: cargo xtask <command>
 commands:
   ci                       the tests' tools (curl, procps, a Python venv with PySocks in
                            target/ci-venv), fmt check, clippy -D warnings, tests, docs drift,
-                           docs -D warnings, fuzz corpus replay, cargo package of every crate
+                           docs -D warnings, fuzz corpus replay, cargo package of every crate,
+                           deploy/ checks (systemd-analyze, kubernetes-validate, Containerfile)
   fuzz [TARGET] [--secs N] coverage-guided fuzzing with cargo-fuzz on nightly (default: every target, 60 s each)
   bench [--quick] [--only SECTIONS]
                            whole-system benchmarks against haproxy, socat, dante, coturn (release
@@ -137,6 +139,7 @@ fn ci() -> Result {
         ]),
     )?;
     checks::package()?;
+    deploy::check()?;
     println!("\nci: all steps passed in {:.1?}", started.elapsed());
     Ok(())
 }

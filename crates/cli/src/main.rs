@@ -8,6 +8,7 @@ mod call;
 mod demo_cmd;
 mod edge_cmd;
 mod forward_cmd;
+mod keygen_cmd;
 mod logging;
 mod params_cmd;
 mod probe_cmd;
@@ -40,7 +41,8 @@ enum Command {
     /// With no --config, starts a loopback development node and prints its
     /// addresses and a fresh app secret. Stops on SIGINT or SIGTERM after
     /// letting sessions drain. Exit status 2 when the configuration is
-    /// invalid or a port cannot be bound.
+    /// invalid or a port cannot be bound. With --check, only validates the
+    /// configuration (file and flags) and exits 0 or 2, binding nothing.
     Serve(serve_cmd::Args),
     /// Carry local TCP connections through a proxy to one destination.
     ///
@@ -70,6 +72,13 @@ enum Command {
     /// delivery, media loss). --proxy/--edge/--app-id/--credential use a
     /// running setup instead. Exit status 0 when the call worked.
     Demo(demo_cmd::Args),
+    /// Print a fresh app secret or ticket key in the configuration's format.
+    ///
+    /// `keygen secret` prints a `secrets = ["…"]` line for an `[[apps]]`
+    /// entry; `keygen ticket-key [--key-id N]` prints a `[[ticket_keys]]`
+    /// block; --raw prints only the hex. Bytes come from the operating
+    /// system's random generator.
+    Keygen(keygen_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +89,7 @@ fn main() -> ExitCode {
         Command::Edge(args) => edge_cmd::run(args),
         Command::Probe(args) => probe_cmd::run(args),
         Command::Demo(args) => demo_cmd::run_cmd(args),
+        Command::Keygen(args) => keygen_cmd::run(&args),
     }
 }
 

@@ -45,6 +45,13 @@ pub(crate) struct Args {
     /// Enable the SOCKS5 listener on this port (0 picks a free port).
     #[arg(long, value_name = "PORT")]
     socks5_port: Option<u16>,
+    /// Only check the configuration and exit: the file with the flags laid
+    /// over it gets the same checks as a start. Exit status 0 with a
+    /// one-line summary on stdout, 2 with the error on stderr. Binds
+    /// nothing, so it can run beside a live node (before a restart or a
+    /// reload, or as systemd's ExecStartPre).
+    #[arg(long)]
+    check: bool,
     #[command(flatten)]
     logging: LogArgs,
 }
@@ -71,6 +78,17 @@ pub(crate) fn run(args: Args) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if args.check {
+        for risky in config.allowlist.allow.risky_openings() {
+            eprintln!("warning: SECURITY: {risky}; make sure this is intended");
+        }
+        let source = args.config.as_ref().map_or_else(
+            || "<development defaults>".to_owned(),
+            |p| p.display().to_string(),
+        );
+        println!("{source}: configuration OK: {}", summary(&config));
+        return ExitCode::SUCCESS;
+    }
     runtime().block_on(async move {
         // Before anything says "ready": see `ShutdownSignal`.
         let shutdown = ShutdownSignal::install();
@@ -156,6 +174,43 @@ fn apply_overrides(draft: &mut ConfigDraft, args: &Args) {
             c.allowlist.allow = Allowlist::new(args.allow.clone());
         });
     }
+}
+
+/// One line for `--check`: apps, listeners, allowlist rules.
+fn summary(config: &ServerConfig) -> String {
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let l = &config.listeners;
+    let allocation = l
+        .allocation_ports
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let advertise = l
+        .advertise
+        .map(|a| format!(" (advertised as {a})"))
+        .unwrap_or_default();
+    let socks5 = if config.socks5.enabled {
+        config.socks5.port.to_string()
+    } else {
+        "off".to_owned()
+    };
+    format!(
+        "{}, {}; listeners on {}{advertise}: allocation {allocation} (TCP and UDP), TCP relay {}, \
+         UDP relay {} ({}), SOCKS5 {socks5}; {}; nothing was bound",
+        plural(config.apps.len(), "app", "apps"),
+        plural(config.ticket_keys.len(), "ticket key", "ticket keys"),
+        l.bind,
+        l.tcp_relay_port,
+        l.udp_relay_ports,
+        plural(l.udp_relay_ports.len(), "port", "ports"),
+        plural(
+            config.allowlist.allow.rules().len(),
+            "allowlist rule",
+            "allowlist rules"
+        ),
+    )
 }
 
 /// The development app's id.

@@ -102,11 +102,17 @@ allow = ["198.51.100.0/24:5000-5100", "[2001:db8::/32]:443"]
 
 #[test]
 fn a_good_config_checks_out_with_a_summary_and_binds_nothing() {
-    // The allocation port is held by this test while the check runs: a check
-    // that tried to bind it would fail with "address in use".
-    let held = TcpListener::bind("127.0.0.1:0").unwrap();
-    let allocation = held.local_addr().unwrap().port();
-    let (tcp_relay, udp_relay) = (free_tcp_port(), free_udp_port());
+    // Every configured port is held by this test while the check runs: a
+    // check that tried to bind any of them would fail with "address in use".
+    // (Holding them, rather than probing them afterwards, leaves no window
+    // for a parallel test to take a port in between.)
+    let held_allocation = TcpListener::bind("127.0.0.1:0").unwrap();
+    let allocation = held_allocation.local_addr().unwrap().port();
+    let held_allocation_udp = UdpSocket::bind(("127.0.0.1", allocation)).ok();
+    let held_relay = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_relay = held_relay.local_addr().unwrap().port();
+    let held_media = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_relay = held_media.local_addr().unwrap().port();
     let file = TempFile::new("good", &config(allocation, tcp_relay, udp_relay));
 
     let output = cloudproxy(&["serve", "--check", "--config", file.path()]);
@@ -123,11 +129,7 @@ fn a_good_config_checks_out_with_a_summary_and_binds_nothing() {
         "{stdout}"
     );
     assert!(stderr.is_empty(), "no warnings for this file: {stderr}");
-    // Nothing was left bound either: the other configured ports are free.
-    drop(held);
-    TcpListener::bind(("127.0.0.1", allocation)).unwrap();
-    TcpListener::bind(("127.0.0.1", tcp_relay)).unwrap();
-    UdpSocket::bind(("127.0.0.1", udp_relay)).unwrap();
+    drop((held_allocation, held_allocation_udp, held_relay, held_media));
 }
 
 #[test]

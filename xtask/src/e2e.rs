@@ -1369,9 +1369,12 @@ fn scenario_6(bed: &mut Bed) -> Outcome {
     c.done(|| format!("{}\nsurvivor stats: {stats}", d.dump()), timings)
 }
 
-/// A `name: N` field of the node's stats line.
+/// A `name=N` field of the node's stats line (`stats="allocations=3 …"`).
 fn stat(line: &str, name: &str) -> Option<u64> {
-    let at = line.find(&format!("{name}: "))? + name.len() + 2;
+    let key = format!("{name}=");
+    let at = line.match_indices(&key).map(|(at, _)| at).find(|&at| {
+        at == 0 || !line[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+    })? + key.len();
     line[at..]
         .split(|ch: char| !ch.is_ascii_digit())
         .next()?
@@ -1773,9 +1776,11 @@ mod tests {
 
     #[test]
     fn stats_line() {
-        let line = "proxy node stopped outcome=Drained stats=StatsSnapshot { allocations: 3, udp_packets_up: 120, udp_packets_down: 118 }";
+        let line = "2026-11-28T02:00:00Z  INFO proxy node stopped outcome=drained stats=\"allocations=3 udp_packets_up=120 udp_packets_down=118 tcp_udp_packets_up=7\"";
         assert_eq!(stat(line, "udp_packets_up"), Some(120));
         assert_eq!(stat(line, "allocations"), Some(3));
         assert_eq!(stat(line, "missing"), None);
+        // A name that ends another name is not that name.
+        assert_eq!(stat(line, "packets_up"), None);
     }
 }

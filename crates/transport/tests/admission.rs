@@ -73,7 +73,7 @@ impl Resolve for ModelResolver {
 
 /// A loopback node with two apps (`test-app`, `other-app`), SOCKS5 on, and
 /// `limits` as the `[limits]` section.
-async fn two_apps(limits: &str, resolver: Arc<ModelResolver>) -> ProxyNode {
+async fn two_apps(limits: &str, resolver: Arc<dyn Resolve>) -> ProxyNode {
     let text = format!(
         r#"
 [listeners]
@@ -278,7 +278,7 @@ async fn slow_names_of_one_app_do_not_delay_another() {
     let resolver = ModelResolver::new(4);
     let node = two_apps(
         "dns_timeout_ms = 300\ndns_lookups_in_flight_per_app = 2\n",
-        Arc::clone(&resolver),
+        resolver.clone(),
     )
     .await;
     let socks = node.addrs().socks5.unwrap();
@@ -456,6 +456,94 @@ async fn a_cancelled_lookup_sends_no_more_queries() {
         !server.query_within(Duration::from_secs(1)).await,
         "a query arrived after the lookup was cancelled"
     );
+}
+
+/// A DNS server on 127.0.0.1 that answers A queries with 127.0.0.1 and
+/// AAAA queries with no address, except for names under `never.test`,
+/// which it never answers.
+async fn loopback_dns() -> SocketAddr {
+    use hickory_resolver::proto::op::{Message, MessageType};
+    use hickory_resolver::proto::rr::rdata::A;
+    use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let never = Name::from_ascii("never.test.").unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        loop {
+            let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(request) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let Some(query) = request.queries().first().cloned() else {
+                continue;
+            };
+            if never.zone_of(query.name()) {
+                continue;
+            }
+            let mut answer = Message::new();
+            answer
+                .set_id(request.id())
+                .set_message_type(MessageType::Response)
+                .set_recursion_desired(true)
+                .set_recursion_available(true);
+            if query.query_type() == RecordType::A {
+                answer.add_answer(Record::from_rdata(
+                    query.name().clone(),
+                    60,
+                    RData::A(A::new(127, 0, 0, 1)),
+                ));
+            }
+            answer.add_query(query);
+            let _ = socket.send_to(&answer.to_vec().unwrap(), peer).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_names_of_one_app_do_not_delay_another_with_the_dns_resolver() {
+    let dns = loopback_dns().await;
+    let resolver = DnsResolver::with_name_servers(&[dns], Duration::from_secs(2), 2);
+    let node = two_apps(
+        "dns_timeout_ms = 300\ndns_lookups_in_flight_per_app = 2\n",
+        Arc::new(resolver),
+    )
+    .await;
+    let socks = node.addrs().socks5.unwrap();
+    let echo = tcp_echo().await;
+
+    // test-app floods CONNECTs to names its server never answers…
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        flood.spawn(async move {
+            let name = format!("n{i}.never.test");
+            socks_connect(socks, APP, SECRET_HEX, echo, Some(&name))
+                .await
+                .0
+        });
+    }
+    // …while other-app's names resolve through the same resolver and the
+    // same server, within the 300 ms deadline, every time.
+    for i in 0..5 {
+        let (outcome, mut stream) = socks_connect(
+            socks,
+            OTHER_APP,
+            OTHER_SECRET_HEX,
+            echo,
+            Some(&format!("echo{i}.cloudproxy.test")),
+        )
+        .await;
+        assert_eq!(outcome, Socks::Reply(0), "other-app's bind {i}");
+        echo_once(&mut stream, b"resolved").await;
+    }
+    while let Some(outcome) = within("the flood", flood.join_next()).await {
+        assert_eq!(outcome.unwrap(), Socks::Reply(4));
+    }
+    assert!(node.stats().lookups_refused >= 30, "{:?}", node.stats());
 }
 
 // ---- 13.3: what one session and one app may hold ----

@@ -59,6 +59,18 @@ pub struct LookupHold {
     _permit: OwnedSemaphorePermit,
 }
 
+#[cfg(test)]
+impl LookupHold {
+    /// A place of its own, for resolver unit tests.
+    pub(crate) fn unbudgeted() -> Self {
+        Self {
+            _permit: Arc::new(Semaphore::new(1))
+                .try_acquire_owned()
+                .expect("a new semaphore has a permit"),
+        }
+    }
+}
+
 /// The operating system's resolver (`getaddrinfo`: `/etc/hosts`, then DNS as
 /// `nsswitch.conf` says), on tokio's blocking pool.
 ///

@@ -124,9 +124,17 @@ impl DnsResolver {
         });
         match parsed {
             Ok((config, options)) => {
+                // Each server is listed once per protocol (UDP, TCP).
+                let mut servers: Vec<SocketAddr> = config
+                    .name_servers()
+                    .iter()
+                    .map(|s| s.socket_addr)
+                    .collect();
+                servers.sort_unstable();
+                servers.dedup();
                 tracing::info!(
                     path = %path.display(),
-                    name_servers = config.name_servers().len() / 2,
+                    name_servers = servers.len(),
                     search = config.search().len(),
                     "destination names resolve from the hosts file, then DNS"
                 );
@@ -212,7 +220,7 @@ impl Resolve for DnsResolver {
                     io::Error::new(
                         io::ErrorKind::NotFound,
                         format!(
-                            "{host} is not in {HOSTS}, and no name server is configured ({RESOLV_CONF} was not usable at start): {e}"
+                            "{host} is not in the hosts file, and no name server is configured: {e}"
                         ),
                     )
                 }
@@ -248,6 +256,33 @@ mod tests {
                 Some(vec![IpAddr::from([192, 0, 2, 7])])
             );
         }
+    }
+
+    #[tokio::test]
+    async fn without_name_servers_the_hosts_file_and_localhost_still_resolve() {
+        let resolver = DnsResolver::from_conf(
+            Path::new("/nowhere"),
+            Err(io::Error::from(io::ErrorKind::NotFound)),
+            hosts("192.0.2.7 box\n"),
+        );
+        let lookup = |host: &str| resolver.lookup(host.to_owned(), 443, LookupHold::unbudgeted());
+        assert_eq!(
+            lookup("box").await.unwrap(),
+            vec![SocketAddr::from(([192, 0, 2, 7], 443))]
+        );
+        // Not in this hosts file, answered without a query.
+        let localhost = lookup("localhost").await.unwrap();
+        assert!(
+            localhost.contains(&SocketAddr::from(([127, 0, 0, 1], 443))),
+            "{localhost:?}"
+        );
+        // Anything else fails at once, saying why (for the log).
+        let err = lookup("elsewhere.test").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(
+            err.to_string().contains("no name server is configured"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -19,12 +19,13 @@ use cloudproxy_proto::{Address, AppId, DomainName, ErrorCode, Path, SessionError
 use cloudproxy_transport::config::ServerConfig;
 use cloudproxy_transport::server::ProxyNode;
 use cloudproxy_transport::server::lookups::{LookupFuture, LookupHold, Resolve};
+use cloudproxy_transport::server::resolver::DnsResolver;
 use proxy_support::{
     APP, Rig, SECRET_HEX, TICKET_KEY_HEX, allocate_raw, bind_tcp_raw, client_config, refusal,
     tcp_echo, ticket_key, unix_now, within,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
 const SOCKS: &str = "[socks5]\nenabled = true\nport = 0\n";
@@ -72,7 +73,7 @@ impl Resolve for ModelResolver {
 
 /// A loopback node with two apps (`test-app`, `other-app`), SOCKS5 on, and
 /// `limits` as the `[limits]` section.
-async fn two_apps(limits: &str, resolver: Arc<ModelResolver>) -> ProxyNode {
+async fn two_apps(limits: &str, resolver: Arc<dyn Resolve>) -> ProxyNode {
     let text = format!(
         r#"
 [listeners]
@@ -277,7 +278,7 @@ async fn slow_names_of_one_app_do_not_delay_another() {
     let resolver = ModelResolver::new(4);
     let node = two_apps(
         "dns_timeout_ms = 300\ndns_lookups_in_flight_per_app = 2\n",
-        Arc::clone(&resolver),
+        resolver.clone(),
     )
     .await;
     let socks = node.addrs().socks5.unwrap();
@@ -338,6 +339,211 @@ async fn name_lookups_run_only_within_the_quota() {
         .unwrap_err();
     assert_eq!(refusal(&err), Some(ErrorCode::QUOTA_EXCEEDED), "{err}");
     assert_eq!(resolver.calls.load(Relaxed), 0, "no lookup was started");
+}
+
+/// A DNS server on 127.0.0.1 that receives queries and never answers.
+struct SilentServer {
+    socket: UdpSocket,
+}
+
+impl SilentServer {
+    async fn start() -> Self {
+        Self {
+            socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.socket.local_addr().unwrap()
+    }
+
+    /// The queries that have arrived so far (consumed).
+    fn received(&self) -> usize {
+        let mut buf = [0u8; 512];
+        let mut count = 0;
+        while self.socket.try_recv(&mut buf).is_ok() {
+            count += 1;
+        }
+        count
+    }
+
+    /// Whether a query arrives within `wait`.
+    async fn query_within(&self, wait: Duration) -> bool {
+        let mut buf = [0u8; 512];
+        tokio::time::timeout(wait, self.socket.recv(&mut buf))
+            .await
+            .is_ok()
+    }
+}
+
+/// A node of one app whose names resolve only through `resolver`.
+async fn node_resolving_with(limits: &str, resolver: DnsResolver) -> ProxyNode {
+    let text = proxy_support::config_text(r#""127.0.0.1""#, 100, &format!("[limits]\n{limits}"));
+    let config = ServerConfig::from_toml_str("test.toml", &text).unwrap();
+    ProxyNode::start_with_resolver(&config, Arc::new(resolver))
+        .await
+        .unwrap()
+}
+
+/// A native stream bind to `name`, which must be refused: its message.
+async fn refused_bind_to(node: &ProxyNode, allocation: &Allocation, name: &str) -> String {
+    let destination = Address::Domain(DomainName::new(name).unwrap(), 80);
+    let err = bind_tcp_raw(
+        node.addrs().tcp_relay,
+        &client_config(SECRET_HEX),
+        allocation,
+        BindMode::Stream,
+        destination,
+    )
+    .await
+    .unwrap_err();
+    let SessionError::Refused { code, message } = err else {
+        panic!("expected a refusal, got {err}");
+    };
+    assert_eq!(code, ErrorCode::DESTINATION_UNREACHABLE, "{message}");
+    message
+}
+
+#[tokio::test]
+async fn a_timed_out_lookup_frees_its_slot_at_once() {
+    let server = SilentServer::start().await;
+    // The node's own resolver, asking only the silent server; left alone
+    // it would wait 2 s per query and ask five more times.
+    let resolver = DnsResolver::with_name_servers(&[server.addr()], Duration::from_secs(2), 5);
+    let node = node_resolving_with(
+        "dns_timeout_ms = 300\ndns_lookups_in_flight_per_app = 1\n",
+        resolver,
+    )
+    .await;
+    let allocation = allocate_raw(node.addrs().allocation_tcp[0], &client_config(SECRET_HEX))
+        .await
+        .unwrap();
+    // The first bind's lookup times out and is cancelled; the second, right
+    // after it, gets the app's only place and is looked up too, instead of
+    // being refused as "too many lookups in flight".
+    for bind in ["first", "second"] {
+        let message = refused_bind_to(&node, &allocation, "slow.cloudproxy.test").await;
+        assert!(
+            message.contains("could not be resolved within 300ms"),
+            "{bind} bind: {message}"
+        );
+        assert!(server.received() >= 1, "the {bind} bind's lookup was sent");
+    }
+    assert_eq!(node.stats().lookups_refused, 0, "{:?}", node.stats());
+}
+
+#[tokio::test]
+async fn a_cancelled_lookup_sends_no_more_queries() {
+    let server = SilentServer::start().await;
+    // Each query is given up after 50 ms and sent again, up to 100 times:
+    // about 5 s of queries if nothing cancelled the lookup.
+    let resolver = DnsResolver::with_name_servers(&[server.addr()], Duration::from_millis(50), 100);
+    let node = node_resolving_with("dns_timeout_ms = 500\n", resolver).await;
+    let allocation = allocate_raw(node.addrs().allocation_tcp[0], &client_config(SECRET_HEX))
+        .await
+        .unwrap();
+    let message = refused_bind_to(&node, &allocation, "slow.cloudproxy.test").await;
+    assert!(
+        message.contains("could not be resolved within 500ms"),
+        "{message}"
+    );
+    // While the relay waited the queries were being sent again (A and AAAA,
+    // at least once more)…
+    let before = server.received();
+    assert!(before >= 3, "only {before} queries while the lookup ran");
+    // …and once it gave up, none is: twenty retry periods pass in silence.
+    assert!(
+        !server.query_within(Duration::from_secs(1)).await,
+        "a query arrived after the lookup was cancelled"
+    );
+}
+
+/// A DNS server on 127.0.0.1 that answers A queries with 127.0.0.1 and
+/// AAAA queries with no address, except for names under `never.test`,
+/// which it never answers.
+async fn loopback_dns() -> SocketAddr {
+    use hickory_resolver::proto::op::{Message, MessageType};
+    use hickory_resolver::proto::rr::rdata::A;
+    use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let never = Name::from_ascii("never.test.").unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        loop {
+            let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(request) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let Some(query) = request.queries().first().cloned() else {
+                continue;
+            };
+            if never.zone_of(query.name()) {
+                continue;
+            }
+            let mut answer = Message::new();
+            answer
+                .set_id(request.id())
+                .set_message_type(MessageType::Response)
+                .set_recursion_desired(true)
+                .set_recursion_available(true);
+            if query.query_type() == RecordType::A {
+                answer.add_answer(Record::from_rdata(
+                    query.name().clone(),
+                    60,
+                    RData::A(A::new(127, 0, 0, 1)),
+                ));
+            }
+            answer.add_query(query);
+            let _ = socket.send_to(&answer.to_vec().unwrap(), peer).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_names_of_one_app_do_not_delay_another_with_the_dns_resolver() {
+    let dns = loopback_dns().await;
+    let resolver = DnsResolver::with_name_servers(&[dns], Duration::from_secs(2), 2);
+    let node = two_apps(
+        "dns_timeout_ms = 300\ndns_lookups_in_flight_per_app = 2\n",
+        Arc::new(resolver),
+    )
+    .await;
+    let socks = node.addrs().socks5.unwrap();
+    let echo = tcp_echo().await;
+
+    // test-app floods CONNECTs to names its server never answers…
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        flood.spawn(async move {
+            let name = format!("n{i}.never.test");
+            socks_connect(socks, APP, SECRET_HEX, echo, Some(&name))
+                .await
+                .0
+        });
+    }
+    // …while other-app's names resolve through the same resolver and the
+    // same server, within the 300 ms deadline, every time.
+    for i in 0..5 {
+        let (outcome, mut stream) = socks_connect(
+            socks,
+            OTHER_APP,
+            OTHER_SECRET_HEX,
+            echo,
+            Some(&format!("echo{i}.cloudproxy.test")),
+        )
+        .await;
+        assert_eq!(outcome, Socks::Reply(0), "other-app's bind {i}");
+        echo_once(&mut stream, b"resolved").await;
+    }
+    while let Some(outcome) = within("the flood", flood.join_next()).await {
+        assert_eq!(outcome.unwrap(), Socks::Reply(4));
+    }
+    assert!(node.stats().lookups_refused >= 30, "{:?}", node.stats());
 }
 
 // ---- 13.3: what one session and one app may hold ----

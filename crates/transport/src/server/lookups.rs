@@ -1,17 +1,28 @@
 //! Name resolution for the relays, bounded per app.
 //!
-//! The system resolver (`getaddrinfo`) cannot be cancelled: a lookup of a
-//! name whose servers never answer holds a blocking-pool thread for the
-//! resolver's own timeout, however soon the relay stops waiting. Unbounded,
-//! one app issuing such lookups fills the pool and every app's names wait
-//! behind them. So each app has its own budget: at most
-//! `dns_lookups_in_flight_per_app` lookups at once — a place held until the
-//! lookup has *really* ended, not until the relay gave up on it — and at most
+//! A name whose servers never answer must not let one app hold what other
+//! apps need, so each app has its own budget: at most
+//! `dns_lookups_in_flight_per_app` lookups at once and at most
 //! `dns_lookups_per_sec_per_app` started a second. Over either, the bind is
 //! refused at once with a typed error; other apps' lookups are untouched.
+//! Lookups run only for binds already within their quota (admission runs
+//! first).
+//!
+//! A lookup holds its app's place ([`LookupHold`]) for as long as it really
+//! runs. The node's resolver ([`DnsResolver`]) is asynchronous and cancelled
+//! by dropping its future, so its place is given back as soon as the relay
+//! stops waiting: at the lookup deadline (`dns_timeout_ms`), when the
+//! session ends, at shutdown. A resolver that cannot be cancelled
+//! ([`SystemResolver`], `getaddrinfo` on a blocking thread) carries the
+//! place into the work that outlives the future, so that lookup counts until
+//! it really returns.
 //!
 //! The resolver itself is behind [`Resolve`], so a node can be given another
-//! one (tests model a resolver that never answers with it).
+//! one (tests model a resolver that never answers with it, and point
+//! [`DnsResolver::with_name_servers`] at a local server that never answers).
+//!
+//! [`DnsResolver`]: crate::server::resolver::DnsResolver
+//! [`DnsResolver::with_name_servers`]: crate::server::resolver::DnsResolver::with_name_servers
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,9 +44,12 @@ pub type LookupFuture = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>>
 /// A name resolver for the relays.
 pub trait Resolve: Send + Sync + 'static {
     /// Resolves `host` (with `port`). `hold` is the app's place among its
-    /// lookups in flight: keep it alive until the lookup has really ended,
-    /// even when the returned future is dropped (the relay stopped waiting),
-    /// so a lookup that cannot be cancelled still counts against its app.
+    /// lookups in flight: keep it alive until the lookup has really ended.
+    /// A lookup that ends when the returned future is dropped keeps `hold`
+    /// in that future, so the place is free the moment the relay stops
+    /// waiting; one that goes on after the drop (it cannot be cancelled)
+    /// moves `hold` into the work that goes on, so it still counts against
+    /// its app.
     fn lookup(&self, host: String, port: u16, hold: LookupHold) -> LookupFuture;
 }
 
@@ -45,15 +59,35 @@ pub struct LookupHold {
     _permit: OwnedSemaphorePermit,
 }
 
+#[cfg(test)]
+impl LookupHold {
+    /// A place of its own, for resolver unit tests.
+    pub(crate) fn unbudgeted() -> Self {
+        Self {
+            _permit: Arc::new(Semaphore::new(1))
+                .try_acquire_owned()
+                .expect("a new semaphore has a permit"),
+        }
+    }
+}
+
 /// The operating system's resolver (`getaddrinfo`: `/etc/hosts`, then DNS as
 /// `nsswitch.conf` says), on tokio's blocking pool.
+///
+/// Its lookups cannot be cancelled: one whose servers never answer holds a
+/// blocking thread, and its app's place, for the C resolver's own timeout
+/// however soon the relay stops waiting. Not the node's default
+/// ([`DnsResolver`](crate::server::resolver::DnsResolver) is); for a host
+/// whose names only `nsswitch.conf` sources know (mDNS, LDAP), given to
+/// [`ProxyNode::start_with_resolver`](crate::server::ProxyNode::start_with_resolver).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemResolver;
 
 impl Resolve for SystemResolver {
     fn lookup(&self, host: String, port: u16, hold: LookupHold) -> LookupFuture {
         let task = tokio::task::spawn_blocking(move || {
-            // The place is given back when getaddrinfo returns, not before.
+            // getaddrinfo cannot be cancelled: the place is given back when
+            // it returns, not when the relay stops waiting.
             let _hold = hold;
             (host.as_str(), port)
                 .to_socket_addrs()
@@ -145,6 +179,8 @@ impl Lookups {
         let name = destination.to_string();
         let hold = self.reserve(app, &name)?;
         let timeout = self.limits.timeout;
+        // On the deadline the lookup's future is dropped here, before the
+        // error returns: a cancellable lookup has then given its place back.
         let resolved =
             tokio::time::timeout(timeout, self.resolver.lookup(host.to_owned(), port, hold))
                 .await

@@ -12,6 +12,7 @@ mod login_limit;
 pub mod lookups;
 mod node;
 pub mod quota;
+pub mod resolver;
 mod socks5;
 pub mod stats;
 mod tcp;

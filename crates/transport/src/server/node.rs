@@ -18,8 +18,9 @@ use crate::server::descriptors::{raise_nofile, upstream_budget};
 use crate::server::lifecycle::{DrainOutcome, Lifecycle, accept_tcp};
 use crate::server::log_limit::LogLimiter;
 use crate::server::login_limit::{LoginLimiter, LoginLimits};
-use crate::server::lookups::{LookupLimits, Lookups, Resolve, SystemResolver};
+use crate::server::lookups::{LookupLimits, Lookups, Resolve};
 use crate::server::quota::{AppLimits, Quotas};
+use crate::server::resolver::DnsResolver;
 use crate::server::stats::{Stats, StatsSnapshot};
 use crate::server::{socks5, tcp, udp};
 
@@ -142,14 +143,14 @@ impl Entropy for OsEntropy {
 }
 
 impl ProxyNode {
-    /// Binds every listener of `config` and starts serving.
+    /// Binds every listener of `config` and starts serving. Destination
+    /// names resolve with [`DnsResolver::from_system`].
     pub async fn start(config: &ServerConfig) -> Result<Self, ServeError> {
-        Self::start_with_resolver(config, Arc::new(SystemResolver)).await
+        Self::start_with_resolver(config, Arc::new(DnsResolver::from_system())).await
     }
 
     /// [`ProxyNode::start`] with another resolver for destination names
-    /// than the system's (each app's lookups are still bounded by
-    /// `[limits]`).
+    /// (each app's lookups are still bounded by `[limits]`).
     pub async fn start_with_resolver(
         config: &ServerConfig,
         resolver: Arc<dyn Resolve>,

@@ -12,6 +12,7 @@ mod login_limit;
 pub mod lookups;
 mod node;
 pub mod quota;
+mod reload;
 mod socks5;
 pub mod stats;
 mod tcp;
@@ -19,3 +20,4 @@ mod udp;
 mod udp_batch;
 
 pub use node::{BoundAddrs, OsEntropy, ProxyNode, ServeError};
+pub use reload::{FixedChange, ReloadError, ReloadSummary};

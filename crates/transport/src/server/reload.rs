@@ -446,6 +446,13 @@ impl ReloadSummary {
         }
     }
 
+    fn rules(&self) -> String {
+        match self.allowlist_rules {
+            1 => "1 rule".to_owned(),
+            n => format!("{n} rules"),
+        }
+    }
+
     /// Whether the new configuration changed nothing.
     #[must_use]
     pub fn is_unchanged(&self) -> bool {
@@ -468,11 +475,7 @@ impl fmt::Display for ReloadSummary {
             out.extend(items.iter().map(|i| format!("{sign}{i}")));
         }
         if self.is_unchanged() {
-            return write!(
-                f,
-                "nothing changed (allowlist {} rules)",
-                self.allowlist_rules
-            );
+            return write!(f, "nothing changed (allowlist {})", self.rules());
         }
         let mut apps = Vec::new();
         list(&mut apps, '+', &self.apps_added);
@@ -496,8 +499,8 @@ impl fmt::Display for ReloadSummary {
         }
         write!(
             f,
-            "apps {apps}; ticket keys {keys}; allowlist {} rules ({})",
-            self.allowlist_rules,
+            "apps {apps}; ticket keys {keys}; allowlist {} ({})",
+            self.rules(),
             if self.allowlist_changed {
                 "changed"
             } else {
@@ -552,7 +555,7 @@ mod tests {
         assert_eq!(summary.apps_added, ["b"]);
         assert_eq!(
             summary.to_string(),
-            "apps +b; ticket keys unchanged; allowlist 1 rules (changed); session limits or socks5.no_auth_app changed"
+            "apps +b; ticket keys unchanged; allowlist 1 rule (changed); session limits or socks5.no_auth_app changed"
         );
         assert_eq!(
             ReloadSummary::between(&old, &old).to_string(),

@@ -1741,4 +1741,85 @@ mod tests {
             }
         }
     }
+
+    struct Counter(std::sync::atomic::AtomicU8);
+
+    impl Entropy for Counter {
+        fn fill(&self, buf: &mut [u8]) {
+            for b in buf {
+                *b = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn apps(ids: &[&str]) -> Arc<HashMap<AppId, Arc<AppCredentials>>> {
+        Arc::new(
+            ids.iter()
+                .map(|id| {
+                    let credentials = AppCredentials {
+                        secrets: vec![b"secret of sixteen".to_vec()],
+                        transports: Transports::ALL,
+                    };
+                    (AppId::new(*id).unwrap(), Arc::new(credentials))
+                })
+                .collect(),
+        )
+    }
+
+    fn code<T>(checked: Result<T, ErrorFrame>) -> ErrorCode {
+        checked.map(|_| ()).unwrap_err().code
+    }
+
+    #[test]
+    fn replaced_credentials_apply_to_the_next_check() {
+        let now = Instant::now();
+        let server = Server::new(
+            ServerConfig::new(Timebase::new(now, 1_700_000_000)),
+            TicketKeyRing::new(1, vec![1; 32]),
+            apps(&["a"]),
+            Arc::new(Counter(0.into())),
+        );
+        let app = AppId::new("a").unwrap();
+        let ticket = server.grant(
+            now,
+            &AllocationRequest {
+                app_id: app.clone(),
+                session_id: 7,
+                transports: Transports::ALL,
+                capabilities: Capabilities::default(),
+                refresh: false,
+                client_version: Text::default(),
+                created_at: 1_700_000_000,
+            },
+        );
+        let refresh = Refresh {
+            ticket: ticket.ticket.clone(),
+            padding: 0,
+        };
+        assert!(server.open_ticket(now, &ticket.ticket).is_ok());
+
+        // Key 1 removed, key 2 signs: the old ticket no longer opens.
+        server.replace_credentials(TicketKeyRing::new(2, vec![2; 32]), apps(&["a"]));
+        assert_eq!(
+            code(server.open_ticket(now, &ticket.ticket)),
+            ErrorCode::INVALID_TICKET
+        );
+        assert_eq!(server.ticket_keys().current_id(), 2);
+
+        // The key back, the app removed: its ticket, its refresh and its
+        // secret are refused.
+        server.replace_credentials(TicketKeyRing::new(1, vec![1; 32]), apps(&["b"]));
+        assert_eq!(
+            code(server.open_ticket(now, &ticket.ticket)),
+            ErrorCode::BAD_CREDENTIAL
+        );
+        assert_eq!(
+            code(server.check_refresh(now, &refresh)),
+            ErrorCode::BAD_CREDENTIAL
+        );
+        assert_eq!(
+            code(server.check_secret(now, &app, b"secret of sixteen", 8)),
+            ErrorCode::BAD_CREDENTIAL
+        );
+    }
 }

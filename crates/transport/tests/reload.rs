@@ -14,8 +14,8 @@ use cloudproxy_proto::{Address, AppId, ErrorCode, Timebase};
 use cloudproxy_transport::config::{ConfigDraft, ServerConfig};
 use cloudproxy_transport::server::{ProxyNode, ReloadError};
 use proxy_support::{
-    APP, SECRET_HEX, TICKET_KEY_HEX, allocate_raw, bind_tcp_raw, refusal, tcp_echo, unix_now,
-    within,
+    APP, SECRET_HEX, TICKET_KEY_HEX, allocate_raw, bind_tcp_raw, bind_udp_raw, refusal, tcp_echo,
+    udp_echo, unix_now, within,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -301,6 +301,23 @@ async fn reload_of_ticket_keys_refuses_a_removed_keys_tickets_for_new_binds() {
     let mut new_key = bind(&node, &c, &signed_by_2, echo_addr).await.unwrap();
     echo(&mut new_key, b"signed by key 2").await;
     echo(&mut running, b"signed by key 1, bound before").await;
+    // The UDP relay, whose binding table was made at start, sees the new
+    // keys too.
+    let udp_relay = node.addrs().udp_relays[0];
+    let media = Address::Ip(udp_echo().await);
+    let refused = bind_udp_raw(udp_relay, &c, &signed_by_1, media.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refusal(&refused),
+        Some(ErrorCode::INVALID_TICKET),
+        "{refused}"
+    );
+    assert!(
+        bind_udp_raw(udp_relay, &c, &signed_by_2, media)
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]

@@ -293,6 +293,18 @@ impl ProxyNode {
     /// node keeps its configuration. Bindings already admitted keep running;
     /// the new rules apply to every allocation, bind and login after this
     /// returns.
+    ///
+    /// ```no_run
+    /// # fn example(node: &cloudproxy_transport::server::ProxyNode) -> Result<(), Box<dyn std::error::Error>> {
+    /// use cloudproxy_transport::config::ServerConfig;
+    ///
+    /// let config = ServerConfig::from_file("proxy.toml".as_ref())?;
+    /// match node.reload(&config) {
+    ///     Ok(summary) => println!("configuration reloaded: {summary}"),
+    ///     Err(e) => eprintln!("configuration not reloaded: {e}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn reload(&self, config: &ServerConfig) -> Result<ReloadSummary, ReloadError> {
         self.reloader.reload(&self.shared, config)
     }

@@ -169,6 +169,11 @@ impl Reloader {
         let credentials = credentials(config).map_err(ReloadError::Invalid)?;
         let summary = ReloadSummary::between(&running, config);
         apply(shared, config, credentials, self.node_sockets);
+        if summary.allowlist_changed {
+            for risky in config.allowlist.allow.risky_openings() {
+                tracing::warn!("SECURITY: {risky}; make sure this is intended");
+            }
+        }
         *running = config.clone();
         Ok(summary)
     }
@@ -196,9 +201,6 @@ fn apply(
         .replace_credentials(ticket_ring(config), Arc::new(credentials));
     shared.policy.store(Policy::from_config(config));
     // TLS (issue 16): certificates and their keys are swapped here.
-    for risky in config.allowlist.allow.risky_openings() {
-        tracing::warn!("SECURITY: {risky}; make sure this is intended");
-    }
 }
 
 /// A setting that cannot change while the node runs, changed by the new
@@ -230,7 +232,7 @@ impl fmt::Display for FixedChange {
 pub enum ReloadError {
     /// The new configuration could not be read, parsed or validated; the
     /// error names the file, line and key (or the flag).
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
     /// The new configuration changes settings that are fixed while the node
     /// runs (listeners, the SOCKS5 listener, most `[limits]`).

@@ -361,3 +361,39 @@ async fn reload_that_removes_an_app_lets_its_running_sessions_end_normally() {
     })
     .await;
 }
+
+/// RFC 1929 user/password login on the SOCKS5 listener; the status (0 = in).
+async fn socks5_login(socks: SocketAddr, user: &str, password: &str) -> u8 {
+    let mut s = TcpStream::connect(socks).await.unwrap();
+    let mut hello = vec![5, 1, 2, 1, u8::try_from(user.len()).unwrap()];
+    hello.extend_from_slice(user.as_bytes());
+    hello.push(u8::try_from(password.len()).unwrap());
+    hello.extend_from_slice(password.as_bytes());
+    s.write_all(&hello).await.unwrap();
+    let mut answer = [0u8; 4];
+    within("socks5 login", s.read_exact(&mut answer))
+        .await
+        .unwrap();
+    assert_eq!(answer[..2], [5, 2], "user/password chosen");
+    answer[3]
+}
+
+#[tokio::test]
+async fn reload_applies_to_socks5_logins_too() {
+    let socks5 = "\n[socks5]\nenabled = true\nport = 0\n";
+    let keys = [(1, TICKET_KEY_HEX)];
+    let allow = r#""127.0.0.1""#;
+    let text = |secret| config_text(&[(APP, secret)], &keys, allow) + socks5;
+    let node = start(&ServerConfig::from_toml_str("proxy.toml", &text(SECRET_HEX)).unwrap()).await;
+    let socks = node.addrs().socks5.unwrap();
+    assert_eq!(socks5_login(socks, APP, SECRET_HEX).await, 0);
+
+    let rotated = ServerConfig::from_toml_str("proxy.toml", &text(ROTATED_SECRET_HEX)).unwrap();
+    node.reload(&rotated).unwrap();
+    assert_ne!(
+        socks5_login(socks, APP, SECRET_HEX).await,
+        0,
+        "the old secret"
+    );
+    assert_eq!(socks5_login(socks, APP, ROTATED_SECRET_HEX).await, 0);
+}

@@ -51,8 +51,10 @@ const UNIT_DIRECTIVES: &[&str] = &[
     "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
     "SystemCallFilter=@system-service",
     "LimitNOFILE=1048576",
-    "LoadCredential=proxy.toml:/etc/cloudproxy/proxy.toml",
-    "ExecStartPre=/usr/local/bin/cloudproxy serve --check --config ${CREDENTIALS_DIRECTORY}/proxy.toml",
+    "SupplementaryGroups=cloudproxy",
+    "ExecStartPre=/usr/local/bin/cloudproxy serve --check --config /etc/cloudproxy/proxy.toml",
+    "ExecStart=/usr/local/bin/cloudproxy serve --config /etc/cloudproxy/proxy.toml --log-format json",
+    "ExecReload=/usr/local/bin/cloudproxy serve --check --config /etc/cloudproxy/proxy.toml",
     "ExecReload=/bin/kill -HUP $MAINPID",
     "KillSignal=SIGTERM",
 ];

@@ -14,6 +14,7 @@ mod params_cmd;
 mod probe_cmd;
 mod runtime;
 mod serve_cmd;
+mod serve_reload;
 mod server_arg;
 
 use std::process::ExitCode;

@@ -1,15 +1,16 @@
 //! `cloudproxy serve`: run the proxy service.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use cloudproxy_transport::allowlist::{Allowlist, Rule};
-use cloudproxy_transport::config::{ConfigDraft, PortRange, ServerConfig};
+use cloudproxy_transport::config::{ConfigDraft, ConfigError, PortRange, ServerConfig};
 use cloudproxy_transport::server::ProxyNode;
 
 use crate::logging::LogArgs;
 use crate::runtime::{ShutdownSignal, runtime};
+use crate::serve_reload::{self, ReloadSignal};
 
 /// Exit status when the configuration is unusable or a port cannot be bound.
 const EXIT_CONFIG: u8 = 2;
@@ -92,6 +93,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
     runtime().block_on(async move {
         // Before anything says "ready": see `ShutdownSignal`.
         let shutdown = ShutdownSignal::install();
+        let reloads = ReloadSignal::install();
         let node = match ProxyNode::start(&config).await {
             Ok(node) => node,
             Err(e) => {
@@ -100,7 +102,10 @@ pub(crate) fn run(args: Args) -> ExitCode {
             }
         };
         print_banner(&node, &config, development.as_deref());
-        shutdown.recv().await;
+        tokio::select! {
+            () = shutdown.recv() => {}
+            () = serve_reload::serve(reloads, &node, &args) => {}
+        }
         tracing::info!(
             drain_timeout_ms = config.limits.drain_timeout_ms,
             "shutting down: draining sessions"
@@ -135,6 +140,22 @@ fn configure(args: &Args) -> Result<(ServerConfig, Option<String>), String> {
     }
     let config = draft.validate().map_err(|e| e.to_string())?;
     Ok((config, development))
+}
+
+impl Args {
+    /// The `--config` file, if any (development mode has none).
+    pub(crate) fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+}
+
+/// The configuration a reload runs: the `--config` file (`path`) read
+/// again, the same flags laid over it, one validation of the result, as at
+/// start.
+pub(crate) fn reread(path: &Path, args: &Args) -> Result<ServerConfig, ConfigError> {
+    let mut draft = ConfigDraft::read(path)?;
+    apply_overrides(&mut draft, args);
+    draft.validate()
 }
 
 fn apply_overrides(draft: &mut ConfigDraft, args: &Args) {

@@ -54,7 +54,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -256,18 +256,28 @@ fn error_reply(code: ErrorCode, message: Option<&str>, limit: usize) -> Option<B
 }
 
 /// The shared, per-request-stateless part of the proxy service.
+///
+/// Its ticket keys and credential store can be replaced while it runs
+/// ([`Server::replace_credentials`], a configuration reload): every check
+/// reads them once, so a check sees either the old pair or the new one,
+/// never a mix.
 pub struct Server {
     config: ServerConfig,
-    keys: TicketKeyRing,
-    credentials: Arc<dyn CredentialStore>,
+    auth: RwLock<Arc<Auth>>,
     entropy: Arc<dyn Entropy>,
+}
+
+/// What decides who gets in: swapped as one.
+struct Auth {
+    keys: Arc<TicketKeyRing>,
+    credentials: Arc<dyn CredentialStore>,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("config", &self.config)
-            .field("keys", &self.keys)
+            .field("keys", &self.auth().keys)
             .finish_non_exhaustive()
     }
 }
@@ -284,10 +294,31 @@ impl Server {
     ) -> Self {
         Self {
             config,
-            keys,
-            credentials,
+            auth: RwLock::new(Arc::new(Auth {
+                keys: Arc::new(keys),
+                credentials,
+            })),
             entropy,
         }
+    }
+
+    /// The ticket keys and credential store in force now.
+    fn auth(&self) -> Arc<Auth> {
+        // A panic while holding the lock cannot leave a half-written `Arc`.
+        Arc::clone(&self.auth.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replaces the ticket keys and the credential store, together (a
+    /// configuration reload). Every check that starts afterwards uses the
+    /// new ones: a ticket signed by a removed key no longer opens, a removed
+    /// secret no longer proves, a removed app is unknown. What was admitted
+    /// before is not revisited: running bindings keep running.
+    pub fn replace_credentials(&self, keys: TicketKeyRing, credentials: Arc<dyn CredentialStore>) {
+        let auth = Arc::new(Auth {
+            keys: Arc::new(keys),
+            credentials,
+        });
+        *self.auth.write().unwrap_or_else(PoisonError::into_inner) = auth;
     }
 
     /// The configuration.
@@ -296,10 +327,10 @@ impl Server {
         &self.config
     }
 
-    /// The ticket keys.
+    /// The ticket keys in force now.
     #[must_use]
-    pub fn ticket_keys(&self) -> &TicketKeyRing {
-        &self.keys
+    pub fn ticket_keys(&self) -> Arc<TicketKeyRing> {
+        Arc::clone(&self.auth().keys)
     }
 
     /// Unix seconds at `now`.
@@ -317,7 +348,7 @@ impl Server {
         req: &AllocateRequest,
     ) -> Result<AllocationRequest, ErrorFrame> {
         let unix = self.unix_at(now);
-        let Some(app) = self.credentials.lookup(&req.app_id) else {
+        let Some(app) = self.auth().credentials.lookup(&req.app_id) else {
             return Err(ErrorFrame::new(ErrorCode::BAD_CREDENTIAL));
         };
         // Check every secret, so timing does not tell which one matched.
@@ -362,10 +393,12 @@ impl Server {
         req: &Refresh,
     ) -> Result<AllocationRequest, ErrorFrame> {
         let unix = self.unix_at(now);
-        let t = self
+        let auth = self.auth();
+        let t = auth
             .keys
             .open(&req.ticket, unix)
             .map_err(|e| ErrorFrame::with_message(e.wire_code(), e.to_string()))?;
+        app_still_configured(&auth, &t.app_id)?;
         if unix
             >= t.created_at
                 .saturating_add(self.config.max_session_lifetime.as_secs())
@@ -393,7 +426,7 @@ impl Server {
         let expires_at = unix
             .saturating_add(self.config.ticket_lifetime.as_secs())
             .min(session_end);
-        let ticket = self.keys.seal(&Ticket {
+        let ticket = self.auth().keys.seal(&Ticket {
             key_id: 0,
             session_id: req.session_id,
             app_id: req.app_id.clone(),
@@ -432,10 +465,12 @@ impl Server {
     /// they cannot disagree.
     pub fn open_ticket(&self, now: Instant, ticket: &SealedTicket) -> Result<Grant, ErrorFrame> {
         let unix = self.unix_at(now);
-        let t = self
+        let auth = self.auth();
+        let t = auth
             .keys
             .open(ticket, unix)
             .map_err(|e| ErrorFrame::with_message(e.wire_code(), e.to_string()))?;
+        app_still_configured(&auth, &t.app_id)?;
         let session_deadline = t
             .created_at
             .saturating_add(self.config.max_session_lifetime.as_secs());
@@ -463,7 +498,7 @@ impl Server {
         secret: &[u8],
         session_id: u64,
     ) -> Result<Grant, ErrorFrame> {
-        let Some(app) = self.credentials.lookup(app_id) else {
+        let Some(app) = self.auth().credentials.lookup(app_id) else {
             return Err(ErrorFrame::new(ErrorCode::BAD_CREDENTIAL));
         };
         let mut ok = subtle::Choice::from(0);
@@ -493,6 +528,7 @@ impl Server {
         session_id: u64,
     ) -> Result<Grant, ErrorFrame> {
         let app = self
+            .auth()
             .credentials
             .lookup(app_id)
             .ok_or_else(|| ErrorFrame::new(ErrorCode::BAD_CREDENTIAL))?;
@@ -577,6 +613,19 @@ impl Server {
                 .map_or(UdpAllocation::Drop, UdpAllocation::Reply),
         }
     }
+}
+
+/// A ticket outlives its app's removal from the configuration (it is signed
+/// by a ticket key, not the app's secret): refuse it, so a removed app gets
+/// no new binding or refresh.
+fn app_still_configured(auth: &Auth, app_id: &AppId) -> Result<(), ErrorFrame> {
+    if auth.credentials.lookup(app_id).is_none() {
+        return Err(ErrorFrame::with_message(
+            ErrorCode::BAD_CREDENTIAL,
+            "the ticket's app is not configured on this proxy",
+        ));
+    }
+    Ok(())
 }
 
 fn secs_u16(d: Duration) -> u16 {
@@ -1691,5 +1740,86 @@ mod tests {
                 None => assert!(limit < HEADER_LEN + 3),
             }
         }
+    }
+
+    struct Counter(std::sync::atomic::AtomicU8);
+
+    impl Entropy for Counter {
+        fn fill(&self, buf: &mut [u8]) {
+            for b in buf {
+                *b = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn apps(ids: &[&str]) -> Arc<HashMap<AppId, Arc<AppCredentials>>> {
+        Arc::new(
+            ids.iter()
+                .map(|id| {
+                    let credentials = AppCredentials {
+                        secrets: vec![b"secret of sixteen".to_vec()],
+                        transports: Transports::ALL,
+                    };
+                    (AppId::new(*id).unwrap(), Arc::new(credentials))
+                })
+                .collect(),
+        )
+    }
+
+    fn code<T>(checked: Result<T, ErrorFrame>) -> ErrorCode {
+        checked.map(|_| ()).unwrap_err().code
+    }
+
+    #[test]
+    fn replaced_credentials_apply_to_the_next_check() {
+        let now = Instant::now();
+        let server = Server::new(
+            ServerConfig::new(Timebase::new(now, 1_700_000_000)),
+            TicketKeyRing::new(1, vec![1; 32]),
+            apps(&["a"]),
+            Arc::new(Counter(0.into())),
+        );
+        let app = AppId::new("a").unwrap();
+        let ticket = server.grant(
+            now,
+            &AllocationRequest {
+                app_id: app.clone(),
+                session_id: 7,
+                transports: Transports::ALL,
+                capabilities: Capabilities::default(),
+                refresh: false,
+                client_version: Text::default(),
+                created_at: 1_700_000_000,
+            },
+        );
+        let refresh = Refresh {
+            ticket: ticket.ticket.clone(),
+            padding: 0,
+        };
+        assert!(server.open_ticket(now, &ticket.ticket).is_ok());
+
+        // Key 1 removed, key 2 signs: the old ticket no longer opens.
+        server.replace_credentials(TicketKeyRing::new(2, vec![2; 32]), apps(&["a"]));
+        assert_eq!(
+            code(server.open_ticket(now, &ticket.ticket)),
+            ErrorCode::INVALID_TICKET
+        );
+        assert_eq!(server.ticket_keys().current_id(), 2);
+
+        // The key back, the app removed: its ticket, its refresh and its
+        // secret are refused.
+        server.replace_credentials(TicketKeyRing::new(1, vec![1; 32]), apps(&["b"]));
+        assert_eq!(
+            code(server.open_ticket(now, &ticket.ticket)),
+            ErrorCode::BAD_CREDENTIAL
+        );
+        assert_eq!(
+            code(server.check_refresh(now, &refresh)),
+            ErrorCode::BAD_CREDENTIAL
+        );
+        assert_eq!(
+            code(server.check_secret(now, &app, b"secret of sixteen", 8)),
+            ErrorCode::BAD_CREDENTIAL
+        );
     }
 }

@@ -12,6 +12,7 @@ mod login_limit;
 pub mod lookups;
 mod node;
 pub mod quota;
+mod reload;
 pub mod resolver;
 mod socks5;
 pub mod stats;
@@ -20,3 +21,4 @@ mod udp;
 mod udp_batch;
 
 pub use node::{BoundAddrs, OsEntropy, ProxyNode, ServeError};
+pub use reload::{FixedChange, ReloadError, ReloadSummary};

@@ -1,25 +1,25 @@
 //! One running proxy node: its sockets, its shared state, and its tasks.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use cloudproxy_proto::server::{AppCredentials, Entropy, Server};
-use cloudproxy_proto::ticket::TicketKeyRing;
-use cloudproxy_proto::{AppId, Timebase, Transports};
+use cloudproxy_proto::Timebase;
+use cloudproxy_proto::server::{Entropy, Server};
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::allowlist::Allowlist;
 use crate::config::{Limits, ServerConfig};
 use crate::server::descriptors::{raise_nofile, upstream_budget};
 use crate::server::lifecycle::{DrainOutcome, Lifecycle, accept_tcp};
 use crate::server::log_limit::LogLimiter;
 use crate::server::login_limit::{LoginLimiter, LoginLimits};
 use crate::server::lookups::{LookupLimits, Lookups, Resolve};
-use crate::server::quota::{AppLimits, Quotas};
+use crate::server::quota::Quotas;
+use crate::server::reload::{
+    Policy, PolicyCell, ReloadError, ReloadSummary, Reloader, app_limits, credentials, ticket_ring,
+};
 use crate::server::resolver::DnsResolver;
 use crate::server::stats::{Stats, StatsSnapshot};
 use crate::server::{socks5, tcp, udp};
@@ -47,7 +47,8 @@ pub enum ServeError {
 /// The state every task of a node shares.
 pub(crate) struct Shared {
     pub(crate) proto: Arc<Server>,
-    pub(crate) allowlist: Allowlist,
+    /// The allowlist and other policy a reload replaces.
+    pub(crate) policy: PolicyCell,
     pub(crate) quotas: Arc<Quotas<u64>>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) lifecycle: Lifecycle,
@@ -58,8 +59,6 @@ pub(crate) struct Shared {
     pub(crate) logins: LoginLimiter,
     /// The budget of refusal log lines (failed logins, malformed input).
     pub(crate) refusal_log: LogLimiter,
-    /// The app that SOCKS5 clients without authentication count against.
-    pub(crate) socks5_no_auth_app: Option<String>,
 }
 
 /// The addresses a node actually listens on (port 0 resolved).
@@ -119,6 +118,7 @@ impl fmt::Display for BoundAddrs {
 pub struct ProxyNode {
     shared: Arc<Shared>,
     addrs: BoundAddrs,
+    reloader: Reloader,
 }
 
 impl std::fmt::Debug for ProxyNode {
@@ -205,35 +205,23 @@ impl ProxyNode {
         let proto = proto_server(config, advertise, &addrs)?;
         let limits = &config.limits;
         let node_sockets = upstream_budget(nofile, u64::from(limits.reserved_fds));
-        // With several apps, none may take more than half the node's budget.
-        let app_sockets = if config.apps.len() > 1 {
-            u64::from(limits.max_upstream_sockets_per_app).min(node_sockets / 2)
-        } else {
-            u64::from(limits.max_upstream_sockets_per_app)
-        };
-        let app_sockets = u32::try_from(app_sockets).unwrap_or(u32::MAX);
+        let app_limits = app_limits(config, node_sockets);
         tracing::info!(
             node = node_sockets,
-            per_app = app_sockets,
+            per_app = app_limits
+                .first()
+                .map_or(limits.max_upstream_sockets_per_app, |(_, l)| l
+                    .max_upstream_sockets),
             per_session_bindings = limits.max_bindings_per_session,
             "upstream socket budget"
         );
         let quotas = Quotas::with_limits(
-            config.apps.iter().map(|a| {
-                (
-                    a.id.get_ref().as_str(),
-                    AppLimits {
-                        max_sessions: a.max_sessions,
-                        max_bindings_per_session: limits.max_bindings_per_session,
-                        max_upstream_sockets: app_sockets,
-                    },
-                )
-            }),
+            app_limits.iter().map(|(id, limits)| (id.as_str(), *limits)),
             node_sockets,
         );
         let shared = Arc::new(Shared {
             proto: Arc::new(proto),
-            allowlist: config.allowlist.allow.clone(),
+            policy: PolicyCell::new(Policy::from_config(config)),
             quotas,
             stats: Arc::new(Stats::default()),
             lifecycle: Lifecycle::new(),
@@ -252,10 +240,9 @@ impl ProxyNode {
                 sources: limits.login_failure_sources as usize,
             }),
             refusal_log: LogLimiter::new(Instant::now()),
-            socks5_no_auth_app: config.socks5.no_auth_app.clone(),
         });
 
-        for risky in shared.allowlist.risky_openings() {
+        for risky in config.allowlist.allow.risky_openings() {
             tracing::warn!("SECURITY: {risky}; make sure this is intended");
         }
 
@@ -289,7 +276,38 @@ impl ProxyNode {
             lifecycle.spawn(udp::relay(Arc::clone(&shared), Arc::new(socket)));
         }
         tracing::info!(%addrs, %advertise, "proxy node started");
-        Ok(Self { shared, addrs })
+        Ok(Self {
+            shared,
+            addrs,
+            reloader: Reloader::new(config, node_sockets),
+        })
+    }
+
+    /// Replaces the node's apps, secrets, ticket keys, allowlist and per-app
+    /// limits with `config`'s, without dropping a session (the SIGHUP
+    /// reload; `docs/operations.md`, "Reloading the configuration").
+    ///
+    /// All or nothing: a `config` that changes a setting fixed at start
+    /// (listeners, the SOCKS5 listener, the `[limits]` other than
+    /// `max_bindings_per_session` and `max_upstream_sockets_per_app`) is
+    /// refused with [`ReloadError::Fixed`], naming each such key, and the
+    /// node keeps its configuration. Bindings already admitted keep running;
+    /// the new rules apply to every allocation, bind and login after this
+    /// returns.
+    ///
+    /// ```no_run
+    /// # fn example(node: &cloudproxy_transport::server::ProxyNode) -> Result<(), Box<dyn std::error::Error>> {
+    /// use cloudproxy_transport::config::ServerConfig;
+    ///
+    /// let config = ServerConfig::from_file("proxy.toml".as_ref())?;
+    /// match node.reload(&config) {
+    ///     Ok(summary) => println!("configuration reloaded: {summary}"),
+    ///     Err(e) => eprintln!("configuration not reloaded: {e}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn reload(&self, config: &ServerConfig) -> Result<ReloadSummary, ReloadError> {
+        self.reloader.reload(&self.shared, config)
     }
 
     /// Where the node listens.
@@ -347,33 +365,8 @@ fn proto_server(
         .map(|a| SocketAddr::new(advertise, a.port()))
         .collect();
 
-    let mut apps: HashMap<AppId, Arc<AppCredentials>> = HashMap::new();
-    for app in &config.apps {
-        let id = AppId::new(app.id.get_ref().clone())
-            .map_err(|e| ServeError::Config(format!("app id {:?}: {e}", app.id.get_ref())))?;
-        apps.insert(
-            id,
-            Arc::new(AppCredentials {
-                secrets: app.secrets.iter().map(|s| s.0.clone()).collect(),
-                transports: Transports::ALL,
-            }),
-        );
-    }
-    let keys = match config.ticket_keys.split_first() {
-        Some((first, rest)) => {
-            let mut ring = TicketKeyRing::new(first.key_id, first.secret.0.clone());
-            for key in rest {
-                ring.insert(key.key_id, key.secret.0.clone());
-            }
-            ring
-        }
-        // No apps, no tickets: a random key keeps the ring well-formed.
-        None => {
-            let mut secret = vec![0u8; 32];
-            OsEntropy.fill(&mut secret);
-            TicketKeyRing::new(0, secret)
-        }
-    };
+    let apps = credentials(config).map_err(ServeError::Config)?;
+    let keys = ticket_ring(config);
     Ok(Server::new(
         proto,
         keys,

@@ -10,6 +10,11 @@
 //! back its binding, its sockets and (with the session's last binding) the
 //! session's place, so no error path can leak a slot.
 //!
+//! A configuration reload replaces the limits ([`Quotas::set_limits`]):
+//! sessions keep the places they hold, a changed `max_sessions` applies to
+//! new sessions, and a removed app gets no new session or binding while its
+//! running ones end as they would have.
+//!
 //! Quotas are per node: nodes share no state (tickets are self-verifying), so
 //! a fleet-wide figure is the per-node quota times the nodes an app is spread
 //! over, which the allocation service controls.
@@ -85,6 +90,24 @@ struct AppUsage<S> {
     sockets: u32,
     /// Live sessions and how many bindings each holds.
     sessions: HashMap<S, u32>,
+    /// Removed from the configuration: kept only until its last binding
+    /// ends, and refused as unknown meanwhile.
+    retired: bool,
+}
+
+impl<S> AppUsage<S> {
+    fn new(limits: AppLimits) -> Self {
+        Self {
+            limits,
+            sockets: 0,
+            sessions: HashMap::new(),
+            retired: false,
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.sessions.is_empty() && self.sockets == 0
+    }
 }
 
 struct Book<S> {
@@ -117,16 +140,7 @@ impl<S: Hash + Eq + Clone> Quotas<S> {
     ) -> Arc<Self> {
         let apps = apps
             .into_iter()
-            .map(|(id, limits)| {
-                (
-                    id.to_owned(),
-                    AppUsage {
-                        limits,
-                        sockets: 0,
-                        sessions: HashMap::new(),
-                    },
-                )
-            })
+            .map(|(id, limits)| (id.to_owned(), AppUsage::new(limits)))
             .collect();
         Arc::new(Self {
             book: Mutex::new(Book {
@@ -145,13 +159,44 @@ impl<S: Hash + Eq + Clone> Quotas<S> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Replaces every app's limits (a configuration reload). Apps in `apps`
+    /// get their new limits, for what they take from now on: a session or
+    /// binding already held is kept even when it is now over a lowered
+    /// limit. Apps missing from `apps` get nothing new (refused as unknown)
+    /// while what they hold runs to its end; an app added again before then
+    /// keeps counting what it holds.
+    pub fn set_limits<'a>(&self, apps: impl IntoIterator<Item = (&'a str, AppLimits)>) {
+        let new: HashMap<&str, AppLimits> = apps.into_iter().collect();
+        let mut book = self.lock();
+        for (id, usage) in &mut book.apps {
+            match new.get(id.as_str()) {
+                Some(limits) => {
+                    usage.limits = *limits;
+                    usage.retired = false;
+                }
+                None => usage.retired = true,
+            }
+        }
+        book.apps
+            .retain(|_, usage| !(usage.retired && usage.is_idle()));
+        for (id, limits) in new {
+            book.apps
+                .entry(id.to_owned())
+                .or_insert_with(|| AppUsage::new(limits));
+        }
+    }
+
     /// Whether `app` could start a new session now. The allocation service
     /// asks this to refuse early; the binding itself is what takes the place.
     pub fn has_room(&self, app: &str) -> Result<(), QuotaError> {
         let book = self.lock();
-        let usage = book.apps.get(app).ok_or_else(|| QuotaError::UnknownApp {
-            app: app.to_owned(),
-        })?;
+        let usage =
+            book.apps
+                .get(app)
+                .filter(|u| !u.retired)
+                .ok_or_else(|| QuotaError::UnknownApp {
+                    app: app.to_owned(),
+                })?;
         if usage.sessions.len() >= usage.limits.max_sessions as usize {
             return Err(QuotaError::Exceeded {
                 app: app.to_owned(),
@@ -185,6 +230,7 @@ impl<S: Hash + Eq + Clone> Quotas<S> {
         let usage = book
             .apps
             .get_mut(app)
+            .filter(|u| !u.retired)
             .ok_or_else(|| QuotaError::UnknownApp {
                 app: app.to_owned(),
             })?;
@@ -242,6 +288,9 @@ impl<S: Hash + Eq + Clone> Quotas<S> {
                 }
                 usage.sockets = usage.sockets.saturating_sub(sockets);
                 released = true;
+            }
+            if usage.retired && usage.is_idle() {
+                book.apps.remove(app);
             }
         }
         if released {
@@ -351,6 +400,36 @@ mod tests {
         drop((a, b));
         assert_eq!((q.sockets("a"), q.sockets("b")), (0, 0));
         assert!(q.acquire_sockets("a", 1, 4).is_ok());
+    }
+
+    #[test]
+    fn new_limits_apply_to_new_sessions_and_a_removed_app_keeps_what_it_holds() {
+        let q = Quotas::new([("a", 2), ("gone", 5)]);
+        let a1 = q.acquire("a", 1u64).unwrap();
+        let a2 = q.acquire("a", 2).unwrap();
+        let held = q.acquire("gone", 1).unwrap();
+        q.set_limits([("a", AppLimits::sessions(1)), ("b", AppLimits::sessions(1))]);
+        // Over the lowered quota: both places are kept, no new session.
+        assert_eq!(q.sessions("a"), 2);
+        assert!(matches!(
+            q.acquire("a", 3),
+            Err(QuotaError::Exceeded { max: 1, .. })
+        ));
+        drop((a1, a2));
+        let _a3 = q.acquire("a", 3).unwrap();
+        // The added app gets its places.
+        let _b = q.acquire("b", 1).unwrap();
+        // The removed app: nothing new, not even for its running session…
+        let unknown = QuotaError::UnknownApp { app: "gone".into() };
+        assert_eq!(q.acquire("gone", 1).unwrap_err(), unknown);
+        assert_eq!(q.has_room("gone").unwrap_err(), unknown);
+        // …which keeps its place until it ends.
+        assert_eq!(q.sessions("gone"), 1);
+        drop(held);
+        assert_eq!(q.sessions("gone"), 0);
+        // Added again: fresh.
+        q.set_limits([("gone", AppLimits::sessions(1))]);
+        assert!(q.acquire("gone", 1).is_ok());
     }
 
     #[test]

@@ -235,7 +235,10 @@ async fn handshake(
     let client = if methods.contains(&METHOD_PASSWORD) {
         stream.write_all(&[VERSION, METHOD_PASSWORD]).await?;
         authenticate(shared, stream, peer).await?
-    } else if let (true, Some(app)) = (methods.contains(&METHOD_NONE), &shared.socks5_no_auth_app) {
+    } else if let (true, Some(app)) = (
+        methods.contains(&METHOD_NONE),
+        &shared.policy.load().socks5_no_auth_app,
+    ) {
         stream.write_all(&[VERSION, METHOD_NONE]).await?;
         admission::no_auth(shared, app, new_session_id()).map_err(Refused::Auth)?
     } else {
@@ -401,7 +404,11 @@ async fn connect(
 ) {
     let targets = match shared
         .lookups
-        .permitted(&client.app, &target.as_destination(), &shared.allowlist)
+        .permitted(
+            &client.app,
+            &target.as_destination(),
+            &shared.policy.load().allowlist,
+        )
         .await
     {
         Ok(t) => t,
@@ -643,7 +650,7 @@ async fn associate(
                     Some(d) => *d,
                     None if decisions.len() >= MAX_UDP_DESTINATIONS => None,
                     None => {
-                        let d = shared.lookups.permitted(&client.app, &target.as_destination(), &shared.allowlist).await;
+                        let d = shared.lookups.permitted(&client.app, &target.as_destination(), &shared.policy.load().allowlist).await;
                         // Over the app's lookup budget is for now, not for good:
                         // not remembered.
                         let keep = !matches!(d, Err(DestinationError::LookupsInFlight { .. } | DestinationError::LookupRate { .. }));

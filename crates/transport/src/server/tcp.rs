@@ -309,7 +309,7 @@ pub(crate) async fn check_destination(
     };
     shared
         .lookups
-        .permitted(app, &dest, &shared.allowlist)
+        .permitted(app, &dest, &shared.policy.load().allowlist)
         .await
         .map_err(|e| {
             note_destination_error(shared, &e);

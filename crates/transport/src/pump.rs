@@ -95,6 +95,45 @@ pub struct PumpReport {
     pub end: PumpEnd,
 }
 
+/// Node-wide byte counters that a pump adds to after every burst it
+/// moves, so that totals climb while sessions run rather than when they end.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveTotals<'a> {
+    /// Bytes written to upstreams.
+    pub client_to_upstream: &'a AtomicU64,
+    /// Bytes written to clients.
+    pub upstream_to_client: &'a AtomicU64,
+}
+
+/// The part of one direction's count already added to a [`LiveTotals`].
+struct Published<'a> {
+    moved: &'a AtomicU64,
+    done: AtomicU64,
+    total: Option<&'a AtomicU64>,
+}
+
+impl<'a> Published<'a> {
+    fn new(moved: &'a AtomicU64, total: Option<&'a AtomicU64>) -> Self {
+        Self {
+            moved,
+            done: AtomicU64::new(0),
+            total,
+        }
+    }
+
+    /// Adds what moved since the last call to the node's total: one atomic
+    /// add per burst, none while idle.
+    fn publish(&self) {
+        if let Some(total) = self.total {
+            let now = self.moved.load(Relaxed);
+            let before = self.done.swap(now, Relaxed);
+            if now > before {
+                total.fetch_add(now - before, Relaxed);
+            }
+        }
+    }
+}
+
 /// Copies between `client` and `upstream` until the session ends; see the
 /// module docs. `client_pending` are bytes already read from the client
 /// (for instance behind a handshake frame) that go to the upstream first.
@@ -105,11 +144,26 @@ pub async fn pump(
     options: &PumpOptions,
     cancel: impl Future<Output = ()>,
 ) -> PumpReport {
+    pump_with_totals(client, upstream, client_pending, options, cancel, None).await
+}
+
+/// [`pump`], adding the bytes it moves to `totals` after every burst as well
+/// as to its report (the report's counts are this session's alone).
+pub async fn pump_with_totals(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    client_pending: &[u8],
+    options: &PumpOptions,
+    cancel: impl Future<Output = ()>,
+    totals: Option<LiveTotals<'_>>,
+) -> PumpReport {
     // Atomics only so the future is `Send`: both directions run in this one
     // task, so there is never contention.
     let last_activity = Activity::new();
     let up_bytes = AtomicU64::new(0);
     let down_bytes = AtomicU64::new(0);
+    let up_published = Published::new(&up_bytes, totals.map(|t| t.client_to_upstream));
+    let down_published = Published::new(&down_bytes, totals.map(|t| t.upstream_to_client));
 
     let upward = async {
         if !client_pending.is_empty() {
@@ -123,7 +177,7 @@ pub async fn pump(
             upstream,
             options.buffer_len,
             options.splice,
-            &up_bytes,
+            &up_published,
             &last_activity,
             Side::Client,
         )
@@ -134,7 +188,7 @@ pub async fn pump(
         client,
         options.buffer_len,
         options.splice,
-        &down_bytes,
+        &down_published,
         &last_activity,
         Side::Upstream,
     );
@@ -164,6 +218,9 @@ pub async fn pump(
         }
         () = cancel => PumpEnd::Cancelled,
     };
+    // What the last bursts moved, if the copies were cut short.
+    up_published.publish();
+    down_published.publish();
     PumpReport {
         client_to_upstream: up_bytes.load(Relaxed),
         upstream_to_client: down_bytes.load(Relaxed),
@@ -224,11 +281,14 @@ async fn copy_one_way(
     to: &TcpStream,
     buffer_len: usize,
     splice: bool,
-    moved: &AtomicU64,
+    published: &Published<'_>,
     last_activity: &Activity,
     source: Side,
 ) -> Result<(), PumpEnd> {
+    let moved = published.moved;
     loop {
+        // Every burst ends here or in a return: publish before waiting.
+        published.publish();
         from.readable()
             .await
             .map_err(|e| source.error(true, e.kind()))?;
@@ -237,7 +297,10 @@ async fn copy_one_way(
         // write, without a pipe or a large buffer.
         let (rest, bulk) = match first_read(from, to, moved, last_activity, source)? {
             First::Drained => continue,
-            First::Eof => return half_close(to, source),
+            First::Eof => {
+                published.publish();
+                return half_close(to, source);
+            }
             First::Small(rest) => (rest, false),
             First::Bulk(rest) => (rest, true),
         };
@@ -284,6 +347,7 @@ async fn copy_one_way(
             }
         };
         if let Burst::Eof = burst {
+            published.publish();
             return half_close(to, source);
         }
     }

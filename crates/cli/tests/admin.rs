@@ -53,7 +53,10 @@ impl Node {
     fn admin(&self) -> String {
         self.banner
             .lines()
-            .find_map(|l| l.trim_start().strip_prefix("admin               HTTP http://"))
+            .find_map(|l| {
+                l.trim_start()
+                    .strip_prefix("admin               HTTP http://")
+            })
             .and_then(|rest| rest.split('/').next())
             .unwrap_or_else(|| panic!("expected an admin line in the banner:\n{}", self.banner))
             .to_owned()
@@ -137,7 +140,11 @@ fn the_admin_flag_sets_the_address_and_post_drain_drains() {
     node.signal("-TERM");
     let mut node = node;
     let status = node.child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "SIGTERM after a drain exits cleanly");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM after a drain exits cleanly"
+    );
 }
 
 #[test]

@@ -385,3 +385,48 @@ async fn readiness_follows_binding_and_a_drain_on_demand() {
         cloudproxy_transport::server::lifecycle::DrainOutcome::Drained
     );
 }
+
+/// Every `cloudproxy_…` metric name in `text`.
+fn referenced_metrics(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("cloudproxy_") {
+        let tail = &rest[at..];
+        let len = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        if len > "cloudproxy_".len() {
+            names.insert(tail[..len].to_owned());
+        }
+        rest = &tail[len..];
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_dashboard_and_alert_rules_name_only_metrics_a_node_exports() {
+    let rig = Rig::loopback().await;
+    let admin = admin_for(&rig.node).await;
+    let text = scrape(admin.local_addr()).await;
+    let exported: BTreeSet<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
+        .collect();
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    for file in ["grafana/cloudproxy.json", "prometheus/alerts.yml"] {
+        let path = deploy.join(file);
+        let body = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let names = referenced_metrics(&body);
+        assert!(
+            !names.is_empty(),
+            "deploy/{file} names no cloudproxy_ metric"
+        );
+        let missing: Vec<&String> = names.iter().filter(|n| !exported.contains(*n)).collect();
+        assert!(
+            missing.is_empty(),
+            "deploy/{file} names metrics a node does not export: {missing:?}; exported: {exported:?}"
+        );
+    }
+}

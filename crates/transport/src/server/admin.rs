@@ -363,3 +363,67 @@ fn route(state: &State, method: &str, path: &str, openmetrics: bool) -> Response
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_lines_parse_and_bad_ones_say_what_was_expected() {
+        assert_eq!(
+            parse_request_line(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a"),
+            Ok(("GET", "/metrics"))
+        );
+        assert_eq!(
+            parse_request_line(b"POST /drain HTTP/1.0"),
+            Ok(("POST", "/drain"))
+        );
+        for bad in [
+            &b"GET /metrics"[..],
+            b"GET metrics HTTP/1.1",
+            b"GET /metrics HTTP/2",
+            b"GET  /metrics HTTP/1.1",
+            b"\xff /metrics HTTP/1.1",
+        ] {
+            let error = parse_request_line(bad).unwrap_err();
+            assert!(error.starts_with("expected "), "{error}");
+        }
+    }
+
+    #[test]
+    fn openmetrics_only_when_accept_names_it() {
+        assert!(wants_openmetrics(
+            b"GET /metrics HTTP/1.1\r\naccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+        ));
+        assert!(!wants_openmetrics(
+            b"GET /metrics HTTP/1.1\r\nAccept: text/plain"
+        ));
+        assert!(!wants_openmetrics(
+            b"GET /metrics HTTP/1.1\r\nX-Note: application/openmetrics-text"
+        ));
+    }
+
+    #[test]
+    fn routes_answer_before_a_node_is_attached() {
+        let state = State::default();
+        assert!(
+            route(&state, "GET", "/livez", false)
+                .status
+                .starts_with("200")
+        );
+        assert!(
+            route(&state, "GET", "/readyz", false)
+                .status
+                .starts_with("503")
+        );
+        assert!(
+            route(&state, "POST", "/drain", false)
+                .status
+                .starts_with("503")
+        );
+        let wrong = route(&state, "PUT", "/readyz", false);
+        assert!(wrong.status.starts_with("405"));
+        assert_eq!(wrong.allow, Some("GET, HEAD"));
+        assert!(route(&state, "GET", "/x", false).status.starts_with("404"));
+    }
+}

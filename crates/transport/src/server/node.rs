@@ -319,7 +319,8 @@ impl ProxyNode {
     /// and listeners stop accepting now (no new allocations, bindings or
     /// SOCKS5 clients); live sessions go on until they end or the
     /// configured drain deadline closes them. The process stays up; stop it
-    /// with [`ProxyNode::shutdown`]. A second call does nothing.
+    /// with [`ProxyNode::shutdown`]. A second call does nothing. Call it
+    /// within the tokio runtime: the drain runs as a task.
     pub fn begin_drain(&self) {
         begin_drain(&self.shared);
     }

@@ -95,8 +95,8 @@ pub struct PumpReport {
     pub end: PumpEnd,
 }
 
-/// Node-wide byte counters that a pump adds to after every burst it
-/// moves, so that totals climb while sessions run rather than when they end.
+/// Node-wide byte counters that a pump adds to with every write it makes,
+/// so that totals climb while sessions run rather than when they end.
 #[derive(Debug, Clone, Copy)]
 pub struct LiveTotals<'a> {
     /// Bytes written to upstreams.
@@ -105,31 +105,24 @@ pub struct LiveTotals<'a> {
     pub upstream_to_client: &'a AtomicU64,
 }
 
-/// The part of one direction's count already added to a [`LiveTotals`].
-struct Published<'a> {
+/// One direction's byte count, and the node's total it also adds to.
+pub(crate) struct Counted<'a> {
     moved: &'a AtomicU64,
-    done: AtomicU64,
     total: Option<&'a AtomicU64>,
 }
 
-impl<'a> Published<'a> {
+impl<'a> Counted<'a> {
     fn new(moved: &'a AtomicU64, total: Option<&'a AtomicU64>) -> Self {
-        Self {
-            moved,
-            done: AtomicU64::new(0),
-            total,
-        }
+        Self { moved, total }
     }
 
-    /// Adds what moved since the last call to the node's total: one atomic
-    /// add per burst, none while idle.
-    fn publish(&self) {
+    /// Counts `n` bytes written: this session's count and, when given, the
+    /// node's total, so both move during the session. Two relaxed adds per
+    /// write system call, never per byte.
+    pub(crate) fn add(&self, n: u64) {
+        self.moved.fetch_add(n, Relaxed);
         if let Some(total) = self.total {
-            let now = self.moved.load(Relaxed);
-            let before = self.done.swap(now, Relaxed);
-            if now > before {
-                total.fetch_add(now - before, Relaxed);
-            }
+            total.fetch_add(n, Relaxed);
         }
     }
 }
@@ -147,7 +140,7 @@ pub async fn pump(
     pump_with_totals(client, upstream, client_pending, options, cancel, None).await
 }
 
-/// [`pump`], adding the bytes it moves to `totals` after every burst as well
+/// [`pump`], adding the bytes it moves to `totals` with every write as well
 /// as to its report (the report's counts are this session's alone).
 pub async fn pump_with_totals(
     client: &TcpStream,
@@ -162,22 +155,22 @@ pub async fn pump_with_totals(
     let last_activity = Activity::new();
     let up_bytes = AtomicU64::new(0);
     let down_bytes = AtomicU64::new(0);
-    let up_published = Published::new(&up_bytes, totals.map(|t| t.client_to_upstream));
-    let down_published = Published::new(&down_bytes, totals.map(|t| t.upstream_to_client));
+    let up_counted = Counted::new(&up_bytes, totals.map(|t| t.client_to_upstream));
+    let down_counted = Counted::new(&down_bytes, totals.map(|t| t.upstream_to_client));
 
     let upward = async {
         if !client_pending.is_empty() {
             write_all(upstream, client_pending)
                 .await
                 .map_err(|e| PumpEnd::UpstreamError(e.kind()))?;
-            up_bytes.store(client_pending.len() as u64, Relaxed);
+            up_counted.add(client_pending.len() as u64);
         }
         copy_one_way(
             client,
             upstream,
             options.buffer_len,
             options.splice,
-            &up_published,
+            &up_counted,
             &last_activity,
             Side::Client,
         )
@@ -188,7 +181,7 @@ pub async fn pump_with_totals(
         client,
         options.buffer_len,
         options.splice,
-        &down_published,
+        &down_counted,
         &last_activity,
         Side::Upstream,
     );
@@ -218,9 +211,6 @@ pub async fn pump_with_totals(
         }
         () = cancel => PumpEnd::Cancelled,
     };
-    // What the last bursts moved, if the copies were cut short.
-    up_published.publish();
-    down_published.publish();
     PumpReport {
         client_to_upstream: up_bytes.load(Relaxed),
         upstream_to_client: down_bytes.load(Relaxed),
@@ -281,14 +271,11 @@ async fn copy_one_way(
     to: &TcpStream,
     buffer_len: usize,
     splice: bool,
-    published: &Published<'_>,
+    moved: &Counted<'_>,
     last_activity: &Activity,
     source: Side,
 ) -> Result<(), PumpEnd> {
-    let moved = published.moved;
     loop {
-        // Every burst ends here or in a return: publish before waiting.
-        published.publish();
         from.readable()
             .await
             .map_err(|e| source.error(true, e.kind()))?;
@@ -297,10 +284,7 @@ async fn copy_one_way(
         // write, without a pipe or a large buffer.
         let (rest, bulk) = match first_read(from, to, moved, last_activity, source)? {
             First::Drained => continue,
-            First::Eof => {
-                published.publish();
-                return half_close(to, source);
-            }
+            First::Eof => return half_close(to, source),
             First::Small(rest) => (rest, false),
             First::Bulk(rest) => (rest, true),
         };
@@ -347,7 +331,6 @@ async fn copy_one_way(
             }
         };
         if let Burst::Eof = burst {
-            published.publish();
             return half_close(to, source);
         }
     }
@@ -390,7 +373,7 @@ enum First {
 fn first_read(
     from: &TcpStream,
     to: &TcpStream,
-    moved: &AtomicU64,
+    moved: &Counted<'_>,
     last_activity: &Activity,
     source: Side,
 ) -> Result<First, PumpEnd> {
@@ -415,7 +398,7 @@ fn first_read(
                 Err(e) => return Err(source.error(false, e.kind())),
             }
         }
-        moved.fetch_add(written as u64, Relaxed);
+        moved.add(written as u64);
         let rest = buf[written..n].to_vec();
         Ok(if n < buf.len() {
             First::Small(rest)
@@ -429,14 +412,14 @@ fn first_read(
 async fn finish_write(
     to: &TcpStream,
     rest: &[u8],
-    moved: &AtomicU64,
+    moved: &Counted<'_>,
     last_activity: &Activity,
     source: Side,
 ) -> Result<(), PumpEnd> {
     write_all(to, rest)
         .await
         .map_err(|e| source.error(false, e.kind()))?;
-    moved.fetch_add(rest.len() as u64, Relaxed);
+    moved.add(rest.len() as u64);
     last_activity.touch();
     Ok(())
 }
@@ -446,7 +429,7 @@ async fn copy_burst(
     from: &TcpStream,
     to: &TcpStream,
     buffer_len: usize,
-    moved: &AtomicU64,
+    moved: &Counted<'_>,
     last_activity: &Activity,
     source: Side,
 ) -> Result<Burst, PumpEnd> {
@@ -459,7 +442,7 @@ async fn copy_burst(
                 write_all(to, &buffer[..n])
                     .await
                     .map_err(|e| source.error(false, e.kind()))?;
-                moved.fetch_add(n as u64, Relaxed);
+                moved.add(n as u64);
                 last_activity.touch();
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),

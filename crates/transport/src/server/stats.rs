@@ -2,8 +2,8 @@
 //!
 //! Plain relaxed atomics: each counter is independent, and a snapshot that is
 //! a few packets stale is fine for monitoring. Datagram counters move with
-//! every datagram (or batch); TCP byte counters move after every burst the
-//! pump copies, so they climb while a session runs. Gauges (the `*_active` figures)
+//! every datagram (or batch); TCP byte counters move with every write the
+//! pump makes, so they climb while a session runs. Gauges (the `*_active` figures)
 //! move through [`Active`] guards, so an early return cannot leave them high.
 
 use std::sync::Arc;

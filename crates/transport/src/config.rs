@@ -837,6 +837,27 @@ impl ServerConfig {
 /// Byte offset of the line that sets the last segment of a dotted `key`, or
 /// `None` when the file does not set it (a default is at fault).
 fn key_offset(text: &str, key: &str) -> Option<usize> {
+    // In the key's own table first (`bind` is in [listeners] and [admin]),
+    // then anywhere, as before tables were told apart.
+    if let Some((table, name)) = key.rsplit_once('.') {
+        let mut offset = 0;
+        let mut current = String::new();
+        for line in text.split_inclusive('\n') {
+            let trimmed = line.trim_start();
+            if let Some(header) = trimmed.strip_prefix('[') {
+                let header = header.trim_start_matches('[');
+                let end = header.find(']').unwrap_or(header.len());
+                header[..end].trim().clone_into(&mut current);
+            } else if current == table {
+                if let Some(rest) = trimmed.strip_prefix(name) {
+                    if rest.trim_start().starts_with('=') {
+                        return Some(offset + (line.len() - trimmed.len()));
+                    }
+                }
+            }
+            offset += line.len();
+        }
+    }
     let name = key.rsplit('.').next().unwrap_or(key);
     let mut offset = 0;
     for line in text.split_inclusive('\n') {

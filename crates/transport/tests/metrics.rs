@@ -430,3 +430,28 @@ async fn the_dashboard_and_alert_rules_name_only_metrics_a_node_exports() {
         );
     }
 }
+
+#[test]
+fn the_admin_section_is_checked_with_file_line_and_key() {
+    use cloudproxy_transport::config::ServerConfig;
+    let text = "[listeners]\nbind = \"127.0.0.1\"\ntcp_relay_port = 4000\n\n[admin]\nbind = \"127.0.0.1:4000\"\n";
+    let error = ServerConfig::from_toml_str("proxy.toml", text)
+        .unwrap_err()
+        .to_string();
+    assert!(error.starts_with("proxy.toml:6:"), "{error}");
+    assert!(error.contains("admin.bind"), "{error}");
+    assert!(
+        error.contains("port 4000 is also the TCP relay port"),
+        "{error}"
+    );
+
+    let ok = "[listeners]\nbind = \"127.0.0.1\"\n\n[admin]\nbind = \"127.0.0.1:9600\"\n";
+    let config = ServerConfig::from_toml_str("proxy.toml", ok).unwrap();
+    assert_eq!(config.admin.bind, Some("127.0.0.1:9600".parse().unwrap()));
+    let off = ServerConfig::from_toml_str("proxy.toml", "").unwrap();
+    assert_eq!(off.admin.bind, None, "off unless configured");
+    let error = ServerConfig::from_toml_str("proxy.toml", "[admin]\nbind = \"9600\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("proxy.toml:2:"), "{error}");
+}

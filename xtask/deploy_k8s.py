@@ -91,6 +91,9 @@ probes = {
     "livenessProbe": "/livez",
     "readinessProbe": "/readyz",
 }
+admin_bind = merged.get("admin", {}).get("bind")
+admin_port = int(admin_bind.rsplit(":", 1)[1]) if admin_bind else None
+expect(cm_file, "proxy.toml: [admin] bind's port (the probes' port)", admin_port, 9600)
 for probe, path in probes.items():
     get = main.get(probe, {}).get("httpGet", {})
     expect(ds_file, f"{probe}.httpGet", (get.get("path"), get.get("port")), (path, 9600))
@@ -114,5 +117,7 @@ for p in listeners.get("allocation_ports", [1080, 8000, 25000, 9700]):
     ports += [f"{p}/tcp", f"{p}/udp"]
 ports.append(f"{listeners.get('tcp_relay_port', 4000)}/tcp")
 ports.append(f"{listeners.get('udp_relay_ports', '4500-4650')}/udp")
+if admin_port is not None:
+    ports.append(f"{admin_port}/tcp")
 print(f"drain_timeout_ms={drain_ms}")
 print("ports=" + " ".join(ports))

@@ -20,7 +20,13 @@
 //!   Cargo workspace, the build command builds the package that owns the
 //!   `cloudproxy` binary, the runtime stage copies that binary from where
 //!   the build leaves it, the user is a numeric non-root id, and `EXPOSE`
-//!   names exactly the listeners of the example configuration.
+//!   names exactly the listeners of the example configuration (with the
+//!   admin listener) and a `HEALTHCHECK` asks the admin listener's `/livez`.
+//! - `deploy/prometheus/alerts.yml`: `promtool check rules` (Debian's
+//!   `prometheus` package, installed when missing and root);
+//!   `deploy/grafana/cloudproxy.json` parses as JSON. That both name only
+//!   metrics a node exports is checked against a real scrape by
+//!   `crates/transport/tests/metrics.rs`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -58,6 +64,8 @@ const UNIT_DIRECTIVES: &[&str] = &[
     "ExecReload=/bin/kill -HUP $MAINPID",
     "KillSignal=SIGTERM",
 ];
+/// The admin listener's port in the example configuration and the probes.
+const ADMIN_PORT: &str = "9600";
 /// An address from TEST-NET-1 standing in for `$(NODE_IP)`.
 const NODE_IP: &str = "192.0.2.10";
 
@@ -85,8 +93,36 @@ pub(crate) fn check() -> Result {
     let k8s = kubernetes(&root, &venv, &binary, &scratch)?;
     systemd_unit(&root, &binary, &scratch, k8s.drain_timeout_ms)?;
     containerfile(&root, &k8s.ports)?;
+    monitoring(&root)?;
     println!("==> deploy: ok in {:.1?}", started.elapsed());
     Ok(())
+}
+
+/// `promtool check rules` on the alert rules; the dashboard parses as JSON.
+fn monitoring(root: &Path) -> Result {
+    let have_promtool = Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_promtool {
+        apt_install(
+            "prometheus",
+            "deploy/prometheus/alerts.yml is checked with promtool, which is not on PATH",
+        )?;
+    }
+    step(
+        "deploy: promtool check rules deploy/prometheus/alerts.yml",
+        Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(root.join("deploy/prometheus/alerts.yml")),
+    )?;
+    step(
+        "deploy: deploy/grafana/cloudproxy.json is JSON",
+        Command::new("python3")
+            .args(["-m", "json.tool", "--no-ensure-ascii"])
+            .arg(root.join("deploy/grafana/cloudproxy.json"))
+            .stdout(std::process::Stdio::null()),
+    )
 }
 
 fn target_dir() -> PathBuf {
@@ -459,6 +495,7 @@ fn check_containerfile(root: &Path, file: &str, ports: &[String]) -> Result<Stri
     let mut runtime_copy = None;
     let mut user = None;
     let mut exposed = Vec::new();
+    let mut healthcheck = None;
     for (n, instruction) in &instructions {
         let at = format!("{name}:{n}");
         let (keyword, rest) = instruction.split_once(' ').unwrap_or((instruction, ""));
@@ -520,6 +557,7 @@ fn check_containerfile(root: &Path, file: &str, ports: &[String]) -> Result<Stri
             }
             "USER" => user = Some((at.clone(), rest.trim().to_owned())),
             "EXPOSE" => exposed.extend(words.iter().map(|w| (*w).to_owned())),
+            "HEALTHCHECK" => healthcheck = Some((at.clone(), rest.to_owned())),
             _ => {}
         }
     }
@@ -596,6 +634,19 @@ fn check_containerfile(root: &Path, file: &str, ports: &[String]) -> Result<Stri
             "{name}: EXPOSE: expected the listeners of deploy/kubernetes/configmap.yaml {want:?}, found {have:?}"
         ));
     }
+    match &healthcheck {
+        Some((_, check)) if check.contains("/livez") && check.contains(ADMIN_PORT) => {}
+        Some((at, check)) => {
+            return Err(format!(
+                "{at}: HEALTHCHECK: expected a request to the admin listener's /livez on port {ADMIN_PORT}, found {check:?}"
+            ));
+        }
+        None => {
+            return Err(format!(
+                "{name}: expected a HEALTHCHECK on the admin listener's /livez (port {ADMIN_PORT}), found none"
+            ));
+        }
+    }
     let ignore = fs::read_to_string(root.join(".dockerignore")).unwrap_or_default();
     if !ignore
         .lines()
@@ -608,7 +659,7 @@ fn check_containerfile(root: &Path, file: &str, ports: &[String]) -> Result<Stri
     }
     Ok(format!(
         "COPY sources exist and hold the workspace, builds -p {package}, copies {binary}, \
-         USER non-root, EXPOSE matches the listeners"
+         USER non-root, EXPOSE matches the listeners, HEALTHCHECK on the admin listener"
     ))
 }
 
@@ -636,6 +687,7 @@ mod tests {
             "9700/udp",
             "4000/tcp",
             "4500-4650/udp",
+            "9600/tcp",
         ]
         .map(str::to_owned)
         .to_vec()
@@ -679,6 +731,8 @@ mod tests {
         );
         let error = check_with("EXPOSE 4000/tcp", "EXPOSE 4001/tcp").unwrap_err();
         assert!(error.contains("EXPOSE: expected the listeners"), "{error}");
+        let error = check_with("GET /livez HTTP", "GET /healthz HTTP").unwrap_err();
+        assert!(error.contains("HEALTHCHECK: expected a request"), "{error}");
     }
 
     #[test]

@@ -18,10 +18,11 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci                       the tests' tools (curl, procps, a Python venv with PySocks in
-                           target/ci-venv), fmt check, clippy -D warnings, tests, docs drift,
+  ci                       the tests' tools (curl, procps, promtool, a Python venv with PySocks
+                           in target/ci-venv), fmt check, clippy -D warnings, tests, docs drift,
                            docs -D warnings, fuzz corpus replay, cargo package of every crate,
-                           deploy/ checks (systemd-analyze, kubernetes-validate, Containerfile)
+                           deploy/ checks (systemd-analyze, kubernetes-validate, Containerfile,
+                           promtool check rules)
   fuzz [TARGET] [--secs N] coverage-guided fuzzing with cargo-fuzz on nightly (default: every target, 60 s each)
   bench [--quick] [--only SECTIONS]
                            whole-system benchmarks against haproxy, socat, dante, coturn (release

@@ -1,9 +1,11 @@
 //! What the tests need beyond the Rust toolchain, provided by `cargo xtask ci`
 //! itself so that the README's test command passes on a fresh machine:
 //!
-//! - Debian tools: `curl` (a SOCKS5 client nobody here wrote) and `kill`
-//!   from procps (the command-line tests stop their child processes with it),
-//!   installed with apt-get when missing and running as root;
+//! - Debian tools: `curl` (a SOCKS5 client nobody here wrote), `kill`
+//!   from procps (the command-line tests stop their child processes with it)
+//!   and `promtool` from `prometheus` (the metrics tests and the deploy check
+//!   run `promtool check metrics` and `promtool check rules`), installed with
+//!   apt-get when missing and running as root;
 //! - Python's PySocks (the SOCKS5 UDP ASSOCIATE client of the transport
 //!   tests), in a virtual environment under `target/`, so the system's Python
 //!   is never changed.
@@ -25,7 +27,11 @@ pub(crate) const TEST_PYTHON_VAR: &str = "CLOUDPROXY_TEST_PYTHON";
 const PYSOCKS: &str = "PySocks==1.7.1";
 
 /// Debian tools the tests run: (binary, package).
-const DEBIAN_TOOLS: [(&str, &str); 2] = [("curl", "curl"), ("kill", "procps")];
+const DEBIAN_TOOLS: [(&str, &str); 3] = [
+    ("curl", "curl"),
+    ("kill", "procps"),
+    ("promtool", "prometheus"),
+];
 
 /// Makes sure the tests' tools are there and returns the virtual
 /// environment's Python, for [`TEST_PYTHON_VAR`].

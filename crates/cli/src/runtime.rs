@@ -38,3 +38,27 @@ impl ShutdownSignal {
         }
     }
 }
+
+/// SIGUSR2, which asks for a drain on demand (the process stays up), watched
+/// from the moment this is created.
+pub(crate) struct DrainSignal {
+    user2: Signal,
+}
+
+impl DrainSignal {
+    /// Starts watching; needs the runtime.
+    pub(crate) fn install() -> Self {
+        Self {
+            user2: signal(SignalKind::user_defined2())
+                .expect("the signal driver is enabled in the runtime"),
+        }
+    }
+
+    /// Completes on the next SIGUSR2.
+    pub(crate) async fn recv(&mut self) {
+        // `None` only when the runtime shuts down; then wait forever.
+        if self.user2.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use cloudproxy_transport::allowlist::{Allowlist, Rule};
 use cloudproxy_transport::config::{ConfigDraft, ConfigError, PortRange, ServerConfig};
 use cloudproxy_transport::server::ProxyNode;
+use cloudproxy_transport::server::admin::AdminServer;
 
 use crate::logging::LogArgs;
-use crate::runtime::{ShutdownSignal, runtime};
+use crate::runtime::{DrainSignal, ShutdownSignal, runtime};
 use crate::serve_reload::{self, ReloadSignal};
 
 /// Exit status when the configuration is unusable or a port cannot be bound.
@@ -53,6 +54,11 @@ pub(crate) struct Args {
     /// reload, or as systemd's ExecStartPre).
     #[arg(long)]
     check: bool,
+    /// Serve /metrics, /livez, /readyz and POST /drain over HTTP on ADDR
+    /// (`[admin] bind`); development mode serves it on 127.0.0.1 with a
+    /// free port unless this flag says otherwise.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<std::net::SocketAddr>,
     #[command(flatten)]
     logging: LogArgs,
 }
@@ -94,6 +100,19 @@ pub(crate) fn run(args: Args) -> ExitCode {
         // Before anything says "ready": see `ShutdownSignal`.
         let shutdown = ShutdownSignal::install();
         let reloads = ReloadSignal::install();
+        let mut drain_signal = DrainSignal::install();
+        // The admin listener comes first, so /readyz says 503 while the
+        // node binds.
+        let admin = match config.admin.bind {
+            Some(addr) => match AdminServer::start(addr).await {
+                Ok(admin) => Some(admin),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            },
+            None => None,
+        };
         let node = match ProxyNode::start(&config).await {
             Ok(node) => node,
             Err(e) => {
@@ -101,10 +120,30 @@ pub(crate) fn run(args: Args) -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
-        print_banner(&node, &config, development.as_deref());
-        tokio::select! {
-            () = shutdown.recv() => {}
-            () = serve_reload::serve(reloads, &node, &args) => {}
+        if let Some(admin) = &admin {
+            admin.attach(&node);
+        }
+        print_banner(
+            &node,
+            &config,
+            development.as_deref(),
+            admin.as_ref().map(AdminServer::local_addr),
+        );
+        // SIGUSR2 drains on demand and the process stays up (POST /drain
+        // does the same); SIGINT or SIGTERM drains and exits.
+        // SIGHUP reloads the configuration file (see `serve_reload`).
+        let shutdown = shutdown.recv();
+        let reload = serve_reload::serve(reloads, &node, &args);
+        tokio::pin!(shutdown, reload);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = &mut reload => break,
+                () = drain_signal.recv() => {
+                    tracing::info!("SIGUSR2: draining on demand");
+                    node.begin_drain();
+                }
+            }
         }
         tracing::info!(
             drain_timeout_ms = config.limits.drain_timeout_ms,
@@ -137,6 +176,12 @@ fn configure(args: &Args) -> Result<(ServerConfig, Option<String>), String> {
              credentials are printed and its allowlist opens 127.0.0.1; bind 127.0.0.1 or ::1, \
              or give a --config for a node other hosts can reach"
         ));
+    }
+    if development.is_some() && draft.config().admin.bind.is_none() {
+        // Development mode: the admin listener on loopback, a free port.
+        draft.set_by_flag("(development mode)", "admin.bind", |c| {
+            c.admin.bind = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        });
     }
     let config = draft.validate().map_err(|e| e.to_string())?;
     Ok((config, development))
@@ -184,6 +229,9 @@ fn apply_overrides(draft: &mut ConfigDraft, args: &Args) {
             c.listeners.udp_relay_ports = range.clone();
         });
     }
+    if let Some(addr) = args.admin {
+        draft.set_by_flag("--admin", "admin.bind", |c| c.admin.bind = Some(addr));
+    }
     if let Some(port) = args.socks5_port {
         draft.set_by_flag("--socks5-port", "socks5.port", |c| {
             c.socks5.enabled = true;
@@ -219,7 +267,7 @@ fn summary(config: &ServerConfig) -> String {
     };
     format!(
         "{}, {}; listeners on {}{advertise}: allocation {allocation} (TCP and UDP), TCP relay {}, \
-         UDP relay {} ({}), SOCKS5 {socks5}; {}; nothing was bound",
+         UDP relay {} ({}), SOCKS5 {socks5}; {}; admin {}; nothing was bound",
         plural(config.apps.len(), "app", "apps"),
         plural(config.ticket_keys.len(), "ticket key", "ticket keys"),
         l.bind,
@@ -231,6 +279,10 @@ fn summary(config: &ServerConfig) -> String {
             "allowlist rule",
             "allowlist rules"
         ),
+        config
+            .admin
+            .bind
+            .map_or_else(|| "off".to_owned(), |a| a.to_string()),
     )
 }
 
@@ -271,7 +323,12 @@ pub(crate) fn random_hex(bytes: usize) -> String {
     raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn print_banner(node: &ProxyNode, config: &ServerConfig, development: Option<&str>) {
+fn print_banner(
+    node: &ProxyNode,
+    config: &ServerConfig,
+    development: Option<&str>,
+    admin: Option<std::net::SocketAddr>,
+) {
     let addrs = node.addrs();
     let list = |a: &[std::net::SocketAddr]| {
         a.iter()
@@ -296,6 +353,9 @@ fn print_banner(node: &ProxyNode, config: &ServerConfig, development: Option<&st
     }
     if let Some(socks5) = addrs.socks5 {
         println!("  SOCKS5              TCP {socks5} (user = app id, password = app secret)");
+    }
+    if let Some(admin) = admin {
+        println!("  admin               HTTP http://{admin}/metrics, /livez, /readyz, POST /drain");
     }
     let rules: Vec<String> = config
         .allowlist

@@ -59,6 +59,19 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// The optional SOCKS5 listener for standard clients.
     pub socks5: Socks5Config,
+    /// The optional admin listener (metrics, health, drain).
+    pub admin: AdminConfig,
+}
+
+/// The admin listener: `/metrics`, `/livez`, `/readyz` and `POST /drain`
+/// over HTTP (`docs/operations.md`, "Admin listener"). Off unless `bind` is
+/// set; it has no authentication, so bind it to loopback or a private
+/// network only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address and port to listen on, such as `"127.0.0.1:9600"`.
+    pub bind: Option<std::net::SocketAddr>,
 }
 
 /// The SOCKS5 listener (RFC 1928, user/password per RFC 1929): standard
@@ -783,6 +796,34 @@ impl ServerConfig {
                 ));
             }
         }
+        if let Some(admin) = self.admin.bind {
+            let port = admin.port();
+            let same_host = admin.ip() == listeners.bind
+                || admin.ip().is_unspecified()
+                || listeners.bind.is_unspecified();
+            let clash = if port == 0 || !same_host {
+                None
+            } else if listeners.allocation_ports.contains(&port) {
+                Some("an allocation port")
+            } else if port == listeners.tcp_relay_port {
+                Some("the TCP relay port")
+            } else if self.socks5.enabled && port == self.socks5.port {
+                Some("the SOCKS5 port")
+            } else {
+                None
+            };
+            if let Some(what) = clash {
+                return Err(origins.invalid(
+                    &[
+                        "admin.bind",
+                        "listeners.allocation_ports",
+                        "listeners.tcp_relay_port",
+                        "socks5.port",
+                    ],
+                    format!("{admin}: port {port} is also {what}; give the admin listener a port of its own, such as 9600"),
+                ));
+            }
+        }
         if !self.apps.is_empty() && self.ticket_keys.is_empty() {
             return Err(invalid(
                 "ticket_keys",
@@ -796,6 +837,27 @@ impl ServerConfig {
 /// Byte offset of the line that sets the last segment of a dotted `key`, or
 /// `None` when the file does not set it (a default is at fault).
 fn key_offset(text: &str, key: &str) -> Option<usize> {
+    // In the key's own table first (`bind` is in [listeners] and [admin]),
+    // then anywhere, as before tables were told apart.
+    if let Some((table, name)) = key.rsplit_once('.') {
+        let mut offset = 0;
+        let mut current = String::new();
+        for line in text.split_inclusive('\n') {
+            let trimmed = line.trim_start();
+            if let Some(header) = trimmed.strip_prefix('[') {
+                let header = header.trim_start_matches('[');
+                let end = header.find(']').unwrap_or(header.len());
+                header[..end].trim().clone_into(&mut current);
+            } else if current == table {
+                if let Some(rest) = trimmed.strip_prefix(name) {
+                    if rest.trim_start().starts_with('=') {
+                        return Some(offset + (line.len() - trimmed.len()));
+                    }
+                }
+            }
+            offset += line.len();
+        }
+    }
     let name = key.rsplit('.').next().unwrap_or(key);
     let mut offset = 0;
     for line in text.split_inclusive('\n') {

@@ -95,6 +95,38 @@ pub struct PumpReport {
     pub end: PumpEnd,
 }
 
+/// Node-wide byte counters that a pump adds to with every write it makes,
+/// so that totals climb while sessions run rather than when they end.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveTotals<'a> {
+    /// Bytes written to upstreams.
+    pub client_to_upstream: &'a AtomicU64,
+    /// Bytes written to clients.
+    pub upstream_to_client: &'a AtomicU64,
+}
+
+/// One direction's byte count, and the node's total it also adds to.
+pub(crate) struct Counted<'a> {
+    moved: &'a AtomicU64,
+    total: Option<&'a AtomicU64>,
+}
+
+impl<'a> Counted<'a> {
+    fn new(moved: &'a AtomicU64, total: Option<&'a AtomicU64>) -> Self {
+        Self { moved, total }
+    }
+
+    /// Counts `n` bytes written: this session's count and, when given, the
+    /// node's total, so both move during the session. Two relaxed adds per
+    /// write system call, never per byte.
+    pub(crate) fn add(&self, n: u64) {
+        self.moved.fetch_add(n, Relaxed);
+        if let Some(total) = self.total {
+            total.fetch_add(n, Relaxed);
+        }
+    }
+}
+
 /// Copies between `client` and `upstream` until the session ends; see the
 /// module docs. `client_pending` are bytes already read from the client
 /// (for instance behind a handshake frame) that go to the upstream first.
@@ -105,25 +137,40 @@ pub async fn pump(
     options: &PumpOptions,
     cancel: impl Future<Output = ()>,
 ) -> PumpReport {
+    pump_with_totals(client, upstream, client_pending, options, cancel, None).await
+}
+
+/// [`pump`], adding the bytes it moves to `totals` with every write as well
+/// as to its report (the report's counts are this session's alone).
+pub async fn pump_with_totals(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    client_pending: &[u8],
+    options: &PumpOptions,
+    cancel: impl Future<Output = ()>,
+    totals: Option<LiveTotals<'_>>,
+) -> PumpReport {
     // Atomics only so the future is `Send`: both directions run in this one
     // task, so there is never contention.
     let last_activity = Activity::new();
     let up_bytes = AtomicU64::new(0);
     let down_bytes = AtomicU64::new(0);
+    let up_counted = Counted::new(&up_bytes, totals.map(|t| t.client_to_upstream));
+    let down_counted = Counted::new(&down_bytes, totals.map(|t| t.upstream_to_client));
 
     let upward = async {
         if !client_pending.is_empty() {
             write_all(upstream, client_pending)
                 .await
                 .map_err(|e| PumpEnd::UpstreamError(e.kind()))?;
-            up_bytes.store(client_pending.len() as u64, Relaxed);
+            up_counted.add(client_pending.len() as u64);
         }
         copy_one_way(
             client,
             upstream,
             options.buffer_len,
             options.splice,
-            &up_bytes,
+            &up_counted,
             &last_activity,
             Side::Client,
         )
@@ -134,7 +181,7 @@ pub async fn pump(
         client,
         options.buffer_len,
         options.splice,
-        &down_bytes,
+        &down_counted,
         &last_activity,
         Side::Upstream,
     );
@@ -224,7 +271,7 @@ async fn copy_one_way(
     to: &TcpStream,
     buffer_len: usize,
     splice: bool,
-    moved: &AtomicU64,
+    moved: &Counted<'_>,
     last_activity: &Activity,
     source: Side,
 ) -> Result<(), PumpEnd> {
@@ -326,7 +373,7 @@ enum First {
 fn first_read(
     from: &TcpStream,
     to: &TcpStream,
-    moved: &AtomicU64,
+    moved: &Counted<'_>,
     last_activity: &Activity,
     source: Side,
 ) -> Result<First, PumpEnd> {
@@ -351,7 +398,7 @@ fn first_read(
                 Err(e) => return Err(source.error(false, e.kind())),
             }
         }
-        moved.fetch_add(written as u64, Relaxed);
+        moved.add(written as u64);
         let rest = buf[written..n].to_vec();
         Ok(if n < buf.len() {
             First::Small(rest)
@@ -365,14 +412,14 @@ fn first_read(
 async fn finish_write(
     to: &TcpStream,
     rest: &[u8],
-    moved: &AtomicU64,
+    moved: &Counted<'_>,
     last_activity: &Activity,
     source: Side,
 ) -> Result<(), PumpEnd> {
     write_all(to, rest)
         .await
         .map_err(|e| source.error(false, e.kind()))?;
-    moved.fetch_add(rest.len() as u64, Relaxed);
+    moved.add(rest.len() as u64);
     last_activity.touch();
     Ok(())
 }
@@ -382,7 +429,7 @@ async fn copy_burst(
     from: &TcpStream,
     to: &TcpStream,
     buffer_len: usize,
-    moved: &AtomicU64,
+    moved: &Counted<'_>,
     last_activity: &Activity,
     source: Side,
 ) -> Result<Burst, PumpEnd> {
@@ -395,7 +442,7 @@ async fn copy_burst(
                 write_all(to, &buffer[..n])
                     .await
                     .map_err(|e| source.error(false, e.kind()))?;
-                moved.fetch_add(n as u64, Relaxed);
+                moved.add(n as u64);
                 last_activity.touch();
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),

@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with};
 use tokio::io::Interest;
@@ -125,7 +125,7 @@ pub(super) async fn burst(
     from: &TcpStream,
     to: &TcpStream,
     pipe: &Pipe,
-    moved: &AtomicU64,
+    moved: &super::Counted<'_>,
     last_activity: &Activity,
     source: Side,
 ) -> Result<Burst, PumpEnd> {
@@ -158,7 +158,7 @@ pub(super) async fn burst(
                 Ok(0) => return Err(source.error(false, io::ErrorKind::WriteZero)),
                 Ok(n) => {
                     left -= n;
-                    moved.fetch_add(n as u64, Relaxed);
+                    moved.add(n as u64);
                 }
                 Err(e)
                     if matches!(

@@ -186,7 +186,10 @@ pub(crate) fn admit(
     let quota = shared
         .quotas
         .acquire_sockets(grant.app_id.as_str(), grant.session_id, sockets)
-        .map_err(|e| (quota_code(&e), e.to_string()))?;
+        .map_err(|e| {
+            shared.stats.note_quota(&e);
+            (quota_code(&e), e.to_string())
+        })?;
     Ok(Admitted {
         quota,
         session_deadline: grant.session_deadline,

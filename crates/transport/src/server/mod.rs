@@ -1,6 +1,8 @@
 //! The proxy service that operators run: allocation service, TCP relay and
-//! UDP relay, and the optional SOCKS5 listener.
+//! UDP relay, the optional SOCKS5 listener, and the admin listener
+//! (metrics, health, drain).
 
+pub mod admin;
 mod admission;
 mod bucket;
 mod conn;
@@ -10,6 +12,7 @@ pub mod lifecycle;
 mod log_limit;
 mod login_limit;
 pub mod lookups;
+mod metrics;
 mod node;
 pub mod quota;
 mod reload;

@@ -21,7 +21,7 @@ use crate::server::reload::{
     Policy, PolicyCell, ReloadError, ReloadSummary, Reloader, app_limits, credentials, ticket_ring,
 };
 use crate::server::resolver::DnsResolver;
-use crate::server::stats::{Stats, StatsSnapshot};
+use crate::server::stats::{Stats, StatsSnapshot, Timings};
 use crate::server::{socks5, tcp, udp};
 
 /// The proxy service could not start.
@@ -51,6 +51,10 @@ pub(crate) struct Shared {
     pub(crate) policy: PolicyCell,
     pub(crate) quotas: Arc<Quotas<u64>>,
     pub(crate) stats: Arc<Stats>,
+    /// Session duration and allocation latency histograms.
+    pub(crate) timings: Timings,
+    /// The process's descriptor limit after raising it, when known.
+    pub(crate) nofile: Option<u64>,
     pub(crate) lifecycle: Lifecycle,
     pub(crate) limits: Limits,
     /// Name resolution, bounded per app.
@@ -224,6 +228,8 @@ impl ProxyNode {
             policy: PolicyCell::new(Policy::from_config(config)),
             quotas,
             stats: Arc::new(Stats::default()),
+            timings: Timings::default(),
+            nofile,
             lifecycle: Lifecycle::new(),
             limits: config.limits.clone(),
             lookups: Lookups::new(
@@ -328,6 +334,26 @@ impl ProxyNode {
         self.shared.quotas.sessions(app)
     }
 
+    /// Starts a drain on demand and returns at once: readiness turns false
+    /// and listeners stop accepting now (no new allocations, bindings or
+    /// SOCKS5 clients); live sessions go on until they end or the
+    /// configured drain deadline closes them. The process stays up; stop it
+    /// with [`ProxyNode::shutdown`]. A second call does nothing. Call it
+    /// within the tokio runtime: the drain runs as a task.
+    pub fn begin_drain(&self) {
+        begin_drain(&self.shared);
+    }
+
+    /// Whether a drain (on demand or for shutdown) has started.
+    #[must_use]
+    pub fn is_draining(&self) -> bool {
+        !self.shared.lifecycle.is_accepting()
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Graceful shutdown: stop accepting, let sessions drain up to the
     /// configured deadline, then close what is left.
     pub async fn shutdown(self) -> DrainOutcome {
@@ -339,6 +365,25 @@ impl ProxyNode {
         tracing::info!(%outcome, stats = %self.shared.stats.snapshot(), "proxy node stopped");
         outcome
     }
+}
+
+/// [`ProxyNode::begin_drain`], for the admin listener too.
+pub(crate) fn begin_drain(shared: &Arc<Shared>) {
+    if !shared.lifecycle.is_accepting() {
+        return;
+    }
+    shared.lifecycle.stop_accepting();
+    let deadline = shared.limits.drain_timeout();
+    tracing::info!(
+        drain_timeout_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+        "draining on demand: not ready, accepting nothing new; sessions finish or close at the deadline"
+    );
+    let lifecycle = shared.lifecycle.clone();
+    let stats = Arc::clone(&shared.stats);
+    tokio::spawn(async move {
+        let outcome = lifecycle.drain(deadline).await;
+        tracing::info!(%outcome, stats = %stats.snapshot(), "drain finished; the process stays up until stopped");
+    });
 }
 
 fn proto_server(

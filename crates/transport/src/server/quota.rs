@@ -267,6 +267,12 @@ impl<S: Hash + Eq + Clone> Quotas<S> {
         })
     }
 
+    /// Upstream sockets held on the whole node, and the most it may hold.
+    pub fn node_sockets(&self) -> (u64, u64) {
+        let book = self.lock();
+        (book.sockets, book.node_sockets)
+    }
+
     /// Live sessions of `app` on this node.
     pub fn sessions(&self, app: &str) -> usize {
         self.lock().apps.get(app).map_or(0, |u| u.sessions.len())

@@ -29,7 +29,7 @@ use cloudproxy_proto::server::Grant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::pump::{PumpOptions, pump};
+use crate::pump::{LiveTotals, PumpOptions, pump_with_totals};
 use crate::server::admission::{self, LoginRefused};
 use crate::server::destination::{Destination, DestinationError};
 use crate::server::node::Shared;
@@ -463,16 +463,23 @@ async fn connect(
         splice: shared.limits.relay_splice,
         deadline: Some(session_deadline(shared, client.session_deadline)),
     };
-    let report = pump(
+    let report = pump_with_totals(
         &stream,
         &upstream,
         &[],
         &options,
         shared.lifecycle.force_closed(),
+        Some(LiveTotals {
+            client_to_upstream: &shared.stats.tcp_bytes_up,
+            upstream_to_client: &shared.stats.tcp_bytes_down,
+        }),
     )
     .await;
-    Stats::add(&shared.stats.tcp_bytes_up, report.client_to_upstream);
-    Stats::add(&shared.stats.tcp_bytes_down, report.upstream_to_client);
+    shared.stats.note_pump_end(&report.end);
+    shared
+        .timings
+        .session_duration
+        .observe(started.elapsed().as_secs_f64());
     tracing::info!(
         %peer,
         session = format_args!("{:016x}", client.session),
@@ -705,6 +712,10 @@ async fn associate(
             () = &mut force_closed => break "shutdown",
         }
     };
+    shared
+        .timings
+        .session_duration
+        .observe(started.elapsed().as_secs_f64());
     tracing::info!(
         %peer,
         session = format_args!("{:016x}", client.session),

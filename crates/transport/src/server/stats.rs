@@ -2,8 +2,8 @@
 //!
 //! Plain relaxed atomics: each counter is independent, and a snapshot that is
 //! a few packets stale is fine for monitoring. Datagram counters move with
-//! every datagram; TCP byte counters are added when a TCP session ends (the
-//! copy loop keeps its own counts while it runs). Gauges (the `*_active` figures)
+//! every datagram (or batch); TCP byte counters move with every write the
+//! pump makes, so they climb while a session runs. Gauges (the `*_active` figures)
 //! move through [`Active`] guards, so an early return cannot leave them high.
 
 use std::sync::Arc;
@@ -96,6 +96,25 @@ counters! {
     login_limit_engaged,
     /// Binds refused because their app was over its name-lookup budget.
     lookups_refused,
+    /// Allocations and bindings refused by a quota (sessions per app,
+    /// bindings per session, upstream sockets per app or per node); an
+    /// unknown app is a failed login, not a quota refusal.
+    quota_refused,
+    /// UDP-over-TCP datagram sessions opened since start: media that fell
+    /// back to TCP because UDP did not get through.
+    media_fallbacks,
+    /// TCP sessions that ended with both sides closing.
+    tcp_sessions_closed,
+    /// TCP sessions that ended idle.
+    tcp_sessions_idle_timeout,
+    /// TCP sessions that reached their maximum lifetime.
+    tcp_sessions_lifetime,
+    /// TCP sessions that ended on a client-side I/O error.
+    tcp_sessions_client_error,
+    /// TCP sessions that ended on an upstream I/O error.
+    tcp_sessions_upstream_error,
+    /// TCP sessions closed by the node (drain deadline, shutdown).
+    tcp_sessions_cancelled,
 }
 
 impl Stats {
@@ -107,6 +126,54 @@ impl Stats {
     /// Adds `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
+    }
+}
+
+impl Stats {
+    /// Counts how a TCP stream session ended.
+    pub fn note_pump_end(&self, end: &crate::pump::PumpEnd) {
+        use crate::pump::PumpEnd;
+        Self::bump(match end {
+            PumpEnd::Closed => &self.tcp_sessions_closed,
+            PumpEnd::IdleTimeout => &self.tcp_sessions_idle_timeout,
+            PumpEnd::SessionLifetime => &self.tcp_sessions_lifetime,
+            PumpEnd::ClientError(_) => &self.tcp_sessions_client_error,
+            PumpEnd::UpstreamError(_) => &self.tcp_sessions_upstream_error,
+            PumpEnd::Cancelled => &self.tcp_sessions_cancelled,
+        });
+    }
+
+    /// Counts a quota refusal; an unknown app is a failed login instead and
+    /// is not counted here.
+    pub fn note_quota(&self, e: &crate::server::quota::QuotaError) {
+        if !matches!(e, crate::server::quota::QuotaError::UnknownApp { .. }) {
+            Self::bump(&self.quota_refused);
+        }
+    }
+}
+
+/// Latency and duration histograms of one node (prometheus-client
+/// histograms: one short lock per observation, taken once per session or
+/// allocation, never per packet).
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// How long relay sessions (TCP streams, UDP-over-TCP datagram
+    /// sessions) lasted, in seconds, observed when each ends.
+    pub session_duration: prometheus_client::metrics::histogram::Histogram,
+    /// How long the node took to answer an allocation request it accepted,
+    /// in seconds (from the request's arrival to the reply).
+    pub allocation_latency: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+        Self {
+            // 1 s … about 9 h.
+            session_duration: Histogram::new(exponential_buckets(1.0, 3.0, 11)),
+            // 50 µs … about 1.6 s.
+            allocation_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::net::{TcpStream, UdpSocket};
 
 use crate::client::dial::{DialError, DialPolicy, Outcome, race};
 use crate::net::{connected_udp, sleep_until_opt};
-use crate::pump::{PumpOptions, pump};
+use crate::pump::{LiveTotals, PumpOptions, pump_with_totals};
 use crate::server::admission::{
     admit, bind_grant, bind_transport, is_login_failure, login_failed, quota_code, source_allowed,
 };
@@ -84,9 +84,11 @@ pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: Soc
         return;
     }
     let mut conn = Connection::new(Arc::clone(&shared.proto), Role::Allocation, Instant::now());
+    let mut requested = None;
     loop {
         match next_event(&stream, &mut conn).await {
             Next::Event(ServerEvent::AllocationRequested(request)) => {
+                requested = Some(Instant::now());
                 let room = if request.refresh {
                     Ok(())
                 } else {
@@ -98,12 +100,19 @@ pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: Soc
                         let _ = conn.accept_allocation(Instant::now());
                     }
                     Err(e) => {
+                        shared.stats.note_quota(&e);
                         conn.reject(Instant::now(), quota_code(&e), Some(&e.to_string()));
                     }
                 }
             }
             Next::Event(ServerEvent::Allocated { session_id, app_id }) => {
                 Stats::bump(&shared.stats.allocations);
+                if let Some(requested) = requested {
+                    shared
+                        .timings
+                        .allocation_latency
+                        .observe(requested.elapsed().as_secs_f64());
+                }
                 tracing::info!(%peer, session = format_args!("{session_id:016x}"), app = %app_id, transport = "tcp", "allocated");
             }
             Next::Event(ServerEvent::Closed(reason)) => {
@@ -355,16 +364,23 @@ async fn stream_session(
         // A stream ends with its session, like the session's UDP bindings.
         deadline: Some(session_deadline(shared, request.session_deadline)),
     };
-    let report = pump(
+    let report = pump_with_totals(
         client,
         upstream,
         early,
         &options,
         shared.lifecycle.force_closed(),
+        Some(LiveTotals {
+            client_to_upstream: &shared.stats.tcp_bytes_up,
+            upstream_to_client: &shared.stats.tcp_bytes_down,
+        }),
     )
     .await;
-    Stats::add(&shared.stats.tcp_bytes_up, report.client_to_upstream);
-    Stats::add(&shared.stats.tcp_bytes_down, report.upstream_to_client);
+    shared.stats.note_pump_end(&report.end);
+    shared
+        .timings
+        .session_duration
+        .observe(started.elapsed().as_secs_f64());
     tracing::info!(
         %peer,
         session = format_args!("{:016x}", request.session_id),
@@ -492,6 +508,7 @@ async fn datagram_session(
     // the session gone, its quota is free too.
     let _quota = quota;
     let started = Instant::now();
+    Stats::bump(&shared.stats.media_fallbacks);
     let (mut packets_up, mut packets_down, mut bytes_up, mut bytes_down) = (0u64, 0u64, 0u64, 0u64);
     let force_closed = shared.lifecycle.force_closed();
     tokio::pin!(force_closed);
@@ -574,6 +591,10 @@ async fn datagram_session(
             }
         }
     };
+    shared
+        .timings
+        .session_duration
+        .observe(started.elapsed().as_secs_f64());
     tracing::info!(
         %peer,
         session = format_args!("{:016x}", request.session_id),

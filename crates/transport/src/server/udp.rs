@@ -68,10 +68,8 @@ pub(crate) async fn allocation(shared: Arc<Shared>, socket: UdpSocket) {
         if !source_allowed(&shared, from) {
             continue;
         }
-        let reply = match shared
-            .proto
-            .handle_allocation_datagram(Instant::now(), &buf[..n])
-        {
+        let received = Instant::now();
+        let reply = match shared.proto.handle_allocation_datagram(received, &buf[..n]) {
             UdpAllocation::Drop => {
                 Stats::bump(&shared.stats.malformed);
                 shared.refusal_log.log(|| {
@@ -94,10 +92,16 @@ pub(crate) async fn allocation(shared: Arc<Shared>, socket: UdpSocket) {
                     Ok(()) => {
                         Stats::bump(&shared.stats.allocations);
                         tracing::info!(%from, session = format_args!("{:016x}", pending.request.session_id), app = %pending.request.app_id, transport = "udp", "allocated");
-                        Some(pending.accept())
+                        let reply = pending.accept();
+                        shared
+                            .timings
+                            .allocation_latency
+                            .observe(received.elapsed().as_secs_f64());
+                        Some(reply)
                     }
                     Err(e) => {
                         Stats::bump(&shared.stats.allocations_refused);
+                        shared.stats.note_quota(&e);
                         pending.reject(quota_code(&e), Some(&e.to_string()))
                     }
                 }

@@ -109,7 +109,7 @@ pub(crate) fn run_cmd(args: Args) -> ExitCode {
                 }
                 let spec = CallSpec {
                     app_id: app_id.clone(),
-                    credential: credential.as_bytes().to_vec(),
+                    credential: credential.clone(),
                     edge_tcp: *tcp,
                     edge_udp: *udp,
                     params,
@@ -202,7 +202,7 @@ allow = ["127.0.0.1"]
         proxy.port()
     ));
     let credential = match Credential::from_hex(&secret) {
-        Ok(credential) => credential.as_bytes().to_vec(),
+        Ok(credential) => credential,
         Err(e) => return failed(format!("the demo's own app secret: {e}")),
     };
     let spec = CallSpec {

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cloudproxy_engine::Credential;
 use cloudproxy_params::ProxyServer;
 use cloudproxy_proto::client::{Allocation, ClientConfig};
 use cloudproxy_proto::{Address, AppId, DomainName, ErrorCode, Timebase};
@@ -21,7 +22,7 @@ use tokio::sync::Mutex;
 use crate::logging::LogArgs;
 use crate::probe_cmd::{Outcome, allocate_tcp};
 use crate::runtime::{ShutdownSignal, runtime};
-use crate::server_arg::{Credential, parse_credential, parse_server};
+use crate::server_arg::parse_server;
 
 /// Arguments of `cloudproxy forward`.
 #[derive(Debug, clap::Args)]
@@ -34,7 +35,7 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ID")]
     app_id: String,
     /// The app secret, in hex.
-    #[arg(long, value_name = "HEX", value_parser = parse_credential)]
+    #[arg(long, value_name = "HEX")]
     credential: Credential,
     /// Local address to accept connections on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
@@ -89,7 +90,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
             .map_or(0, |d| d.as_secs());
         let config = ClientConfig::new(
             app_id,
-            args.credential.0.clone(),
+            args.credential.as_bytes().to_vec(),
             Timebase::new(Instant::now(), unix),
         );
         let targets = match candidates(&args.server, Duration::from_secs(5)).await {

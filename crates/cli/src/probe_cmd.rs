@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use cloudproxy_engine::Credential;
 use cloudproxy_params::ProxyServer;
 use cloudproxy_proto::client::{
     Allocation, Allocator, AllocatorEvent, BindingEvent, ClientConfig, RelayBinding,
@@ -20,7 +21,7 @@ use tokio::net::TcpStream;
 
 use crate::call::{CallSpec, run as run_call};
 use crate::runtime::runtime;
-use crate::server_arg::{Credential, parse_credential, parse_edge, parse_server};
+use crate::server_arg::{parse_edge, parse_server};
 
 /// Arguments of `cloudproxy probe`.
 #[derive(Debug, clap::Args)]
@@ -33,7 +34,7 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ID")]
     app_id: String,
     /// The app secret, in hex.
-    #[arg(long, value_name = "HEX", value_parser = parse_credential)]
+    #[arg(long, value_name = "HEX")]
     credential: Credential,
     /// How long each check may wait for an answer, in milliseconds.
     #[arg(long, default_value_t = 3000, value_name = "MS")]
@@ -140,7 +141,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
             .map_or(0, |d| d.as_secs());
         let mut config = ClientConfig::new(
             app_id,
-            args.credential.0.clone(),
+            args.credential.as_bytes().to_vec(),
             Timebase::new(Instant::now(), unix),
         );
         let timeout = Duration::from_millis(args.timeout_ms);
@@ -328,7 +329,7 @@ async fn echo(args: &Args, edge_tcp: SocketAddr, edge_udp: SocketAddr) -> crate:
     let tag = u32::from_be_bytes(nonce()[..4].try_into().unwrap_or_default());
     let spec = CallSpec {
         app_id: args.app_id.clone(),
-        credential: args.credential.0.clone(),
+        credential: args.credential.clone(),
         edge_tcp,
         edge_udp,
         params: vec![

@@ -229,3 +229,44 @@ fn edge_and_forward_log_one_human_line_per_event() {
         "{stderr}"
     );
 }
+
+/// `forward` with `--credential` `text`: exit status and stderr.
+fn forward_with_credential(text: &str) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
+        .args([
+            "forward",
+            "--server",
+            "127.0.0.1:9",
+            "--app-id",
+            "a",
+            "--credential",
+            text,
+            "--to",
+            "127.0.0.1:9",
+        ])
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn forward_reports_a_bad_credential_with_the_typed_credential_error() {
+    let (code, stderr) = forward_with_credential("abc");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--credential"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "expected an even number of hex digits (two per byte of the app secret), found 3"
+        ),
+        "{stderr}"
+    );
+    let (code, stderr) = forward_with_credential("00zz");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("expected hex digits (0-9, a-f) for the app secret, found 'z' at offset 2"),
+        "{stderr}"
+    );
+}

@@ -207,3 +207,29 @@ fn a_refused_credential_is_reported_as_that_not_as_blocked_ports() {
     }
     assert!(json["missing_rules"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn probe_reports_a_bad_credential_with_the_typed_credential_error() {
+    let base = ["--server", "127.0.0.1:9", "--app-id", "a", "--credential"];
+    let mut odd = base.to_vec();
+    odd.push("abc");
+    let output = probe(&odd);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--credential"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "expected an even number of hex digits (two per byte of the app secret), found 3"
+        ),
+        "{stderr}"
+    );
+    let mut not_hex = base.to_vec();
+    not_hex.push("00zz");
+    let output = probe(&not_hex);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("expected hex digits (0-9, a-f) for the app secret, found 'z' at offset 2"),
+        "{stderr}"
+    );
+}

@@ -125,6 +125,9 @@ struct Report {
     /// Why the call through the proxy failed, when `--edge` was given.
     echo_error: Option<String>,
     missing_rules: Vec<String>,
+    /// Why the relay ports were not checked, when they were not: only an
+    /// allocation names them, and the proxy granted none.
+    relays_not_checked: Option<String>,
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
@@ -314,6 +317,18 @@ async fn probe(args: &Args, config: &ClientConfig, timeout: Duration) -> Result<
             )
         })
         .collect();
+    let relays_not_checked = match verdict {
+        Verdict::CredentialRefused => Some(
+            "the relay ports were not checked because the proxy refused the credential".to_owned(),
+        ),
+        Verdict::ProxyRefused => Some(
+            "the relay ports were not checked because the proxy refused the allocation".to_owned(),
+        ),
+        _ if !allocated => {
+            Some("the relay ports were not checked because no allocation port answered".to_owned())
+        }
+        _ => None,
+    };
     Ok(Report {
         server: server.to_string(),
         checks,
@@ -321,6 +336,7 @@ async fn probe(args: &Args, config: &ClientConfig, timeout: Duration) -> Result<
         proxy_refusal,
         echo_error,
         missing_rules,
+        relays_not_checked,
     })
 }
 
@@ -596,15 +612,28 @@ fn render(report: &Report) -> String {
     if let Some(refusal) = &report.proxy_refusal {
         let _ = writeln!(out, "the proxy answered and refused: {refusal}");
     }
-    if report.missing_rules.is_empty() {
-        let _ = writeln!(
-            out,
-            "firewall: nothing missing (every port checked answered)"
-        );
-    } else {
+    match (&report.relays_not_checked, report.missing_rules.is_empty()) {
+        (Some(why), true) => {
+            let _ = writeln!(
+                out,
+                "firewall: the allocation ports answered; {why}, so whether they are open is not known"
+            );
+        }
+        (None, true) => {
+            let _ = writeln!(
+                out,
+                "firewall: nothing missing (every port checked answered)"
+            );
+        }
+        (_, false) => {}
+    }
+    if !report.missing_rules.is_empty() {
         let _ = writeln!(out, "firewall rules still missing:");
         for rule in &report.missing_rules {
             let _ = writeln!(out, "  {rule}");
+        }
+        if let Some(why) = &report.relays_not_checked {
+            let _ = writeln!(out, "  ({why})");
         }
     }
     out

@@ -74,7 +74,13 @@ fn every_port_open_means_a_call_works_over_udp() {
         table.contains("the proxy answered and refused: BAD_CREDENTIAL (200)"),
         "{table}"
     );
-    assert!(table.contains("firewall: nothing missing"), "{table}");
+    // No rule is missing for the ports that answered, but the relays were
+    // never checked: "nothing missing" would be a claim about them too.
+    assert!(
+        table.contains("firewall: the allocation ports answered; the relay ports were not checked because the proxy refused the credential"),
+        "{table}"
+    );
+    assert!(!table.contains("firewall: nothing missing"), "{table}");
 }
 
 #[test]
@@ -195,6 +201,14 @@ fn a_refused_credential_is_reported_as_that_not_as_blocked_ports() {
         table.contains("verdict: a call will not work: the proxy refused the credential (the ports are reachable; check the app id and secret)"),
         "{table}"
     );
+    assert!(
+        !table.contains("firewall: nothing missing (every port checked answered)"),
+        "the relay ports were never checked:\n{table}"
+    );
+    assert!(
+        table.contains("the relay ports were not checked because the proxy refused the credential"),
+        "{table}"
+    );
 
     let mut json_args = bad.to_vec();
     json_args.push("--json");
@@ -206,6 +220,15 @@ fn a_refused_credential_is_reported_as_that_not_as_blocked_ports() {
         assert_eq!(check["code"], 200, "{json:#}");
     }
     assert!(json["missing_rules"].as_array().unwrap().is_empty());
+    assert_eq!(
+        json["relays_not_checked"],
+        "the relay ports were not checked because the proxy refused the credential",
+        "{json:#}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("nothing missing"),
+        "{json:#}"
+    );
 }
 
 #[test]

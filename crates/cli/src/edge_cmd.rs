@@ -66,7 +66,11 @@ pub(crate) fn run(args: Args) -> ExitCode {
         let edge = match Edge::bind(config).await {
             Ok(edge) => edge,
             Err(e) => {
-                eprintln!("error: {e}");
+                // Logging runs: a log line, so `--log-format json` gets JSON.
+                tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    "the edge could not start"
+                );
                 return ExitCode::from(EXIT_CONFIG);
             }
         };

@@ -93,10 +93,12 @@ pub(crate) fn run(args: Args) -> ExitCode {
             args.credential.as_bytes().to_vec(),
             Timebase::new(Instant::now(), unix),
         );
+        // Logging runs from here on: fatal errors are log lines, so
+        // `--log-format json` gets JSON.
         let targets = match candidates(&args.server, Duration::from_secs(5)).await {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("error: {e}");
+                tracing::error!(error = &e as &dyn std::error::Error, "the proxy's addresses could not be resolved");
                 return ExitCode::FAILURE;
             }
         };
@@ -105,14 +107,17 @@ pub(crate) fn run(args: Args) -> ExitCode {
         let first = match first_allocation(&config, &targets, &args.app_id).await {
             Ok(allocation) => allocation,
             Err(e) => {
-                eprintln!("error: {e}");
+                // A whole sentence for the operator (what was refused and
+                // what to check): the message itself, so the text form
+                // shows it unquoted.
+                tracing::error!("{e}");
                 return ExitCode::FAILURE;
             }
         };
         let listener = match TcpListener::bind(args.listen).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("error: cannot listen on {}: {e}", args.listen);
+                tracing::error!(listen = %args.listen, error = &e as &dyn std::error::Error, "cannot listen");
                 return ExitCode::FAILURE;
             }
         };

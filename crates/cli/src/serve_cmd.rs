@@ -95,7 +95,11 @@ pub(crate) fn run(args: Args) -> ExitCode {
         let node = match ProxyNode::start(&config).await {
             Ok(node) => node,
             Err(e) => {
-                eprintln!("error: {e}");
+                // Logging runs: a log line, so `--log-format json` gets JSON.
+                tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    "the proxy node could not start"
+                );
                 return ExitCode::from(EXIT_CONFIG);
             }
         };

@@ -465,3 +465,40 @@ fn socks5_domain_names_cannot_inject_log_lines() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_port_in_use_is_logged_as_one_json_error_under_log_format_json() {
+    // Held for the whole test, so the node cannot bind it.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let (code, stderr) = run_to_exit(
+        &[
+            "serve",
+            "--allocation-port",
+            &port,
+            "--tcp-relay-port",
+            "0",
+            "--udp-relay-ports",
+            "0-1",
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(code.is_some(), "killed by a signal: {stderr}");
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\n{stderr}"))
+        })
+        .collect();
+    let errors: Vec<&serde_json::Value> = events.iter().filter(|e| e["level"] == "ERROR").collect();
+    assert_eq!(errors.len(), 1, "one ERROR object expected:\n{stderr}");
+    assert!(errors[0]["timestamp"].is_string(), "{stderr}");
+    assert!(
+        errors[0].to_string().contains(&format!("127.0.0.1:{port}")),
+        "the error names the port:\n{stderr}"
+    );
+}

@@ -13,7 +13,7 @@ use cloudproxy_transport::server::ProxyNode;
 
 use crate::call::{CallSpec, Summary, run};
 use crate::logging::LogArgs;
-use crate::runtime::runtime;
+use crate::runtime::block_on;
 use crate::serve_cmd::random_hex;
 use crate::server_arg::{parse_edge, parse_server};
 
@@ -96,7 +96,7 @@ pub(crate) fn run_cmd(args: Args) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    runtime().block_on(async move {
+    block_on(async move {
         let summary = match (&args.edge, &args.app_id, &args.credential) {
             (Some((tcp, udp)), Some(app_id), Some(credential)) => {
                 let mut params = if args.params.is_empty() {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use cloudproxy_transport::edge::{Edge, EdgeConfig};
 
 use crate::logging::LogArgs;
-use crate::runtime::{ShutdownSignal, runtime};
+use crate::runtime::{ShutdownSignal, block_on};
 
 const EXIT_CONFIG: u8 = 2;
 
@@ -60,7 +60,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    runtime().block_on(async move {
+    block_on(async move {
         // Before anything says "ready": see `ShutdownSignal`.
         let shutdown = ShutdownSignal::install();
         let edge = match Edge::bind(config).await {

@@ -21,7 +21,7 @@ use tokio::sync::Mutex;
 
 use crate::logging::LogArgs;
 use crate::probe_cmd::{Outcome, allocate_tcp};
-use crate::runtime::{ShutdownSignal, runtime};
+use crate::runtime::{ShutdownSignal, block_on};
 use crate::server_arg::parse_server;
 
 /// Arguments of `cloudproxy forward`.
@@ -82,7 +82,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    runtime().block_on(async move {
+    block_on(async move {
         // Before anything says "ready": see `ShutdownSignal`.
         let shutdown = ShutdownSignal::install();
         let unix = SystemTime::now()
@@ -98,7 +98,10 @@ pub(crate) fn run(args: Args) -> ExitCode {
         let targets = match candidates(&args.server, Duration::from_secs(5)).await {
             Ok(t) => t,
             Err(e) => {
-                tracing::error!(error = &e as &dyn std::error::Error, "the proxy's addresses could not be resolved");
+                tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    "the proxy's addresses could not be resolved"
+                );
                 return ExitCode::FAILURE;
             }
         };

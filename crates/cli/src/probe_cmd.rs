@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::call::{CallSpec, run as run_call};
-use crate::runtime::runtime;
+use crate::runtime::block_on;
 use crate::server_arg::{parse_edge, parse_server};
 
 /// Arguments of `cloudproxy probe`.
@@ -138,7 +138,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    runtime().block_on(async move {
+    block_on(async move {
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

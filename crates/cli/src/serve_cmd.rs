@@ -9,7 +9,7 @@ use cloudproxy_transport::config::{ConfigDraft, PortRange, ServerConfig};
 use cloudproxy_transport::server::ProxyNode;
 
 use crate::logging::LogArgs;
-use crate::runtime::{ShutdownSignal, runtime};
+use crate::runtime::{ShutdownSignal, block_on};
 
 /// Exit status when the configuration is unusable or a port cannot be bound.
 const EXIT_CONFIG: u8 = 2;
@@ -89,7 +89,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         println!("{source}: configuration OK: {}", summary(&config));
         return ExitCode::SUCCESS;
     }
-    runtime().block_on(async move {
+    block_on(async move {
         // Before anything says "ready": see `ShutdownSignal`.
         let shutdown = ShutdownSignal::install();
         let node = match ProxyNode::start(&config).await {

@@ -1,6 +1,8 @@
 //! Runs `cloudproxy serve` as a user would.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -70,17 +72,7 @@ fn development_mode_prints_its_addresses_and_stops_cleanly_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut banner = Vec::new();
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        let done = line.starts_with("press Ctrl-C");
-        banner.push(line);
-        if done {
-            break;
-        }
-    }
-    let banner = banner.join("\n");
+    let banner = common::Lines::new(child.stdout.take().unwrap(), child.id()).until("press Ctrl-C");
     assert!(
         banner.contains("allocation service  TCP 127.0.0.1:"),
         "{banner}"
@@ -265,16 +257,8 @@ impl Logged {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut banner = String::new();
-        for line in stdout.lines() {
-            let line = line.unwrap();
-            banner.push_str(&line);
-            banner.push('\n');
-            if line.starts_with("press Ctrl-C") {
-                break;
-            }
-        }
+        let banner =
+            common::Lines::new(child.stdout.take().unwrap(), child.id()).until("press Ctrl-C");
         assert!(banner.contains("press Ctrl-C"), "{banner}");
         Self { child, banner }
     }

@@ -33,7 +33,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use super::{Result, cargo, project_root, step};
+use super::provision::apt_install;
+use super::{Result, cargo, project_root, step, target_dir};
 
 /// The kubernetes-validate release installed into the venv.
 const KUBERNETES_VALIDATE: &str = "1.37.0";
@@ -74,7 +75,7 @@ pub(crate) fn check() -> Result {
     let started = Instant::now();
     let root = project_root();
     let target = target_dir();
-    let scratch = target.join("deploy-check");
+    let scratch = scratch_dir();
     fs::create_dir_all(&scratch).map_err(|e| format!("creating {}: {e}", scratch.display()))?;
     step(
         "deploy: build cloudproxy",
@@ -106,8 +107,8 @@ fn monitoring(root: &Path) -> Result {
         .is_ok_and(|o| o.status.success());
     if !have_promtool {
         apt_install(
-            "prometheus",
             "deploy/prometheus/alerts.yml is checked with promtool, which is not on PATH",
+            &["prometheus"],
         )?;
     }
     step(
@@ -125,37 +126,9 @@ fn monitoring(root: &Path) -> Result {
     )
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| project_root().join("target"), PathBuf::from)
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
-}
-
-/// Installs a Debian package when root; otherwise says what is missing.
-fn apt_install(package: &str, why: &str) -> Result {
-    if !is_root() {
-        return Err(format!(
-            "{why}; install the Debian package {package} (apt-get install {package}) or run as root"
-        ));
-    }
-    step(
-        "deploy: apt-get update",
-        Command::new("apt-get")
-            .args(["update", "-qq"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    step(
-        &format!("deploy: install {package}"),
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", package])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+/// Where the check writes its files.
+fn scratch_dir() -> PathBuf {
+    target_dir().join("deploy-check")
 }
 
 fn run(cmd: &mut Command) -> Result<Output> {
@@ -192,7 +165,7 @@ fn python_venv(venv: &Path) -> Result<PathBuf> {
         if !create(venv) {
             // Debian's python3 has no ensurepip without python3-venv.
             let _ = fs::remove_dir_all(venv);
-            apt_install("python3-venv", "`python3 -m venv` failed")?;
+            apt_install("`python3 -m venv` failed", &["python3-venv"])?;
             if !create(venv) {
                 return Err(format!("`python3 -m venv {}` failed", venv.display()));
             }
@@ -354,7 +327,7 @@ fn systemd_unit(root: &Path, binary: &Path, scratch: &Path, drain_timeout_ms: u6
         .output()
         .is_err()
     {
-        apt_install("systemd", "systemd-analyze is missing")?;
+        apt_install("systemd-analyze is missing", &["systemd"])?;
     }
     // verify wants every Exec binary to exist: a copy pointing at the build.
     let copy = scratch.join("cloudproxy.service");
@@ -733,6 +706,46 @@ mod tests {
         assert!(error.contains("EXPOSE: expected the listeners"), "{error}");
         let error = check_with("GET /livez HTTP", "GET /healthz HTTP").unwrap_err();
         assert!(error.contains("HEALTHCHECK: expected a request"), "{error}");
+    }
+
+    /// Set in the child that
+    /// `the_scratch_directory_follows_a_relative_cargo_target_dir_from_the_working_directory`
+    /// starts: the child prints where the check would write, and stops.
+    const SCRATCH_PROBE: &str = "XTASK_DEPLOY_SCRATCH_PROBE";
+
+    #[test]
+    fn the_scratch_directory_follows_a_relative_cargo_target_dir_from_the_working_directory() {
+        if std::env::var_os(SCRATCH_PROBE).is_some() {
+            println!("scratch={}", super::scratch_dir().display());
+            return;
+        }
+        // A child (this test binary, this test), since a test may not change
+        // its own environment; cargo reads a relative CARGO_TARGET_DIR from
+        // the directory it was started in.
+        let cwd = std::env::temp_dir();
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "deploy::tests::the_scratch_directory_follows_a_relative_cargo_target_dir_from_the_working_directory",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(SCRATCH_PROBE, "1")
+            .env("CARGO_TARGET_DIR", "relative-target")
+            .current_dir(&cwd)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let scratch = stdout
+            .lines()
+            .find_map(|l| l.split_once("scratch=").map(|(_, dir)| dir.trim()))
+            .unwrap_or_else(|| panic!("the child printed no scratch= line:\n{stdout}"));
+        assert_eq!(
+            std::path::Path::new(scratch),
+            cwd.join("relative-target").join("deploy-check"),
+            "expected CARGO_TARGET_DIR=relative-target joined onto the working directory {}",
+            cwd.display()
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{Result, cargo, project_root, step};
+use crate::{Result, cargo, step, target_dir};
 
 /// Every namespace of a run is `cpe2e-<pid>-<role>`.
 const PREFIX: &str = "cpe2e-";
@@ -233,20 +233,6 @@ fn preflight() -> std::result::Result<(), String> {
             String::from_utf8_lossy(&o.stderr).trim()
         )),
         Err(e) => Err(format!("cannot run `nft`: {e}")),
-    }
-}
-
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
-            if dir.is_absolute() {
-                dir
-            } else {
-                project_root().join(dir)
-            }
-        }
-        None => project_root().join("target"),
     }
 }
 

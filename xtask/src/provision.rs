@@ -125,8 +125,9 @@ fn is_root() -> bool {
 }
 
 /// Installs Debian `packages` with apt-get when running as root; otherwise
-/// fails with `why` and the command to run.
-fn apt_install(why: &str, packages: &[&str]) -> Result {
+/// fails with `why` and the command to run. The one copy: `deploy` uses it
+/// too.
+pub(crate) fn apt_install(why: &str, packages: &[&str]) -> Result {
     let list = packages.join(" ");
     if !is_root() || find_on_path("apt-get").is_none() {
         return Err(format!(

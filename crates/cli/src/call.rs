@@ -10,14 +10,14 @@ use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use cloudproxy_engine::{Bytes, ConnectionState, Engine, Event, ProxyMode, ProxyType};
+use cloudproxy_engine::{Bytes, ConnectionState, Credential, Engine, Event, ProxyMode, ProxyType};
 use serde::Serialize;
 
 /// What the call needs.
 #[derive(Debug, Clone)]
 pub(crate) struct CallSpec {
     pub(crate) app_id: String,
-    pub(crate) credential: Vec<u8>,
+    pub(crate) credential: Credential,
     pub(crate) edge_tcp: SocketAddr,
     pub(crate) edge_udp: SocketAddr,
     /// `set_parameters` strings, applied in order to both engines.

@@ -13,7 +13,7 @@ use cloudproxy_transport::server::ProxyNode;
 
 use crate::call::{CallSpec, Summary, run};
 use crate::logging::LogArgs;
-use crate::runtime::runtime;
+use crate::runtime::block_on;
 use crate::serve_cmd::random_hex;
 use crate::server_arg::{parse_edge, parse_server};
 
@@ -96,7 +96,7 @@ pub(crate) fn run_cmd(args: Args) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    runtime().block_on(async move {
+    block_on(async move {
         let summary = match (&args.edge, &args.app_id, &args.credential) {
             (Some((tcp, udp)), Some(app_id), Some(credential)) => {
                 let mut params = if args.params.is_empty() {
@@ -109,7 +109,7 @@ pub(crate) fn run_cmd(args: Args) -> ExitCode {
                 }
                 let spec = CallSpec {
                     app_id: app_id.clone(),
-                    credential: credential.as_bytes().to_vec(),
+                    credential: credential.clone(),
                     edge_tcp: *tcp,
                     edge_udp: *udp,
                     params,
@@ -202,7 +202,7 @@ allow = ["127.0.0.1"]
         proxy.port()
     ));
     let credential = match Credential::from_hex(&secret) {
-        Ok(credential) => credential.as_bytes().to_vec(),
+        Ok(credential) => credential,
         Err(e) => return failed(format!("the demo's own app secret: {e}")),
     };
     let spec = CallSpec {

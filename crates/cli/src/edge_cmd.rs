@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use cloudproxy_transport::edge::{Edge, EdgeConfig};
 
 use crate::logging::LogArgs;
-use crate::runtime::{ShutdownSignal, runtime};
+use crate::runtime::{ShutdownSignal, block_on};
 
 const EXIT_CONFIG: u8 = 2;
 
@@ -60,13 +60,17 @@ pub(crate) fn run(args: Args) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    runtime().block_on(async move {
+    block_on(async move {
         // Before anything says "ready": see `ShutdownSignal`.
         let shutdown = ShutdownSignal::install();
         let edge = match Edge::bind(config).await {
             Ok(edge) => edge,
             Err(e) => {
-                eprintln!("error: {e}");
+                // Logging runs: a log line, so `--log-format json` gets JSON.
+                tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    "the edge could not start"
+                );
                 return ExitCode::from(EXIT_CONFIG);
             }
         };

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cloudproxy_engine::Credential;
 use cloudproxy_params::ProxyServer;
 use cloudproxy_proto::client::{Allocation, ClientConfig};
 use cloudproxy_proto::{Address, AppId, DomainName, ErrorCode, Timebase};
@@ -20,8 +21,8 @@ use tokio::sync::Mutex;
 
 use crate::logging::LogArgs;
 use crate::probe_cmd::{Outcome, allocate_tcp};
-use crate::runtime::{ShutdownSignal, runtime};
-use crate::server_arg::{Credential, parse_credential, parse_server};
+use crate::runtime::{ShutdownSignal, block_on};
+use crate::server_arg::parse_server;
 
 /// Arguments of `cloudproxy forward`.
 #[derive(Debug, clap::Args)]
@@ -34,7 +35,7 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ID")]
     app_id: String,
     /// The app secret, in hex.
-    #[arg(long, value_name = "HEX", value_parser = parse_credential)]
+    #[arg(long, value_name = "HEX")]
     credential: Credential,
     /// Local address to accept connections on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
@@ -81,7 +82,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    runtime().block_on(async move {
+    block_on(async move {
         // Before anything says "ready": see `ShutdownSignal`.
         let shutdown = ShutdownSignal::install();
         let unix = SystemTime::now()
@@ -89,13 +90,18 @@ pub(crate) fn run(args: Args) -> ExitCode {
             .map_or(0, |d| d.as_secs());
         let config = ClientConfig::new(
             app_id,
-            args.credential.0.clone(),
+            args.credential.as_bytes().to_vec(),
             Timebase::new(Instant::now(), unix),
         );
+        // Logging runs from here on: fatal errors are log lines, so
+        // `--log-format json` gets JSON.
         let targets = match candidates(&args.server, Duration::from_secs(5)).await {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("error: {e}");
+                tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    "the proxy's addresses could not be resolved"
+                );
                 return ExitCode::FAILURE;
             }
         };
@@ -104,14 +110,17 @@ pub(crate) fn run(args: Args) -> ExitCode {
         let first = match first_allocation(&config, &targets, &args.app_id).await {
             Ok(allocation) => allocation,
             Err(e) => {
-                eprintln!("error: {e}");
+                // A whole sentence for the operator (what was refused and
+                // what to check): the message itself, so the text form
+                // shows it unquoted.
+                tracing::error!("{e}");
                 return ExitCode::FAILURE;
             }
         };
         let listener = match TcpListener::bind(args.listen).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("error: cannot listen on {}: {e}", args.listen);
+                tracing::error!(listen = %args.listen, error = &e as &dyn std::error::Error, "cannot listen");
                 return ExitCode::FAILURE;
             }
         };

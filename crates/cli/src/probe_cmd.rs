@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use cloudproxy_engine::Credential;
 use cloudproxy_params::ProxyServer;
 use cloudproxy_proto::client::{
     Allocation, Allocator, AllocatorEvent, BindingEvent, ClientConfig, RelayBinding,
@@ -19,8 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::call::{CallSpec, run as run_call};
-use crate::runtime::runtime;
-use crate::server_arg::{Credential, parse_credential, parse_edge, parse_server};
+use crate::runtime::block_on;
+use crate::server_arg::{parse_edge, parse_server};
 
 /// Arguments of `cloudproxy probe`.
 #[derive(Debug, clap::Args)]
@@ -33,7 +34,7 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ID")]
     app_id: String,
     /// The app secret, in hex.
-    #[arg(long, value_name = "HEX", value_parser = parse_credential)]
+    #[arg(long, value_name = "HEX")]
     credential: Credential,
     /// How long each check may wait for an answer, in milliseconds.
     #[arg(long, default_value_t = 3000, value_name = "MS")]
@@ -124,6 +125,9 @@ struct Report {
     /// Why the call through the proxy failed, when `--edge` was given.
     echo_error: Option<String>,
     missing_rules: Vec<String>,
+    /// Why the relay ports were not checked, when they were not: only an
+    /// allocation names them, and the proxy granted none.
+    relays_not_checked: Option<String>,
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
@@ -134,13 +138,13 @@ pub(crate) fn run(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    runtime().block_on(async move {
+    block_on(async move {
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let mut config = ClientConfig::new(
             app_id,
-            args.credential.0.clone(),
+            args.credential.as_bytes().to_vec(),
             Timebase::new(Instant::now(), unix),
         );
         let timeout = Duration::from_millis(args.timeout_ms);
@@ -313,6 +317,18 @@ async fn probe(args: &Args, config: &ClientConfig, timeout: Duration) -> Result<
             )
         })
         .collect();
+    let relays_not_checked = match verdict {
+        Verdict::CredentialRefused => Some(
+            "the relay ports were not checked because the proxy refused the credential".to_owned(),
+        ),
+        Verdict::ProxyRefused => Some(
+            "the relay ports were not checked because the proxy refused the allocation".to_owned(),
+        ),
+        _ if !allocated => {
+            Some("the relay ports were not checked because no allocation port answered".to_owned())
+        }
+        _ => None,
+    };
     Ok(Report {
         server: server.to_string(),
         checks,
@@ -320,6 +336,7 @@ async fn probe(args: &Args, config: &ClientConfig, timeout: Duration) -> Result<
         proxy_refusal,
         echo_error,
         missing_rules,
+        relays_not_checked,
     })
 }
 
@@ -328,7 +345,7 @@ async fn echo(args: &Args, edge_tcp: SocketAddr, edge_udp: SocketAddr) -> crate:
     let tag = u32::from_be_bytes(nonce()[..4].try_into().unwrap_or_default());
     let spec = CallSpec {
         app_id: args.app_id.clone(),
-        credential: args.credential.0.clone(),
+        credential: args.credential.clone(),
         edge_tcp,
         edge_udp,
         params: vec![
@@ -595,15 +612,28 @@ fn render(report: &Report) -> String {
     if let Some(refusal) = &report.proxy_refusal {
         let _ = writeln!(out, "the proxy answered and refused: {refusal}");
     }
-    if report.missing_rules.is_empty() {
-        let _ = writeln!(
-            out,
-            "firewall: nothing missing (every port checked answered)"
-        );
-    } else {
+    match (&report.relays_not_checked, report.missing_rules.is_empty()) {
+        (Some(why), true) => {
+            let _ = writeln!(
+                out,
+                "firewall: the allocation ports answered; {why}, so whether they are open is not known"
+            );
+        }
+        (None, true) => {
+            let _ = writeln!(
+                out,
+                "firewall: nothing missing (every port checked answered)"
+            );
+        }
+        (_, false) => {}
+    }
+    if !report.missing_rules.is_empty() {
         let _ = writeln!(out, "firewall rules still missing:");
         for rule in &report.missing_rules {
             let _ = writeln!(out, "  {rule}");
+        }
+        if let Some(why) = &report.relays_not_checked {
+            let _ = writeln!(out, "  ({why})");
         }
     }
     out

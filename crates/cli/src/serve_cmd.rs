@@ -10,7 +10,7 @@ use cloudproxy_transport::server::ProxyNode;
 use cloudproxy_transport::server::admin::AdminServer;
 
 use crate::logging::LogArgs;
-use crate::runtime::{DrainSignal, ShutdownSignal, runtime};
+use crate::runtime::{DrainSignal, ShutdownSignal, block_on};
 use crate::serve_reload::{self, ReloadSignal};
 
 /// Exit status when the configuration is unusable or a port cannot be bound.
@@ -96,7 +96,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         println!("{source}: configuration OK: {}", summary(&config));
         return ExitCode::SUCCESS;
     }
-    runtime().block_on(async move {
+    block_on(async move {
         // Before anything says "ready": see `ShutdownSignal`.
         let shutdown = ShutdownSignal::install();
         let reloads = ReloadSignal::install();
@@ -107,7 +107,11 @@ pub(crate) fn run(args: Args) -> ExitCode {
             Some(addr) => match AdminServer::start(addr).await {
                 Ok(admin) => Some(admin),
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    // Logging runs: a log line, so `--log-format json` gets JSON.
+                    tracing::error!(
+                        error = &e as &dyn std::error::Error,
+                        "the admin listener could not start"
+                    );
                     return ExitCode::from(EXIT_CONFIG);
                 }
             },
@@ -116,7 +120,11 @@ pub(crate) fn run(args: Args) -> ExitCode {
         let node = match ProxyNode::start(&config).await {
             Ok(node) => node,
             Err(e) => {
-                eprintln!("error: {e}");
+                // Logging runs: a log line, so `--log-format json` gets JSON.
+                tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    "the proxy node could not start"
+                );
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
@@ -130,18 +138,21 @@ pub(crate) fn run(args: Args) -> ExitCode {
             admin.as_ref().map(AdminServer::local_addr),
         );
         // SIGUSR2 drains on demand and the process stays up (POST /drain
-        // does the same); SIGINT or SIGTERM drains and exits.
-        // SIGHUP reloads the configuration file (see `serve_reload`).
-        let shutdown = shutdown.recv();
-        let reload = serve_reload::serve(reloads, &node, &args);
-        tokio::pin!(shutdown, reload);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                () = &mut reload => break,
-                () = drain_signal.recv() => {
-                    tracing::info!("SIGUSR2: draining on demand");
-                    node.begin_drain();
+        // does the same); SIGHUP reloads the configuration file (see
+        // `serve_reload`); SIGINT or SIGTERM drains and exits. The block ends
+        // the reload loop's borrow of the node before the node shuts down.
+        {
+            let shutdown = shutdown.recv();
+            let reload = serve_reload::serve(reloads, &node, &args);
+            tokio::pin!(shutdown, reload);
+            loop {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = &mut reload => break,
+                    () = drain_signal.recv() => {
+                        tracing::info!("SIGUSR2: draining on demand");
+                        node.begin_drain();
+                    }
                 }
             }
         }

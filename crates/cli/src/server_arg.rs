@@ -59,30 +59,6 @@ pub(crate) fn parse_edge(
     Ok((addr(tcp)?, addr(udp)?))
 }
 
-/// An app secret given on the command line, in hex. A newtype, because clap
-/// would read a bare `Vec<u8>` field as a list of byte arguments.
-#[derive(Clone)]
-pub(crate) struct Credential(pub(crate) Vec<u8>);
-
-impl std::fmt::Debug for Credential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Credential(<redacted>)")
-    }
-}
-
-/// Parses a hex-encoded secret.
-pub(crate) fn parse_credential(text: &str) -> Result<Credential, String> {
-    parse_hex(text).map(Credential)
-}
-
-/// Parses hex digits into bytes.
-pub(crate) fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
-    if text.is_empty() {
-        return Err("expected hex digits, found nothing".into());
-    }
-    cloudproxy_transport::config::decode_hex(text)
-}
-
 #[cfg(test)]
 mod tests {
     use cloudproxy_params::ProxyKind;
@@ -115,15 +91,5 @@ mod tests {
                 .unwrap_err()
                 .contains("expected a port")
         );
-    }
-
-    #[test]
-    fn hex() {
-        assert_eq!(parse_hex("00ff10").unwrap(), [0, 255, 16]);
-        assert!(parse_hex("abc").is_err());
-        assert!(parse_hex("zz").unwrap_err().contains("\"zz\" at digit 0"));
-        // Multi-byte characters are an error, not a panic.
-        assert!(parse_hex("éé").unwrap_err().contains("at digit 0"));
-        assert!(parse_hex("").is_err());
     }
 }

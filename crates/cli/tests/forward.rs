@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 
-use common::{dev_proxy, field, read_until, spawn};
+use common::{Lines, dev_proxy, field, read_until, spawn};
 
 #[test]
 fn nc_style_traffic_through_serve_and_forward() {
@@ -169,16 +169,8 @@ fn edge_and_forward_log_one_human_line_per_event() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = std::io::BufReader::new(edge.stdout.take().unwrap());
-    let mut banner = String::new();
-    while !banner.contains("press Ctrl-C") {
-        let mut line = String::new();
-        assert!(
-            std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
-            "{banner}"
-        );
-        banner.push_str(&line);
-    }
+    let banner = Lines::new(edge.stdout.take().unwrap(), edge.id()).until("press Ctrl-C");
+    assert!(banner.contains("press Ctrl-C"), "{banner}");
     let stderr = stop_and_read_stderr(edge);
     let stopped = stderr
         .lines()
@@ -215,9 +207,7 @@ fn edge_and_forward_log_one_human_line_per_event() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = std::io::BufReader::new(forward.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let line = Lines::new(forward.stdout.take().unwrap(), forward.id()).until("forwarding");
     assert!(line.starts_with("forwarding"), "{line}");
     let stderr = stop_and_read_stderr(forward);
     let events: Vec<serde_json::Value> = stderr
@@ -228,4 +218,62 @@ fn edge_and_forward_log_one_human_line_per_event() {
         events.iter().any(|e| e["message"] == "allocated"),
         "{stderr}"
     );
+}
+
+/// `forward` with `--credential` `text`: exit status and stderr.
+fn forward_with_credential(text: &str) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
+        .args([
+            "forward",
+            "--server",
+            "127.0.0.1:9",
+            "--app-id",
+            "a",
+            "--credential",
+            text,
+            "--to",
+            "127.0.0.1:9",
+        ])
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn forward_reports_a_bad_credential_with_the_typed_credential_error() {
+    let (code, stderr) = forward_with_credential("abc");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--credential"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "expected an even number of hex digits (two per byte of the app secret), found 3"
+        ),
+        "{stderr}"
+    );
+    let (code, stderr) = forward_with_credential("00zz");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("expected hex digits (0-9, a-f) for the app secret, found 'z' at offset 2"),
+        "{stderr}"
+    );
+}
+
+#[test]
+#[should_panic(expected = "expected a line starting with \"no such line\" within 1s, found none")]
+fn waiting_for_a_line_that_never_comes_fails_instead_of_hanging() {
+    let (_edge, mut out) = spawn(&[
+        "edge",
+        "--tcp-port",
+        "0",
+        "--udp-port",
+        "0",
+        "--log",
+        "warn",
+    ]);
+    // The banner ends with "press Ctrl-C", then the edge prints nothing more.
+    out.until("press Ctrl-C");
+    out.until_within("no such line", std::time::Duration::from_secs(1));
 }

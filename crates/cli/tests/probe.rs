@@ -74,7 +74,13 @@ fn every_port_open_means_a_call_works_over_udp() {
         table.contains("the proxy answered and refused: BAD_CREDENTIAL (200)"),
         "{table}"
     );
-    assert!(table.contains("firewall: nothing missing"), "{table}");
+    // No rule is missing for the ports that answered, but the relays were
+    // never checked: "nothing missing" would be a claim about them too.
+    assert!(
+        table.contains("firewall: the allocation ports answered; the relay ports were not checked because the proxy refused the credential"),
+        "{table}"
+    );
+    assert!(!table.contains("firewall: nothing missing"), "{table}");
 }
 
 #[test]
@@ -195,6 +201,14 @@ fn a_refused_credential_is_reported_as_that_not_as_blocked_ports() {
         table.contains("verdict: a call will not work: the proxy refused the credential (the ports are reachable; check the app id and secret)"),
         "{table}"
     );
+    assert!(
+        !table.contains("firewall: nothing missing (every port checked answered)"),
+        "the relay ports were never checked:\n{table}"
+    );
+    assert!(
+        table.contains("the relay ports were not checked because the proxy refused the credential"),
+        "{table}"
+    );
 
     let mut json_args = bad.to_vec();
     json_args.push("--json");
@@ -206,4 +220,39 @@ fn a_refused_credential_is_reported_as_that_not_as_blocked_ports() {
         assert_eq!(check["code"], 200, "{json:#}");
     }
     assert!(json["missing_rules"].as_array().unwrap().is_empty());
+    assert_eq!(
+        json["relays_not_checked"],
+        "the relay ports were not checked because the proxy refused the credential",
+        "{json:#}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("nothing missing"),
+        "{json:#}"
+    );
+}
+
+#[test]
+fn probe_reports_a_bad_credential_with_the_typed_credential_error() {
+    let base = ["--server", "127.0.0.1:9", "--app-id", "a", "--credential"];
+    let mut odd = base.to_vec();
+    odd.push("abc");
+    let output = probe(&odd);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--credential"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "expected an even number of hex digits (two per byte of the app secret), found 3"
+        ),
+        "{stderr}"
+    );
+    let mut not_hex = base.to_vec();
+    not_hex.push("00zz");
+    let output = probe(&not_hex);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("expected hex digits (0-9, a-f) for the app secret, found 'z' at offset 2"),
+        "{stderr}"
+    );
 }

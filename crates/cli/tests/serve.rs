@@ -1,6 +1,8 @@
 //! Runs `cloudproxy serve` as a user would.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -70,17 +72,7 @@ fn development_mode_prints_its_addresses_and_stops_cleanly_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut banner = Vec::new();
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        let done = line.starts_with("press Ctrl-C");
-        banner.push(line);
-        if done {
-            break;
-        }
-    }
-    let banner = banner.join("\n");
+    let banner = common::Lines::new(child.stdout.take().unwrap(), child.id()).until("press Ctrl-C");
     assert!(
         banner.contains("allocation service  TCP 127.0.0.1:"),
         "{banner}"
@@ -265,16 +257,8 @@ impl Logged {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut banner = String::new();
-        for line in stdout.lines() {
-            let line = line.unwrap();
-            banner.push_str(&line);
-            banner.push('\n');
-            if line.starts_with("press Ctrl-C") {
-                break;
-            }
-        }
+        let banner =
+            common::Lines::new(child.stdout.take().unwrap(), child.id()).until("press Ctrl-C");
         assert!(banner.contains("press Ctrl-C"), "{banner}");
         Self { child, banner }
     }
@@ -463,5 +447,42 @@ fn socks5_domain_names_cannot_inject_log_lines() {
             .unwrap()
             .starts_with("x\n2026-01-01T00:00:00Z  INFO forged\u{1b}[31m."),
         "{stderr}"
+    );
+}
+
+#[test]
+fn a_port_in_use_is_logged_as_one_json_error_under_log_format_json() {
+    // Held for the whole test, so the node cannot bind it.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let (code, stderr) = run_to_exit(
+        &[
+            "serve",
+            "--allocation-port",
+            &port,
+            "--tcp-relay-port",
+            "0",
+            "--udp-relay-ports",
+            "0-1",
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(code.is_some(), "killed by a signal: {stderr}");
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\n{stderr}"))
+        })
+        .collect();
+    let errors: Vec<&serde_json::Value> = events.iter().filter(|e| e["level"] == "ERROR").collect();
+    assert_eq!(errors.len(), 1, "one ERROR object expected:\n{stderr}");
+    assert!(errors[0]["timestamp"].is_string(), "{stderr}");
+    assert!(
+        errors[0].to_string().contains(&format!("127.0.0.1:{port}")),
+        "the error names the port:\n{stderr}"
     );
 }

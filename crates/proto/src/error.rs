@@ -90,9 +90,18 @@ pub enum CodecError {
         extra: usize,
     },
     /// An I/O error reported by the transport while decoding
-    /// (required by `tokio_util::codec`).
+    /// (required by `tokio_util::codec`). Printed in the message, so not
+    /// also `source()` (see `docs/decisions.md`, "Error causes are printed
+    /// once").
     #[error("i/o error while framing: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+/// What `tokio_util::codec` requires of a codec's error.
+impl From<std::io::Error> for CodecError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
 }
 
 impl CodecError {

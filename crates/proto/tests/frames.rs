@@ -464,3 +464,19 @@ fn zero_copy_decode_shares_the_buffer() {
     };
     assert_eq!(p.as_ptr() as usize, base + HEADER_LEN, "payload was copied");
 }
+
+#[test]
+fn codec_error_io_prints_its_cause_once() {
+    // The rule in docs/decisions.md, "Error causes are printed once".
+    let err = cloudproxy_proto::CodecError::from(std::io::Error::other("connection reset by peer"));
+    let shown = err.to_string();
+    assert!(shown.contains("connection reset by peer"), "{shown}");
+    let mut next = std::error::Error::source(&err);
+    while let Some(cause) = next {
+        assert!(
+            !shown.contains(&cause.to_string()),
+            "the cause {cause} is printed twice: in {shown:?} and again by source()"
+        );
+        next = cause.source();
+    }
+}

@@ -422,12 +422,13 @@ impl Limits {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: cannot read the configuration file: {source}")]
+    #[error("{path}: cannot read the configuration file: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why; printed in the message, so not also `source()` (see
+        /// `docs/decisions.md`, "Error causes are printed once").
+        cause: std::io::Error,
     },
     /// The file is not valid TOML, or a value has the wrong type or form.
     #[error("{path}:{line}:{column}: {message}")]
@@ -510,9 +511,9 @@ pub struct ConfigDraft {
 impl ConfigDraft {
     /// Reads and parses a configuration file, without checking it.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         Self::parse(path, &text)
     }

@@ -2,8 +2,10 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 /// A child process that is stopped (SIGTERM) when the test ends, pass or fail.
 pub(crate) struct Running(Child);
@@ -17,31 +19,91 @@ impl Drop for Running {
     }
 }
 
-pub(crate) fn spawn(args: &[&str]) -> (Running, BufReader<ChildStdout>) {
+pub(crate) fn spawn(args: &[&str]) -> (Running, Lines) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let stdout = Lines::new(child.stdout.take().unwrap(), child.id());
     (Running(child), stdout)
 }
 
-/// Reads lines until one starts with `stop`; returns them all.
-pub(crate) fn read_until(out: &mut BufReader<ChildStdout>, stop: &str) -> String {
-    let mut text = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "the process ended early; it printed:\n{text}"
-        );
-        text.push_str(&line);
-        if line.starts_with(stop) {
-            return text;
+/// How long a test waits for a line a child should print (its banner, its
+/// "forwarding" line) before it fails instead of hanging.
+pub(crate) const LINE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A child's output, read line by line on a thread of its own, so that a
+/// test waits for a line with a deadline instead of blocking forever on a
+/// child that never prints it.
+pub(crate) struct Lines {
+    lines: mpsc::Receiver<String>,
+    /// Stopped (SIGTERM) when a wait times out, so no child outlives a
+    /// failed test.
+    pid: u32,
+}
+
+impl Lines {
+    /// Starts reading `output`, the output of the child `pid`.
+    pub(crate) fn new(output: impl Read + Send + 'static, pid: u32) -> Self {
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(output).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { lines, pid }
+    }
+
+    /// Waits, at most [`LINE_TIMEOUT`] in all, for a line starting with
+    /// `stop`; returns every line up to and including it, each ending in
+    /// `\n`. Fails the test if the child ends first or the time runs out.
+    pub(crate) fn until(&mut self, stop: &str) -> String {
+        self.until_within(stop, LINE_TIMEOUT)
+    }
+
+    /// [`Lines::until`] with its own time limit.
+    pub(crate) fn until_within(&mut self, stop: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut text = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    text.push_str(&line);
+                    text.push('\n');
+                    if line.starts_with(stop) {
+                        return text;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "expected a line starting with {stop:?}, but the process ended first; it printed:\n{text}"
+                    )
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = Command::new("kill")
+                        .args(["-TERM", &self.pid.to_string()])
+                        .status();
+                    panic!(
+                        "expected a line starting with {stop:?} within {timeout:?}, found none \
+                         (process {} stopped); it printed:\n{text}",
+                        self.pid
+                    )
+                }
+            }
         }
     }
+}
+
+/// Reads lines until one starts with `stop` (see [`Lines::until`]); returns
+/// them all.
+pub(crate) fn read_until(out: &mut Lines, stop: &str) -> String {
+    out.until(stop)
 }
 
 pub(crate) fn field<'a>(text: &'a str, label: &str) -> &'a str {

@@ -116,17 +116,17 @@ impl EdgeConfig {
     /// Reads and parses a TOML file holding the keys of [`EdgeConfig`], and
     /// checks it. Errors name the file (and, for TOML errors, line and key).
     pub fn from_file(path: &Path) -> Result<Self, EdgeError> {
-        let text = std::fs::read_to_string(path).map_err(|source| EdgeError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| EdgeError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         Self::parse(&text, &path.display().to_string())
     }
 
     fn parse(text: &str, origin: &str) -> Result<Self, EdgeError> {
-        let config: Self = toml::from_str(text).map_err(|source| EdgeError::Parse {
+        let config: Self = toml::from_str(text).map_err(|cause| EdgeError::Parse {
             origin: origin.to_owned(),
-            source,
+            cause,
         })?;
         config.validate()?;
         Ok(config)

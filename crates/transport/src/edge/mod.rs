@@ -155,10 +155,10 @@ impl Edge {
         let tcp_want = config.tcp_bind_addr();
         let udp_want = config.udp_bind_addr();
         let bind_err = |transport, addr| {
-            move |source| EdgeError::Bind {
+            move |cause| EdgeError::Bind {
                 transport,
                 addr,
-                source,
+                cause,
             }
         };
         let tcp = TcpListener::bind(tcp_want)

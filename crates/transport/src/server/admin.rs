@@ -95,10 +95,10 @@ impl AdminServer {
     /// [`AdminServer::attach`], `/readyz` is 503 and `/metrics` holds only
     /// what is known without a node.
     pub async fn start(addr: SocketAddr) -> Result<Self, ServeError> {
-        let bind_error = |source| ServeError::Bind {
+        let bind_error = |cause| ServeError::Bind {
             protocol: "TCP (admin)",
             addr,
-            source,
+            cause,
         };
         let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
         let local = listener.local_addr().map_err(bind_error)?;

@@ -29,14 +29,15 @@ use crate::server::{socks5, tcp, udp};
 #[non_exhaustive]
 pub enum ServeError {
     /// A listener could not be bound.
-    #[error("cannot listen on {protocol} {addr}: {source}")]
+    #[error("cannot listen on {protocol} {addr}: {cause}")]
     Bind {
         /// "TCP" or "UDP".
         protocol: &'static str,
         /// The address.
         addr: SocketAddr,
-        /// Why.
-        source: io::Error,
+        /// Why; printed in the message, so not also `source()` (see
+        /// `docs/decisions.md`, "Error causes are printed once").
+        cause: io::Error,
     },
     /// The configuration cannot run (for instance an app id the protocol
     /// cannot carry).
@@ -420,11 +421,11 @@ fn proto_server(
     ))
 }
 
-fn bind_error(protocol: &'static str, addr: SocketAddr, source: io::Error) -> ServeError {
+fn bind_error(protocol: &'static str, addr: SocketAddr, cause: io::Error) -> ServeError {
     ServeError::Bind {
         protocol,
         addr,
-        source,
+        cause,
     }
 }
 

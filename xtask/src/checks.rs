@@ -117,6 +117,7 @@ pub(crate) fn docs_drift() -> Result {
 /// packaged); any `warning:` fails the step, since a metadata warning means
 /// a crate would reach crates.io without its links or README.
 pub(crate) fn package() -> Result {
+    forget_earlier_packages()?;
     let mut cmd = Command::new(cargo());
     cmd.args(["package", "--workspace", "--locked", "--allow-dirty"]);
     for name in UNPUBLISHED {
@@ -146,6 +147,46 @@ pub(crate) fn package() -> Result {
         ));
     }
     println!("==> package: ok in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+/// The verify build resolves sibling crates from a temporary local registry
+/// that cargo unpacks under `$CARGO_HOME/registry/src/-<hash>/`, and cargo
+/// never unpacks a `name-version` it has unpacked before. Our versions do not
+/// change between runs, so a second `cargo xtask ci` would verify against the
+/// first run's sources. Remove those unpacked copies (only ours, only from
+/// the unnamed local registries; crates.io's are left alone).
+fn forget_earlier_packages() -> Result {
+    let home = std::env::var_os("CARGO_HOME").map_or_else(
+        || std::env::home_dir().unwrap_or_default().join(".cargo"),
+        std::path::PathBuf::from,
+    );
+    let src = home.join("registry/src");
+    let Ok(registries) = fs::read_dir(&src) else {
+        return Ok(()); // nothing unpacked yet
+    };
+    for registry in registries.flatten() {
+        if !registry.file_name().to_string_lossy().starts_with('-') {
+            continue;
+        }
+        let Ok(crates) = fs::read_dir(registry.path()) else {
+            continue;
+        };
+        for unpacked in crates.flatten() {
+            if unpacked
+                .file_name()
+                .to_string_lossy()
+                .starts_with("cloudproxy-")
+            {
+                fs::remove_dir_all(unpacked.path()).map_err(|e| {
+                    format!(
+                        "removing the stale unpacked package {}: {e}",
+                        unpacked.path().display()
+                    )
+                })?;
+            }
+        }
+    }
     Ok(())
 }
 

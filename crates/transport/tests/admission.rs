@@ -677,3 +677,111 @@ fn new_limits_of_zero_are_refused_with_their_key() {
     let text = proxy_support::config_text(r#""127.0.0.1""#, 1, "[limits]\nreserved_fds = 0\n");
     ServerConfig::from_toml_str("test.toml", &text).unwrap();
 }
+
+// ---- review of 13.9: a UDP source can be forged ----
+
+/// An `AllocateRequest` datagram for `secret_hex`, padded like a client's.
+fn udp_allocate_request(secret_hex: &str) -> Vec<u8> {
+    use cloudproxy_proto::frame::{AllocateRequest, Frame};
+    use cloudproxy_proto::ticket::credential_proof;
+    use cloudproxy_proto::{Capabilities, Text};
+    let secret: Vec<u8> = (0..secret_hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&secret_hex[i..i + 2], 16).unwrap())
+        .collect();
+    let nonce = [3u8; 16];
+    let timestamp = unix_now();
+    let app_id = AppId::new(APP).unwrap();
+    Frame::AllocateRequest(AllocateRequest {
+        capabilities: Capabilities::ALL,
+        transports: Transports::ALL,
+        timestamp,
+        nonce,
+        proof: credential_proof(&secret, &app_id, &nonce, timestamp),
+        app_id,
+        client_version: Text::new("spoofer").unwrap(),
+        padding: 1200,
+    })
+    .to_bytes()
+    .to_vec()
+}
+
+#[tokio::test]
+async fn spoofed_udp_failures_never_lock_out_tcp() {
+    let rig = Rig::start(
+        r#""127.0.0.1""#,
+        100,
+        &format!("{SOCKS}\n[limits]\nlogin_failure_burst = 4\nlogin_failures_per_minute = 1\n"),
+    )
+    .await;
+    let echo = tcp_echo().await;
+    let udp_echo = proxy_support::udp_echo().await;
+    let good = rig.allocate().await;
+    // What a spoofer can send with 127.0.0.1 as its source: wrong proofs to
+    // the UDP allocation port…
+    let spoofer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let wrong = udp_allocate_request("00112233445566778899aabbccddeeff");
+    let mut buf = vec![0u8; 2048];
+    for _ in 0..2 {
+        spoofer
+            .send_to(&wrong, rig.node.addrs().allocation_udp[0])
+            .await
+            .unwrap();
+        within("the refusal", spoofer.recv_from(&mut buf))
+            .await
+            .unwrap();
+    }
+    // …and forged tickets to the UDP relay.
+    let mut forged = good.clone();
+    forged.ticket =
+        cloudproxy_proto::SealedTicket::new(bytes::Bytes::from_static(b"not a ticket")).unwrap();
+    for _ in 0..2 {
+        let err = proxy_support::bind_udp_raw(
+            rig.node.addrs().udp_relays[0],
+            &rig.client,
+            &forged,
+            Address::Ip(udp_echo),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(refusal(&err), Some(ErrorCode::INVALID_TICKET), "{err}");
+    }
+    assert_eq!(rig.node.stats().login_limit_engaged, 1, "UDP is limited");
+
+    // TCP from the same address is untouched: allocation, relay bind and
+    // SOCKS5 login all go through.
+    let allocation = allocate_raw(rig.allocation_addr(), &rig.client)
+        .await
+        .unwrap();
+    let (mut stream, _) = bind_tcp_raw(
+        rig.node.addrs().tcp_relay,
+        &rig.client,
+        &allocation,
+        BindMode::Stream,
+        Address::Ip(echo),
+    )
+    .await
+    .unwrap();
+    echo_once(&mut stream, b"still here").await;
+    let socks = rig.node.addrs().socks5.unwrap();
+    let (outcome, mut stream) = socks_connect(socks, APP, SECRET_HEX, echo, None).await;
+    assert_eq!(outcome, Socks::Reply(0));
+    echo_once(&mut stream, b"socks too").await;
+    assert_eq!(rig.node.stats().logins_rate_limited, 0);
+
+    // The UDP allocation port is the one limited: the right proof now goes
+    // unanswered, and the client falls back to TCP (as above).
+    spoofer
+        .send_to(
+            &udp_allocate_request(SECRET_HEX),
+            rig.node.addrs().allocation_udp[0],
+        )
+        .await
+        .unwrap();
+    within("the refused attempt is counted", async {
+        while rig.node.stats().logins_rate_limited == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}

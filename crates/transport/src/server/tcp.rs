@@ -17,7 +17,8 @@ use crate::client::dial::{DialError, DialPolicy, Outcome, race};
 use crate::net::{connected_udp, sleep_until_opt};
 use crate::pump::{PumpOptions, pump};
 use crate::server::admission::{
-    admit, bind_grant, bind_transport, is_login_failure, login_failed, quota_code, source_allowed,
+    Channel, admit, bind_grant, bind_transport, is_login_failure, login_failed, quota_code,
+    source_allowed,
 };
 use crate::server::conn::{Next, flush, next_event};
 use crate::server::destination::{Destination, DestinationError};
@@ -28,7 +29,7 @@ use crate::server::stats::{Active, Stats};
 /// Refuses a connection from a source over its login-failure limit before
 /// anything is read from it: one `Error` frame, then close.
 fn refuse_limited_source(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> bool {
-    if source_allowed(shared, peer) {
+    if source_allowed(shared, Channel::Tcp, peer) {
         return false;
     }
     let frame =
@@ -51,7 +52,7 @@ fn refuse_limited_source(shared: &Shared, stream: &TcpStream, peer: SocketAddr) 
 fn note_refusal(shared: &Shared, conn: &Connection, peer: SocketAddr, reason: &SessionError) {
     let failed_login = is_login_failure(reason);
     if failed_login {
-        login_failed(shared, peer);
+        login_failed(shared, Channel::Tcp, peer);
     }
     let app = conn.claimed_app().map_or("-", |a| a.as_str());
     let what = if conn.role() == Role::Allocation {

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 
 use crate::net::{any_local_for, sleep_until_opt};
 use crate::server::admission::{
-    admit, bind_grant, bind_transport, login_failed, quota_code, source_allowed,
+    Channel, admit, bind_grant, bind_transport, login_failed, quota_code, source_allowed,
 };
 use crate::server::node::Shared;
 use crate::server::quota::QuotaGuard;
@@ -65,7 +65,7 @@ pub(crate) async fn allocation(shared: Arc<Shared>, socket: UdpSocket) {
         };
         // A source over its login-failure limit gets nothing (not even an
         // error: no reply to an unauthenticated source is safest).
-        if !source_allowed(&shared, from) {
+        if !source_allowed(&shared, Channel::Udp, from) {
             continue;
         }
         let reply = match shared
@@ -126,7 +126,7 @@ fn note_udp_refusal(shared: &Shared, from: SocketAddr, request: &[u8], reply: &[
     ]
     .contains(&code);
     if failed_login {
-        login_failed(shared, from);
+        login_failed(shared, Channel::Udp, from);
     }
     shared.refusal_log.log(|| {
         let app = match Frame::parse(request) {
@@ -248,7 +248,9 @@ impl Relay {
         let stats = &self.shared.stats;
         // A control datagram (a `Bind`) from a source over its login-failure
         // limit is dropped unread; data datagrams never take the lock.
-        if classify(datagram) == DatagramClass::Control && !source_allowed(&self.shared, from) {
+        if classify(datagram) == DatagramClass::Control
+            && !source_allowed(&self.shared, Channel::Udp, from)
+        {
             return;
         }
         match self.table.handle_slice(now, from, datagram) {
@@ -458,7 +460,7 @@ impl Relay {
                 let failed_login =
                     [ErrorCode::INVALID_TICKET, ErrorCode::EXPIRED_TICKET].contains(&code);
                 if failed_login {
-                    login_failed(&self.shared, client);
+                    login_failed(&self.shared, Channel::Udp, client);
                 }
                 self.shared.refusal_log.log(|| {
                     if failed_login {

@@ -35,7 +35,7 @@ use crate::server::destination::{Destination, DestinationError};
 use crate::server::node::Shared;
 use crate::server::quota::QuotaGuard;
 use crate::server::stats::{Active, Stats};
-use crate::server::tcp::session_deadline;
+use crate::server::tcp::{connect_upstream, session_deadline};
 
 const VERSION: u8 = 5;
 const AUTH_VERSION: u8 = 1;
@@ -414,27 +414,18 @@ async fn connect(
             return;
         }
     };
-    let mut last = io::ErrorKind::TimedOut;
-    let mut upstream = None;
-    for addr in targets {
-        match tokio::time::timeout(shared.limits.connect_timeout(), TcpStream::connect(addr)).await
-        {
-            Ok(Ok(s)) => {
-                upstream = Some(s);
-                break;
-            }
-            Ok(Err(e)) => last = e.kind(),
-            Err(_) => last = io::ErrorKind::TimedOut,
+    // The same staggered race, overall timeout and shutdown as a native
+    // stream bind.
+    let upstream = match connect_upstream(shared, &targets).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            Stats::bump(&shared.stats.bindings_refused);
+            tracing::info!(%peer, app = %client.app, destination = %target, error = %e, "socks5 connect failed");
+            let _ = reply(&mut stream, connect_reply(e.kind()), None).await;
+            close_after_refusal(stream).await;
+            return;
         }
-    }
-    let Some(upstream) = upstream else {
-        Stats::bump(&shared.stats.bindings_refused);
-        tracing::info!(%peer, app = %client.app, destination = %target, error = %last, "socks5 connect failed");
-        let _ = reply(&mut stream, connect_reply(last), None).await;
-        close_after_refusal(stream).await;
-        return;
     };
-    let _ = upstream.set_nodelay(true);
     if reply(&mut stream, Reply::Succeeded, upstream.local_addr().ok())
         .await
         .is_err()

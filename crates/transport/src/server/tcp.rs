@@ -248,18 +248,10 @@ async fn prepare(shared: &Shared, request: &BindRequest) -> Result<Upstream, (Er
     let targets = check_destination(shared, request.app_id.as_str(), &request.destination).await?;
     match request.mode {
         BindMode::Stream => {
-            let policy = DialPolicy {
-                stagger: std::time::Duration::from_millis(250),
-                attempt_timeout: shared.limits.connect_timeout(),
-                overall_timeout: shared.limits.connect_timeout(),
-            };
-            let (_, up) = race(&targets, &policy, TcpStream::connect)
-                .await
-                .map_err(|e| {
-                    tracing::debug!(destination = %request.destination, error = %e, "upstream connect failed");
-                    (ErrorCode::DESTINATION_UNREACHABLE, connect_failure(&e).to_owned())
-                })?;
-            let _ = up.set_nodelay(true);
+            let up = connect_upstream(shared, &targets).await.map_err(|e| {
+                tracing::debug!(destination = %request.destination, error = %e, "upstream connect failed");
+                (ErrorCode::DESTINATION_UNREACHABLE, e.client_message().to_owned())
+            })?;
             Ok(Upstream::Stream(up, quota))
         }
         BindMode::Datagram => {
@@ -272,17 +264,95 @@ async fn prepare(shared: &Shared, request: &BindRequest) -> Result<Upstream, (Er
     }
 }
 
-/// What a client is told when the upstream connect failed: which way it
-/// failed, never the host's error text (that is logged).
-pub(crate) fn connect_failure(e: &DialError) -> &'static str {
-    let timed_out = e
-        .attempts
+/// Why an upstream TCP connect failed.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// Every address failed or timed out; `last` is the kind of the last
+    /// failure that had one (none when every attempt timed out).
+    Dial {
+        error: DialError,
+        last: Option<io::ErrorKind>,
+    },
+    /// Shutdown's force-close came first.
+    Shutdown,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dial { error, .. } => error.fmt(f),
+            Self::Shutdown => f.write_str("the relay is shutting down"),
+        }
+    }
+}
+
+impl ConnectError {
+    /// What a client is told: which way it failed, never the host's error
+    /// text (that is logged).
+    pub(crate) fn client_message(&self) -> &'static str {
+        match self {
+            Self::Dial { error, .. } if timed_out(error) => {
+                "the destination did not answer in time"
+            }
+            Self::Dial { .. } => "the destination refused the connection or could not be reached",
+            Self::Shutdown => "the relay is shutting down",
+        }
+    }
+
+    /// The kind of failure, for protocols with codes per kind (SOCKS5).
+    pub(crate) fn kind(&self) -> io::ErrorKind {
+        match self {
+            Self::Dial {
+                last: Some(kind), ..
+            } => *kind,
+            Self::Dial { .. } => io::ErrorKind::TimedOut,
+            Self::Shutdown => io::ErrorKind::Interrupted,
+        }
+    }
+}
+
+fn timed_out(e: &DialError) -> bool {
+    e.attempts
         .iter()
-        .all(|(_, o)| !matches!(o, Outcome::Failed(_)));
-    if timed_out {
-        "the destination did not answer in time"
-    } else {
-        "the destination refused the connection or could not be reached"
+        .all(|(_, o)| !matches!(o, Outcome::Failed(_)))
+}
+
+/// Connects to the first of `targets` to answer, for a native stream bind
+/// and a SOCKS5 CONNECT alike: attempts start 250 ms apart while earlier
+/// ones are pending (RFC 8305), the whole connect ends at the node's
+/// `connect_timeout`, and shutdown's force-close abandons it at once.
+pub(crate) async fn connect_upstream(
+    shared: &Shared,
+    targets: &[SocketAddr],
+) -> Result<TcpStream, ConnectError> {
+    let policy = DialPolicy {
+        stagger: std::time::Duration::from_millis(250),
+        attempt_timeout: shared.limits.connect_timeout(),
+        overall_timeout: shared.limits.connect_timeout(),
+    };
+    let last = Arc::new(std::sync::Mutex::new(None));
+    let attempt = |addr| {
+        let last = Arc::clone(&last);
+        async move {
+            let result = TcpStream::connect(addr).await;
+            if let Err(e) = &result {
+                *last
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.kind());
+            }
+            result
+        }
+    };
+    tokio::select! {
+        raced = race(targets, &policy, attempt) => {
+            let (_, up) = raced.map_err(|error| ConnectError::Dial {
+                error,
+                last: *last.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            })?;
+            let _ = up.set_nodelay(true);
+            Ok(up)
+        }
+        () = shared.lifecycle.force_closed() => Err(ConnectError::Shutdown),
     }
 }
 

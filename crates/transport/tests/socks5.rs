@@ -465,8 +465,9 @@ async fn no_authentication_only_when_the_operator_names_an_app() {
     assert_eq!(output.stdout, b"open door, counted against test-app");
 }
 
-/// A resolver of fixed names; any other name never answers (its servers
-/// are silent). Counts the lookups it was asked for. Nothing leaves the
+/// A resolver of fixed names to fixed addresses (ports included, whatever
+/// port was asked for); any other name never answers (its servers are
+/// silent). Counts the lookups it was asked for. Nothing leaves the
 /// process.
 struct FixedResolver {
     names: HashMap<String, Vec<SocketAddr>>,
@@ -486,16 +487,15 @@ impl FixedResolver {
 }
 
 impl Resolve for FixedResolver {
-    fn lookup(&self, host: String, port: u16, hold: LookupHold) -> LookupFuture {
+    fn lookup(&self, host: String, _port: u16, hold: LookupHold) -> LookupFuture {
         self.calls.fetch_add(1, Relaxed);
         let found = self.names.get(&host).cloned();
         Box::pin(async move {
             let _hold = hold;
             match found {
-                Some(addrs) => Ok(addrs
-                    .into_iter()
-                    .map(|a| SocketAddr::new(a.ip(), port))
-                    .collect()),
+                // The ports as given: a name here stands for whole
+                // addresses, so one name can hold two loopback servers.
+                Some(addrs) => Ok(addrs),
                 None => std::future::pending().await,
             }
         })

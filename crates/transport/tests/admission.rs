@@ -9,7 +9,7 @@ mod proxy_support;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloudproxy_proto::client::{Allocation, Allocator, AllocatorEvent, ClientConfig};
@@ -20,8 +20,8 @@ use cloudproxy_transport::config::ServerConfig;
 use cloudproxy_transport::server::ProxyNode;
 use cloudproxy_transport::server::lookups::{LookupFuture, LookupHold, Resolve};
 use proxy_support::{
-    APP, Rig, SECRET_HEX, TICKET_KEY_HEX, allocate_raw, bind_tcp_raw, client_config, refusal,
-    tcp_echo, ticket_key, unix_now, within,
+    APP, Captured, Rig, SECRET_HEX, TICKET_KEY_HEX, allocate_raw, bind_tcp_raw, client_config,
+    refusal, tcp_echo, ticket_key, unix_now, within,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -527,39 +527,10 @@ async fn login_failures_are_rate_limited_per_source() {
 
 // ---- 12.3: refusals on the native protocol are logged, within a budget ----
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
 #[tokio::test]
 async fn failed_logins_and_malformed_input_are_logged_within_a_budget() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
     // This test's runtime runs on this thread only, node tasks included.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::install();
     let rig = Rig::start(
         r#""127.0.0.1""#,
         100,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use cloudproxy_transport::config::ServerConfig;
 use cloudproxy_transport::server::ProxyNode;
 use cloudproxy_transport::server::lookups::{LookupFuture, LookupHold, Resolve};
-use proxy_support::{APP, Rig, SECRET_HEX, tcp_echo, udp_echo, within};
+use proxy_support::{APP, Captured, Rig, SECRET_HEX, tcp_echo, udp_echo, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_socks::tcp::Socks5Stream;
@@ -597,4 +597,47 @@ async fn socks5_connect_races_its_addresses_and_stops_at_shutdown() {
     );
     let mut rest = Vec::new();
     let _ = within("the close", pending.read_to_end(&mut rest)).await;
+}
+
+#[tokio::test]
+async fn socks5_refusal_lines_are_rate_limited() {
+    // This test's runtime runs on this thread only, node tasks included.
+    let (captured, _guard) = Captured::install();
+    let (rig, socks) = rig(r#""127.0.0.1""#).await;
+    let forbidden: SocketAddr = "127.0.0.2:9".parse().unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        assert_eq!(
+            raw_request(socks, SECRET_HEX, &connect_request(forbidden))
+                .await
+                .1,
+            Some(2)
+        );
+    }
+    let refusals = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.contains("socks5 connect refused"))
+            .count()
+    };
+    let logged = refusals(&captured.lines());
+    // The budget: a burst of 20, then 5 a second.
+    let budget = 20 + 5 * (started.elapsed().as_secs() as usize + 1);
+    assert!(
+        logged <= budget,
+        "{logged} lines for 200 refusals (budget {budget})"
+    );
+    assert!(logged >= 1);
+    // Once the budget refills, the next line says how many were dropped.
+    within("the suppressed summary", async {
+        while !captured
+            .lines()
+            .iter()
+            .any(|l| l.contains("similar lines suppressed"))
+        {
+            raw_request(socks, SECRET_HEX, &connect_request(forbidden)).await;
+        }
+    })
+    .await;
+    assert!(rig.node.stats().destinations_refused >= 200);
 }

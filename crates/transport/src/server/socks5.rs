@@ -408,7 +408,9 @@ async fn connect(
         Err(e) => {
             crate::server::tcp::note_destination_error(shared, &e);
             Stats::bump(&shared.stats.bindings_refused);
-            tracing::info!(%peer, app = %client.app, destination = %target, error = %e, "socks5 connect refused");
+            shared.refusal_log.log(|| {
+                tracing::info!(%peer, app = %client.app, destination = %target, error = %e, "socks5 connect refused");
+            });
             let _ = reply(&mut stream, destination_reply(&e), None).await;
             close_after_refusal(stream).await;
             return;
@@ -420,7 +422,9 @@ async fn connect(
         Ok(upstream) => upstream,
         Err(e) => {
             Stats::bump(&shared.stats.bindings_refused);
-            tracing::info!(%peer, app = %client.app, destination = %target, error = %e, "socks5 connect failed");
+            shared.refusal_log.log(|| {
+                tracing::info!(%peer, app = %client.app, destination = %target, error = %e, "socks5 connect failed");
+            });
             let _ = reply(&mut stream, connect_reply(e.kind()), None).await;
             close_after_refusal(stream).await;
             return;
@@ -551,7 +555,9 @@ async fn associate(
         Ok(source) => source,
         Err(problem) => {
             Stats::bump(&shared.stats.bindings_refused);
-            tracing::info!(%peer, app = %client.app, %problem, "socks5 udp associate refused");
+            shared.refusal_log.log(|| {
+                tracing::info!(%peer, app = %client.app, %problem, "socks5 udp associate refused");
+            });
             let _ = reply(&mut control, Reply::NotAllowed, None).await;
             close_after_refusal(control).await;
             return;
@@ -642,7 +648,9 @@ async fn associate(
                             Ok(addrs) => addrs.first().copied(),
                             Err(e) => {
                                 crate::server::tcp::note_destination_error(shared, &e);
-                                tracing::info!(%peer, destination = %target, error = %e, "socks5 udp destination refused");
+                                shared.refusal_log.log(|| {
+                                    tracing::info!(%peer, app = %client.app, destination = %target, error = %e, "socks5 udp destination refused");
+                                });
                                 None
                             }
                         };

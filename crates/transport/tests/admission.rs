@@ -8,8 +8,8 @@ mod proxy_support;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use cloudproxy_proto::client::{Allocation, Allocator, AllocatorEvent, ClientConfig};
@@ -755,4 +755,70 @@ async fn spoofed_udp_failures_never_lock_out_tcp() {
         }
     })
     .await;
+}
+
+// ---- review of 12.3: every refusal line names peer, app and reason ----
+
+#[tokio::test]
+async fn udp_refusal_lines_carry_peer_app_and_reason() {
+    // This test's runtime runs on this thread only, node tasks included.
+    let (captured, _guard) = Captured::install();
+    let rig = Rig::start(
+        r#""127.0.0.1""#,
+        100,
+        "[limits]\nlogin_failure_burst = 1000\n",
+    )
+    .await;
+    let line_with = |what: &str| {
+        let what = what.to_owned();
+        let captured = captured.clone();
+        async move {
+            within(&what.clone(), async move {
+                loop {
+                    if let Some(l) = captured.lines().into_iter().find(|l| l.contains(&what)) {
+                        return l;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+        }
+    };
+    let fields = |line: &str, app: &str| {
+        assert!(line.contains("peer=127.0.0.1:"), "{line}");
+        assert!(line.contains(&format!("app={app}")), "{line}");
+        assert!(line.contains("reason="), "{line}");
+    };
+
+    // Malformed input on the UDP allocation port.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp.send_to(b"not the protocol", rig.node.addrs().allocation_udp[0])
+        .await
+        .unwrap();
+    fields(&line_with("allocation datagram dropped").await, "-");
+
+    // A forged ticket on the UDP relay: no app can be read from it.
+    let relay = rig.node.addrs().udp_relays[0];
+    let good = rig.allocate().await;
+    let mut forged = good.clone();
+    forged.ticket =
+        cloudproxy_proto::SealedTicket::new(bytes::Bytes::from_static(b"not a ticket")).unwrap();
+    let echo = proxy_support::udp_echo().await;
+    proxy_support::bind_udp_raw(relay, &rig.client, &forged, Address::Ip(echo))
+        .await
+        .unwrap_err();
+    fields(&line_with("udp bind refused: failed login").await, "-");
+
+    // A good ticket to a forbidden destination: the app is named.
+    let forbidden: SocketAddr = "127.0.0.2:9".parse().unwrap();
+    let err = proxy_support::bind_udp_raw(relay, &rig.client, &good, Address::Ip(forbidden))
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(&err), Some(ErrorCode::DESTINATION_NOT_ALLOWED));
+    let line = captured
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("udp bind refused") && !l.contains("failed login"))
+        .expect("the refusal is logged before it is sent");
+    fields(&line, APP);
 }

@@ -204,7 +204,7 @@ pub(crate) async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer:
         Err((code, message)) => {
             Stats::bump(&shared.stats.bindings_refused);
             shared.refusal_log.log(|| {
-                tracing::info!(%peer, app = %grant.app_id, code = %code.label(), error = %message, "socks5 request refused");
+                tracing::info!(%peer, app = %grant.app_id, reason = %code, %message, "socks5 request refused");
             });
             let _ = reply(&mut stream, Reply::NotAllowed, None).await;
             close_after_refusal(stream).await;

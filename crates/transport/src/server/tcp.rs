@@ -69,11 +69,11 @@ fn note_refusal(shared: &Shared, conn: &Connection, peer: SocketAddr, reason: &S
     let Some(malformed) = log else { return };
     shared.refusal_log.log(|| {
         if malformed {
-            tracing::warn!(%peer, app, %reason, "{what} connection closed: malformed input");
+            tracing::warn!(%peer, app = %app, %reason, "{what} connection closed: malformed input");
         } else if failed_login {
-            tracing::warn!(%peer, app, %reason, "{what} refused: failed login");
+            tracing::warn!(%peer, app = %app, %reason, "{what} refused: failed login");
         } else {
-            tracing::info!(%peer, app, %reason, "{what} refused");
+            tracing::info!(%peer, app = %app, %reason, "{what} refused");
         }
     });
 }
@@ -205,7 +205,7 @@ async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<B
                     }
                     Err((code, message)) => {
                         shared.refusal_log.log(|| {
-                            tracing::info!(%peer, session = format_args!("{:016x}", request.session_id), app = %request.app_id, destination = %request.destination, code = %code.label(), %message, "bind refused");
+                            tracing::info!(%peer, session = format_args!("{:016x}", request.session_id), app = %request.app_id, destination = %request.destination, reason = %code, %message, "bind refused");
                         });
                         conn.reject(Instant::now(), code, Some(&message));
                     }

@@ -75,7 +75,7 @@ pub(crate) async fn allocation(shared: Arc<Shared>, socket: UdpSocket) {
             UdpAllocation::Drop => {
                 Stats::bump(&shared.stats.malformed);
                 shared.refusal_log.log(|| {
-                    tracing::warn!(peer = %from, bytes = n, "allocation datagram dropped: malformed input");
+                    tracing::warn!(peer = %from, app = %"-", reason = %"not an allocation request", bytes = n, "allocation datagram dropped: malformed input");
                 });
                 None
             }
@@ -98,6 +98,9 @@ pub(crate) async fn allocation(shared: Arc<Shared>, socket: UdpSocket) {
                     }
                     Err(e) => {
                         Stats::bump(&shared.stats.allocations_refused);
+                        shared.refusal_log.log(|| {
+                            tracing::info!(peer = %from, app = %pending.request.app_id, reason = %e, "allocation refused");
+                        });
                         pending.reject(quota_code(&e), Some(&e.to_string()))
                     }
                 }
@@ -134,9 +137,9 @@ fn note_udp_refusal(shared: &Shared, from: SocketAddr, request: &[u8], reply: &[
             _ => "-".to_owned(),
         };
         if failed_login {
-            tracing::warn!(peer = %from, app, reason = %code, "allocation refused: failed login");
+            tracing::warn!(peer = %from, app = %app, reason = %code, "allocation refused: failed login");
         } else {
-            tracing::info!(peer = %from, app, reason = %code, "allocation refused");
+            tracing::info!(peer = %from, app = %app, reason = %code, "allocation refused");
         }
     });
 }
@@ -261,7 +264,7 @@ impl Relay {
             SliceInput::Dropped(DropReason::Malformed) => {
                 Stats::bump(&stats.malformed);
                 self.shared.refusal_log.log(|| {
-                    tracing::warn!(peer = %from, bytes = datagram.len(), "relay datagram dropped: malformed input");
+                    tracing::warn!(peer = %from, app = %"-", reason = %"not a relay datagram", bytes = datagram.len(), "relay datagram dropped: malformed input");
                 });
             }
             SliceInput::Dropped(_) => Stats::bump(&stats.udp_dropped),
@@ -436,10 +439,11 @@ impl Relay {
                 let shared = Arc::clone(&self.shared);
                 let decide_tx = decide_tx.clone();
                 tokio::spawn(async move {
+                    let app = request.app_id.clone();
                     let outcome = check_bind(&shared, request).await;
                     if let Err((code, message)) = &outcome {
                         shared.refusal_log.log(|| {
-                            tracing::info!(%client, code = %code.label(), %message, "udp bind refused");
+                            tracing::info!(peer = %client, app = %app, reason = %code, %message, "udp bind refused");
                         });
                     }
                     let _ = decide_tx.send(Decision { id, outcome });
@@ -462,11 +466,12 @@ impl Relay {
                 if failed_login {
                     login_failed(&self.shared, Channel::Udp, client);
                 }
+                // Refused before its ticket could be read: no app to name.
                 self.shared.refusal_log.log(|| {
                     if failed_login {
-                        tracing::warn!(peer = %client, reason = %code, "udp bind refused: failed login");
+                        tracing::warn!(peer = %client, app = %"-", reason = %code, "udp bind refused: failed login");
                     } else {
-                        tracing::warn!(peer = %client, reason = %code, "udp bind refused");
+                        tracing::warn!(peer = %client, app = %"-", reason = %code, "udp bind refused");
                     }
                 });
             }

@@ -822,3 +822,78 @@ async fn udp_refusal_lines_carry_peer_app_and_reason() {
         .expect("the refusal is logged before it is sent");
     fields(&line, APP);
 }
+
+// ---- review of 13.1: work before a session is bounded too ----
+
+/// Connects to the relay with a small receive buffer, sends a stream-mode
+/// `Bind` to `destination` followed by pings, and never reads.
+async fn bind_and_never_read(node: &ProxyNode, destination: Address) -> TcpStream {
+    use cloudproxy_proto::frame::{Bind, Frame};
+    let allocation = allocate_raw(node.addrs().allocation_tcp[0], &client_config(SECRET_HEX))
+        .await
+        .unwrap();
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    let mut stream = socket.connect(node.addrs().tcp_relay).await.unwrap();
+    let mut out = Frame::Bind(Bind {
+        ticket: allocation.ticket,
+        mode: BindMode::Stream,
+        destination,
+        rebind: None,
+    })
+    .to_bytes()
+    .to_vec();
+    for n in 0..64 {
+        out.extend_from_slice(&Frame::Ping(n).to_bytes());
+    }
+    stream.write_all(&out).await.unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn a_client_stuck_before_its_session_does_not_hold_a_drain() {
+    let resolver = ModelResolver::new(4);
+    // Only shutdown can end this bind's wait in time: its name never
+    // answers, and the lookup and handshake deadlines are a minute away.
+    let node = two_apps(
+        "dns_timeout_ms = 60000\nhandshake_timeout_ms = 60000\ndrain_timeout_ms = 100\n",
+        Arc::clone(&resolver),
+    )
+    .await;
+    let never = Address::Domain(DomainName::new("stuck.never.test").unwrap(), 80);
+    let _client = bind_and_never_read(&node, never).await;
+    within("the lookup starts", async {
+        while resolver.calls.load(Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), node.shutdown())
+        .await
+        .expect("the drain ends at its deadline, not the lookup's");
+    assert!(
+        matches!(
+            outcome,
+            cloudproxy_transport::server::lifecycle::DrainOutcome::ForcedClose(_)
+        ),
+        "{outcome}"
+    );
+}
+
+#[tokio::test]
+async fn pre_session_work_ends_at_the_handshake_deadline() {
+    let resolver = ModelResolver::new(4);
+    let node = two_apps(
+        "dns_timeout_ms = 60000\nhandshake_timeout_ms = 300\n",
+        Arc::clone(&resolver),
+    )
+    .await;
+    let never = Address::Domain(DomainName::new("slow.never.test").unwrap(), 80);
+    let mut client = bind_and_never_read(&node, never).await;
+    // The relay gives up at the handshake deadline, not the lookup's: the
+    // connection closes long before a minute.
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "still open after 10 s");
+    assert!(node.stats().bindings_refused >= 1 || node.stats().handshake_timeouts >= 1);
+}

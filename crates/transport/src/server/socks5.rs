@@ -162,11 +162,14 @@ async fn close_after_refusal(mut stream: TcpStream) {
 
 /// One connection on the SOCKS5 port.
 pub(crate) async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
-    let handshake = tokio::time::timeout(
-        shared.limits.handshake_timeout(),
-        handshake(&shared, &mut stream, peer),
-    )
-    .await;
+    // Bounded by the handshake deadline and by shutdown's force-close.
+    let handshake = tokio::select! {
+        done = tokio::time::timeout(
+            shared.limits.handshake_timeout(),
+            handshake(&shared, &mut stream, peer),
+        ) => done,
+        () = shared.lifecycle.force_closed() => return,
+    };
     let (grant, request) = match handshake {
         Ok(Ok(done)) => done,
         Ok(Err(refused)) => {
@@ -399,11 +402,15 @@ async fn connect(
     target: &Target,
     quota: QuotaGuard<u64>,
 ) {
-    let targets = match shared
+    let destination = target.as_destination();
+    let lookup = shared
         .lookups
-        .permitted(&client.app, &target.as_destination(), &shared.allowlist)
-        .await
-    {
+        .permitted(&client.app, &destination, &shared.allowlist);
+    let checked = tokio::select! {
+        checked = lookup => checked,
+        () = shared.lifecycle.force_closed() => return,
+    };
+    let targets = match checked {
         Ok(t) => t,
         Err(e) => {
             crate::server::tcp::note_destination_error(shared, &e);

@@ -20,7 +20,7 @@ use crate::server::admission::{
     Channel, admit, bind_grant, bind_transport, is_login_failure, login_failed, quota_code,
     source_allowed,
 };
-use crate::server::conn::{Next, flush, next_event};
+use crate::server::conn::{Bounds, CLOSING_FLUSH, Cut, Next, closing_flush, flush, next_event};
 use crate::server::destination::{Destination, DestinationError};
 use crate::server::node::Shared;
 use crate::server::quota::QuotaGuard;
@@ -85,8 +85,9 @@ pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: Soc
         return;
     }
     let mut conn = Connection::new(Arc::clone(&shared.proto), Role::Allocation, Instant::now());
+    let bounds = handshake_bounds(&shared, &conn);
     loop {
-        match next_event(&stream, &mut conn).await {
+        match next_event(&stream, &mut conn, &bounds).await {
             Next::Event(ServerEvent::AllocationRequested(request)) => {
                 let room = if request.refresh {
                     Ok(())
@@ -110,7 +111,7 @@ pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: Soc
             Next::Event(ServerEvent::Closed(reason)) => {
                 note_close(&shared.stats, &reason, true);
                 note_refusal(&shared, &conn, peer, &reason);
-                let _ = flush(&stream, &mut conn).await;
+                closing_flush(&stream, &mut conn, &bounds).await;
                 break;
             }
             Next::Event(other) => {
@@ -120,6 +121,10 @@ pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: Soc
             Next::PeerClosed => break,
             Next::Io(e) => {
                 tracing::debug!(%peer, error = %e, "allocation connection failed");
+                break;
+            }
+            Next::Cut(cut) => {
+                note_cut(&shared, peer, cut);
                 break;
             }
         }
@@ -175,17 +180,28 @@ async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<B
         return None;
     }
     let mut conn = Connection::new(Arc::clone(&shared.proto), Role::Relay, Instant::now());
+    let bounds = handshake_bounds(shared, &conn);
     loop {
-        match next_event(stream, &mut conn).await {
+        match next_event(stream, &mut conn, &bounds).await {
             Next::Event(ServerEvent::BindRequested(request)) => {
-                match prepare(shared, &request).await {
+                // The checks and the connect are pre-session work too.
+                let prepared = bounds
+                    .run(prepare(shared, &request))
+                    .await
+                    .unwrap_or_else(|cut| Err(cut_refusal(cut)));
+                match prepared {
                     Ok(upstream) => {
                         let _ = conn.accept_bind(Instant::now());
                         let early = match conn.poll_event() {
                             Some(ServerEvent::Bound { early_data, .. }) => early_data,
                             _ => bytes::Bytes::new(),
                         };
-                        flush(stream, &mut conn).await.ok()?;
+                        if let Err(next) = flush(stream, &mut conn, &bounds).await {
+                            if let Next::Cut(cut) = next {
+                                note_cut(shared, peer, cut);
+                            }
+                            return None;
+                        }
                         return Some(match upstream {
                             Upstream::Stream(upstream, quota) => Bound::Stream {
                                 upstream,
@@ -217,7 +233,7 @@ async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<B
                 if !matches!(reason, SessionError::Rejected { .. }) || is_login_failure(&reason) {
                     note_refusal(shared, &conn, peer, &reason);
                 }
-                let _ = flush(stream, &mut conn).await;
+                closing_flush(stream, &mut conn, &bounds).await;
                 return None;
             }
             Next::Event(other) => {
@@ -229,8 +245,38 @@ async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<B
                 tracing::debug!(%peer, error = %e, "relay connection failed before bind");
                 return None;
             }
+            Next::Cut(cut) => {
+                note_cut(shared, peer, cut);
+                return None;
+            }
         }
     }
+}
+
+/// The bounds on a connection's pre-session work: its handshake deadline
+/// and shutdown.
+fn handshake_bounds(shared: &Shared, conn: &Connection) -> Bounds {
+    let deadline = conn
+        .poll_timeout()
+        .unwrap_or_else(|| Instant::now() + shared.limits.handshake_timeout());
+    Bounds::new(deadline, &shared.lifecycle)
+}
+
+/// The refusal for a bind whose checks or connect were cut short.
+fn cut_refusal(cut: Cut) -> (ErrorCode, String) {
+    let code = match cut {
+        Cut::Deadline => ErrorCode::HANDSHAKE_TIMEOUT,
+        Cut::Shutdown => ErrorCode::SERVER_BUSY,
+    };
+    (code, cut.as_str().to_owned())
+}
+
+/// Counts and logs (at debug) a connection cut short before its session.
+fn note_cut(shared: &Shared, peer: SocketAddr, cut: Cut) {
+    if cut == Cut::Deadline {
+        Stats::bump(&shared.stats.handshake_timeouts);
+    }
+    tracing::debug!(%peer, reason = cut.as_str(), "connection closed before its session");
 }
 
 enum Upstream {
@@ -460,11 +506,6 @@ pub(crate) fn session_deadline(shared: &Shared, unix_deadline: u64) -> Instant {
 /// stops reading that client and drops its destination's datagrams: a client
 /// that does not read cannot make the relay queue without bound.
 const OUTBOX_LIMIT: usize = 64 * 1024;
-
-/// How long the frame that ends a datagram session (`Error`, `Close`) may
-/// wait for a client that is not reading before the connection is closed
-/// without it.
-const CLOSING_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Frames for a datagram-mode client, written only as fast as the client's
 /// socket takes them, so that no write ever waits outside the session's

@@ -641,3 +641,66 @@ async fn socks5_refusal_lines_are_rate_limited() {
     .await;
     assert!(rig.node.stats().destinations_refused >= 200);
 }
+
+#[tokio::test]
+async fn socks5_udp_association_stays_responsive_while_a_lookup_is_pending() {
+    // `echo.test` is a UDP echo; any other name stays pending (for a minute
+    // at most).
+    let echo = udp_echo().await;
+    let resolver = FixedResolver::new(&[("echo.test", vec![echo])]);
+    let (node, socks) = node_with(Arc::clone(&resolver), "dns_timeout_ms = 60000").await;
+    let mut control = TcpStream::connect(socks).await.unwrap();
+    let mut hello = vec![5, 1, 2, 1, APP.len() as u8];
+    hello.extend_from_slice(APP.as_bytes());
+    hello.push(SECRET_HEX.len() as u8);
+    hello.extend_from_slice(SECRET_HEX.as_bytes());
+    hello.extend_from_slice(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0]);
+    control.write_all(&hello).await.unwrap();
+    let mut answer = [0u8; 2 + 2 + 10];
+    within("associate", control.read_exact(&mut answer))
+        .await
+        .unwrap();
+    assert_eq!(&answer[4..8], &[5, 0, 0, 1], "succeeded, IPv4 address");
+    let relay = SocketAddr::new(
+        std::net::Ipv4Addr::new(answer[8], answer[9], answer[10], answer[11]).into(),
+        u16::from_be_bytes([answer[12], answer[13]]),
+    );
+    // A datagram to a name: its lookup starts and never ends.
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let name = b"pending.test";
+    let mut datagram = vec![0, 0, 0, 3, name.len() as u8];
+    datagram.extend_from_slice(name);
+    datagram.extend_from_slice(&9u16.to_be_bytes());
+    datagram.extend_from_slice(b"hello");
+    client.send_to(&datagram, relay).await.unwrap();
+    within("the lookup starts", async {
+        while resolver.calls.load(Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // Meanwhile a datagram to a name that resolves, sent before its own
+    // lookup ends, is held for it and relayed.
+    let name = b"echo.test";
+    let mut datagram = vec![0, 0, 0, 3, name.len() as u8];
+    datagram.extend_from_slice(name);
+    datagram.extend_from_slice(&echo.port().to_be_bytes());
+    datagram.extend_from_slice(b"meanwhile");
+    client.send_to(&datagram, relay).await.unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = within("the echo", client.recv_from(&mut buf))
+        .await
+        .unwrap();
+    assert!(buf[..n].ends_with(b"echo:meanwhile"), "{:?}", &buf[..n]);
+    assert_eq!(node.stats().udp_bindings_active, 1);
+    // Closing the control connection ends the association now, not when
+    // the lookup gives up.
+    drop(control);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while node.stats().udp_bindings_active != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the association ended with its control connection");
+}

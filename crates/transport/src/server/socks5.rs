@@ -548,7 +548,7 @@ fn declared_source(peer: SocketAddr, declared: &Target) -> Result<Option<SocketA
 }
 
 async fn associate(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     mut control: TcpStream,
     peer: SocketAddr,
     client: &Client,
@@ -612,6 +612,12 @@ async fn associate(
     // connection's IP with the declared port, or else the port learned from
     // its first datagram.
     let mut decisions: HashMap<Target, Option<SocketAddr>> = HashMap::new();
+    // Name lookups run off the association's loop, so that while one is
+    // pending the association still answers its timers, shutdown and the
+    // end of its control connection (dropping the set aborts them).
+    let mut lookups: tokio::task::JoinSet<(Target, Result<Vec<SocketAddr>, DestinationError>)> =
+        tokio::task::JoinSet::new();
+    let mut waiting = Waiting::default();
     let mut contacted: HashSet<SocketAddr> = HashSet::new();
     let (mut packets_up, mut packets_down) = (0u64, 0u64);
     let mut last_activity = tokio::time::Instant::now();
@@ -643,44 +649,58 @@ async fn associate(
                 }
                 client_addr = Some(from);
                 last_activity = tokio::time::Instant::now();
-                let decision = match decisions.get(&target) {
-                    Some(d) => *d,
-                    None if decisions.len() >= MAX_UDP_DESTINATIONS => None,
+                match decisions.get(&target) {
+                    Some(Some(dest)) => {
+                        packets_up += u64::from(send_up(shared, &up_v4, up_v6.as_ref(), &mut contacted, *dest, payload));
+                    }
+                    Some(None) => Stats::bump(&shared.stats.udp_dropped),
+                    // Its lookup is running: the datagram waits for it
+                    // (within a bound), and the association goes on.
+                    None if waiting.contains_key(&target) => waiting.hold(&target, payload, shared),
+                    None if decisions.len() + waiting.targets() >= MAX_UDP_DESTINATIONS => {
+                        Stats::bump(&shared.stats.udp_dropped);
+                    }
                     None => {
-                        let d = shared.lookups.permitted(&client.app, &target.as_destination(), &shared.allowlist).await;
-                        // Over the app's lookup budget is for now, not for good:
-                        // not remembered.
-                        let keep = !matches!(d, Err(DestinationError::LookupsInFlight { .. } | DestinationError::LookupRate { .. }));
-                        let d = match d {
-                            Ok(addrs) => addrs.first().copied(),
-                            Err(e) => {
-                                crate::server::tcp::note_destination_error(shared, &e);
-                                shared.refusal_log.log(|| {
-                                    tracing::info!(%peer, app = %client.app, destination = %target, error = %e, "socks5 udp destination refused");
-                                });
-                                None
-                            }
-                        };
-                        if keep {
-                            decisions.insert(target, d);
-                        }
-                        d
+                        waiting.start(target.clone());
+                        waiting.hold(&target, payload, shared);
+                        let shared = Arc::clone(shared);
+                        let app = client.app.clone();
+                        lookups.spawn(async move {
+                            let checked = shared
+                                .lookups
+                                .permitted(&app, &target.as_destination(), &shared.allowlist)
+                                .await;
+                            (target, checked)
+                        });
+                    }
+                }
+            }
+            Some(joined) = lookups.join_next(), if !lookups.is_empty() => {
+                let Ok((target, checked)) = joined else { continue };
+                // Over the app's lookup budget is for now, not for good:
+                // not remembered.
+                let keep = !matches!(checked, Err(DestinationError::LookupsInFlight { .. } | DestinationError::LookupRate { .. }));
+                let decision = match checked {
+                    Ok(addrs) => addrs.first().copied(),
+                    Err(e) => {
+                        crate::server::tcp::note_destination_error(shared, &e);
+                        shared.refusal_log.log(|| {
+                            tracing::info!(%peer, app = %client.app, destination = %target, error = %e, "socks5 udp destination refused");
+                        });
+                        None
                     }
                 };
-                let Some(dest) = decision else {
-                    Stats::bump(&shared.stats.udp_dropped);
-                    continue;
-                };
-                let socket = if dest.is_ipv4() { Some(&up_v4) } else { up_v6.as_ref() };
-                if let Some(socket) = socket {
-                    if socket.try_send_to(payload, dest).is_ok() {
-                        if contacted.len() < MAX_UDP_DESTINATIONS {
-                            contacted.insert(dest);
+                let held = waiting.finish(&target);
+                match decision {
+                    Some(dest) => {
+                        for payload in &held {
+                            packets_up += u64::from(send_up(shared, &up_v4, up_v6.as_ref(), &mut contacted, dest, payload));
                         }
-                        packets_up += 1;
-                        Stats::bump(&shared.stats.udp_packets_up);
-                        Stats::add(&shared.stats.udp_bytes_up, payload.len() as u64);
                     }
+                    None => Stats::add(&shared.stats.udp_dropped, held.len() as u64),
+                }
+                if keep {
+                    decisions.insert(target, decision);
                 }
             }
             received = up_v4.recv_from(&mut down_v4) => {
@@ -716,6 +736,72 @@ async fn associate(
         reason,
         "session ended"
     );
+}
+
+/// Bytes of datagrams a UDP association holds while their destinations'
+/// lookups run; more are dropped (counted).
+const MAX_WAITING_BYTES: usize = 64 * 1024;
+
+/// Datagrams waiting for their destination's lookup.
+#[derive(Default)]
+struct Waiting {
+    held: HashMap<Target, Vec<Vec<u8>>>,
+    bytes: usize,
+}
+
+impl Waiting {
+    fn contains_key(&self, target: &Target) -> bool {
+        self.held.contains_key(target)
+    }
+
+    fn targets(&self) -> usize {
+        self.held.len()
+    }
+
+    /// A lookup for `target` started.
+    fn start(&mut self, target: Target) {
+        self.held.entry(target).or_default();
+    }
+
+    /// Keeps `payload` until `target`'s lookup ends, if within the bound.
+    fn hold(&mut self, target: &Target, payload: &[u8], shared: &Shared) {
+        match self.held.get_mut(target) {
+            Some(queue) if self.bytes + payload.len() <= MAX_WAITING_BYTES => {
+                self.bytes += payload.len();
+                queue.push(payload.to_vec());
+            }
+            _ => Stats::bump(&shared.stats.udp_dropped),
+        }
+    }
+
+    /// `target`'s lookup ended: what waited for it.
+    fn finish(&mut self, target: &Target) -> Vec<Vec<u8>> {
+        let held = self.held.remove(target).unwrap_or_default();
+        self.bytes -= held.iter().map(Vec::len).sum::<usize>();
+        held
+    }
+}
+
+/// Sends a client's payload to `dest` from the upstream socket of its
+/// family; returns whether it was sent.
+fn send_up(
+    shared: &Shared,
+    up_v4: &UdpSocket,
+    up_v6: Option<&UdpSocket>,
+    contacted: &mut HashSet<SocketAddr>,
+    dest: SocketAddr,
+    payload: &[u8],
+) -> bool {
+    let socket = if dest.is_ipv4() { Some(up_v4) } else { up_v6 };
+    let sent = socket.is_some_and(|socket| socket.try_send_to(payload, dest).is_ok());
+    if sent {
+        if contacted.len() < MAX_UDP_DESTINATIONS {
+            contacted.insert(dest);
+        }
+        Stats::bump(&shared.stats.udp_packets_up);
+        Stats::add(&shared.stats.udp_bytes_up, payload.len() as u64);
+    }
+    sent
 }
 
 async fn recv_opt(socket: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {

@@ -897,3 +897,38 @@ async fn pre_session_work_ends_at_the_handshake_deadline() {
     assert!(closed.is_ok(), "still open after 10 s");
     assert!(node.stats().bindings_refused >= 1 || node.stats().handshake_timeouts >= 1);
 }
+
+// ---- review of 13.9: the refusal to a limited source arrives ----
+
+#[tokio::test]
+async fn a_refusal_to_a_rate_limited_source_is_not_lost() {
+    use cloudproxy_proto::frame::Frame;
+    let rig = Rig::start(
+        r#""127.0.0.1""#,
+        100,
+        "[limits]\nlogin_failure_burst = 1\nlogin_failures_per_minute = 1\n",
+    )
+    .await;
+    let wrong = client_config("00112233445566778899aabbccddeeff");
+    allocate_raw(rig.allocation_addr(), &wrong)
+        .await
+        .unwrap_err();
+    // Now 127.0.0.1 is limited. A client that sends its whole request at
+    // once (which the refusal never reads) still gets the refusal, then a
+    // clean close rather than a reset that could discard it.
+    for addr in [rig.allocation_addr(), rig.node.addrs().tcp_relay] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&udp_allocate_request(SECRET_HEX))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        within("the refusal and the close", s.read_to_end(&mut got))
+            .await
+            .expect("a clean close after the refusal, not a reset");
+        match Frame::parse(&got) {
+            Ok(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::SERVER_BUSY),
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+    }
+    assert!(rig.node.stats().logins_rate_limited >= 2);
+}

@@ -150,3 +150,28 @@ pub(crate) async fn closing_flush(stream: &TcpStream, conn: &mut Connection, bou
         .until_shutdown(tokio::time::timeout(CLOSING_FLUSH, write))
         .await;
 }
+
+/// Closes a connection after a refusal so that the refusal arrives: client
+/// bytes left unread at close would make the kernel answer with a reset,
+/// which can discard the refusal before the client reads it. So: FIN first,
+/// then drain briefly (at most 4 KiB, at most 500 ms) what the client had
+/// already sent. Used by every listener that refuses (native, SOCKS5).
+pub(crate) async fn close_after_refusal(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+    let drain = async {
+        let mut sink = [0u8; 512];
+        let mut left = 4096usize;
+        while left > 0 {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match stream.try_read(&mut sink) {
+                Ok(0) => return,
+                Ok(n) => left = left.saturating_sub(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), drain).await;
+}

@@ -31,6 +31,7 @@ use tokio::net::{TcpStream, UdpSocket};
 
 use crate::pump::{PumpOptions, pump};
 use crate::server::admission::{self, LoginRefused};
+use crate::server::conn::close_after_refusal;
 use crate::server::destination::{Destination, DestinationError};
 use crate::server::node::Shared;
 use crate::server::quota::QuotaGuard;
@@ -141,25 +142,6 @@ impl Target {
     }
 }
 
-/// Closes after a refusal so the refusal arrives: unread client bytes at
-/// close would make the kernel send a reset, which can discard the reply
-/// before the client reads it. So: FIN first, then drain briefly (bounded in
-/// bytes and time) what the client had already sent.
-async fn close_after_refusal(mut stream: TcpStream) {
-    let _ = stream.shutdown().await;
-    let drain = async {
-        let mut sink = [0u8; 512];
-        let mut left = 4096usize;
-        while left > 0 {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), drain).await;
-}
-
 /// One connection on the SOCKS5 port.
 pub(crate) async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
     // Bounded by the handshake deadline and by shutdown's force-close.
@@ -181,7 +163,7 @@ pub(crate) async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer:
             shared.refusal_log.log(|| {
                 tracing::info!(%peer, reason = %refused, "socks5 connection refused");
             });
-            close_after_refusal(stream).await;
+            close_after_refusal(&stream).await;
             return;
         }
         Err(_) => {
@@ -210,7 +192,7 @@ pub(crate) async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer:
                 tracing::info!(%peer, app = %grant.app_id, reason = %code, %message, "socks5 request refused");
             });
             let _ = reply(&mut stream, Reply::NotAllowed, None).await;
-            close_after_refusal(stream).await;
+            close_after_refusal(&stream).await;
             return;
         }
     };
@@ -419,7 +401,7 @@ async fn connect(
                 tracing::info!(%peer, app = %client.app, destination = %target, error = %e, "socks5 connect refused");
             });
             let _ = reply(&mut stream, destination_reply(&e), None).await;
-            close_after_refusal(stream).await;
+            close_after_refusal(&stream).await;
             return;
         }
     };
@@ -433,7 +415,7 @@ async fn connect(
                 tracing::info!(%peer, app = %client.app, destination = %target, error = %e, "socks5 connect failed");
             });
             let _ = reply(&mut stream, connect_reply(e.kind()), None).await;
-            close_after_refusal(stream).await;
+            close_after_refusal(&stream).await;
             return;
         }
     };
@@ -566,7 +548,7 @@ async fn associate(
                 tracing::info!(%peer, app = %client.app, %problem, "socks5 udp associate refused");
             });
             let _ = reply(&mut control, Reply::NotAllowed, None).await;
-            close_after_refusal(control).await;
+            close_after_refusal(&control).await;
             return;
         }
     };

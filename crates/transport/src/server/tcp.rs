@@ -14,35 +14,48 @@ use cloudproxy_proto::{Address, ErrorCode, SessionError};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::client::dial::{DialError, DialPolicy, Outcome, race};
-use crate::net::{connected_udp, sleep_until_opt};
+use crate::net::{connected_udp, sleep_until_opt, write_all};
 use crate::pump::{PumpOptions, pump};
 use crate::server::admission::{
     Channel, admit, bind_grant, bind_transport, is_login_failure, login_failed, quota_code,
     source_allowed,
 };
-use crate::server::conn::{Bounds, CLOSING_FLUSH, Cut, Next, closing_flush, flush, next_event};
+use crate::server::conn::{
+    Bounds, CLOSING_FLUSH, Cut, Next, close_after_refusal, closing_flush, flush, next_event,
+};
 use crate::server::destination::{Destination, DestinationError};
 use crate::server::node::Shared;
 use crate::server::quota::QuotaGuard;
 use crate::server::stats::{Active, Stats};
 
 /// Refuses a connection from a source over its login-failure limit before
-/// anything is read from it: one `Error` frame, then close.
-fn refuse_limited_source(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> bool {
+/// its request is looked at: one `Error` frame, then a close that lets the
+/// frame arrive ([`close_after_refusal`]), within [`CLOSING_FLUSH`] and
+/// shutdown.
+async fn refuse_limited_source(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> bool {
     if source_allowed(shared, Channel::Tcp, peer) {
         return false;
     }
+    shared.refusal_log.log(|| {
+        tracing::info!(%peer, app = %"-", reason = %"the source is over the login-failure limit", "connection refused");
+    });
     let frame =
         cloudproxy_proto::frame::Frame::Error(cloudproxy_proto::frame::ErrorFrame::with_message(
             ErrorCode::SERVER_BUSY,
             "too many failed logins from this address; retry later",
         ));
-    // A fresh socket's send buffer takes these few bytes at once; if not,
-    // the refusal is only the close.
-    let _ = stream.try_write(&frame.to_bytes());
-    shared.refusal_log.log(|| {
-        tracing::info!(%peer, "connection refused: its source is over the login-failure limit");
-    });
+    let refuse = async {
+        if tokio::time::timeout(CLOSING_FLUSH, write_all(stream, &frame.to_bytes()))
+            .await
+            .is_ok_and(|written| written.is_ok())
+        {
+            close_after_refusal(stream).await;
+        }
+    };
+    tokio::select! {
+        () = refuse => {}
+        () = shared.lifecycle.force_closed() => {}
+    }
     true
 }
 
@@ -81,7 +94,7 @@ fn note_refusal(shared: &Shared, conn: &Connection, peer: SocketAddr, reason: &S
 /// One connection on an allocation port: `AllocateRequest` or `Refresh` in,
 /// `AllocateOk` or `Error` out, then close.
 pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    if refuse_limited_source(&shared, &stream, peer) {
+    if refuse_limited_source(&shared, &stream, peer).await {
         return;
     }
     let mut conn = Connection::new(Arc::clone(&shared.proto), Role::Allocation, Instant::now());
@@ -176,7 +189,7 @@ enum Bound {
 /// Runs the relay handshake until a bind is accepted (and `BindOk` sent), or
 /// the connection ends; refusals are answered here.
 async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<Bound> {
-    if refuse_limited_source(shared, stream, peer) {
+    if refuse_limited_source(shared, stream, peer).await {
         return None;
     }
     let mut conn = Connection::new(Arc::clone(&shared.proto), Role::Relay, Instant::now());

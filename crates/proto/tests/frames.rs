@@ -464,3 +464,20 @@ fn zero_copy_decode_shares_the_buffer() {
     };
     assert_eq!(p.as_ptr() as usize, base + HEADER_LEN, "payload was copied");
 }
+
+#[test]
+fn frame_types_display_their_protocol_name_and_byte() {
+    assert_eq!(FrameType::Join.to_string(), "Join (0x40)");
+    assert_eq!(
+        FrameType::AllocateRequest.to_string(),
+        "AllocateRequest (0x01)"
+    );
+    let unexpected = SessionError::UnexpectedFrame {
+        found: FrameType::Ping,
+        state: "waiting for the first request",
+    };
+    assert_eq!(
+        unexpected.to_string(),
+        "unexpected Ping (0x13) frame while waiting for the first request"
+    );
+}

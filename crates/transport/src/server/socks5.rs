@@ -64,6 +64,23 @@ enum Reply {
     AddressTypeNotSupported = 8,
 }
 
+impl std::fmt::Display for Reply {
+    /// RFC 1928's wording for the reply code.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Succeeded => "succeeded",
+            Self::GeneralFailure => "general SOCKS server failure",
+            Self::NotAllowed => "connection not allowed by ruleset",
+            Self::NetworkUnreachable => "network unreachable",
+            Self::HostUnreachable => "host unreachable",
+            Self::ConnectionRefused => "connection refused",
+            Self::TtlExpired => "TTL expired",
+            Self::CommandNotSupported => "command not supported",
+            Self::AddressTypeNotSupported => "address type not supported",
+        })
+    }
+}
+
 /// Destinations a UDP association remembers (decisions and contacted
 /// addresses); more are refused, so one client cannot grow memory without
 /// bound.
@@ -89,7 +106,7 @@ impl std::fmt::Display for Refused {
                 "no acceptable authentication method offered (user/password is required)",
             ),
             Self::Command(reply) => {
-                write!(f, "request refused with reply {reply:?} ({})", *reply as u8)
+                write!(f, "request refused: {reply} (reply {})", *reply as u8)
             }
         }
     }
@@ -876,6 +893,17 @@ mod tests {
             "{err}"
         );
         assert!(declared_source(peer, &addr("10.0.0.5:0")).is_err());
+    }
+
+    #[test]
+    fn refusal_reasons_read_as_words_not_debug_forms() {
+        let reason = Refused::Command(Reply::CommandNotSupported).to_string();
+        assert_eq!(reason, "request refused: command not supported (reply 7)");
+        let reason = Refused::Command(Reply::AddressTypeNotSupported).to_string();
+        assert_eq!(
+            reason,
+            "request refused: address type not supported (reply 8)"
+        );
     }
 
     #[test]

@@ -617,6 +617,7 @@ async fn associate(
     let mut lookups: tokio::task::JoinSet<(Target, Result<Vec<SocketAddr>, DestinationError>)> =
         tokio::task::JoinSet::new();
     let mut waiting = Waiting::default();
+    let mut lookup_targets: HashMap<tokio::task::Id, Target> = HashMap::new();
     let mut contacted: HashSet<SocketAddr> = HashSet::new();
     let (mut packets_up, mut packets_down) = (0u64, 0u64);
     let mut last_activity = tokio::time::Instant::now();
@@ -664,18 +665,34 @@ async fn associate(
                         waiting.hold(&target, payload, shared);
                         let shared = Arc::clone(shared);
                         let app = client.app.clone();
-                        lookups.spawn(async move {
+                        let looked_up = target.clone();
+                        let task = lookups.spawn(async move {
                             let checked = shared
                                 .lookups
-                                .permitted(&app, &target.as_destination(), &shared.allowlist)
+                                .permitted(&app, &looked_up.as_destination(), &shared.allowlist)
                                 .await;
-                            (target, checked)
+                            (looked_up, checked)
                         });
+                        lookup_targets.insert(task.id(), target);
                     }
                 }
             }
-            Some(joined) = lookups.join_next(), if !lookups.is_empty() => {
-                let Ok((target, checked)) = joined else { continue };
+            Some(joined) = lookups.join_next_with_id(), if !lookups.is_empty() => {
+                let (target, checked) = match joined {
+                    Ok((id, done)) => {
+                        lookup_targets.remove(&id);
+                        done
+                    }
+                    // The lookup task failed (a panic): what waited for it
+                    // is dropped, and the name may be tried again.
+                    Err(e) => {
+                        if let Some(target) = lookup_targets.remove(&e.id()) {
+                            let held = waiting.finish(&target);
+                            Stats::add(&shared.stats.udp_dropped, held.len() as u64);
+                        }
+                        continue;
+                    }
+                };
                 // Over the app's lookup budget is for now, not for good:
                 // not remembered.
                 let keep = !matches!(checked, Err(DestinationError::LookupsInFlight { .. } | DestinationError::LookupRate { .. }));

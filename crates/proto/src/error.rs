@@ -295,7 +295,7 @@ pub enum SessionError {
     #[error("protocol error from peer: {0}")]
     Protocol(String),
     /// A valid frame arrived where the state machine does not allow it.
-    #[error("unexpected {found:?} frame while {state}")]
+    #[error("unexpected {found} frame while {state}")]
     UnexpectedFrame {
         /// The frame type that arrived.
         found: FrameType,

@@ -98,6 +98,14 @@ pub enum FrameType {
     MemberLeft = 0x48,
 }
 
+impl fmt::Display for FrameType {
+    /// The frame's protocol name and its type byte, e.g. `Join (0x40)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The variant names are the protocol's frame names.
+        write!(f, "{self:?} ({:#04x})", *self as u8)
+    }
+}
+
 impl FrameType {
     /// Maps a type byte to a known type.
     #[must_use]

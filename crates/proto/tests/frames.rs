@@ -480,3 +480,20 @@ fn codec_error_io_prints_its_cause_once() {
         next = cause.source();
     }
 }
+
+#[test]
+fn frame_types_display_their_protocol_name_and_byte() {
+    assert_eq!(FrameType::Join.to_string(), "Join (0x40)");
+    assert_eq!(
+        FrameType::AllocateRequest.to_string(),
+        "AllocateRequest (0x01)"
+    );
+    let unexpected = SessionError::UnexpectedFrame {
+        found: FrameType::Ping,
+        state: "waiting for the first request",
+    };
+    assert_eq!(
+        unexpected.to_string(),
+        "unexpected Ping (0x13) frame while waiting for the first request"
+    );
+}

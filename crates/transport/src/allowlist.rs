@@ -3,10 +3,10 @@
 //! A relay that can be pointed anywhere is an open door into the operator's
 //! network, so the list is default-deny and every destination is
 //! *canonicalised* before it is checked: `::ffff:127.0.0.1`, `::127.0.0.1`,
-//! `::ffff:0:127.0.0.1`, `64:ff9b::7f00:1` and `64:ff9b:1::7f00:1` all mean
-//! 127.0.0.1 to somebody on the path, and are checked as 127.0.0.1; a 6to4
-//! or Teredo address is checked together with the IPv4 addresses it tunnels
-//! to. The unspecified addresses (`0.0.0.0`, `::`, which Linux treats
+//! `::ffff:0:127.0.0.1` and `64:ff9b::7f00:1` all mean 127.0.0.1 to somebody
+//! on the path, and are checked as 127.0.0.1; a 6to4 or Teredo address is
+//! checked together with the IPv4 addresses it tunnels to, and a local-use
+//! NAT64 address (`64:ff9b:1::/48`) with every IPv4 address it could carry. The unspecified addresses (`0.0.0.0`, `::`, which Linux treats
 //! as "this host"), broadcast and multicast are refused whatever the list says.
 //!
 //! ```
@@ -40,13 +40,15 @@ use serde::{Deserialize, Deserializer};
 /// - IPv4-mapped `::ffff:a.b.c.d`;
 /// - the deprecated IPv4-compatible `::a.b.c.d` (except `::` and `::1`);
 /// - SIIT's IPv4-translated `::ffff:0:a.b.c.d` (`::ffff:0:0:0/96`, RFC 2765);
-/// - NAT64's well-known prefix `64:ff9b::/96` (RFC 6052) and the local-use
-///   prefix `64:ff9b:1::/48` (RFC 8215), the IPv4 address in the last
-///   32 bits.
+/// - NAT64's well-known prefix `64:ff9b::/96` (RFC 6052), the IPv4 address
+///   in the last 32 bits.
 ///
 /// 6to4 and Teredo addresses are tunnelled, not translated: they stay IPv6
 /// here, and [`Allowlist::check`] checks the IPv4 addresses they carry (see
-/// [`tunnelled_ipv4`]) as well.
+/// [`tunnelled_ipv4`]) as well. So does a local-use NAT64 address
+/// (`64:ff9b:1::/48`, RFC 8215): the translator's prefix inside that /48 may
+/// be a /48, /56, /64 or /96, each with the IPv4 address elsewhere, and the
+/// address alone does not say which.
 ///
 /// ```
 /// use cloudproxy_transport::allowlist::canonical_ip;
@@ -54,8 +56,11 @@ use serde::{Deserialize, Deserializer};
 ///
 /// let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
 /// assert_eq!(canonical_ip(mapped), "127.0.0.1".parse::<IpAddr>().unwrap());
-/// let nat64: IpAddr = "64:ff9b:1::a9fe:a9fe".parse().unwrap();
+/// let nat64: IpAddr = "64:ff9b::a9fe:a9fe".parse().unwrap();
 /// assert_eq!(canonical_ip(nat64), "169.254.169.254".parse::<IpAddr>().unwrap());
+/// // Local-use NAT64: which bits hold the IPv4 address is not known.
+/// let local: IpAddr = "64:ff9b:1::a9fe:a9fe".parse().unwrap();
+/// assert_eq!(canonical_ip(local), local);
 /// ```
 #[must_use]
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
@@ -67,8 +72,7 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     let compatible = s[..6].iter().all(|&x| x == 0) && !(v6.is_unspecified() || v6.is_loopback());
     let siit = s[..6] == [0, 0, 0, 0, 0xffff, 0];
     let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
-    let nat64_local = s[..3] == [0x64, 0xff9b, 1];
-    if compatible || siit || nat64 || nat64_local {
+    if compatible || siit || nat64 {
         IpAddr::V4(low_v4(v6))
     } else {
         ip
@@ -82,12 +86,16 @@ fn low_v4(v6: Ipv6Addr) -> Ipv4Addr {
     ))
 }
 
-/// The IPv4 addresses a tunnelled IPv6 address carries, which its packets
-/// reach first (the tunnel's IPv4 end points):
+/// The IPv4 addresses an IPv6 address may carry to a host other than its
+/// own, each of which must be allowed for the IPv6 address to be:
 ///
 /// - 6to4 (`2002::/16`, RFC 3056): the site's IPv4 address, bits 16..48;
 /// - Teredo (`2001::/32`, RFC 4380): the Teredo server's IPv4 address
-///   (bits 32..64) and the client's (the last 32 bits, inverted).
+///   (bits 32..64) and the client's (the last 32 bits, inverted);
+/// - local-use NAT64 (`64:ff9b:1::/48`, RFC 8215): the IPv4 address under
+///   each layout RFC 6052 §2.2 allows for a prefix inside that /48 — /48
+///   (bits 48..64 and 72..88, around the u-octet at 64..72), /56 (bits
+///   56..64 and 72..96), /64 (bits 72..104) and /96 (bits 96..128).
 ///
 /// Empty for every other address.
 ///
@@ -97,6 +105,11 @@ fn low_v4(v6: Ipv6Addr) -> Ipv4Addr {
 ///
 /// let six_to_four = "2002:7f00:1::1".parse().unwrap();
 /// assert_eq!(tunnelled_ipv4(six_to_four), vec![Ipv4Addr::LOCALHOST]);
+/// // 127.0.0.1 under the /48 layout, 169.254.169.254 under the /96 one.
+/// let local = "64:ff9b:1:7f00:0:100:a9fe:a9fe".parse().unwrap();
+/// let carried = tunnelled_ipv4(local);
+/// assert!(carried.contains(&Ipv4Addr::LOCALHOST));
+/// assert!(carried.contains(&Ipv4Addr::new(169, 254, 169, 254)));
 /// ```
 #[must_use]
 pub fn tunnelled_ipv4(ip: IpAddr) -> Vec<Ipv4Addr> {
@@ -108,6 +121,16 @@ pub fn tunnelled_ipv4(ip: IpAddr) -> Vec<Ipv4Addr> {
     match v6.segments() {
         [0x2002, ..] => vec![v4(2)],
         [0x2001, 0, ..] => vec![v4(4), Ipv4Addr::from(!u32::from(v4(12)))],
+        [0x64, 0xff9b, 1, ..] => {
+            let mut all = vec![
+                Ipv4Addr::new(o[6], o[7], o[9], o[10]),
+                Ipv4Addr::new(o[7], o[9], o[10], o[11]),
+                v4(9),
+                v4(12),
+            ];
+            all.dedup();
+            all
+        }
         _ => Vec::new(),
     }
 }
@@ -295,10 +318,11 @@ impl Allowlist {
     /// Checks a destination; on success returns the canonical address, which
     /// is the one to connect to (so the check and the use cannot disagree).
     ///
-    /// A 6to4 or Teredo destination passes only when a rule covers it *and*
-    /// every IPv4 address it tunnels to (with the same port) passes as an
-    /// IPv4 destination: allowing a broad IPv6 range never opens loopback,
-    /// private or metadata addresses through a tunnel.
+    /// A 6to4, Teredo or local-use NAT64 destination passes only when a
+    /// rule covers it *and* every IPv4 address it may carry (with the same
+    /// port, see [`tunnelled_ipv4`]) passes as an IPv4 destination: allowing
+    /// a broad IPv6 range never opens loopback, private or metadata
+    /// addresses through a tunnel or a translator.
     pub fn check(&self, addr: SocketAddr) -> Result<SocketAddr, Denied> {
         let canonical = SocketAddr::new(canonical_ip(addr.ip()), addr.port());
         self.check_canonical(addr, canonical)?;
@@ -422,7 +446,7 @@ fn overlaps(a: &IpNet, b: &IpNet) -> bool {
         // prefix it covers (::ffff:0:0/96, ::/96, ::ffff:0:0:0/96,
         // 64:ff9b::/96, 64:ff9b:1::/48, 2002::/16, 2001::/32): translated
         // forms are checked as their IPv4 address against the IPv4 rules,
-        // tunnelled ones against both. So mixed pairs never overlap in
+        // tunnelled and local-use NAT64 ones against both. So mixed pairs never overlap in
         // effect, and the IPv4 rules' own warnings are the whole story.
         _ => false,
     }

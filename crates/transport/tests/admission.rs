@@ -8,8 +8,8 @@ mod proxy_support;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cloudproxy_proto::client::{Allocation, Allocator, AllocatorEvent, ClientConfig};
@@ -21,8 +21,8 @@ use cloudproxy_transport::server::ProxyNode;
 use cloudproxy_transport::server::lookups::{LookupFuture, LookupHold, Resolve};
 use cloudproxy_transport::server::resolver::DnsResolver;
 use proxy_support::{
-    APP, Rig, SECRET_HEX, TICKET_KEY_HEX, allocate_raw, bind_tcp_raw, client_config, refusal,
-    tcp_echo, ticket_key, unix_now, within,
+    APP, Captured, Rig, SECRET_HEX, TICKET_KEY_HEX, allocate_raw, bind_tcp_raw, client_config,
+    refusal, tcp_echo, ticket_key, unix_now, within,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
@@ -733,39 +733,10 @@ async fn login_failures_are_rate_limited_per_source() {
 
 // ---- 12.3: refusals on the native protocol are logged, within a budget ----
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
 #[tokio::test]
 async fn failed_logins_and_malformed_input_are_logged_within_a_budget() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
     // This test's runtime runs on this thread only, node tasks included.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::install();
     let rig = Rig::start(
         r#""127.0.0.1""#,
         100,
@@ -882,4 +853,288 @@ fn new_limits_of_zero_are_refused_with_their_key() {
     }
     let text = proxy_support::config_text(r#""127.0.0.1""#, 1, "[limits]\nreserved_fds = 0\n");
     ServerConfig::from_toml_str("test.toml", &text).unwrap();
+}
+
+// ---- review of 13.9: a UDP source can be forged ----
+
+/// An `AllocateRequest` datagram for `secret_hex`, padded like a client's.
+fn udp_allocate_request(secret_hex: &str) -> Vec<u8> {
+    use cloudproxy_proto::frame::{AllocateRequest, Frame};
+    use cloudproxy_proto::ticket::credential_proof;
+    use cloudproxy_proto::{Capabilities, Text};
+    let secret: Vec<u8> = (0..secret_hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&secret_hex[i..i + 2], 16).unwrap())
+        .collect();
+    let nonce = [3u8; 16];
+    let timestamp = unix_now();
+    let app_id = AppId::new(APP).unwrap();
+    Frame::AllocateRequest(AllocateRequest {
+        capabilities: Capabilities::ALL,
+        transports: Transports::ALL,
+        timestamp,
+        nonce,
+        proof: credential_proof(&secret, &app_id, &nonce, timestamp),
+        app_id,
+        client_version: Text::new("spoofer").unwrap(),
+        padding: 1200,
+    })
+    .to_bytes()
+    .to_vec()
+}
+
+#[tokio::test]
+async fn spoofed_udp_failures_never_lock_out_tcp() {
+    let rig = Rig::start(
+        r#""127.0.0.1""#,
+        100,
+        &format!("{SOCKS}\n[limits]\nlogin_failure_burst = 4\nlogin_failures_per_minute = 1\n"),
+    )
+    .await;
+    let echo = tcp_echo().await;
+    let udp_echo = proxy_support::udp_echo().await;
+    let good = rig.allocate().await;
+    // What a spoofer can send with 127.0.0.1 as its source: wrong proofs to
+    // the UDP allocation port…
+    let spoofer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let wrong = udp_allocate_request("00112233445566778899aabbccddeeff");
+    let mut buf = vec![0u8; 2048];
+    for _ in 0..2 {
+        spoofer
+            .send_to(&wrong, rig.node.addrs().allocation_udp[0])
+            .await
+            .unwrap();
+        within("the refusal", spoofer.recv_from(&mut buf))
+            .await
+            .unwrap();
+    }
+    // …and forged tickets to the UDP relay.
+    let mut forged = good.clone();
+    forged.ticket =
+        cloudproxy_proto::SealedTicket::new(bytes::Bytes::from_static(b"not a ticket")).unwrap();
+    for _ in 0..2 {
+        let err = proxy_support::bind_udp_raw(
+            rig.node.addrs().udp_relays[0],
+            &rig.client,
+            &forged,
+            Address::Ip(udp_echo),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(refusal(&err), Some(ErrorCode::INVALID_TICKET), "{err}");
+    }
+    assert_eq!(rig.node.stats().login_limit_engaged, 1, "UDP is limited");
+
+    // TCP from the same address is untouched: allocation, relay bind and
+    // SOCKS5 login all go through.
+    let allocation = allocate_raw(rig.allocation_addr(), &rig.client)
+        .await
+        .unwrap();
+    let (mut stream, _) = bind_tcp_raw(
+        rig.node.addrs().tcp_relay,
+        &rig.client,
+        &allocation,
+        BindMode::Stream,
+        Address::Ip(echo),
+    )
+    .await
+    .unwrap();
+    echo_once(&mut stream, b"still here").await;
+    let socks = rig.node.addrs().socks5.unwrap();
+    let (outcome, mut stream) = socks_connect(socks, APP, SECRET_HEX, echo, None).await;
+    assert_eq!(outcome, Socks::Reply(0));
+    echo_once(&mut stream, b"socks too").await;
+    assert_eq!(rig.node.stats().logins_rate_limited, 0);
+
+    // The UDP allocation port is the one limited: the right proof now goes
+    // unanswered, and the client falls back to TCP (as above).
+    spoofer
+        .send_to(
+            &udp_allocate_request(SECRET_HEX),
+            rig.node.addrs().allocation_udp[0],
+        )
+        .await
+        .unwrap();
+    within("the refused attempt is counted", async {
+        while rig.node.stats().logins_rate_limited == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+// ---- review of 12.3: every refusal line names peer, app and reason ----
+
+#[tokio::test]
+async fn udp_refusal_lines_carry_peer_app_and_reason() {
+    // This test's runtime runs on this thread only, node tasks included.
+    let (captured, _guard) = Captured::install();
+    let rig = Rig::start(
+        r#""127.0.0.1""#,
+        100,
+        "[limits]\nlogin_failure_burst = 1000\n",
+    )
+    .await;
+    let line_with = |what: &str| {
+        let what = what.to_owned();
+        let captured = captured.clone();
+        async move {
+            within(&what.clone(), async move {
+                loop {
+                    if let Some(l) = captured.lines().into_iter().find(|l| l.contains(&what)) {
+                        return l;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+        }
+    };
+    let fields = |line: &str, app: &str| {
+        assert!(line.contains("peer=127.0.0.1:"), "{line}");
+        assert!(line.contains(&format!("app={app}")), "{line}");
+        assert!(line.contains("reason="), "{line}");
+    };
+
+    // Malformed input on the UDP allocation port.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp.send_to(b"not the protocol", rig.node.addrs().allocation_udp[0])
+        .await
+        .unwrap();
+    fields(&line_with("allocation datagram dropped").await, "-");
+
+    // A forged ticket on the UDP relay: no app can be read from it.
+    let relay = rig.node.addrs().udp_relays[0];
+    let good = rig.allocate().await;
+    let mut forged = good.clone();
+    forged.ticket =
+        cloudproxy_proto::SealedTicket::new(bytes::Bytes::from_static(b"not a ticket")).unwrap();
+    let echo = proxy_support::udp_echo().await;
+    proxy_support::bind_udp_raw(relay, &rig.client, &forged, Address::Ip(echo))
+        .await
+        .unwrap_err();
+    fields(&line_with("udp bind refused: failed login").await, "-");
+
+    // A good ticket to a forbidden destination: the app is named.
+    let forbidden: SocketAddr = "127.0.0.2:9".parse().unwrap();
+    let err = proxy_support::bind_udp_raw(relay, &rig.client, &good, Address::Ip(forbidden))
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(&err), Some(ErrorCode::DESTINATION_NOT_ALLOWED));
+    let line = captured
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("udp bind refused") && !l.contains("failed login"))
+        .expect("the refusal is logged before it is sent");
+    fields(&line, APP);
+}
+
+// ---- review of 13.1: work before a session is bounded too ----
+
+/// Connects to the relay with a small receive buffer, sends a stream-mode
+/// `Bind` to `destination` followed by pings, and never reads.
+async fn bind_and_never_read(node: &ProxyNode, destination: Address) -> TcpStream {
+    use cloudproxy_proto::frame::{Bind, Frame};
+    let allocation = allocate_raw(node.addrs().allocation_tcp[0], &client_config(SECRET_HEX))
+        .await
+        .unwrap();
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    let mut stream = socket.connect(node.addrs().tcp_relay).await.unwrap();
+    let mut out = Frame::Bind(Bind {
+        ticket: allocation.ticket,
+        mode: BindMode::Stream,
+        destination,
+        rebind: None,
+    })
+    .to_bytes()
+    .to_vec();
+    for n in 0..64 {
+        out.extend_from_slice(&Frame::Ping(n).to_bytes());
+    }
+    stream.write_all(&out).await.unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn a_client_stuck_before_its_session_does_not_hold_a_drain() {
+    let resolver = ModelResolver::new(4);
+    // Only shutdown can end this bind's wait in time: its name never
+    // answers, and the lookup and handshake deadlines are a minute away.
+    let node = two_apps(
+        "dns_timeout_ms = 60000\nhandshake_timeout_ms = 60000\ndrain_timeout_ms = 100\n",
+        resolver.clone(),
+    )
+    .await;
+    let never = Address::Domain(DomainName::new("stuck.never.test").unwrap(), 80);
+    let _client = bind_and_never_read(&node, never).await;
+    within("the lookup starts", async {
+        while resolver.calls.load(Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), node.shutdown())
+        .await
+        .expect("the drain ends at its deadline, not the lookup's");
+    assert!(
+        matches!(
+            outcome,
+            cloudproxy_transport::server::lifecycle::DrainOutcome::ForcedClose(_)
+        ),
+        "{outcome}"
+    );
+}
+
+#[tokio::test]
+async fn pre_session_work_ends_at_the_handshake_deadline() {
+    let resolver = ModelResolver::new(4);
+    let node = two_apps(
+        "dns_timeout_ms = 60000\nhandshake_timeout_ms = 300\n",
+        resolver.clone(),
+    )
+    .await;
+    let never = Address::Domain(DomainName::new("slow.never.test").unwrap(), 80);
+    let mut client = bind_and_never_read(&node, never).await;
+    // The relay gives up at the handshake deadline, not the lookup's: the
+    // connection closes long before a minute.
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "still open after 10 s");
+    assert!(node.stats().bindings_refused >= 1 || node.stats().handshake_timeouts >= 1);
+}
+
+// ---- review of 13.9: the refusal to a limited source arrives ----
+
+#[tokio::test]
+async fn a_refusal_to_a_rate_limited_source_is_not_lost() {
+    use cloudproxy_proto::frame::Frame;
+    let rig = Rig::start(
+        r#""127.0.0.1""#,
+        100,
+        "[limits]\nlogin_failure_burst = 1\nlogin_failures_per_minute = 1\n",
+    )
+    .await;
+    let wrong = client_config("00112233445566778899aabbccddeeff");
+    allocate_raw(rig.allocation_addr(), &wrong)
+        .await
+        .unwrap_err();
+    // Now 127.0.0.1 is limited. A client that sends its whole request at
+    // once (which the refusal never reads) still gets the refusal, then a
+    // clean close rather than a reset that could discard it.
+    for addr in [rig.allocation_addr(), rig.node.addrs().tcp_relay] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&udp_allocate_request(SECRET_HEX))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        within("the refusal and the close", s.read_to_end(&mut got))
+            .await
+            .expect("a clean close after the refusal, not a reset");
+        match Frame::parse(&got) {
+            Ok(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::SERVER_BUSY),
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+    }
+    assert!(rig.node.stats().logins_rate_limited >= 2);
 }

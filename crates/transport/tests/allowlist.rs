@@ -195,9 +195,6 @@ fn nat64_6to4_teredo_siit_forms_are_checked_as_ipv4() {
         "[64:ff9b::7f00:1]:80",
         "[64:ff9b::a00:1]:80",
         "[64:ff9b::a9fe:a9fe]:80",
-        // NAT64, local-use prefix (RFC 8215), whatever the bits between.
-        "[64:ff9b:1::7f00:1]:80",
-        "[64:ff9b:1:abcd:ef01:2345:a9fe:a9fe]:80",
         // SIIT, IPv4-translated.
         "[::ffff:0:7f00:1]:80",
         "[::ffff:0:c0a8:1]:80",
@@ -224,6 +221,16 @@ fn nat64_6to4_teredo_siit_forms_are_checked_as_ipv4() {
             canonical: addr("169.254.169.254:80"),
         })
     );
+    // NAT64, local-use prefix (RFC 8215), whatever the bits between: the
+    // IPv4 address may sit in any of four places, and each is checked (see
+    // `local_use_nat64_is_checked_under_every_rfc6052_layout`).
+    for dest in [
+        "[64:ff9b:1::7f00:1]:80",
+        "[64:ff9b:1:abcd:ef01:2345:a9fe:a9fe]:80",
+    ] {
+        let result = list.check(addr(dest));
+        assert!(result.is_err(), "{dest}: {result:?}");
+    }
     // An unspecified IPv4 inside is the unspecified address.
     for dest in ["[64:ff9b::]:80", "[2002::1]:80", "[::ffff:0:0.0.0.0]:80"] {
         let result = list.check(addr(dest));
@@ -237,8 +244,17 @@ fn nat64_6to4_teredo_siit_forms_are_checked_as_ipv4() {
     // are connected to as IPv4, tunnelled ones as the IPv6 address.
     let nat64 = list.check(addr("[64:ff9b::cb00:7105]:80"));
     assert_eq!(nat64, Ok(addr("203.0.113.5:80")));
+    // A local-use NAT64 address passes only when every layout's IPv4
+    // address is allowed, and is then connected to as IPv6. A /96-layout
+    // address reads 0.0.0.0 under the /48 layout, so it is refused.
     let local = list.check(addr("[64:ff9b:1::cb00:7105]:80"));
-    assert_eq!(local, Ok(addr("203.0.113.5:80")));
+    assert!(
+        matches!(local, Err(Denied::Unspecified { .. })),
+        "{local:?}"
+    );
+    let broad: Allowlist = "[::/0], 203.0.0.0/8".parse().unwrap();
+    let every_layout = addr("[64:ff9b:1:cbcb:cbcb:cbcb:cbcb:cbcb]:80");
+    assert_eq!(broad.check(every_layout), Ok(every_layout));
     let siit = list.check(addr("[::ffff:0:cb00:7105]:80"));
     assert_eq!(siit, Ok(addr("203.0.113.5:80")));
     let six_to_four = addr("[2002:cb00:7105::1]:80");
@@ -250,6 +266,7 @@ fn nat64_6to4_teredo_siit_forms_are_checked_as_ipv4() {
     let v4_only: Allowlist = "203.0.113.0/24".parse().unwrap();
     assert!(v4_only.check(six_to_four).is_err());
     assert!(v4_only.check(teredo).is_err());
+    assert!(v4_only.check(every_layout).is_err());
     // 2001:db8::/32 (documentation) is not Teredo.
     let doc = addr("[2001:db8::7f00:1]:80");
     assert_eq!(list.check(doc), Ok(doc));
@@ -283,9 +300,12 @@ proptest! {
         let v6 = |segments: [u16; 8]| SocketAddr::new(std::net::Ipv6Addr::from(segments).into(), port);
         let (hi, lo) = ((v4 >> 16) as u16, v4 as u16);
         let (o_hi, o_lo) = ((other >> 16) as u16, other as u16);
+        // Local-use NAT64: the last 32 bits are one of the IPv4 addresses
+        // it may carry, so it never passes where the plain address fails.
+        let local = v6([0x64, 0xff9b, 1, o_hi, o_lo, 0, hi, lo]);
+        prop_assert!(list.check(local).is_err() || plain, "{}", local);
         for form in [
             v6([0x64, 0xff9b, 0, 0, 0, 0, hi, lo]),
-            v6([0x64, 0xff9b, 1, o_hi, o_lo, 0, hi, lo]),
             v6([0, 0, 0, 0, 0xffff, 0, hi, lo]),
             v6([0x2002, hi, lo, o_hi, 0, 0, 0, 1]),
         ] {
@@ -297,4 +317,48 @@ proptest! {
         let teredo = v6([0x2001, 0, hi, lo, 0, 0, !o_hi, !o_lo]);
         prop_assert_eq!(list.check(teredo).is_ok(), plain && other_ok, "{}", teredo);
     }
+}
+
+/// The local-use NAT64 prefix `64:ff9b:1::/48` (RFC 8215) may hold a
+/// translator prefix of /48, /56, /64 or /96, each with the IPv4 address in
+/// other bits (RFC 6052 §2.2, around the u-octet at bits 64..72). The
+/// address does not say which, so every layout's IPv4 address is checked,
+/// and the address stays IPv6.
+#[test]
+fn local_use_nat64_is_checked_under_every_rfc6052_layout() {
+    // All of IPv6, and all of IPv4 but 127.0.0.0/8.
+    let list: Allowlist = "[::/0], 0.0.0.0/2, 64.0.0.0/3, 96.0.0.0/4, 112.0.0.0/5, \
+         120.0.0.0/6, 124.0.0.0/7, 126.0.0.0/8, 128.0.0.0/1"
+        .parse()
+        .unwrap();
+    // 203.203.203.203 under every layout: allowed, connected to as IPv6.
+    let every = addr("[64:ff9b:1:cbcb:cbcb:cbcb:cbcb:cbcb]:80");
+    assert_eq!(list.check(every), Ok(every));
+    assert_eq!(
+        canonical_ip(every.ip()),
+        every.ip(),
+        "not unwrapped: the layout is ambiguous"
+    );
+    // 127.0.0.1 under exactly one layout (the others read allowed
+    // addresses): refused, naming 127.0.0.1.
+    for (layout, dest) in [
+        ("/48", "[64:ff9b:1:7f00:cb00:1cb:cbcb:cbcb]:80"),
+        ("/56", "[64:ff9b:1:cb7f:cb00:1:cbcb:cbcb]:80"),
+        ("/64", "[64:ff9b:1:cbcb:cb7f:0:1cb:cbcb]:80"),
+        ("/96", "[64:ff9b:1:cbcb:cbcb:cbcb:7f00:1]:80"),
+    ] {
+        assert_eq!(
+            list.check(addr(dest)),
+            Err(Denied::NotAllowed {
+                addr: addr(dest),
+                canonical: addr("127.0.0.1:80"),
+            }),
+            "{layout} layout"
+        );
+    }
+    // The well-known prefix has one layout (/96) and is still translated.
+    assert_eq!(
+        list.check(addr("[64:ff9b::cbcb:cbcb]:80")),
+        Ok(addr("203.203.203.203:80"))
+    );
 }

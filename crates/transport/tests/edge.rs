@@ -380,6 +380,19 @@ async fn a_connection_that_never_joins_is_closed_at_the_handshake_deadline() {
 }
 
 #[tokio::test]
+async fn a_first_frame_that_is_not_join_is_named_in_words() {
+    let edge = start_default().await;
+    let mut early = FramedConn::connect(edge.tcp_addr()).await;
+    early.send(&Frame::Ping(1)).await;
+    let e = early.expect_error_and_close(402).await;
+    assert_eq!(
+        e.message.as_str(),
+        "the first frame must be Join, got Ping (0x13)"
+    );
+    edge.shutdown().await;
+}
+
+#[tokio::test]
 async fn garbage_closes_only_the_offending_connection() {
     let edge = start_default().await;
     let mut a = Client::join(edge.handle(), "room", 1).await;

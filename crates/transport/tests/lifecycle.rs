@@ -76,3 +76,21 @@ async fn drain_force_closes_sessions_past_the_deadline() {
     assert_eq!(closed_rx.recv().await, Some("closed by force"));
     assert_eq!(closed_rx.recv().await, Some("closed by force"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn drain_abandons_a_task_that_ignores_the_forced_close() {
+    use cloudproxy_transport::server::lifecycle::FORCE_CLOSE_GRACE;
+    let lifecycle = Lifecycle::new();
+    // Pre-session work stuck on something that never ends, deaf to shutdown.
+    lifecycle.spawn(std::future::pending::<()>());
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        lifecycle.drain(Duration::from_secs(10)).await,
+        DrainOutcome::ForcedClose(1)
+    );
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(10) + FORCE_CLOSE_GRACE,
+        "the deadline, then the grace, and no longer"
+    );
+}

@@ -4,12 +4,19 @@
 
 mod proxy_support;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
 
-use proxy_support::{APP, Rig, SECRET_HEX, tcp_echo, udp_echo, within};
+use cloudproxy_transport::config::ServerConfig;
+use cloudproxy_transport::server::ProxyNode;
+use cloudproxy_transport::server::lookups::{LookupFuture, LookupHold, Resolve};
+use proxy_support::{APP, Captured, Rig, SECRET_HEX, tcp_echo, udp_echo, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_socks::tcp::Socks5Stream;
 
 const SOCKS: &str = "[socks5]\nenabled = true\nport = 0\n";
@@ -456,4 +463,244 @@ async fn no_authentication_only_when_the_operator_names_an_app() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(output.stdout, b"open door, counted against test-app");
+}
+
+/// A resolver of fixed names to fixed addresses (ports included, whatever
+/// port was asked for); any other name never answers (its servers are
+/// silent). Counts the lookups it was asked for. Nothing leaves the
+/// process.
+struct FixedResolver {
+    names: HashMap<String, Vec<SocketAddr>>,
+    calls: AtomicUsize,
+}
+
+impl FixedResolver {
+    fn new(names: &[(&str, Vec<SocketAddr>)]) -> Arc<Self> {
+        Arc::new(Self {
+            names: names
+                .iter()
+                .map(|(n, a)| ((*n).to_owned(), a.clone()))
+                .collect(),
+            calls: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Resolve for FixedResolver {
+    fn lookup(&self, host: String, _port: u16, hold: LookupHold) -> LookupFuture {
+        self.calls.fetch_add(1, Relaxed);
+        let found = self.names.get(&host).cloned();
+        Box::pin(async move {
+            let _hold = hold;
+            match found {
+                // The ports as given: a name here stands for whole
+                // addresses, so one name can hold two loopback servers.
+                Some(addrs) => Ok(addrs),
+                None => std::future::pending().await,
+            }
+        })
+    }
+}
+
+/// A SOCKS5-enabled loopback node with `resolver` and `limits`.
+async fn node_with(resolver: Arc<FixedResolver>, limits: &str) -> (ProxyNode, SocketAddr) {
+    let text = proxy_support::config_text(
+        r#""127.0.0.1""#,
+        100,
+        &format!("{SOCKS}\n[limits]\n{limits}\n"),
+    );
+    let config = ServerConfig::from_toml_str("test.toml", &text).unwrap();
+    let node = ProxyNode::start_with_resolver(&config, resolver)
+        .await
+        .unwrap();
+    let socks = node.addrs().socks5.unwrap();
+    (node, socks)
+}
+
+/// A loopback address that never answers a connect, as a blackholed one
+/// would, without a packet leaving the machine: a listener with a backlog
+/// of 0 whose one queue place is taken, so the kernel drops further SYNs.
+/// Keep both returned sockets alive.
+async fn blackhole() -> (TcpListener, TcpStream, SocketAddr) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let filler = within("the filler connect", TcpStream::connect(addr))
+        .await
+        .unwrap();
+    (listener, filler, addr)
+}
+
+/// A SOCKS5 CONNECT by name as test-app: writes the greeting, login and
+/// request at once.
+async fn connect_by_name(socks: SocketAddr, name: &str, port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(socks).await.unwrap();
+    let mut hello = vec![5, 1, 2, 1, APP.len() as u8];
+    hello.extend_from_slice(APP.as_bytes());
+    hello.push(SECRET_HEX.len() as u8);
+    hello.extend_from_slice(SECRET_HEX.as_bytes());
+    hello.extend_from_slice(&[5, 1, 0, 3, name.len() as u8]);
+    hello.extend_from_slice(name.as_bytes());
+    hello.extend_from_slice(&port.to_be_bytes());
+    s.write_all(&hello).await.unwrap();
+    s
+}
+
+#[tokio::test]
+async fn socks5_connect_races_its_addresses_and_stops_at_shutdown() {
+    let (_l, _f, hole) = blackhole().await;
+    let echo = tcp_echo().await;
+    let resolver =
+        FixedResolver::new(&[("race.test", vec![hole, echo]), ("hole.test", vec![hole])]);
+    // A long connect timeout: one after another, the echo would be tried
+    // only after a minute.
+    let (node, socks) = node_with(
+        Arc::clone(&resolver),
+        "connect_timeout_ms = 60000\ndrain_timeout_ms = 100",
+    )
+    .await;
+
+    // The first address never answers; the second, tried 250 ms later in
+    // the race, connects.
+    let mut s = connect_by_name(socks, "race.test", echo.port()).await;
+    let mut answer = [0u8; 4 + 10];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut answer))
+        .await
+        .expect("the race connects long before the first address's timeout")
+        .unwrap();
+    assert_eq!(answer[5], 0, "succeeded");
+    s.write_all(b"raced").await.unwrap();
+    let mut back = [0u8; 5];
+    within("echo", s.read_exact(&mut back)).await.unwrap();
+    assert_eq!(&back, b"raced");
+    drop(s);
+
+    // A CONNECT that can only wait for the blackhole does not hold
+    // shutdown past its drain deadline.
+    let mut pending = connect_by_name(socks, "hole.test", 80).await;
+    within("the lookup", async {
+        while resolver.calls.load(Relaxed) < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), node.shutdown())
+        .await
+        .expect("shutdown ends at its drain deadline, not the connect timeout");
+    assert!(
+        matches!(
+            outcome,
+            cloudproxy_transport::server::lifecycle::DrainOutcome::ForcedClose(_)
+        ),
+        "{outcome}"
+    );
+    let mut rest = Vec::new();
+    let _ = within("the close", pending.read_to_end(&mut rest)).await;
+}
+
+#[tokio::test]
+async fn socks5_refusal_lines_are_rate_limited() {
+    // This test's runtime runs on this thread only, node tasks included.
+    let (captured, _guard) = Captured::install();
+    let (rig, socks) = rig(r#""127.0.0.1""#).await;
+    let forbidden: SocketAddr = "127.0.0.2:9".parse().unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        assert_eq!(
+            raw_request(socks, SECRET_HEX, &connect_request(forbidden))
+                .await
+                .1,
+            Some(2)
+        );
+    }
+    let refusals = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.contains("socks5 connect refused"))
+            .count()
+    };
+    let logged = refusals(&captured.lines());
+    // The budget: a burst of 20, then 5 a second.
+    let budget = 20 + 5 * (started.elapsed().as_secs() as usize + 1);
+    assert!(
+        logged <= budget,
+        "{logged} lines for 200 refusals (budget {budget})"
+    );
+    assert!(logged >= 1);
+    // Once the budget refills, the next line says how many were dropped.
+    within("the suppressed summary", async {
+        while !captured
+            .lines()
+            .iter()
+            .any(|l| l.contains("similar lines suppressed"))
+        {
+            raw_request(socks, SECRET_HEX, &connect_request(forbidden)).await;
+        }
+    })
+    .await;
+    assert!(rig.node.stats().destinations_refused >= 200);
+}
+
+#[tokio::test]
+async fn socks5_udp_association_stays_responsive_while_a_lookup_is_pending() {
+    // `echo.test` is a UDP echo; any other name stays pending (for a minute
+    // at most).
+    let echo = udp_echo().await;
+    let resolver = FixedResolver::new(&[("echo.test", vec![echo])]);
+    let (node, socks) = node_with(Arc::clone(&resolver), "dns_timeout_ms = 60000").await;
+    let mut control = TcpStream::connect(socks).await.unwrap();
+    let mut hello = vec![5, 1, 2, 1, APP.len() as u8];
+    hello.extend_from_slice(APP.as_bytes());
+    hello.push(SECRET_HEX.len() as u8);
+    hello.extend_from_slice(SECRET_HEX.as_bytes());
+    hello.extend_from_slice(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0]);
+    control.write_all(&hello).await.unwrap();
+    let mut answer = [0u8; 2 + 2 + 10];
+    within("associate", control.read_exact(&mut answer))
+        .await
+        .unwrap();
+    assert_eq!(&answer[4..8], &[5, 0, 0, 1], "succeeded, IPv4 address");
+    let relay = SocketAddr::new(
+        std::net::Ipv4Addr::new(answer[8], answer[9], answer[10], answer[11]).into(),
+        u16::from_be_bytes([answer[12], answer[13]]),
+    );
+    // A datagram to a name: its lookup starts and never ends.
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let name = b"pending.test";
+    let mut datagram = vec![0, 0, 0, 3, name.len() as u8];
+    datagram.extend_from_slice(name);
+    datagram.extend_from_slice(&9u16.to_be_bytes());
+    datagram.extend_from_slice(b"hello");
+    client.send_to(&datagram, relay).await.unwrap();
+    within("the lookup starts", async {
+        while resolver.calls.load(Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // Meanwhile a datagram to a name that resolves, sent before its own
+    // lookup ends, is held for it and relayed.
+    let name = b"echo.test";
+    let mut datagram = vec![0, 0, 0, 3, name.len() as u8];
+    datagram.extend_from_slice(name);
+    datagram.extend_from_slice(&echo.port().to_be_bytes());
+    datagram.extend_from_slice(b"meanwhile");
+    client.send_to(&datagram, relay).await.unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = within("the echo", client.recv_from(&mut buf))
+        .await
+        .unwrap();
+    assert!(buf[..n].ends_with(b"echo:meanwhile"), "{:?}", &buf[..n]);
+    assert_eq!(node.stats().udp_bindings_active, 1);
+    // Closing the control connection ends the association now, not when
+    // the lookup gives up.
+    drop(control);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while node.stats().udp_bindings_active != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the association ended with its control connection");
 }

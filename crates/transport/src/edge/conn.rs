@@ -129,8 +129,8 @@ pub(crate) async fn serve(
         Ok(Ok(Some(Frame::Join(join)))) => join,
         Ok(Ok(Some(other))) => {
             bump(&shared.counters.protocol_errors);
-            tracing::debug!(%peer, frame = format_args!("{:?}", other.frame_type()), "first frame is not Join");
-            let msg = format!("the first frame must be Join, got {:?}", other.frame_type());
+            tracing::debug!(%peer, frame = %other.frame_type(), "first frame is not Join");
+            let msg = format!("the first frame must be Join, got {}", other.frame_type());
             write_final(&mut wr, &error_frame(ErrorCode::NOT_JOINED, msg)).await;
             return;
         }

@@ -538,7 +538,7 @@ impl Shared {
                     flow = Flow::Protocol(refusal(
                         ErrorCode::UNEXPECTED_FRAME,
                         format!(
-                            "{:?} frame is not allowed on the edge message channel",
+                            "{} frame is not allowed on the edge message channel",
                             other.frame_type()
                         ),
                     ));

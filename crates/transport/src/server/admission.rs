@@ -2,7 +2,8 @@
 //! for the native protocol and SOCKS5 alike.
 //!
 //! 1. The source address must not be over its login-failure limit
-//!    ([`LoginLimiter`]); failures are counted here too.
+//!    ([`LoginLimiter`]); failures are counted here too, in one table for
+//!    TCP and another for UDP (whose sources can be forged, see [`Channel`]).
 //! 2. The credential: an app secret (compared in constant time with every
 //!    secret of the app) or a ticket (MAC, expiry, max session lifetime) —
 //!    both checked by the proto [`Server`](cloudproxy_proto::server::Server),
@@ -25,7 +26,7 @@ use cloudproxy_proto::server::Grant;
 use cloudproxy_proto::{AppId, ErrorCode, SealedTicket, SessionError, Transports};
 
 use crate::config::decode_hex;
-use crate::server::login_limit::Failure;
+use crate::server::login_limit::{Failure, LoginLimiter};
 use crate::server::node::Shared;
 use crate::server::quota::{QuotaError, QuotaGuard};
 use crate::server::stats::Stats;
@@ -59,27 +60,58 @@ pub(crate) struct Admitted {
     pub(crate) session_deadline: u64,
 }
 
-/// Whether `ip` may try a login now; a refusal is counted and logged.
-pub(crate) fn source_allowed(shared: &Shared, peer: SocketAddr) -> bool {
-    if shared.logins.allows(peer.ip(), Instant::now()) {
+/// Where a login arrived, which decides the failure table it counts in.
+///
+/// A TCP peer's address is verified by the handshake; a UDP datagram's
+/// source can be forged. If UDP failures counted in the table that gates
+/// TCP, anyone could lock a victim (or a whole NAT address) out of TCP with
+/// a few spoofed datagrams. So UDP failures go to a table of their own that
+/// only gates UDP: a spoofer can at most slow a victim's UDP allocations and
+/// binds, and the client falls back to TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Channel {
+    /// TCP (native allocation and relay, SOCKS5): the source is verified.
+    Tcp,
+    /// UDP (allocation and relay datagrams): the source may be spoofed.
+    Udp,
+}
+
+impl Channel {
+    fn limiter(self, shared: &Shared) -> &LoginLimiter {
+        match self {
+            Self::Tcp => &shared.logins,
+            Self::Udp => &shared.udp_logins,
+        }
+    }
+}
+
+/// Whether `ip` may try a login on `channel` now; a refusal is counted.
+pub(crate) fn source_allowed(shared: &Shared, channel: Channel, peer: SocketAddr) -> bool {
+    if channel.limiter(shared).allows(peer.ip(), Instant::now()) {
         return true;
     }
     Stats::bump(&shared.stats.logins_rate_limited);
     false
 }
 
-/// Counts a failed login from `peer`, and logs when its limit engages.
-pub(crate) fn login_failed(shared: &Shared, peer: SocketAddr) {
+/// Counts a failed login from `peer` on `channel`, and logs when its limit
+/// engages.
+pub(crate) fn login_failed(shared: &Shared, channel: Channel, peer: SocketAddr) {
     Stats::bump(&shared.stats.login_failures);
-    if shared.logins.failed(peer.ip(), Instant::now()) == Failure::Engaged {
+    if channel.limiter(shared).failed(peer.ip(), Instant::now()) == Failure::Engaged {
         Stats::bump(&shared.stats.login_limit_engaged);
         let limits = &shared.limits;
+        let transport = match channel {
+            Channel::Tcp => "tcp",
+            Channel::Udp => "udp",
+        };
         shared.refusal_log.log(|| {
             tracing::warn!(
                 source = %peer.ip(),
+                transport,
                 burst = limits.login_failure_burst,
                 per_minute = limits.login_failures_per_minute,
-                "login failure limit engaged: further logins from this source are refused until it slows down"
+                "login failure limit engaged: further logins from this source on this transport are refused until it slows down"
             );
         });
     }
@@ -106,12 +138,12 @@ pub(crate) fn login(
     password: &[u8],
     new_session: impl FnOnce() -> u64,
 ) -> Result<Grant, LoginRefused> {
-    if !source_allowed(shared, peer) {
+    if !source_allowed(shared, Channel::Tcp, peer) {
         return Err(LoginRefused::Limited);
     }
     let verified = verify(shared, user, password, new_session);
     if verified.is_err() {
-        login_failed(shared, peer);
+        login_failed(shared, Channel::Tcp, peer);
     }
     verified
 }

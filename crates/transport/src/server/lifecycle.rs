@@ -15,6 +15,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// How long [`Lifecycle::drain`] waits, after the forced close, for tasks
+/// to finish closing before it abandons them.
+pub const FORCE_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 /// The shared start/stop state of one proxy node.
 #[derive(Debug, Clone, Default)]
 pub struct Lifecycle {
@@ -81,7 +85,9 @@ impl Lifecycle {
     }
 
     /// Phase two: waits up to `deadline` for every task, then force-closes the
-    /// rest and waits for them to finish closing.
+    /// rest and waits up to [`FORCE_CLOSE_GRACE`] for them to finish
+    /// closing. Tasks still running after that are abandoned (logged with
+    /// their number): the process can exit, and they end with the runtime.
     pub async fn drain(&self, deadline: Duration) -> DrainOutcome {
         self.stop_accepting();
         self.tasks.close();
@@ -93,7 +99,16 @@ impl Lifecycle {
         }
         let left = self.tasks.len();
         self.force_close.cancel();
-        self.tasks.wait().await;
+        if tokio::time::timeout(FORCE_CLOSE_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                abandoned = self.tasks.len(),
+                grace_ms = FORCE_CLOSE_GRACE.as_millis() as u64,
+                "tasks did not close after the forced close; abandoning them"
+            );
+        }
         DrainOutcome::ForcedClose(left)
     }
 }

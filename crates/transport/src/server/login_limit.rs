@@ -4,12 +4,13 @@
 //! looked at, until the bucket refills. Without this a password or secret
 //! could be guessed as fast as the network carries attempts.
 //!
-//! The table is bounded: when it is full, a source whose bucket has refilled
-//! (nothing to remember) is dropped, else the one whose last failure is
-//! oldest. IPv6 sources are keyed by their /64, which one host usually holds
-//! whole.
+//! The table is bounded: when it is full, the source whose last failure is
+//! oldest is dropped (the one most likely refilled, so with the least to
+//! remember). An index ordered by last failure finds it in O(log n), so a
+//! flood of new failing sources costs no scan of the table under its lock.
+//! IPv6 sources are keyed by their /64, which one host usually holds whole.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -49,7 +50,14 @@ pub(crate) enum Failure {
 #[derive(Debug)]
 pub(crate) struct LoginLimiter {
     limits: LoginLimits,
-    sources: Mutex<HashMap<IpAddr, Source>>,
+    sources: Mutex<Table>,
+}
+
+/// The sources, and the same sources ordered by last failure.
+#[derive(Debug, Default)]
+struct Table {
+    by_ip: HashMap<IpAddr, Source>,
+    by_age: BTreeSet<(Instant, IpAddr)>,
 }
 
 /// The table key: the canonical address, IPv6 cut to its /64.
@@ -67,11 +75,11 @@ impl LoginLimiter {
     pub(crate) fn new(limits: LoginLimits) -> Self {
         Self {
             limits,
-            sources: Mutex::new(HashMap::new()),
+            sources: Mutex::new(Table::default()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Source>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.sources
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -79,33 +87,48 @@ impl LoginLimiter {
 
     /// Whether `ip` may try to log in now.
     pub(crate) fn allows(&self, ip: IpAddr, now: Instant) -> bool {
-        let mut sources = self.lock();
-        match sources.get_mut(&key(ip)) {
-            Some(source) => {
-                let ok = source.bucket.has_token(now);
-                if ok {
-                    source.engaged = false;
-                }
-                ok
-            }
-            None => true,
+        let ip = key(ip);
+        let mut guard = self.lock();
+        let table = &mut *guard;
+        let Some(source) = table.by_ip.get_mut(&ip) else {
+            return true;
+        };
+        if source.bucket.is_full(now) {
+            // Refilled: nothing left to remember about it.
+            let last = source.last_failure;
+            table.by_age.remove(&(last, ip));
+            table.by_ip.remove(&ip);
+            return true;
         }
+        let ok = source.bucket.has_token(now);
+        if ok {
+            source.engaged = false;
+        }
+        ok
     }
 
     /// Counts a failed login from `ip`.
     pub(crate) fn failed(&self, ip: IpAddr, now: Instant) -> Failure {
         let ip = key(ip);
         let limits = self.limits;
-        let mut sources = self.lock();
-        if !sources.contains_key(&ip) && sources.len() >= limits.sources {
-            evict(&mut sources, now);
+        let mut guard = self.lock();
+        let table = &mut *guard;
+        if !table.by_ip.contains_key(&ip) && table.by_ip.len() >= limits.sources {
+            // The stalest source makes room.
+            if let Some((_, stalest)) = table.by_age.pop_first() {
+                table.by_ip.remove(&stalest);
+            }
         }
-        let source = sources.entry(ip).or_insert_with(|| Source {
+        let source = table.by_ip.entry(ip).or_insert_with(|| Source {
             bucket: TokenBucket::new(limits.burst, f64::from(limits.per_minute) / 60.0, now),
             last_failure: now,
             engaged: false,
         });
-        source.last_failure = now;
+        table.by_age.remove(&(source.last_failure, ip));
+        // `now` may be earlier than the last failure (callers' clocks are
+        // read before the lock): keep the order monotonic per source.
+        source.last_failure = source.last_failure.max(now);
+        table.by_age.insert((source.last_failure, ip));
         source.bucket.take(now);
         if !source.engaged && !source.bucket.has_token(now) {
             source.engaged = true;
@@ -115,26 +138,18 @@ impl LoginLimiter {
         }
     }
 
-    /// Sources remembered now.
+    /// Sources remembered now (and the index agrees).
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().len()
+        let table = self.lock();
+        assert_eq!(table.by_ip.len(), table.by_age.len());
+        table.by_ip.len()
     }
-}
 
-/// Makes room for one source: a refilled one if any, else the stalest.
-fn evict(sources: &mut HashMap<IpAddr, Source>, now: Instant) {
-    let refilled = sources
-        .iter_mut()
-        .find_map(|(ip, s)| s.bucket.is_full(now).then_some(*ip));
-    let victim = refilled.or_else(|| {
-        sources
-            .iter()
-            .min_by_key(|(_, s)| s.last_failure)
-            .map(|(ip, _)| *ip)
-    });
-    if let Some(ip) = victim {
-        sources.remove(&ip);
+    /// Whether `ip`'s failures are remembered.
+    #[cfg(test)]
+    fn remembers(&self, ip: IpAddr) -> bool {
+        self.lock().by_ip.contains_key(&key(ip))
     }
 }
 
@@ -185,6 +200,31 @@ mod tests {
             l.failed("::ffff:192.0.2.9".parse().unwrap(), t0);
         }
         assert!(!l.allows("192.0.2.9".parse().unwrap(), t0));
+    }
+
+    #[test]
+    fn the_table_stays_bounded_and_evicts_the_stalest() {
+        let t0 = Instant::now();
+        let l = limiter(3);
+        let ip = |i: u8| IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, i));
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        l.failed(ip(1), at(0));
+        l.failed(ip(2), at(1));
+        l.failed(ip(3), at(2));
+        // 1 fails again: now 2 is the stalest.
+        l.failed(ip(1), at(3));
+        l.failed(ip(4), at(4));
+        assert_eq!(l.len(), 3);
+        assert!(!l.remembers(ip(2)), "the stalest went");
+        assert!(l.remembers(ip(1)) && l.remembers(ip(3)) && l.remembers(ip(4)));
+        // A source whose bucket refilled is forgotten when it next tries.
+        assert!(l.allows(ip(4), at(4) + Duration::from_secs(60)));
+        assert!(!l.remembers(ip(4)));
+        assert_eq!(l.len(), 2);
+        l.failed(ip(4), at(4));
+        l.failed(ip(5), at(5));
+        assert!(!l.remembers(ip(3)), "then the next stalest");
+        assert_eq!(l.len(), 3);
     }
 
     #[test]

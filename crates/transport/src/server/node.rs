@@ -60,8 +60,11 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     /// Name resolution, bounded per app.
     pub(crate) lookups: Lookups,
-    /// Login failures per source address.
+    /// Login failures per source address over TCP (verified sources).
     pub(crate) logins: LoginLimiter,
+    /// Login failures per source address over UDP (sources may be forged):
+    /// gates UDP only, never TCP or SOCKS5.
+    pub(crate) udp_logins: LoginLimiter,
     /// The budget of refusal log lines (failed logins, malformed input).
     pub(crate) refusal_log: LogLimiter,
 }
@@ -224,6 +227,11 @@ impl ProxyNode {
             app_limits.iter().map(|(id, limits)| (id.as_str(), *limits)),
             node_sockets,
         );
+        let login_limits = LoginLimits {
+            burst: limits.login_failure_burst,
+            per_minute: limits.login_failures_per_minute,
+            sources: limits.login_failure_sources as usize,
+        };
         let shared = Arc::new(Shared {
             proto: Arc::new(proto),
             policy: PolicyCell::new(Policy::from_config(config)),
@@ -241,11 +249,8 @@ impl ProxyNode {
                     timeout: limits.dns_timeout(),
                 },
             ),
-            logins: LoginLimiter::new(LoginLimits {
-                burst: limits.login_failure_burst,
-                per_minute: limits.login_failures_per_minute,
-                sources: limits.login_failure_sources as usize,
-            }),
+            logins: LoginLimiter::new(login_limits),
+            udp_logins: LoginLimiter::new(login_limits),
             refusal_log: LogLimiter::new(Instant::now()),
         });
 

@@ -31,11 +31,12 @@ use tokio::net::{TcpStream, UdpSocket};
 
 use crate::pump::{LiveTotals, PumpOptions, pump_with_totals};
 use crate::server::admission::{self, LoginRefused};
+use crate::server::conn::close_after_refusal;
 use crate::server::destination::{Destination, DestinationError};
 use crate::server::node::Shared;
 use crate::server::quota::QuotaGuard;
 use crate::server::stats::{Active, Stats};
-use crate::server::tcp::session_deadline;
+use crate::server::tcp::{connect_upstream, session_deadline};
 
 const VERSION: u8 = 5;
 const AUTH_VERSION: u8 = 1;
@@ -63,6 +64,23 @@ enum Reply {
     AddressTypeNotSupported = 8,
 }
 
+impl std::fmt::Display for Reply {
+    /// RFC 1928's wording for the reply code.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Succeeded => "succeeded",
+            Self::GeneralFailure => "general SOCKS server failure",
+            Self::NotAllowed => "connection not allowed by ruleset",
+            Self::NetworkUnreachable => "network unreachable",
+            Self::HostUnreachable => "host unreachable",
+            Self::ConnectionRefused => "connection refused",
+            Self::TtlExpired => "TTL expired",
+            Self::CommandNotSupported => "command not supported",
+            Self::AddressTypeNotSupported => "address type not supported",
+        })
+    }
+}
+
 /// Destinations a UDP association remembers (decisions and contacted
 /// addresses); more are refused, so one client cannot grow memory without
 /// bound.
@@ -88,7 +106,7 @@ impl std::fmt::Display for Refused {
                 "no acceptable authentication method offered (user/password is required)",
             ),
             Self::Command(reply) => {
-                write!(f, "request refused with reply {reply:?} ({})", *reply as u8)
+                write!(f, "request refused: {reply} (reply {})", *reply as u8)
             }
         }
     }
@@ -141,32 +159,16 @@ impl Target {
     }
 }
 
-/// Closes after a refusal so the refusal arrives: unread client bytes at
-/// close would make the kernel send a reset, which can discard the reply
-/// before the client reads it. So: FIN first, then drain briefly (bounded in
-/// bytes and time) what the client had already sent.
-async fn close_after_refusal(mut stream: TcpStream) {
-    let _ = stream.shutdown().await;
-    let drain = async {
-        let mut sink = [0u8; 512];
-        let mut left = 4096usize;
-        while left > 0 {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), drain).await;
-}
-
 /// One connection on the SOCKS5 port.
 pub(crate) async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
-    let handshake = tokio::time::timeout(
-        shared.limits.handshake_timeout(),
-        handshake(&shared, &mut stream, peer),
-    )
-    .await;
+    // Bounded by the handshake deadline and by shutdown's force-close.
+    let handshake = tokio::select! {
+        done = tokio::time::timeout(
+            shared.limits.handshake_timeout(),
+            handshake(&shared, &mut stream, peer),
+        ) => done,
+        () = shared.lifecycle.force_closed() => return,
+    };
     let (grant, request) = match handshake {
         Ok(Ok(done)) => done,
         Ok(Err(refused)) => {
@@ -178,7 +180,7 @@ pub(crate) async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer:
             shared.refusal_log.log(|| {
                 tracing::info!(%peer, reason = %refused, "socks5 connection refused");
             });
-            close_after_refusal(stream).await;
+            close_after_refusal(&stream).await;
             return;
         }
         Err(_) => {
@@ -204,10 +206,10 @@ pub(crate) async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer:
         Err((code, message)) => {
             Stats::bump(&shared.stats.bindings_refused);
             shared.refusal_log.log(|| {
-                tracing::info!(%peer, app = %grant.app_id, code = %code.label(), error = %message, "socks5 request refused");
+                tracing::info!(%peer, app = %grant.app_id, reason = %code, %message, "socks5 request refused");
             });
             let _ = reply(&mut stream, Reply::NotAllowed, None).await;
-            close_after_refusal(stream).await;
+            close_after_refusal(&stream).await;
             return;
         }
     };
@@ -402,46 +404,42 @@ async fn connect(
     target: &Target,
     quota: QuotaGuard<u64>,
 ) {
-    let targets = match shared
+    let destination = target.as_destination();
+    let policy = shared.policy.load();
+    let lookup = shared
         .lookups
-        .permitted(
-            &client.app,
-            &target.as_destination(),
-            &shared.policy.load().allowlist,
-        )
-        .await
-    {
+        .permitted(&client.app, &destination, &policy.allowlist);
+    let checked = tokio::select! {
+        checked = lookup => checked,
+        () = shared.lifecycle.force_closed() => return,
+    };
+    let targets = match checked {
         Ok(t) => t,
         Err(e) => {
             crate::server::tcp::note_destination_error(shared, &e);
             Stats::bump(&shared.stats.bindings_refused);
-            tracing::info!(%peer, app = %client.app, destination = %target, error = %e, "socks5 connect refused");
+            shared.refusal_log.log(|| {
+                tracing::info!(%peer, app = %client.app, destination = %target, error = %e, "socks5 connect refused");
+            });
             let _ = reply(&mut stream, destination_reply(&e), None).await;
-            close_after_refusal(stream).await;
+            close_after_refusal(&stream).await;
             return;
         }
     };
-    let mut last = io::ErrorKind::TimedOut;
-    let mut upstream = None;
-    for addr in targets {
-        match tokio::time::timeout(shared.limits.connect_timeout(), TcpStream::connect(addr)).await
-        {
-            Ok(Ok(s)) => {
-                upstream = Some(s);
-                break;
-            }
-            Ok(Err(e)) => last = e.kind(),
-            Err(_) => last = io::ErrorKind::TimedOut,
+    // The same staggered race, overall timeout and shutdown as a native
+    // stream bind.
+    let upstream = match connect_upstream(shared, &targets).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            Stats::bump(&shared.stats.bindings_refused);
+            shared.refusal_log.log(|| {
+                tracing::info!(%peer, app = %client.app, destination = %target, error = %e, "socks5 connect failed");
+            });
+            let _ = reply(&mut stream, connect_reply(e.kind()), None).await;
+            close_after_refusal(&stream).await;
+            return;
         }
-    }
-    let Some(upstream) = upstream else {
-        Stats::bump(&shared.stats.bindings_refused);
-        tracing::info!(%peer, app = %client.app, destination = %target, error = %last, "socks5 connect failed");
-        let _ = reply(&mut stream, connect_reply(last), None).await;
-        close_after_refusal(stream).await;
-        return;
     };
-    let _ = upstream.set_nodelay(true);
     if reply(&mut stream, Reply::Succeeded, upstream.local_addr().ok())
         .await
         .is_err()
@@ -560,7 +558,7 @@ fn declared_source(peer: SocketAddr, declared: &Target) -> Result<Option<SocketA
 }
 
 async fn associate(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     mut control: TcpStream,
     peer: SocketAddr,
     client: &Client,
@@ -574,9 +572,11 @@ async fn associate(
         Ok(source) => source,
         Err(problem) => {
             Stats::bump(&shared.stats.bindings_refused);
-            tracing::info!(%peer, app = %client.app, %problem, "socks5 udp associate refused");
+            shared.refusal_log.log(|| {
+                tracing::info!(%peer, app = %client.app, %problem, "socks5 udp associate refused");
+            });
             let _ = reply(&mut control, Reply::NotAllowed, None).await;
-            close_after_refusal(control).await;
+            close_after_refusal(&control).await;
             return;
         }
     };
@@ -622,6 +622,13 @@ async fn associate(
     // connection's IP with the declared port, or else the port learned from
     // its first datagram.
     let mut decisions: HashMap<Target, Option<SocketAddr>> = HashMap::new();
+    // Name lookups run off the association's loop, so that while one is
+    // pending the association still answers its timers, shutdown and the
+    // end of its control connection (dropping the set aborts them).
+    let mut lookups: tokio::task::JoinSet<(Target, Result<Vec<SocketAddr>, DestinationError>)> =
+        tokio::task::JoinSet::new();
+    let mut waiting = Waiting::default();
+    let mut lookup_targets: HashMap<tokio::task::Id, Target> = HashMap::new();
     let mut contacted: HashSet<SocketAddr> = HashSet::new();
     let (mut packets_up, mut packets_down) = (0u64, 0u64);
     let mut last_activity = tokio::time::Instant::now();
@@ -653,42 +660,74 @@ async fn associate(
                 }
                 client_addr = Some(from);
                 last_activity = tokio::time::Instant::now();
-                let decision = match decisions.get(&target) {
-                    Some(d) => *d,
-                    None if decisions.len() >= MAX_UDP_DESTINATIONS => None,
+                match decisions.get(&target) {
+                    Some(Some(dest)) => {
+                        packets_up += u64::from(send_up(shared, &up_v4, up_v6.as_ref(), &mut contacted, *dest, payload));
+                    }
+                    Some(None) => Stats::bump(&shared.stats.udp_dropped),
+                    // Its lookup is running: the datagram waits for it
+                    // (within a bound), and the association goes on.
+                    None if waiting.contains_key(&target) => waiting.hold(&target, payload, shared),
+                    None if decisions.len() + waiting.targets() >= MAX_UDP_DESTINATIONS => {
+                        Stats::bump(&shared.stats.udp_dropped);
+                    }
                     None => {
-                        let d = shared.lookups.permitted(&client.app, &target.as_destination(), &shared.policy.load().allowlist).await;
-                        // Over the app's lookup budget is for now, not for good:
-                        // not remembered.
-                        let keep = !matches!(d, Err(DestinationError::LookupsInFlight { .. } | DestinationError::LookupRate { .. }));
-                        let d = match d {
-                            Ok(addrs) => addrs.first().copied(),
-                            Err(e) => {
-                                crate::server::tcp::note_destination_error(shared, &e);
-                                tracing::info!(%peer, destination = %target, error = %e, "socks5 udp destination refused");
-                                None
-                            }
-                        };
-                        if keep {
-                            decisions.insert(target, d);
+                        waiting.start(target.clone());
+                        waiting.hold(&target, payload, shared);
+                        let shared = Arc::clone(shared);
+                        let app = client.app.clone();
+                        let looked_up = target.clone();
+                        let task = lookups.spawn(async move {
+                            let checked = shared
+                                .lookups
+                                .permitted(&app, &looked_up.as_destination(), &shared.policy.load().allowlist)
+                                .await;
+                            (looked_up, checked)
+                        });
+                        lookup_targets.insert(task.id(), target);
+                    }
+                }
+            }
+            Some(joined) = lookups.join_next_with_id(), if !lookups.is_empty() => {
+                let (target, checked) = match joined {
+                    Ok((id, done)) => {
+                        lookup_targets.remove(&id);
+                        done
+                    }
+                    // The lookup task failed (a panic): what waited for it
+                    // is dropped, and the name may be tried again.
+                    Err(e) => {
+                        if let Some(target) = lookup_targets.remove(&e.id()) {
+                            let held = waiting.finish(&target);
+                            Stats::add(&shared.stats.udp_dropped, held.len() as u64);
                         }
-                        d
+                        continue;
                     }
                 };
-                let Some(dest) = decision else {
-                    Stats::bump(&shared.stats.udp_dropped);
-                    continue;
-                };
-                let socket = if dest.is_ipv4() { Some(&up_v4) } else { up_v6.as_ref() };
-                if let Some(socket) = socket {
-                    if socket.try_send_to(payload, dest).is_ok() {
-                        if contacted.len() < MAX_UDP_DESTINATIONS {
-                            contacted.insert(dest);
-                        }
-                        packets_up += 1;
-                        Stats::bump(&shared.stats.udp_packets_up);
-                        Stats::add(&shared.stats.udp_bytes_up, payload.len() as u64);
+                // Over the app's lookup budget is for now, not for good:
+                // not remembered.
+                let keep = !matches!(checked, Err(DestinationError::LookupsInFlight { .. } | DestinationError::LookupRate { .. }));
+                let decision = match checked {
+                    Ok(addrs) => addrs.first().copied(),
+                    Err(e) => {
+                        crate::server::tcp::note_destination_error(shared, &e);
+                        shared.refusal_log.log(|| {
+                            tracing::info!(%peer, app = %client.app, destination = %target, error = %e, "socks5 udp destination refused");
+                        });
+                        None
                     }
+                };
+                let held = waiting.finish(&target);
+                match decision {
+                    Some(dest) => {
+                        for payload in &held {
+                            packets_up += u64::from(send_up(shared, &up_v4, up_v6.as_ref(), &mut contacted, dest, payload));
+                        }
+                    }
+                    None => Stats::add(&shared.stats.udp_dropped, held.len() as u64),
+                }
+                if keep {
+                    decisions.insert(target, decision);
                 }
             }
             received = up_v4.recv_from(&mut down_v4) => {
@@ -728,6 +767,72 @@ async fn associate(
         reason,
         "session ended"
     );
+}
+
+/// Bytes of datagrams a UDP association holds while their destinations'
+/// lookups run; more are dropped (counted).
+const MAX_WAITING_BYTES: usize = 64 * 1024;
+
+/// Datagrams waiting for their destination's lookup.
+#[derive(Default)]
+struct Waiting {
+    held: HashMap<Target, Vec<Vec<u8>>>,
+    bytes: usize,
+}
+
+impl Waiting {
+    fn contains_key(&self, target: &Target) -> bool {
+        self.held.contains_key(target)
+    }
+
+    fn targets(&self) -> usize {
+        self.held.len()
+    }
+
+    /// A lookup for `target` started.
+    fn start(&mut self, target: Target) {
+        self.held.entry(target).or_default();
+    }
+
+    /// Keeps `payload` until `target`'s lookup ends, if within the bound.
+    fn hold(&mut self, target: &Target, payload: &[u8], shared: &Shared) {
+        match self.held.get_mut(target) {
+            Some(queue) if self.bytes + payload.len() <= MAX_WAITING_BYTES => {
+                self.bytes += payload.len();
+                queue.push(payload.to_vec());
+            }
+            _ => Stats::bump(&shared.stats.udp_dropped),
+        }
+    }
+
+    /// `target`'s lookup ended: what waited for it.
+    fn finish(&mut self, target: &Target) -> Vec<Vec<u8>> {
+        let held = self.held.remove(target).unwrap_or_default();
+        self.bytes -= held.iter().map(Vec::len).sum::<usize>();
+        held
+    }
+}
+
+/// Sends a client's payload to `dest` from the upstream socket of its
+/// family; returns whether it was sent.
+fn send_up(
+    shared: &Shared,
+    up_v4: &UdpSocket,
+    up_v6: Option<&UdpSocket>,
+    contacted: &mut HashSet<SocketAddr>,
+    dest: SocketAddr,
+    payload: &[u8],
+) -> bool {
+    let socket = if dest.is_ipv4() { Some(up_v4) } else { up_v6 };
+    let sent = socket.is_some_and(|socket| socket.try_send_to(payload, dest).is_ok());
+    if sent {
+        if contacted.len() < MAX_UDP_DESTINATIONS {
+            contacted.insert(dest);
+        }
+        Stats::bump(&shared.stats.udp_packets_up);
+        Stats::add(&shared.stats.udp_bytes_up, payload.len() as u64);
+    }
+    sent
 }
 
 async fn recv_opt(socket: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
@@ -820,6 +925,17 @@ mod tests {
             "{err}"
         );
         assert!(declared_source(peer, &addr("10.0.0.5:0")).is_err());
+    }
+
+    #[test]
+    fn refusal_reasons_read_as_words_not_debug_forms() {
+        let reason = Refused::Command(Reply::CommandNotSupported).to_string();
+        assert_eq!(reason, "request refused: command not supported (reply 7)");
+        let reason = Refused::Command(Reply::AddressTypeNotSupported).to_string();
+        assert_eq!(
+            reason,
+            "request refused: address type not supported (reply 8)"
+        );
     }
 
     #[test]

@@ -14,34 +14,48 @@ use cloudproxy_proto::{Address, ErrorCode, SessionError};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::client::dial::{DialError, DialPolicy, Outcome, race};
-use crate::net::{connected_udp, sleep_until_opt};
+use crate::net::{connected_udp, sleep_until_opt, write_all};
 use crate::pump::{LiveTotals, PumpOptions, pump_with_totals};
 use crate::server::admission::{
-    admit, bind_grant, bind_transport, is_login_failure, login_failed, quota_code, source_allowed,
+    Channel, admit, bind_grant, bind_transport, is_login_failure, login_failed, quota_code,
+    source_allowed,
 };
-use crate::server::conn::{Next, flush, next_event};
+use crate::server::conn::{
+    Bounds, CLOSING_FLUSH, Cut, Next, close_after_refusal, closing_flush, flush, next_event,
+};
 use crate::server::destination::{Destination, DestinationError};
 use crate::server::node::Shared;
 use crate::server::quota::QuotaGuard;
 use crate::server::stats::{Active, Stats};
 
 /// Refuses a connection from a source over its login-failure limit before
-/// anything is read from it: one `Error` frame, then close.
-fn refuse_limited_source(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> bool {
-    if source_allowed(shared, peer) {
+/// its request is looked at: one `Error` frame, then a close that lets the
+/// frame arrive ([`close_after_refusal`]), within [`CLOSING_FLUSH`] and
+/// shutdown.
+async fn refuse_limited_source(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> bool {
+    if source_allowed(shared, Channel::Tcp, peer) {
         return false;
     }
+    shared.refusal_log.log(|| {
+        tracing::info!(%peer, app = %"-", reason = %"the source is over the login-failure limit", "connection refused");
+    });
     let frame =
         cloudproxy_proto::frame::Frame::Error(cloudproxy_proto::frame::ErrorFrame::with_message(
             ErrorCode::SERVER_BUSY,
             "too many failed logins from this address; retry later",
         ));
-    // A fresh socket's send buffer takes these few bytes at once; if not,
-    // the refusal is only the close.
-    let _ = stream.try_write(&frame.to_bytes());
-    shared.refusal_log.log(|| {
-        tracing::info!(%peer, "connection refused: its source is over the login-failure limit");
-    });
+    let refuse = async {
+        if tokio::time::timeout(CLOSING_FLUSH, write_all(stream, &frame.to_bytes()))
+            .await
+            .is_ok_and(|written| written.is_ok())
+        {
+            close_after_refusal(stream).await;
+        }
+    };
+    tokio::select! {
+        () = refuse => {}
+        () = shared.lifecycle.force_closed() => {}
+    }
     true
 }
 
@@ -51,7 +65,7 @@ fn refuse_limited_source(shared: &Shared, stream: &TcpStream, peer: SocketAddr) 
 fn note_refusal(shared: &Shared, conn: &Connection, peer: SocketAddr, reason: &SessionError) {
     let failed_login = is_login_failure(reason);
     if failed_login {
-        login_failed(shared, peer);
+        login_failed(shared, Channel::Tcp, peer);
     }
     let app = conn.claimed_app().map_or("-", |a| a.as_str());
     let what = if conn.role() == Role::Allocation {
@@ -68,11 +82,11 @@ fn note_refusal(shared: &Shared, conn: &Connection, peer: SocketAddr, reason: &S
     let Some(malformed) = log else { return };
     shared.refusal_log.log(|| {
         if malformed {
-            tracing::warn!(%peer, app, %reason, "{what} connection closed: malformed input");
+            tracing::warn!(%peer, app = %app, %reason, "{what} connection closed: malformed input");
         } else if failed_login {
-            tracing::warn!(%peer, app, %reason, "{what} refused: failed login");
+            tracing::warn!(%peer, app = %app, %reason, "{what} refused: failed login");
         } else {
-            tracing::info!(%peer, app, %reason, "{what} refused");
+            tracing::info!(%peer, app = %app, %reason, "{what} refused");
         }
     });
 }
@@ -80,13 +94,14 @@ fn note_refusal(shared: &Shared, conn: &Connection, peer: SocketAddr, reason: &S
 /// One connection on an allocation port: `AllocateRequest` or `Refresh` in,
 /// `AllocateOk` or `Error` out, then close.
 pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    if refuse_limited_source(&shared, &stream, peer) {
+    if refuse_limited_source(&shared, &stream, peer).await {
         return;
     }
     let mut conn = Connection::new(Arc::clone(&shared.proto), Role::Allocation, Instant::now());
     let mut requested = None;
+    let bounds = handshake_bounds(&shared, &conn);
     loop {
-        match next_event(&stream, &mut conn).await {
+        match next_event(&stream, &mut conn, &bounds).await {
             Next::Event(ServerEvent::AllocationRequested(request)) => {
                 requested = Some(Instant::now());
                 let room = if request.refresh {
@@ -118,7 +133,7 @@ pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: Soc
             Next::Event(ServerEvent::Closed(reason)) => {
                 note_close(&shared.stats, &reason, true);
                 note_refusal(&shared, &conn, peer, &reason);
-                let _ = flush(&stream, &mut conn).await;
+                closing_flush(&stream, &mut conn, &bounds).await;
                 break;
             }
             Next::Event(other) => {
@@ -128,6 +143,10 @@ pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: Soc
             Next::PeerClosed => break,
             Next::Io(e) => {
                 tracing::debug!(%peer, error = %e, "allocation connection failed");
+                break;
+            }
+            Next::Cut(cut) => {
+                note_cut(&shared, peer, cut);
                 break;
             }
         }
@@ -179,21 +198,32 @@ enum Bound {
 /// Runs the relay handshake until a bind is accepted (and `BindOk` sent), or
 /// the connection ends; refusals are answered here.
 async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<Bound> {
-    if refuse_limited_source(shared, stream, peer) {
+    if refuse_limited_source(shared, stream, peer).await {
         return None;
     }
     let mut conn = Connection::new(Arc::clone(&shared.proto), Role::Relay, Instant::now());
+    let bounds = handshake_bounds(shared, &conn);
     loop {
-        match next_event(stream, &mut conn).await {
+        match next_event(stream, &mut conn, &bounds).await {
             Next::Event(ServerEvent::BindRequested(request)) => {
-                match prepare(shared, &request).await {
+                // The checks and the connect are pre-session work too.
+                let prepared = bounds
+                    .run(prepare(shared, &request))
+                    .await
+                    .unwrap_or_else(|cut| Err(cut_refusal(cut)));
+                match prepared {
                     Ok(upstream) => {
                         let _ = conn.accept_bind(Instant::now());
                         let early = match conn.poll_event() {
                             Some(ServerEvent::Bound { early_data, .. }) => early_data,
                             _ => bytes::Bytes::new(),
                         };
-                        flush(stream, &mut conn).await.ok()?;
+                        if let Err(next) = flush(stream, &mut conn, &bounds).await {
+                            if let Next::Cut(cut) = next {
+                                note_cut(shared, peer, cut);
+                            }
+                            return None;
+                        }
                         return Some(match upstream {
                             Upstream::Stream(upstream, quota) => Bound::Stream {
                                 upstream,
@@ -213,7 +243,7 @@ async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<B
                     }
                     Err((code, message)) => {
                         shared.refusal_log.log(|| {
-                            tracing::info!(%peer, session = format_args!("{:016x}", request.session_id), app = %request.app_id, destination = %request.destination, code = %code.label(), %message, "bind refused");
+                            tracing::info!(%peer, session = format_args!("{:016x}", request.session_id), app = %request.app_id, destination = %request.destination, reason = %code, %message, "bind refused");
                         });
                         conn.reject(Instant::now(), code, Some(&message));
                     }
@@ -225,7 +255,7 @@ async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<B
                 if !matches!(reason, SessionError::Rejected { .. }) || is_login_failure(&reason) {
                     note_refusal(shared, &conn, peer, &reason);
                 }
-                let _ = flush(stream, &mut conn).await;
+                closing_flush(stream, &mut conn, &bounds).await;
                 return None;
             }
             Next::Event(other) => {
@@ -237,8 +267,38 @@ async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<B
                 tracing::debug!(%peer, error = %e, "relay connection failed before bind");
                 return None;
             }
+            Next::Cut(cut) => {
+                note_cut(shared, peer, cut);
+                return None;
+            }
         }
     }
+}
+
+/// The bounds on a connection's pre-session work: its handshake deadline
+/// and shutdown.
+fn handshake_bounds(shared: &Shared, conn: &Connection) -> Bounds {
+    let deadline = conn
+        .poll_timeout()
+        .unwrap_or_else(|| Instant::now() + shared.limits.handshake_timeout());
+    Bounds::new(deadline, &shared.lifecycle)
+}
+
+/// The refusal for a bind whose checks or connect were cut short.
+fn cut_refusal(cut: Cut) -> (ErrorCode, String) {
+    let code = match cut {
+        Cut::Deadline => ErrorCode::HANDSHAKE_TIMEOUT,
+        Cut::Shutdown => ErrorCode::SERVER_BUSY,
+    };
+    (code, cut.as_str().to_owned())
+}
+
+/// Counts and logs (at debug) a connection cut short before its session.
+fn note_cut(shared: &Shared, peer: SocketAddr, cut: Cut) {
+    if cut == Cut::Deadline {
+        Stats::bump(&shared.stats.handshake_timeouts);
+    }
+    tracing::debug!(%peer, reason = cut.as_str(), "connection closed before its session");
 }
 
 enum Upstream {
@@ -256,18 +316,10 @@ async fn prepare(shared: &Shared, request: &BindRequest) -> Result<Upstream, (Er
     let targets = check_destination(shared, request.app_id.as_str(), &request.destination).await?;
     match request.mode {
         BindMode::Stream => {
-            let policy = DialPolicy {
-                stagger: std::time::Duration::from_millis(250),
-                attempt_timeout: shared.limits.connect_timeout(),
-                overall_timeout: shared.limits.connect_timeout(),
-            };
-            let (_, up) = race(&targets, &policy, TcpStream::connect)
-                .await
-                .map_err(|e| {
-                    tracing::debug!(destination = %request.destination, error = %e, "upstream connect failed");
-                    (ErrorCode::DESTINATION_UNREACHABLE, connect_failure(&e).to_owned())
-                })?;
-            let _ = up.set_nodelay(true);
+            let up = connect_upstream(shared, &targets).await.map_err(|e| {
+                tracing::debug!(destination = %request.destination, error = %e, "upstream connect failed");
+                (ErrorCode::DESTINATION_UNREACHABLE, e.client_message().to_owned())
+            })?;
             Ok(Upstream::Stream(up, quota))
         }
         BindMode::Datagram => {
@@ -280,17 +332,95 @@ async fn prepare(shared: &Shared, request: &BindRequest) -> Result<Upstream, (Er
     }
 }
 
-/// What a client is told when the upstream connect failed: which way it
-/// failed, never the host's error text (that is logged).
-pub(crate) fn connect_failure(e: &DialError) -> &'static str {
-    let timed_out = e
-        .attempts
+/// Why an upstream TCP connect failed.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// Every address failed or timed out; `last` is the kind of the last
+    /// failure that had one (none when every attempt timed out).
+    Dial {
+        error: DialError,
+        last: Option<io::ErrorKind>,
+    },
+    /// Shutdown's force-close came first.
+    Shutdown,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dial { error, .. } => error.fmt(f),
+            Self::Shutdown => f.write_str("the relay is shutting down"),
+        }
+    }
+}
+
+impl ConnectError {
+    /// What a client is told: which way it failed, never the host's error
+    /// text (that is logged).
+    pub(crate) fn client_message(&self) -> &'static str {
+        match self {
+            Self::Dial { error, .. } if timed_out(error) => {
+                "the destination did not answer in time"
+            }
+            Self::Dial { .. } => "the destination refused the connection or could not be reached",
+            Self::Shutdown => "the relay is shutting down",
+        }
+    }
+
+    /// The kind of failure, for protocols with codes per kind (SOCKS5).
+    pub(crate) fn kind(&self) -> io::ErrorKind {
+        match self {
+            Self::Dial {
+                last: Some(kind), ..
+            } => *kind,
+            Self::Dial { .. } => io::ErrorKind::TimedOut,
+            Self::Shutdown => io::ErrorKind::Interrupted,
+        }
+    }
+}
+
+fn timed_out(e: &DialError) -> bool {
+    e.attempts
         .iter()
-        .all(|(_, o)| !matches!(o, Outcome::Failed(_)));
-    if timed_out {
-        "the destination did not answer in time"
-    } else {
-        "the destination refused the connection or could not be reached"
+        .all(|(_, o)| !matches!(o, Outcome::Failed(_)))
+}
+
+/// Connects to the first of `targets` to answer, for a native stream bind
+/// and a SOCKS5 CONNECT alike: attempts start 250 ms apart while earlier
+/// ones are pending (RFC 8305), the whole connect ends at the node's
+/// `connect_timeout`, and shutdown's force-close abandons it at once.
+pub(crate) async fn connect_upstream(
+    shared: &Shared,
+    targets: &[SocketAddr],
+) -> Result<TcpStream, ConnectError> {
+    let policy = DialPolicy {
+        stagger: std::time::Duration::from_millis(250),
+        attempt_timeout: shared.limits.connect_timeout(),
+        overall_timeout: shared.limits.connect_timeout(),
+    };
+    let last = Arc::new(std::sync::Mutex::new(None));
+    let attempt = |addr| {
+        let last = Arc::clone(&last);
+        async move {
+            let result = TcpStream::connect(addr).await;
+            if let Err(e) = &result {
+                *last
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.kind());
+            }
+            result
+        }
+    };
+    tokio::select! {
+        raced = race(targets, &policy, attempt) => {
+            let (_, up) = raced.map_err(|error| ConnectError::Dial {
+                error,
+                last: *last.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            })?;
+            let _ = up.set_nodelay(true);
+            Ok(up)
+        }
+        () = shared.lifecycle.force_closed() => Err(ConnectError::Shutdown),
     }
 }
 
@@ -405,11 +535,6 @@ pub(crate) fn session_deadline(shared: &Shared, unix_deadline: u64) -> Instant {
 /// stops reading that client and drops its destination's datagrams: a client
 /// that does not read cannot make the relay queue without bound.
 const OUTBOX_LIMIT: usize = 64 * 1024;
-
-/// How long the frame that ends a datagram session (`Error`, `Close`) may
-/// wait for a client that is not reading before the connection is closed
-/// without it.
-const CLOSING_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Frames for a datagram-mode client, written only as fast as the client's
 /// socket takes them, so that no write ever waits outside the session's

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 
 use crate::net::{any_local_for, sleep_until_opt};
 use crate::server::admission::{
-    admit, bind_grant, bind_transport, login_failed, quota_code, source_allowed,
+    Channel, admit, bind_grant, bind_transport, login_failed, quota_code, source_allowed,
 };
 use crate::server::node::Shared;
 use crate::server::quota::QuotaGuard;
@@ -65,7 +65,7 @@ pub(crate) async fn allocation(shared: Arc<Shared>, socket: UdpSocket) {
         };
         // A source over its login-failure limit gets nothing (not even an
         // error: no reply to an unauthenticated source is safest).
-        if !source_allowed(&shared, from) {
+        if !source_allowed(&shared, Channel::Udp, from) {
             continue;
         }
         let received = Instant::now();
@@ -73,7 +73,7 @@ pub(crate) async fn allocation(shared: Arc<Shared>, socket: UdpSocket) {
             UdpAllocation::Drop => {
                 Stats::bump(&shared.stats.malformed);
                 shared.refusal_log.log(|| {
-                    tracing::warn!(peer = %from, bytes = n, "allocation datagram dropped: malformed input");
+                    tracing::warn!(peer = %from, app = %"-", reason = %"not an allocation request", bytes = n, "allocation datagram dropped: malformed input");
                 });
                 None
             }
@@ -102,6 +102,9 @@ pub(crate) async fn allocation(shared: Arc<Shared>, socket: UdpSocket) {
                     Err(e) => {
                         Stats::bump(&shared.stats.allocations_refused);
                         shared.stats.note_quota(&e);
+                        shared.refusal_log.log(|| {
+                            tracing::info!(peer = %from, app = %pending.request.app_id, reason = %e, "allocation refused");
+                        });
                         pending.reject(quota_code(&e), Some(&e.to_string()))
                     }
                 }
@@ -130,7 +133,7 @@ fn note_udp_refusal(shared: &Shared, from: SocketAddr, request: &[u8], reply: &[
     ]
     .contains(&code);
     if failed_login {
-        login_failed(shared, from);
+        login_failed(shared, Channel::Udp, from);
     }
     shared.refusal_log.log(|| {
         let app = match Frame::parse(request) {
@@ -138,9 +141,9 @@ fn note_udp_refusal(shared: &Shared, from: SocketAddr, request: &[u8], reply: &[
             _ => "-".to_owned(),
         };
         if failed_login {
-            tracing::warn!(peer = %from, app, reason = %code, "allocation refused: failed login");
+            tracing::warn!(peer = %from, app = %app, reason = %code, "allocation refused: failed login");
         } else {
-            tracing::info!(peer = %from, app, reason = %code, "allocation refused");
+            tracing::info!(peer = %from, app = %app, reason = %code, "allocation refused");
         }
     });
 }
@@ -252,7 +255,9 @@ impl Relay {
         let stats = &self.shared.stats;
         // A control datagram (a `Bind`) from a source over its login-failure
         // limit is dropped unread; data datagrams never take the lock.
-        if classify(datagram) == DatagramClass::Control && !source_allowed(&self.shared, from) {
+        if classify(datagram) == DatagramClass::Control
+            && !source_allowed(&self.shared, Channel::Udp, from)
+        {
             return;
         }
         match self.table.handle_slice(now, from, datagram) {
@@ -263,7 +268,7 @@ impl Relay {
             SliceInput::Dropped(DropReason::Malformed) => {
                 Stats::bump(&stats.malformed);
                 self.shared.refusal_log.log(|| {
-                    tracing::warn!(peer = %from, bytes = datagram.len(), "relay datagram dropped: malformed input");
+                    tracing::warn!(peer = %from, app = %"-", reason = %"not a relay datagram", bytes = datagram.len(), "relay datagram dropped: malformed input");
                 });
             }
             SliceInput::Dropped(_) => Stats::bump(&stats.udp_dropped),
@@ -438,10 +443,11 @@ impl Relay {
                 let shared = Arc::clone(&self.shared);
                 let decide_tx = decide_tx.clone();
                 tokio::spawn(async move {
+                    let app = request.app_id.clone();
                     let outcome = check_bind(&shared, request).await;
                     if let Err((code, message)) = &outcome {
                         shared.refusal_log.log(|| {
-                            tracing::info!(%client, code = %code.label(), %message, "udp bind refused");
+                            tracing::info!(peer = %client, app = %app, reason = %code, %message, "udp bind refused");
                         });
                     }
                     let _ = decide_tx.send(Decision { id, outcome });
@@ -462,13 +468,14 @@ impl Relay {
                 let failed_login =
                     [ErrorCode::INVALID_TICKET, ErrorCode::EXPIRED_TICKET].contains(&code);
                 if failed_login {
-                    login_failed(&self.shared, client);
+                    login_failed(&self.shared, Channel::Udp, client);
                 }
+                // Refused before its ticket could be read: no app to name.
                 self.shared.refusal_log.log(|| {
                     if failed_login {
-                        tracing::warn!(peer = %client, reason = %code, "udp bind refused: failed login");
+                        tracing::warn!(peer = %client, app = %"-", reason = %code, "udp bind refused: failed login");
                     } else {
-                        tracing::warn!(peer = %client, reason = %code, "udp bind refused");
+                        tracing::warn!(peer = %client, app = %"-", reason = %code, "udp bind refused");
                     }
                 });
             }

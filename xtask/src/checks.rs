@@ -119,7 +119,8 @@ pub(crate) fn docs_drift() -> Result {
 pub(crate) fn package() -> Result {
     forget_earlier_packages()?;
     let mut cmd = Command::new(cargo());
-    cmd.args(["package", "--workspace", "--locked", "--allow-dirty"]);
+    cmd.args(["package", "--workspace", "--locked", "--allow-dirty"])
+        .env("CARGO_TARGET_DIR", package_target_dir());
     for name in UNPUBLISHED {
         cmd.args(["--exclude", name]);
     }
@@ -150,38 +151,49 @@ pub(crate) fn package() -> Result {
     Ok(())
 }
 
+/// Where the verify builds of `cargo package` go: a target directory of
+/// their own, so that [`forget_earlier_packages`] may throw away every build
+/// of our crates in it without touching the workspace's own builds.
+fn package_target_dir() -> std::path::PathBuf {
+    target_dir().join("package-verify")
+}
+
 /// The verify build resolves sibling crates from a temporary local registry
-/// that cargo unpacks under `$CARGO_HOME/registry/src/-<hash>/`, and cargo
-/// never unpacks a `name-version` it has unpacked before. Our versions do not
-/// change between runs, so a second `cargo xtask ci` would verify against the
-/// first run's sources. Remove those unpacked copies (only ours, only from
-/// the unnamed local registries; crates.io's are left alone).
+/// that cargo unpacks under `$CARGO_HOME/registry/src/-<hash>/` and builds
+/// as registry crates, which cargo takes to be immutable per version: it
+/// neither unpacks a `name-version` again nor rebuilds one it has built.
+/// Our versions do not change between runs, so a second `cargo xtask ci`
+/// would verify against the first run's sources. Remove those unpacked
+/// copies (only ours, only from the unnamed local registries; crates.io's
+/// stay) and our crates' builds in the verify target directory (its
+/// dependencies stay cached).
 fn forget_earlier_packages() -> Result {
     let home = std::env::var_os("CARGO_HOME").map_or_else(
         || std::env::home_dir().unwrap_or_default().join(".cargo"),
         std::path::PathBuf::from,
     );
-    let src = home.join("registry/src");
-    let Ok(registries) = fs::read_dir(&src) else {
-        return Ok(()); // nothing unpacked yet
-    };
-    for registry in registries.flatten() {
-        if !registry.file_name().to_string_lossy().starts_with('-') {
-            continue;
-        }
-        let Ok(crates) = fs::read_dir(registry.path()) else {
-            continue;
+    let unpacked_registries: Vec<std::path::PathBuf> = fs::read_dir(home.join("registry/src"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|registry| registry.file_name().to_string_lossy().starts_with('-'))
+        .map(|registry| registry.path())
+        .collect();
+    let fingerprints = package_target_dir().join("debug/.fingerprint");
+    for dir in unpacked_registries.iter().chain([&fingerprints]) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue; // nothing built or unpacked there yet
         };
-        for unpacked in crates.flatten() {
-            if unpacked
+        for entry in entries.flatten() {
+            if entry
                 .file_name()
                 .to_string_lossy()
                 .starts_with("cloudproxy-")
             {
-                fs::remove_dir_all(unpacked.path()).map_err(|e| {
+                fs::remove_dir_all(entry.path()).map_err(|e| {
                     format!(
-                        "removing the stale unpacked package {}: {e}",
-                        unpacked.path().display()
+                        "removing the stale package build {}: {e}",
+                        entry.path().display()
                     )
                 })?;
             }

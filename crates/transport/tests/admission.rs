@@ -919,15 +919,7 @@ async fn spoofed_udp_failures_never_lock_out_tcp() {
     let allocation = allocate_raw(rig.allocation_addr(), &rig.client)
         .await
         .unwrap();
-    let (mut stream, _) = bind_tcp_raw(
-        rig.node.addrs().tcp_relay,
-        &rig.client,
-        &allocation,
-        BindMode::Stream,
-        Address::Ip(echo),
-    )
-    .await
-    .unwrap();
+    let (mut stream, _) = rig.bind_stream(&allocation, echo).await;
     echo_back(&mut stream, b"still here").await;
     let socks = rig.node.addrs().socks5.unwrap();
     let (outcome, mut stream) = socks_connect(socks, APP, SECRET_HEX, echo, None).await;

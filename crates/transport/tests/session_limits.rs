@@ -203,15 +203,7 @@ async fn stream_bindings_end_at_session_lifetime() {
     let allocation = rig.allocate().await;
 
     // Native stream binding.
-    let (mut native, _) = bind_tcp_raw(
-        rig.node.addrs().tcp_relay,
-        &rig.client,
-        &allocation,
-        BindMode::Stream,
-        Address::Ip(echo),
-    )
-    .await
-    .unwrap();
+    let (mut native, _) = rig.bind_stream(&allocation, echo).await;
     echo_back(&mut native, b"native").await;
 
     // SOCKS5 CONNECT with the same session's ticket as the password.

@@ -93,6 +93,23 @@ impl Rig {
         self.node.addrs().allocation_tcp[0]
     }
 
+    /// A stream binding to `destination` over the TCP relay, bound.
+    pub async fn bind_stream(
+        &self,
+        allocation: &Allocation,
+        destination: SocketAddr,
+    ) -> (TcpStream, RelayBinding) {
+        bind_tcp_raw(
+            self.node.addrs().tcp_relay,
+            &self.client,
+            allocation,
+            BindMode::Stream,
+            Address::Ip(destination),
+        )
+        .await
+        .unwrap()
+    }
+
     pub async fn allocate(&self) -> Allocation {
         allocate(
             &self.client,

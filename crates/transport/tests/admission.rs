@@ -551,15 +551,7 @@ async fn bindings_per_session_are_bounded() {
     let allocation = rig.allocate().await;
     let mut held = Vec::new();
     for _ in 0..2 {
-        let bound = bind_tcp_raw(
-            relay,
-            &rig.client,
-            &allocation,
-            BindMode::Stream,
-            Address::Ip(echo),
-        )
-        .await
-        .unwrap();
+        let bound = rig.bind_stream(&allocation, echo).await;
         held.push(bound);
     }
     // A SOCKS5 CONNECT with the same ticket is the same session's third.

@@ -6,9 +6,9 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn cloudproxy() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
-}
+mod common;
+
+use common::{LOCAL_SERVE, cloudproxy};
 
 /// A serve process, stopped (SIGTERM, by PID) when dropped.
 struct Node {
@@ -19,17 +19,8 @@ struct Node {
 impl Node {
     fn start(extra: &[&str]) -> Self {
         let mut child = cloudproxy()
-            .args([
-                "serve",
-                "--allocation-port",
-                "0",
-                "--tcp-relay-port",
-                "0",
-                "--udp-relay-ports",
-                "0-1",
-                "--log",
-                "warn",
-            ])
+            .args(LOCAL_SERVE)
+            .args(["--log", "warn"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -8,9 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-fn cloudproxy() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
-}
+use common::{LOCAL_SERVE, cloudproxy};
 
 #[test]
 fn a_bad_config_file_names_file_line_and_key_and_does_not_start() {
@@ -55,19 +53,8 @@ fn a_missing_config_file_is_an_error() {
 #[test]
 fn development_mode_prints_its_addresses_and_stops_cleanly_on_sigterm() {
     let mut child = cloudproxy()
-        .args([
-            "serve",
-            "--allocation-port",
-            "0",
-            "--tcp-relay-port",
-            "0",
-            "--udp-relay-ports",
-            "0-1",
-            "--socks5-port",
-            "0",
-            "--log",
-            "info",
-        ])
+        .args(LOCAL_SERVE)
+        .args(["--socks5-port", "0", "--log", "info"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -242,15 +229,7 @@ struct Logged {
 impl Logged {
     fn start(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = cloudproxy()
-            .args([
-                "serve",
-                "--allocation-port",
-                "0",
-                "--tcp-relay-port",
-                "0",
-                "--udp-relay-ports",
-                "0-1",
-            ])
+            .args(LOCAL_SERVE)
             .args(extra)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())

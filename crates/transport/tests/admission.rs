@@ -22,7 +22,7 @@ use cloudproxy_transport::server::lookups::{LookupFuture, LookupHold, Resolve};
 use cloudproxy_transport::server::resolver::DnsResolver;
 use proxy_support::{
     APP, Captured, Rig, SECRET_HEX, TICKET_KEY_HEX, allocate_raw, bind_tcp_raw, client_config,
-    refusal, tcp_echo, ticket_key, unix_now, within,
+    echo_back, hex, refusal, tcp_echo, ticket_key, unix_now, within,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
@@ -119,10 +119,6 @@ enum Socks {
     Reply(u8),
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A SOCKS5 CONNECT to `target` (an address, or a name when `name` is set)
 /// as `user`/`password`; the stream stays open on success.
 async fn socks_connect(
@@ -165,13 +161,6 @@ async fn socks_connect(
     (Socks::Reply(reply[1]), s)
 }
 
-async fn echo_once(stream: &mut TcpStream, what: &[u8]) {
-    stream.write_all(what).await.unwrap();
-    let mut back = vec![0u8; what.len()];
-    within("echo", stream.read_exact(&mut back)).await.unwrap();
-    assert_eq!(back, what);
-}
-
 // ---- 12.2: one admission path ----
 
 #[tokio::test]
@@ -207,7 +196,7 @@ async fn socks5_ticket_login_applies_app_transport_rules() {
     let ticket = hex(allocation.ticket.as_bytes());
     let (outcome, mut stream) = socks_connect(socks, APP, &ticket, echo, None).await;
     assert_eq!(outcome, Socks::Reply(0));
-    echo_once(&mut stream, b"granted").await;
+    echo_back(&mut stream, b"granted").await;
 }
 
 #[tokio::test]
@@ -264,7 +253,7 @@ async fn socks5_password_login_accepts_every_secret_of_a_rotation() {
     for secret in [SECRET_HEX, new_secret] {
         let (outcome, mut stream) = socks_connect(socks, APP, secret, echo, None).await;
         assert_eq!(outcome, Socks::Reply(0));
-        echo_once(&mut stream, secret.as_bytes()).await;
+        echo_back(&mut stream, secret.as_bytes()).await;
     }
     let (outcome, _) = socks_connect(socks, APP, OTHER_SECRET_HEX, echo, None).await;
     assert_eq!(outcome, Socks::AuthRefused(1));
@@ -308,7 +297,7 @@ async fn slow_names_of_one_app_do_not_delay_another() {
         let (outcome, mut stream) =
             socks_connect(socks, OTHER_APP, OTHER_SECRET_HEX, echo, Some("localhost")).await;
         assert_eq!(outcome, Socks::Reply(0), "other-app's bind {i}");
-        echo_once(&mut stream, b"resolved").await;
+        echo_back(&mut stream, b"resolved").await;
     }
     assert!(node.stats().lookups_refused >= 30, "{:?}", node.stats());
 }
@@ -538,7 +527,7 @@ async fn slow_names_of_one_app_do_not_delay_another_with_the_dns_resolver() {
         )
         .await;
         assert_eq!(outcome, Socks::Reply(0), "other-app's bind {i}");
-        echo_once(&mut stream, b"resolved").await;
+        echo_back(&mut stream, b"resolved").await;
     }
     while let Some(outcome) = within("the flood", flood.join_next()).await {
         assert_eq!(outcome.unwrap(), Socks::Reply(4));
@@ -562,15 +551,7 @@ async fn bindings_per_session_are_bounded() {
     let allocation = rig.allocate().await;
     let mut held = Vec::new();
     for _ in 0..2 {
-        let bound = bind_tcp_raw(
-            relay,
-            &rig.client,
-            &allocation,
-            BindMode::Stream,
-            Address::Ip(echo),
-        )
-        .await
-        .unwrap();
+        let bound = rig.bind_stream(&allocation, echo).await;
         held.push(bound);
     }
     // A SOCKS5 CONNECT with the same ticket is the same session's third.
@@ -608,7 +589,7 @@ async fn upstream_sockets_are_kept_for_other_apps() {
     assert_eq!(outcome, Socks::Reply(2), "test-app is at its sockets");
     let (outcome, mut stream) = socks_connect(socks, OTHER_APP, OTHER_SECRET_HEX, echo, None).await;
     assert_eq!(outcome, Socks::Reply(0), "other-app is not");
-    echo_once(&mut stream, b"room left").await;
+    echo_back(&mut stream, b"room left").await;
 }
 
 #[tokio::test]
@@ -930,20 +911,12 @@ async fn spoofed_udp_failures_never_lock_out_tcp() {
     let allocation = allocate_raw(rig.allocation_addr(), &rig.client)
         .await
         .unwrap();
-    let (mut stream, _) = bind_tcp_raw(
-        rig.node.addrs().tcp_relay,
-        &rig.client,
-        &allocation,
-        BindMode::Stream,
-        Address::Ip(echo),
-    )
-    .await
-    .unwrap();
-    echo_once(&mut stream, b"still here").await;
+    let (mut stream, _) = rig.bind_stream(&allocation, echo).await;
+    echo_back(&mut stream, b"still here").await;
     let socks = rig.node.addrs().socks5.unwrap();
     let (outcome, mut stream) = socks_connect(socks, APP, SECRET_HEX, echo, None).await;
     assert_eq!(outcome, Socks::Reply(0));
-    echo_once(&mut stream, b"socks too").await;
+    echo_back(&mut stream, b"socks too").await;
     assert_eq!(rig.node.stats().logins_rate_limited, 0);
 
     // The UDP allocation port is the one limited: the right proof now goes

@@ -9,11 +9,10 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use cloudproxy_proto::client::Allocator;
-use cloudproxy_proto::frame::BindMode;
-use cloudproxy_proto::{Address, AppId, Path};
+use cloudproxy_proto::{AppId, Path};
 use cloudproxy_transport::server::ProxyNode;
 use cloudproxy_transport::server::admin::AdminServer;
-use proxy_support::{Rig, bind_tcp_raw, tcp_echo, within};
+use proxy_support::{Rig, tcp_echo, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -94,15 +93,7 @@ async fn byte_counters_move_while_a_tcp_session_runs() {
     let admin = admin_for(&rig.node).await;
     let echo = tcp_echo().await;
     let allocation = rig.allocate().await;
-    let (mut stream, _binding) = bind_tcp_raw(
-        rig.node.addrs().tcp_relay,
-        &rig.client,
-        &allocation,
-        BindMode::Stream,
-        Address::Ip(echo),
-    )
-    .await
-    .unwrap();
+    let (mut stream, _binding) = rig.bind_stream(&allocation, echo).await;
 
     let before = scrape(admin.local_addr()).await;
     assert_eq!(value(&before, TCP_ACTIVE), 1.0, "{before}");
@@ -244,15 +235,7 @@ async fn the_exposition_passes_promtool_check_metrics() {
     // Some traffic, so histograms and counters hold values.
     let echo = tcp_echo().await;
     let allocation = rig.allocate().await;
-    let (mut stream, _binding) = bind_tcp_raw(
-        rig.node.addrs().tcp_relay,
-        &rig.client,
-        &allocation,
-        BindMode::Stream,
-        Address::Ip(echo),
-    )
-    .await
-    .unwrap();
+    let (mut stream, _binding) = rig.bind_stream(&allocation, echo).await;
     echo_through(&mut stream, 4096).await;
     let text = scrape(admin.local_addr()).await;
     let (ok, report) = promtool_check(&text);
@@ -337,15 +320,7 @@ async fn readiness_follows_binding_and_a_drain_on_demand() {
     // A session open before the drain carries on through it.
     let echo = tcp_echo().await;
     let allocation = rig.allocate().await;
-    let (mut stream, _binding) = bind_tcp_raw(
-        rig.node.addrs().tcp_relay,
-        &rig.client,
-        &allocation,
-        BindMode::Stream,
-        Address::Ip(echo),
-    )
-    .await
-    .unwrap();
+    let (mut stream, _binding) = rig.bind_stream(&allocation, echo).await;
 
     let (status, body) = http(addr, "POST", "/drain").await;
     assert_eq!(status, 202, "{body}");

@@ -14,8 +14,8 @@ use cloudproxy_proto::{Address, AppId, ErrorCode, Timebase};
 use cloudproxy_transport::config::{ConfigDraft, ServerConfig};
 use cloudproxy_transport::server::{ProxyNode, ReloadError};
 use proxy_support::{
-    APP, SECRET_HEX, TICKET_KEY_HEX, allocate_raw, bind_tcp_raw, bind_udp_raw, refusal, tcp_echo,
-    udp_echo, unix_now, within,
+    APP, SECRET_HEX, TICKET_KEY_HEX, allocate_raw, bind_tcp_raw, bind_udp_raw, echo_back, refusal,
+    tcp_echo, udp_echo, unix_now, within,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -84,14 +84,6 @@ async fn bind(
     .map_err(|e| refusal(&e).unwrap_or_else(|| panic!("not a refusal: {e}")))
 }
 
-/// Bytes out through the relay and the same bytes back from the echo.
-async fn echo(stream: &mut TcpStream, what: &[u8]) {
-    stream.write_all(what).await.unwrap();
-    let mut back = vec![0u8; what.len()];
-    within("echo", stream.read_exact(&mut back)).await.unwrap();
-    assert_eq!(back, what);
-}
-
 async fn allocation_refusal(node: &ProxyNode, client: &ClientConfig) -> Option<ErrorCode> {
     allocate_raw(node.addrs().allocation_tcp[0], client)
         .await
@@ -109,7 +101,7 @@ async fn reload_adds_an_app_and_rotates_a_secret_without_dropping_a_session() {
         .await
         .unwrap();
     let mut running = bind(&node, &old, &allocation, echo_addr).await.unwrap();
-    echo(&mut running, b"before the reload").await;
+    echo_back(&mut running, b"before the reload").await;
 
     let summary = node
         .reload(&config(
@@ -134,7 +126,7 @@ async fn reload_adds_an_app_and_rotates_a_secret_without_dropping_a_session() {
     let rotated = client(APP, ROTATED_SECRET_HEX);
     assert_eq!(allocation_refusal(&node, &rotated).await, None);
     // The running session's bytes still flow both ways, and it kept its place.
-    echo(&mut running, b"after the reload").await;
+    echo_back(&mut running, b"after the reload").await;
     assert_eq!(node.sessions(APP), 1);
     // The added app allocates and relays.
     let b = client(APP_B, APP_B_SECRET_HEX);
@@ -142,9 +134,9 @@ async fn reload_adds_an_app_and_rotates_a_secret_without_dropping_a_session() {
         .await
         .unwrap();
     let mut b_stream = bind(&node, &b, &b_allocation, echo_addr).await.unwrap();
-    echo(&mut b_stream, b"app b").await;
+    echo_back(&mut b_stream, b"app b").await;
     assert_eq!(node.sessions(APP_B), 1);
-    echo(&mut running, b"still running").await;
+    echo_back(&mut running, b"still running").await;
 }
 
 #[tokio::test]
@@ -209,7 +201,7 @@ async fn reload_with_a_bad_file_keeps_the_old_configuration() {
         .await
         .unwrap();
     let mut stream = bind(&node, &old, &allocation, echo_addr).await.unwrap();
-    echo(&mut stream, b"old configuration").await;
+    echo_back(&mut stream, b"old configuration").await;
     assert_eq!(
         allocation_refusal(&node, &client(APP_B, APP_B_SECRET_HEX)).await,
         Some(ErrorCode::BAD_CREDENTIAL)
@@ -234,7 +226,7 @@ async fn reload_of_allowlist_applies_to_new_binds() {
         .await
         .unwrap();
     let mut running = bind(&node, &c, &allocation, removed).await.unwrap();
-    echo(&mut running, b"allowed").await;
+    echo_back(&mut running, b"allowed").await;
 
     let only_kept = format!("\"127.0.0.1:{}\"", kept.port());
     let summary = node.reload(&config(&apps, &keys, &only_kept)).unwrap();
@@ -255,9 +247,9 @@ async fn reload_of_allowlist_applies_to_new_binds() {
         ErrorCode::DESTINATION_NOT_ALLOWED
     );
     let mut other = bind(&node, &c, &fresh, kept).await.unwrap();
-    echo(&mut other, b"kept").await;
+    echo_back(&mut other, b"kept").await;
     // The binding admitted before the reload keeps running.
-    echo(&mut running, b"still allowed for this binding").await;
+    echo_back(&mut running, b"still allowed for this binding").await;
 }
 
 #[tokio::test]
@@ -299,8 +291,8 @@ async fn reload_of_ticket_keys_refuses_a_removed_keys_tickets_for_new_binds() {
         ErrorCode::INVALID_TICKET
     );
     let mut new_key = bind(&node, &c, &signed_by_2, echo_addr).await.unwrap();
-    echo(&mut new_key, b"signed by key 2").await;
-    echo(&mut running, b"signed by key 1, bound before").await;
+    echo_back(&mut new_key, b"signed by key 2").await;
+    echo_back(&mut running, b"signed by key 1, bound before").await;
     // The UDP relay, whose binding table was made at start, sees the new
     // keys too.
     let udp_relay = node.addrs().udp_relays[0];
@@ -351,7 +343,7 @@ async fn reload_that_removes_an_app_lets_its_running_sessions_end_normally() {
         ErrorCode::BAD_CREDENTIAL
     );
     // The running one keeps its relay and its place until it ends.
-    echo(&mut running, b"removed app, running session").await;
+    echo_back(&mut running, b"removed app, running session").await;
     assert_eq!(node.sessions(APP_B), 1);
     drop(running);
     within("the session's end", async {

@@ -183,24 +183,8 @@ async fn the_per_app_quota_holds_at_allocation_and_at_bind() {
     let second = rig.allocate().await;
     let third = rig.allocate().await; // allowed: nothing is bound yet
 
-    let (_s1, _) = bind_tcp_raw(
-        relay,
-        &rig.client,
-        &first,
-        BindMode::Stream,
-        Address::Ip(echo),
-    )
-    .await
-    .unwrap();
-    let (s2, _) = bind_tcp_raw(
-        relay,
-        &rig.client,
-        &second,
-        BindMode::Stream,
-        Address::Ip(echo),
-    )
-    .await
-    .unwrap();
+    let (_s1, _) = rig.bind_stream(&first, echo).await;
+    let (s2, _) = rig.bind_stream(&second, echo).await;
     // A second binding of a live session is not a new session.
     let (_s1b, _) = bind_tcp_raw(
         relay,
@@ -236,15 +220,7 @@ async fn the_per_app_quota_holds_at_allocation_and_at_bind() {
         }
     })
     .await;
-    bind_tcp_raw(
-        relay,
-        &rig.client,
-        &third,
-        BindMode::Stream,
-        Address::Ip(echo),
-    )
-    .await
-    .unwrap();
+    rig.bind_stream(&third, echo).await;
 }
 
 /// Reads what the proxy sends until it closes; returns the error code of the

@@ -13,7 +13,9 @@ use cloudproxy_proto::client::Allocation;
 use cloudproxy_proto::frame::{Bind, BindMode, Frame, HEADER_LEN};
 use cloudproxy_proto::{Address, ErrorCode};
 use cloudproxy_transport::server::lifecycle::DrainOutcome;
-use proxy_support::{APP, Rig, SECRET_HEX, bind_tcp_raw, tcp_echo, udp_echo, within};
+use proxy_support::{
+    APP, Rig, SECRET_HEX, bind_tcp_raw, echo_back, hex, socks_request, tcp_echo, udp_echo, within,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
@@ -157,20 +159,6 @@ async fn closed(stream: &mut TcpStream) {
     .await;
 }
 
-/// Writes `data` and reads the echo back.
-async fn echo_round_trip(stream: &mut TcpStream, data: &[u8]) {
-    stream.write_all(data).await.unwrap();
-    let mut back = vec![0u8; data.len()];
-    within("the echo", stream.read_exact(&mut back))
-        .await
-        .unwrap();
-    assert_eq!(back, data);
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A SOCKS5 greeting with user/password and a request; returns the stream
 /// after the proxy's method choice, auth status and reply, and the reply's
 /// code and bound address.
@@ -199,17 +187,6 @@ async fn socks5_request(
     (s, answer[5], bound)
 }
 
-/// A SOCKS5 request: CMD, then an IPv4 address and port.
-fn request(cmd: u8, addr: SocketAddr) -> Vec<u8> {
-    let SocketAddr::V4(v4) = addr else {
-        panic!("IPv4 only")
-    };
-    let mut r = vec![5, cmd, 0, 1];
-    r.extend_from_slice(&v4.ip().octets());
-    r.extend_from_slice(&v4.port().to_be_bytes());
-    r
-}
-
 #[tokio::test]
 async fn stream_bindings_end_at_session_lifetime() {
     // A few seconds: whole-second ticket deadlines leave the binds below
@@ -226,28 +203,21 @@ async fn stream_bindings_end_at_session_lifetime() {
     let allocation = rig.allocate().await;
 
     // Native stream binding.
-    let (mut native, _) = bind_tcp_raw(
-        rig.node.addrs().tcp_relay,
-        &rig.client,
-        &allocation,
-        BindMode::Stream,
-        Address::Ip(echo),
-    )
-    .await
-    .unwrap();
-    echo_round_trip(&mut native, b"native").await;
+    let (mut native, _) = rig.bind_stream(&allocation, echo).await;
+    echo_back(&mut native, b"native").await;
 
     // SOCKS5 CONNECT with the same session's ticket as the password.
     let ticket = hex(allocation.ticket.as_bytes());
-    let (mut with_ticket, code, _) = socks5_request(socks, &ticket, &request(1, echo)).await;
+    let (mut with_ticket, code, _) = socks5_request(socks, &ticket, &socks_request(1, echo)).await;
     assert_eq!(code, 0);
-    echo_round_trip(&mut with_ticket, b"ticket").await;
+    echo_back(&mut with_ticket, b"ticket").await;
 
     // SOCKS5 CONNECT with the app secret: a new session, with the same
     // maximum lifetime from its login.
-    let (mut with_secret, code, _) = socks5_request(socks, SECRET_HEX, &request(1, echo)).await;
+    let (mut with_secret, code, _) =
+        socks5_request(socks, SECRET_HEX, &socks_request(1, echo)).await;
     assert_eq!(code, 0);
-    echo_round_trip(&mut with_secret, b"secret").await;
+    echo_back(&mut with_secret, b"secret").await;
 
     closed(&mut native).await;
     closed(&mut with_ticket).await;
@@ -270,7 +240,8 @@ async fn socks5_udp_association_ends_at_session_lifetime() {
     let allocation = rig.allocate().await;
     let ticket = hex(allocation.ticket.as_bytes());
     let unspecified: SocketAddr = "0.0.0.0:0".parse().unwrap();
-    let (mut control, code, _) = socks5_request(socks, &ticket, &request(3, unspecified)).await;
+    let (mut control, code, _) =
+        socks5_request(socks, &ticket, &socks_request(3, unspecified)).await;
     assert_eq!(code, 0);
     assert_eq!(rig.node.stats().udp_bindings_active, 1);
     closed(&mut control).await;
@@ -298,7 +269,8 @@ async fn socks5_udp_association_only_accepts_declared_client_port() {
     let echo = udp_echo().await;
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let declared = client.local_addr().unwrap();
-    let (_control, code, relay) = socks5_request(socks, SECRET_HEX, &request(3, declared)).await;
+    let (_control, code, relay) =
+        socks5_request(socks, SECRET_HEX, &socks_request(3, declared)).await;
     assert_eq!(code, 0);
 
     let mut datagram = udp_header(echo);
@@ -333,7 +305,7 @@ async fn socks5_udp_association_only_accepts_declared_client_port() {
     // A declared address that is not the client's own is refused outright:
     // nothing could ever use such an association.
     let elsewhere: SocketAddr = "127.0.0.2:4000".parse().unwrap();
-    let (_refused, code, _) = socks5_request(socks, SECRET_HEX, &request(3, elsewhere)).await;
+    let (_refused, code, _) = socks5_request(socks, SECRET_HEX, &socks_request(3, elsewhere)).await;
     assert_eq!(code, 2, "not allowed");
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use cloudproxy_transport::config::ServerConfig;
 use cloudproxy_transport::server::ProxyNode;
 use cloudproxy_transport::server::lookups::{LookupFuture, LookupHold, Resolve};
-use proxy_support::{APP, Captured, Rig, SECRET_HEX, tcp_echo, udp_echo, within};
+use proxy_support::{APP, Captured, Rig, SECRET_HEX, socks_request, tcp_echo, udp_echo, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_socks::tcp::Socks5Stream;
@@ -262,16 +262,6 @@ async fn raw_request(
     (Some(0), reply.get(1).copied())
 }
 
-fn connect_request(addr: SocketAddr) -> Vec<u8> {
-    let SocketAddr::V4(v4) = addr else {
-        panic!("IPv4 only")
-    };
-    let mut r = vec![5, 1, 0, 1];
-    r.extend_from_slice(&v4.ip().octets());
-    r.extend_from_slice(&v4.port().to_be_bytes());
-    r
-}
-
 #[tokio::test]
 async fn every_refusal_has_its_reply_code_and_harms_no_other_session() {
     // Only 127.0.0.1 is allowed, so 127.0.0.2 is off limits.
@@ -291,7 +281,7 @@ async fn every_refusal_has_its_reply_code_and_harms_no_other_session() {
     // to a forbidden address is tested on the second node below.
     let forbidden: SocketAddr = SocketAddr::new("127.0.0.2".parse().unwrap(), echo.port());
     assert_eq!(
-        raw_request(socks, SECRET_HEX, &connect_request(forbidden))
+        raw_request(socks, SECRET_HEX, &socks_request(1, forbidden))
             .await
             .1,
         Some(2)
@@ -300,7 +290,7 @@ async fn every_refusal_has_its_reply_code_and_harms_no_other_session() {
         raw_request(
             socks,
             SECRET_HEX,
-            &connect_request("0.0.0.0:80".parse().unwrap())
+            &socks_request(1, "0.0.0.0:80".parse().unwrap())
         )
         .await
         .1,
@@ -313,14 +303,14 @@ async fn every_refusal_has_its_reply_code_and_harms_no_other_session() {
         l.local_addr().unwrap()
     };
     assert_eq!(
-        raw_request(socks, SECRET_HEX, &connect_request(closed))
+        raw_request(socks, SECRET_HEX, &socks_request(1, closed))
             .await
             .1,
         Some(5)
     );
 
     // BIND: command not supported (7); an unknown address type (8).
-    let mut bind = connect_request(echo);
+    let mut bind = socks_request(1, echo);
     bind[1] = 2;
     assert_eq!(raw_request(socks, SECRET_HEX, &bind).await.1, Some(7));
     assert_eq!(
@@ -608,7 +598,7 @@ async fn socks5_refusal_lines_are_rate_limited() {
     let started = std::time::Instant::now();
     for _ in 0..200 {
         assert_eq!(
-            raw_request(socks, SECRET_HEX, &connect_request(forbidden))
+            raw_request(socks, SECRET_HEX, &socks_request(1, forbidden))
                 .await
                 .1,
             Some(2)
@@ -635,7 +625,7 @@ async fn socks5_refusal_lines_are_rate_limited() {
             .iter()
             .any(|l| l.contains("similar lines suppressed"))
         {
-            raw_request(socks, SECRET_HEX, &connect_request(forbidden)).await;
+            raw_request(socks, SECRET_HEX, &socks_request(1, forbidden)).await;
         }
     })
     .await;

@@ -7,6 +7,23 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+/// `cloudproxy serve` in development mode on ephemeral ports: the arguments
+/// the tests' nodes start from.
+pub(crate) const LOCAL_SERVE: &[&str] = &[
+    "serve",
+    "--allocation-port",
+    "0",
+    "--tcp-relay-port",
+    "0",
+    "--udp-relay-ports",
+    "0-1",
+];
+
+/// The `cloudproxy` binary under test.
+pub(crate) fn cloudproxy() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
+}
+
 /// A child process that is stopped (SIGTERM) when the test ends, pass or fail.
 pub(crate) struct Running(Child);
 
@@ -124,17 +141,8 @@ pub(crate) struct DevProxy {
 }
 
 pub(crate) fn dev_proxy(extra: &[&str]) -> DevProxy {
-    let mut args = vec![
-        "serve",
-        "--allocation-port",
-        "0",
-        "--tcp-relay-port",
-        "0",
-        "--udp-relay-ports",
-        "0-1",
-        "--log",
-        "warn",
-    ];
+    let mut args = LOCAL_SERVE.to_vec();
+    args.extend_from_slice(&["--log", "warn"]);
     args.extend_from_slice(extra);
     let (process, mut out) = spawn(&args);
     let banner = read_until(&mut out, "press Ctrl-C");

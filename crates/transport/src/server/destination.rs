@@ -103,6 +103,26 @@ pub async fn permitted(
     allowlist: &Allowlist,
     dns_timeout: Duration,
 ) -> Result<Vec<SocketAddr>, DestinationError> {
+    permitted_via(destination, allowlist, dns_timeout, |host, port, _| {
+        Ok(tokio::net::lookup_host((host, port)))
+    })
+    .await
+}
+
+/// The allowed, canonical addresses for `destination`: a literal address is
+/// checked as it is; a name is resolved by the future `lookup` returns (given
+/// the host, the port and the destination's display form) within `timeout`.
+/// The future is dropped on the deadline, before the error returns.
+pub(crate) async fn permitted_via<'a, Fut, I>(
+    destination: &Destination<'a>,
+    allowlist: &Allowlist,
+    timeout: Duration,
+    lookup: impl FnOnce(&'a str, u16, &str) -> Result<Fut, DestinationError>,
+) -> Result<Vec<SocketAddr>, DestinationError>
+where
+    Fut: std::future::Future<Output = std::io::Result<I>>,
+    I: IntoIterator<Item = SocketAddr>,
+{
     let (host, port) = match *destination {
         Destination::Addr(addr) => {
             return allowlist
@@ -113,11 +133,11 @@ pub async fn permitted(
         Destination::Name(host, port) => (host, port),
     };
     let name = destination.to_string();
-    let resolved = tokio::time::timeout(dns_timeout, tokio::net::lookup_host((host, port)))
+    let resolved = tokio::time::timeout(timeout, lookup(host, port, &name)?)
         .await
         .map_err(|_| DestinationError::ResolveTimeout {
             name: name.clone(),
-            timeout: dns_timeout,
+            timeout,
         })?
         .map_err(|e| {
             tracing::debug!(destination = %name, error = %e, "name lookup failed");

@@ -36,7 +36,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::allowlist::Allowlist;
 use crate::server::bucket::TokenBucket;
-use crate::server::destination::{Destination, DestinationError, check_resolved, unresolvable};
+use crate::server::destination::{Destination, DestinationError, permitted_via};
 
 /// A lookup's result, as a resolver delivers it.
 pub type LookupFuture = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;
@@ -167,31 +167,17 @@ impl Lookups {
         destination: &Destination<'_>,
         allowlist: &Allowlist,
     ) -> Result<Vec<SocketAddr>, DestinationError> {
-        let (host, port) = match *destination {
-            Destination::Addr(addr) => {
-                return allowlist
-                    .check(addr)
-                    .map(|a| vec![a])
-                    .map_err(DestinationError::Denied);
-            }
-            Destination::Name(host, port) => (host, port),
-        };
-        let name = destination.to_string();
-        let hold = self.reserve(app, &name)?;
-        let timeout = self.limits.timeout;
-        // On the deadline the lookup's future is dropped here, before the
-        // error returns: a cancellable lookup has then given its place back.
-        let resolved =
-            tokio::time::timeout(timeout, self.resolver.lookup(host.to_owned(), port, hold))
-                .await
-                .map_err(|_| DestinationError::ResolveTimeout {
-                    name: name.clone(),
-                    timeout,
-                })?
-                .map_err(|e| {
-                    tracing::debug!(destination = %name, error = %e, "name lookup failed");
-                    unresolvable(name.clone())
-                })?;
-        check_resolved(name, resolved, allowlist)
+        // On the deadline the lookup's future is dropped before the error
+        // returns: a cancellable lookup has then given its place back.
+        permitted_via(
+            destination,
+            allowlist,
+            self.limits.timeout,
+            |host, port, name| {
+                let hold = self.reserve(app, name)?;
+                Ok(self.resolver.lookup(host.to_owned(), port, hold))
+            },
+        )
+        .await
     }
 }

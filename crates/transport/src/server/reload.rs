@@ -307,30 +307,15 @@ fn fixed_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<FixedChange>
         new.socks5.enabled.to_string(),
     );
     check("socks5.port", port.to_string(), new.socks5.port.to_string());
-    let Limits {
-        handshake_timeout_ms,
-        idle_timeout_ms,
-        allocation_lifetime_secs,
-        max_session_lifetime_secs,
-        keepalive_interval_secs,
-        connect_timeout_ms,
-        dns_timeout_ms,
-        max_frame_len,
-        relay_buffer_len,
-        relay_splice,
-        drain_timeout_ms,
-        max_bindings_per_session: _,
-        max_upstream_sockets_per_app: _,
-        reserved_fds,
-        dns_lookups_in_flight_per_app,
-        dns_lookups_per_sec_per_app,
-        login_failure_burst,
-        login_failures_per_minute,
-        login_failure_sources,
-    } = &running.limits;
     let n = &new.limits;
-    macro_rules! limit {
-        ($($field:ident),*) => {
+    // One list of the fields: the destructuring (which stops compiling when a
+    // field is added) and the checks come from it.
+    macro_rules! limits {
+        (check: $($field:ident),*; reloadable: $($skip:ident),*) => {
+            let Limits {
+                $($field,)*
+                $($skip: _,)*
+            } = &running.limits;
             $(check(
                 concat!("limits.", stringify!($field)),
                 $field.to_string(),
@@ -338,7 +323,8 @@ fn fixed_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<FixedChange>
             );)*
         };
     }
-    limit!(
+    limits!(
+        check:
         handshake_timeout_ms,
         idle_timeout_ms,
         allocation_lifetime_secs,
@@ -355,7 +341,10 @@ fn fixed_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<FixedChange>
         dns_lookups_per_sec_per_app,
         login_failure_burst,
         login_failures_per_minute,
-        login_failure_sources
+        login_failure_sources;
+        reloadable:
+        max_bindings_per_session,
+        max_upstream_sockets_per_app
     );
     changes
 }

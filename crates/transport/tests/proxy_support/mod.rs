@@ -93,6 +93,23 @@ impl Rig {
         self.node.addrs().allocation_tcp[0]
     }
 
+    /// A stream binding to `destination` over the TCP relay, bound.
+    pub async fn bind_stream(
+        &self,
+        allocation: &Allocation,
+        destination: SocketAddr,
+    ) -> (TcpStream, RelayBinding) {
+        bind_tcp_raw(
+            self.node.addrs().tcp_relay,
+            &self.client,
+            allocation,
+            BindMode::Stream,
+            Address::Ip(destination),
+        )
+        .await
+        .unwrap()
+    }
+
     pub async fn allocate(&self) -> Allocation {
         allocate(
             &self.client,
@@ -327,4 +344,28 @@ impl Captured {
             .map(str::to_owned)
             .collect()
     }
+}
+
+/// `bytes` as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `what` into the relayed stream and reads the same bytes back.
+pub async fn echo_back(stream: &mut TcpStream, what: &[u8]) {
+    stream.write_all(what).await.unwrap();
+    let mut back = vec![0u8; what.len()];
+    within("echo", stream.read_exact(&mut back)).await.unwrap();
+    assert_eq!(back, what);
+}
+
+/// A SOCKS5 request: CMD, then an IPv4 address and port.
+pub fn socks_request(cmd: u8, addr: SocketAddr) -> Vec<u8> {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only")
+    };
+    let mut r = vec![5, cmd, 0, 1];
+    r.extend_from_slice(&v4.ip().octets());
+    r.extend_from_slice(&v4.port().to_be_bytes());
+    r
 }

@@ -455,3 +455,23 @@ fn the_admin_section_is_checked_with_file_line_and_key() {
         .to_string();
     assert!(error.contains("proxy.toml:2:"), "{error}");
 }
+
+#[tokio::test]
+async fn a_scrape_before_the_node_is_attached_shows_not_ready() {
+    let admin = AdminServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = admin.local_addr();
+    let (status, text) = http(addr, "GET", "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(value(&text, "cloudproxy_ready"), 0.0);
+    assert_eq!(value(&text, "cloudproxy_draining"), 0.0);
+    assert!(text.contains("cloudproxy_build_info{"), "{text}");
+    // So `CloudproxyNotReady` (ready 0 and draining 0) can fire; once
+    // attached the node is ready.
+    let rig = Rig::loopback().await;
+    admin.attach(&rig.node);
+    let text = scrape(addr).await;
+    assert_eq!(value(&text, "cloudproxy_ready"), 1.0);
+    assert_eq!(value(&text, "cloudproxy_draining"), 0.0);
+}

@@ -44,6 +44,51 @@ pub(crate) fn registry(shared: &Arc<Shared>) -> Registry {
     registry
 }
 
+/// The registry of an admin listener whose node has not started yet: build
+/// info, `ready 0` and `draining 0`, so a node stuck before its listeners
+/// bind is visible to a scraper (and to the `CloudproxyNotReady` alert).
+pub(crate) fn unattached_registry() -> Registry {
+    let mut registry = Registry::with_prefix("cloudproxy");
+    registry.register_collector(Box::new(UnattachedCollector));
+    registry
+}
+
+#[derive(Debug)]
+struct UnattachedCollector;
+
+impl Collector for UnattachedCollector {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        readiness(&mut e, false, false)
+    }
+}
+
+/// `build_info`, `ready` and `draining`: what a scrape shows with or without
+/// a node.
+fn readiness(
+    e: &mut DescriptorEncoder<'_>,
+    ready: bool,
+    draining: bool,
+) -> Result<(), std::fmt::Error> {
+    gauge(
+        e,
+        "build_info",
+        "Always 1; the label says which version runs",
+        &[(&[("version", VERSION)], 1)],
+    )?;
+    gauge(
+        e,
+        "ready",
+        "1 while every listener is bound and the node is not draining",
+        &[(&[], u64::from(ready))],
+    )?;
+    gauge(
+        e,
+        "draining",
+        "1 once a drain (on demand or for shutdown) has started",
+        &[(&[], u64::from(draining))],
+    )
+}
+
 /// Renders `registry` as OpenMetrics text (ending in `# EOF`).
 pub(crate) fn render(registry: &Registry) -> String {
     let mut out = String::with_capacity(8 * 1024);
@@ -154,24 +199,8 @@ impl Collector for NodeCollector {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = self.shared.stats.snapshot();
         let draining = !self.shared.lifecycle.is_accepting();
-        gauge(
-            &mut e,
-            "build_info",
-            "Always 1; the label says which version runs",
-            &[(&[("version", VERSION)], 1)],
-        )?;
-        gauge(
-            &mut e,
-            "ready",
-            "1 while every listener is bound and the node is not draining",
-            &[(&[], u64::from(!draining))],
-        )?;
-        gauge(
-            &mut e,
-            "draining",
-            "1 once a drain (on demand or for shutdown) has started",
-            &[(&[], u64::from(draining))],
-        )?;
+        // Attached means every listener is bound: ready unless draining.
+        readiness(&mut e, !draining, draining)?;
         counter(
             &mut e,
             "allocations",

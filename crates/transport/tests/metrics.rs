@@ -475,3 +475,45 @@ async fn a_scrape_before_the_node_is_attached_shows_not_ready() {
     assert_eq!(value(&text, "cloudproxy_ready"), 1.0);
     assert_eq!(value(&text, "cloudproxy_draining"), 0.0);
 }
+
+/// Scrapes until `series` reaches `at_least` (bounded by `within`), and
+/// returns that scrape.
+async fn scrape_until(admin: SocketAddr, series: &str, at_least: f64) -> String {
+    within(&format!("{series} to reach {at_least}"), async {
+        loop {
+            let text = scrape(admin).await;
+            let found = text
+                .lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok());
+            if found.is_some_and(|v| v >= at_least) {
+                return text;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn refused_udp_relay_control_datagrams_are_counted() {
+    let rig = Rig::loopback().await;
+    let admin = admin_for(&rig.node).await;
+    let addr = admin.local_addr();
+    let before = scrape(addr).await;
+    assert_eq!(value(&before, "cloudproxy_bindings_refused_total"), 0.0);
+    let malformed = r#"cloudproxy_dropped_total{reason="malformed"}"#;
+    assert_eq!(value(&before, malformed), 0.0);
+
+    // A control datagram (the frame magic first) that does not parse.
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut garbage = vec![0x43u8, 0x50, 0x01, 0xff];
+    garbage.extend_from_slice(&[0xee; 28]);
+    socket
+        .send_to(&garbage, rig.node.addrs().udp_relays[0])
+        .await
+        .unwrap();
+    let text = scrape_until(addr, "cloudproxy_bindings_refused_total", 1.0).await;
+    assert_eq!(value(&text, "cloudproxy_bindings_refused_total"), 1.0);
+    assert_eq!(value(&text, malformed), 1.0);
+}

@@ -117,15 +117,21 @@ pub(crate) fn login_failed(shared: &Shared, channel: Channel, peer: SocketAddr) 
     }
 }
 
-/// Whether a refusal code of the native protocol is a failed login (as
-/// opposed to a quota, destination or malformed-input refusal).
-pub(crate) fn is_login_failure(reason: &SessionError) -> bool {
+/// Whether a refusal code of the native protocol is a failed login (an
+/// unknown app or wrong proof, a bad or expired ticket), as opposed to a
+/// quota, destination or malformed-input refusal. The one list every
+/// listener uses.
+pub(crate) fn is_login_failure_code(code: ErrorCode) -> bool {
     matches!(
-        reason,
-        SessionError::Rejected { code }
-            if [ErrorCode::BAD_CREDENTIAL, ErrorCode::INVALID_TICKET, ErrorCode::EXPIRED_TICKET]
-                .contains(code)
+        code,
+        ErrorCode::BAD_CREDENTIAL | ErrorCode::INVALID_TICKET | ErrorCode::EXPIRED_TICKET
     )
+}
+
+/// Whether a session ended by a refusal that is a failed login
+/// ([`is_login_failure_code`]).
+pub(crate) fn is_login_failure(reason: &SessionError) -> bool {
+    matches!(reason, SessionError::Rejected { code } if is_login_failure_code(*code))
 }
 
 /// SOCKS5 user/password (RFC 1929): username = app id, password = the app

@@ -36,7 +36,8 @@ use tokio::sync::mpsc;
 
 use crate::net::{any_local_for, sleep_until_opt};
 use crate::server::admission::{
-    Channel, admit, bind_grant, bind_transport, login_failed, quota_code, source_allowed,
+    Channel, admit, bind_grant, bind_transport, is_login_failure_code, login_failed, quota_code,
+    source_allowed,
 };
 use crate::server::node::Shared;
 use crate::server::quota::QuotaGuard;
@@ -126,12 +127,7 @@ fn note_udp_refusal(shared: &Shared, from: SocketAddr, request: &[u8], reply: &[
         Ok(Frame::Error(e)) => e.code,
         _ => ErrorCode::INTERNAL,
     };
-    let failed_login = [
-        ErrorCode::BAD_CREDENTIAL,
-        ErrorCode::INVALID_TICKET,
-        ErrorCode::EXPIRED_TICKET,
-    ]
-    .contains(&code);
+    let failed_login = is_login_failure_code(code);
     if failed_login {
         login_failed(shared, Channel::Udp, from);
     }
@@ -465,8 +461,15 @@ impl Relay {
                 }
             }
             UdpRelayEvent::Refused { client, code } => {
-                let failed_login =
-                    [ErrorCode::INVALID_TICKET, ErrorCode::EXPIRED_TICKET].contains(&code);
+                Stats::bump(&self.shared.stats.bindings_refused);
+                // A control datagram that did not parse.
+                if matches!(
+                    code,
+                    ErrorCode::MALFORMED_FRAME | ErrorCode::UNSUPPORTED_VERSION
+                ) {
+                    Stats::bump(&self.shared.stats.malformed);
+                }
+                let failed_login = is_login_failure_code(code);
                 if failed_login {
                     login_failed(&self.shared, Channel::Udp, client);
                 }
@@ -475,7 +478,7 @@ impl Relay {
                     if failed_login {
                         tracing::warn!(peer = %client, app = %"-", reason = %code, "udp bind refused: failed login");
                     } else {
-                        tracing::warn!(peer = %client, app = %"-", reason = %code, "udp bind refused");
+                        tracing::info!(peer = %client, app = %"-", reason = %code, "udp bind refused");
                     }
                 });
             }

@@ -517,3 +517,87 @@ async fn refused_udp_relay_control_datagrams_are_counted() {
     assert_eq!(value(&text, "cloudproxy_bindings_refused_total"), 1.0);
     assert_eq!(value(&text, malformed), 1.0);
 }
+
+#[tokio::test]
+async fn login_failures_and_refusals_are_counted_by_reason() {
+    use cloudproxy_proto::{ErrorCode, SealedTicket, Transports};
+    let rig = Rig::loopback().await;
+    let admin = admin_for(&rig.node).await;
+    let addr = admin.local_addr();
+    let before = scrape(addr).await;
+    let reasons = [
+        r#"cloudproxy_login_failures_total{reason="bad_credential"}"#,
+        r#"cloudproxy_login_failures_total{reason="bad_ticket"}"#,
+        r#"cloudproxy_login_failures_total{reason="expired_ticket"}"#,
+        r#"cloudproxy_login_failures_total{reason="socks5_password"}"#,
+        r#"cloudproxy_login_failures_total{reason="rate_limited"}"#,
+        r#"cloudproxy_refusals_total{reason="transport_not_allowed"}"#,
+        r#"cloudproxy_refusals_total{reason="session_too_old"}"#,
+        r#"cloudproxy_refusals_total{reason="server_busy"}"#,
+        r#"cloudproxy_refusals_total{reason="handshake_timeout"}"#,
+        r#"cloudproxy_refusals_total{reason="destination"}"#,
+        r#"cloudproxy_refusals_total{reason="lookup_budget"}"#,
+        r#"cloudproxy_refusals_total{reason="quota"}"#,
+    ];
+    for reason in reasons {
+        assert_eq!(value(&before, reason), 0.0, "{reason}");
+    }
+
+    // An unknown app: bad_credential.
+    let mut stranger = rig.client.clone();
+    stranger.app_id = AppId::new("no-such-app").unwrap();
+    let err = proxy_support::allocate_raw(rig.allocation_addr(), &stranger)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        proxy_support::refusal(&err),
+        Some(ErrorCode::BAD_CREDENTIAL)
+    );
+    scrape_until(addr, reasons[0], 1.0).await;
+
+    // A ticket that does not verify on a UDP bind: bad_ticket.
+    let echo = proxy_support::udp_echo().await;
+    let mut forged = rig.allocate().await;
+    forged.ticket = SealedTicket::new(bytes::Bytes::from_static(b"not a ticket")).unwrap();
+    let err = proxy_support::bind_udp_raw(
+        rig.node.addrs().udp_relays[0],
+        &rig.client,
+        &forged,
+        Address::Ip(echo),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        proxy_support::refusal(&err),
+        Some(ErrorCode::INVALID_TICKET)
+    );
+    scrape_until(addr, reasons[1], 1.0).await;
+
+    // A UDP-only session asking for a TCP stream: transport_not_allowed.
+    let mut udp_only = rig.client.clone();
+    udp_only.transports = Transports::UDP;
+    let allocation = proxy_support::allocate_raw(rig.allocation_addr(), &udp_only)
+        .await
+        .unwrap();
+    let err = bind_tcp_raw(
+        rig.node.addrs().tcp_relay,
+        &udp_only,
+        &allocation,
+        BindMode::Stream,
+        Address::Ip(tcp_echo().await),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        proxy_support::refusal(&err),
+        Some(ErrorCode::TRANSPORT_NOT_ALLOWED)
+    );
+    let after = scrape_until(addr, reasons[5], 1.0).await;
+    assert_eq!(value(&after, reasons[0]), 1.0, "{after}");
+    assert_eq!(value(&after, reasons[1]), 1.0, "{after}");
+    assert_eq!(value(&after, reasons[5]), 1.0, "{after}");
+    // Nothing else moved.
+    for reason in [2, 3, 4, 6, 7, 8, 9, 10, 11].map(|i| reasons[i]) {
+        assert_eq!(value(&after, reason), 0.0, "{reason}\n{after}");
+    }
+}

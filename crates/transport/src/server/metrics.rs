@@ -219,8 +219,12 @@ impl Collector for NodeCollector {
         counter(
             &mut e,
             "refusals",
-            "Allocations and bindings refused by policy, by reason",
+            "Allocations and bindings refused, by reason: transport not allowed, session too old, node shutting down, handshake timeout, destination, name-lookup budget, quota",
             &[
+                (&[("reason", "transport_not_allowed")], s.transport_refused),
+                (&[("reason", "session_too_old")], s.session_too_old_refused),
+                (&[("reason", "server_busy")], s.server_busy_refused),
+                (&[("reason", "handshake_timeout")], s.handshake_timeouts),
                 (&[("reason", "destination")], s.destinations_refused),
                 (&[("reason", "lookup_budget")], s.lookups_refused),
                 (&[("reason", "quota")], s.quota_refused),
@@ -235,9 +239,21 @@ impl Collector for NodeCollector {
         counter(
             &mut e,
             "login_failures",
-            "Failed logins on every listener, by reason: a wrong credential or ticket, or refused unchecked because the source is over its limit",
+            "Failed logins on every listener, by reason: an unknown app or wrong proof, a bad or expired ticket, a wrong SOCKS5 password, or refused unchecked because the source is over its limit",
             &[
-                (&[("reason", "bad_credential")], s.login_failures),
+                (
+                    &[("reason", "bad_credential")],
+                    s.login_failures_bad_credential,
+                ),
+                (&[("reason", "bad_ticket")], s.login_failures_bad_ticket),
+                (
+                    &[("reason", "expired_ticket")],
+                    s.login_failures_expired_ticket,
+                ),
+                (
+                    &[("reason", "socks5_password")],
+                    s.login_failures_socks5_password,
+                ),
                 (&[("reason", "rate_limited")], s.logins_rate_limited),
             ],
         )?;

@@ -89,9 +89,26 @@ counters! {
     /// Failed logins on every listener: wrong SOCKS5 password, wrong
     /// allocation proof, bad or expired ticket.
     login_failures,
+    /// Of the failed logins: an unknown app or a wrong proof (200).
+    login_failures_bad_credential,
+    /// Of the failed logins: a ticket that does not verify (301).
+    login_failures_bad_ticket,
+    /// Of the failed logins: an expired ticket (300).
+    login_failures_expired_ticket,
+    /// Of the failed logins: a wrong SOCKS5 user or password.
+    login_failures_socks5_password,
     /// Login attempts refused unchecked because their source was over its
     /// login-failure limit.
     logins_rate_limited,
+    /// Allocations and bindings refused because the transport is not
+    /// allowed for the app or session (203).
+    transport_refused,
+    /// Refreshes and bindings refused because the session reached its
+    /// maximum lifetime (204).
+    session_too_old_refused,
+    /// Bindings refused because the node is shutting down (105; a full
+    /// node is a quota refusal).
+    server_busy_refused,
     /// Times a source's login-failure limit engaged.
     login_limit_engaged,
     /// Binds refused because their app was over its name-lookup budget.
@@ -141,6 +158,19 @@ impl Stats {
             PumpEnd::UpstreamError(_) => &self.tcp_sessions_upstream_error,
             PumpEnd::Cancelled => &self.tcp_sessions_cancelled,
         });
+    }
+
+    /// Counts a refusal whose code has a reason of its own in
+    /// `cloudproxy_refusals_total`: 203 and 204. Quota (202, 105 for a full
+    /// node), destination and lookup refusals are counted where they are
+    /// decided, and shutdown refusals with [`Stats::server_busy_refused`].
+    pub fn note_refusal_code(&self, code: cloudproxy_proto::ErrorCode) {
+        use cloudproxy_proto::ErrorCode;
+        match code {
+            ErrorCode::TRANSPORT_NOT_ALLOWED => Self::bump(&self.transport_refused),
+            ErrorCode::SESSION_TOO_OLD => Self::bump(&self.session_too_old_refused),
+            _ => {}
+        }
     }
 
     /// Counts a quota refusal; an unknown app is a failed login instead and

@@ -17,8 +17,8 @@ use crate::client::dial::{DialError, DialPolicy, Outcome, race};
 use crate::net::{connected_udp, sleep_until_opt, write_all};
 use crate::pump::{LiveTotals, PumpOptions, pump_with_totals};
 use crate::server::admission::{
-    Channel, admit, bind_grant, bind_transport, is_login_failure, login_failed, quota_code,
-    source_allowed,
+    Channel, LoginFailure, admit, bind_grant, bind_transport, is_login_failure, login_failed,
+    quota_code, source_allowed,
 };
 use crate::server::conn::{
     Bounds, CLOSING_FLUSH, Cut, Next, close_after_refusal, closing_flush, flush, next_event,
@@ -63,10 +63,14 @@ async fn refuse_limited_source(shared: &Shared, stream: &TcpStream, peer: Socket
 /// login, malformed input, timeout), within the node's log budget, and
 /// counts a failed login against its source.
 fn note_refusal(shared: &Shared, conn: &Connection, peer: SocketAddr, reason: &SessionError) {
-    let failed_login = is_login_failure(reason);
-    if failed_login {
-        login_failed(shared, Channel::Tcp, peer);
+    let failed_login = match reason {
+        SessionError::Rejected { code } => LoginFailure::from_code(*code),
+        _ => None,
+    };
+    if let Some(why) = failed_login {
+        login_failed(shared, Channel::Tcp, peer, why);
     }
+    let failed_login = failed_login.is_some();
     let app = conn.claimed_app().map_or("-", |a| a.as_str());
     let what = if conn.role() == Role::Allocation {
         "allocation"
@@ -210,7 +214,7 @@ async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<B
                 let prepared = bounds
                     .run(prepare(shared, &request))
                     .await
-                    .unwrap_or_else(|cut| Err(cut_refusal(cut)));
+                    .unwrap_or_else(|cut| Err(cut_refusal(shared, cut)));
                 match prepared {
                     Ok(upstream) => {
                         let _ = conn.accept_bind(Instant::now());
@@ -285,10 +289,13 @@ fn handshake_bounds(shared: &Shared, conn: &Connection) -> Bounds {
 }
 
 /// The refusal for a bind whose checks or connect were cut short.
-fn cut_refusal(cut: Cut) -> (ErrorCode, String) {
+fn cut_refusal(shared: &Shared, cut: Cut) -> (ErrorCode, String) {
     let code = match cut {
         Cut::Deadline => ErrorCode::HANDSHAKE_TIMEOUT,
-        Cut::Shutdown => ErrorCode::SERVER_BUSY,
+        Cut::Shutdown => {
+            Stats::bump(&shared.stats.server_busy_refused);
+            ErrorCode::SERVER_BUSY
+        }
     };
     (code, cut.as_str().to_owned())
 }
@@ -755,8 +762,14 @@ fn note_close(stats: &Stats, reason: &SessionError, allocation: bool) {
         SessionError::Protocol(_) | SessionError::UnexpectedFrame { .. } => {
             Stats::bump(&stats.malformed)
         }
-        SessionError::Rejected { .. } if allocation => Stats::bump(&stats.allocations_refused),
-        SessionError::Rejected { .. } => Stats::bump(&stats.bindings_refused),
+        SessionError::Rejected { code } if allocation => {
+            Stats::bump(&stats.allocations_refused);
+            stats.note_refusal_code(*code);
+        }
+        SessionError::Rejected { code } => {
+            Stats::bump(&stats.bindings_refused);
+            stats.note_refusal_code(*code);
+        }
         _ => {}
     }
 }

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 
 use crate::net::{any_local_for, sleep_until_opt};
 use crate::server::admission::{
-    Channel, admit, bind_grant, bind_transport, is_login_failure_code, login_failed, quota_code,
+    Channel, LoginFailure, admit, bind_grant, bind_transport, login_failed, quota_code,
     source_allowed,
 };
 use crate::server::node::Shared;
@@ -127,10 +127,12 @@ fn note_udp_refusal(shared: &Shared, from: SocketAddr, request: &[u8], reply: &[
         Ok(Frame::Error(e)) => e.code,
         _ => ErrorCode::INTERNAL,
     };
-    let failed_login = is_login_failure_code(code);
-    if failed_login {
-        login_failed(shared, Channel::Udp, from);
+    shared.stats.note_refusal_code(code);
+    let failed_login = LoginFailure::from_code(code);
+    if let Some(why) = failed_login {
+        login_failed(shared, Channel::Udp, from, why);
     }
+    let failed_login = failed_login.is_some();
     shared.refusal_log.log(|| {
         let app = match Frame::parse(request) {
             Ok(Frame::AllocateRequest(r)) => r.app_id.as_str().to_owned(),
@@ -429,6 +431,8 @@ impl Relay {
                 client,
             } => {
                 if stopping {
+                    Stats::bump(&self.shared.stats.bindings_refused);
+                    Stats::bump(&self.shared.stats.server_busy_refused);
                     self.table.reject_bind(
                         id,
                         ErrorCode::SERVER_BUSY,
@@ -469,10 +473,12 @@ impl Relay {
                 ) {
                     Stats::bump(&self.shared.stats.malformed);
                 }
-                let failed_login = is_login_failure_code(code);
-                if failed_login {
-                    login_failed(&self.shared, Channel::Udp, client);
+                self.shared.stats.note_refusal_code(code);
+                let failed_login = LoginFailure::from_code(code);
+                if let Some(why) = failed_login {
+                    login_failed(&self.shared, Channel::Udp, client, why);
                 }
+                let failed_login = failed_login.is_some();
                 // Refused before its ticket could be read: no app to name.
                 self.shared.refusal_log.log(|| {
                     if failed_login {
@@ -504,13 +510,18 @@ impl Relay {
                     self.start_binding(binding_id, setup);
                 }
             }
-            Ok(_) => self.table.reject_bind(
-                decision.id,
-                ErrorCode::SERVER_BUSY,
-                Some("the relay is shutting down"),
-            ),
+            Ok(_) => {
+                Stats::bump(&self.shared.stats.bindings_refused);
+                Stats::bump(&self.shared.stats.server_busy_refused);
+                self.table.reject_bind(
+                    decision.id,
+                    ErrorCode::SERVER_BUSY,
+                    Some("the relay is shutting down"),
+                );
+            }
             Err((code, message)) => {
                 Stats::bump(&self.shared.stats.bindings_refused);
+                self.shared.stats.note_refusal_code(code);
                 self.table.reject_bind(decision.id, code, Some(&message));
             }
         }

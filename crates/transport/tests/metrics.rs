@@ -601,3 +601,45 @@ async fn login_failures_and_refusals_are_counted_by_reason() {
         assert_eq!(value(&after, reason), 0.0, "{reason}\n{after}");
     }
 }
+
+#[tokio::test]
+async fn a_udp_binding_that_ends_idle_is_counted_and_timed() {
+    let rig = Rig::start(r#""127.0.0.1""#, 10, "[limits]\nidle_timeout_ms = 300\n").await;
+    let admin = admin_for(&rig.node).await;
+    let addr = admin.local_addr();
+    let idle = r#"cloudproxy_sessions_ended_total{transport="udp",outcome="idle_timeout"}"#;
+    let before = scrape(addr).await;
+    assert_eq!(value(&before, idle), 0.0);
+    assert_eq!(
+        value(&before, "cloudproxy_session_duration_seconds_count"),
+        0.0
+    );
+
+    let echo = proxy_support::udp_echo().await;
+    let allocation = rig.allocate().await;
+    // Bound, then silent: no keepalive, so the binding ends idle.
+    let (_socket, _binding) = proxy_support::bind_udp_raw(
+        rig.node.addrs().udp_relays[0],
+        &rig.client,
+        &allocation,
+        Address::Ip(echo),
+    )
+    .await
+    .unwrap();
+    let text = scrape(addr).await;
+    assert_eq!(
+        value(&text, r#"cloudproxy_sessions_active{transport="udp"}"#),
+        1.0
+    );
+    let text = scrape_until(addr, idle, 1.0).await;
+    assert_eq!(value(&text, idle), 1.0);
+    assert_eq!(
+        value(&text, "cloudproxy_session_duration_seconds_count"),
+        1.0
+    );
+    for outcome in ["closed", "session_lifetime", "shutdown"] {
+        let series =
+            format!(r#"cloudproxy_sessions_ended_total{{transport="udp",outcome="{outcome}"}}"#);
+        assert_eq!(value(&text, &series), 0.0, "{series}");
+    }
+}

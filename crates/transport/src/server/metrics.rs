@@ -28,7 +28,7 @@ pub(crate) fn registry(shared: &Arc<Shared>) -> Registry {
     let mut registry = Registry::with_prefix("cloudproxy");
     registry.register_with_unit(
         "session_duration",
-        "How long relay sessions (TCP streams, UDP-over-TCP datagram sessions, SOCKS5) lasted",
+        "How long relay sessions (TCP streams, UDP bindings, UDP-over-TCP datagram sessions, SOCKS5) lasted",
         Unit::Seconds,
         shared.timings.session_duration.clone(),
     );
@@ -296,7 +296,7 @@ impl Collector for NodeCollector {
         counter(
             &mut e,
             "sessions_ended",
-            "TCP stream sessions ended, by outcome",
+            "Relay sessions ended, by transport (as in cloudproxy_sessions_total) and outcome",
             &[
                 (
                     &[("transport", "tcp"), ("outcome", "closed")],
@@ -321,6 +321,22 @@ impl Collector for NodeCollector {
                 (
                     &[("transport", "tcp"), ("outcome", "closed_by_node")],
                     s.tcp_sessions_cancelled,
+                ),
+                (
+                    &[("transport", "udp"), ("outcome", "closed")],
+                    s.udp_sessions_closed,
+                ),
+                (
+                    &[("transport", "udp"), ("outcome", "idle_timeout")],
+                    s.udp_sessions_idle_timeout,
+                ),
+                (
+                    &[("transport", "udp"), ("outcome", "session_lifetime")],
+                    s.udp_sessions_lifetime,
+                ),
+                (
+                    &[("transport", "udp"), ("outcome", "shutdown")],
+                    s.udp_sessions_shutdown,
                 ),
             ],
         )?;

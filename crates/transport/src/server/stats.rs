@@ -132,6 +132,14 @@ counters! {
     tcp_sessions_upstream_error,
     /// TCP sessions closed by the node (drain deadline, shutdown).
     tcp_sessions_cancelled,
+    /// UDP bindings that ended with a `Close` from the client.
+    udp_sessions_closed,
+    /// UDP bindings that ended idle.
+    udp_sessions_idle_timeout,
+    /// UDP bindings that reached their session's maximum lifetime.
+    udp_sessions_lifetime,
+    /// UDP bindings closed by the node (shutdown, or an error on its side).
+    udp_sessions_shutdown,
 }
 
 impl Stats {
@@ -157,6 +165,41 @@ impl Stats {
             PumpEnd::ClientError(_) => &self.tcp_sessions_client_error,
             PumpEnd::UpstreamError(_) => &self.tcp_sessions_upstream_error,
             PumpEnd::Cancelled => &self.tcp_sessions_cancelled,
+        });
+    }
+
+    /// Counts how a UDP binding ended, by the reason the relay table gives.
+    pub fn note_udp_end(&self, reason: &cloudproxy_proto::SessionError) {
+        Self::bump(self.udp_outcome(reason));
+    }
+
+    fn udp_outcome(&self, reason: &cloudproxy_proto::SessionError) -> &AtomicU64 {
+        use cloudproxy_proto::SessionError;
+        match reason {
+            SessionError::Timeout { which: "idle", .. } => &self.udp_sessions_idle_timeout,
+            SessionError::Timeout {
+                which: "session lifetime",
+                ..
+            } => &self.udp_sessions_lifetime,
+            SessionError::ClosedByPeer => &self.udp_sessions_closed,
+            _ => &self.udp_sessions_shutdown,
+        }
+    }
+
+    /// Counts how a UDP-over-TCP datagram session (a TCP relay connection,
+    /// in `sessions{transport="tcp"}`) ended, with the TCP outcomes: `None`
+    /// for a client-side I/O error.
+    pub fn note_datagram_session_end(&self, reason: Option<&cloudproxy_proto::SessionError>) {
+        use cloudproxy_proto::SessionError;
+        Self::bump(match reason {
+            None => &self.tcp_sessions_client_error,
+            Some(SessionError::Timeout { which: "idle", .. }) => &self.tcp_sessions_idle_timeout,
+            Some(SessionError::Timeout {
+                which: "session lifetime",
+                ..
+            }) => &self.tcp_sessions_lifetime,
+            Some(SessionError::ClosedLocally) => &self.tcp_sessions_cancelled,
+            Some(_) => &self.tcp_sessions_closed,
         });
     }
 

@@ -668,6 +668,7 @@ async fn datagram_session(
                         _ = tokio::time::timeout(CLOSING_FLUSH, outbox.write_all(client)) => {}
                         () = &mut force_closed => {}
                     }
+                    shared.stats.note_datagram_session_end(Some(&reason));
                     break 'session reason.to_string();
                 }
                 _ => {}
@@ -675,6 +676,7 @@ async fn datagram_session(
         }
         outbox.take_from(&mut conn);
         if let Err(e) = outbox.write_ready(client) {
+            shared.stats.note_datagram_session_end(None);
             break format!("client write failed: {e}");
         }
         let backed_up = outbox.is_full();
@@ -684,18 +686,28 @@ async fn datagram_session(
             // queue an answer (a Pong).
             readable = client.readable(), if !backed_up => {
                 if let Err(e) = readable {
+                    shared.stats.note_datagram_session_end(None);
                     break format!("client read failed: {e}");
                 }
                 match client.try_read(&mut read_buf) {
-                    Ok(0) => break "client closed".into(),
+                    Ok(0) => {
+                        shared
+                            .stats
+                            .note_datagram_session_end(Some(&SessionError::ClosedByPeer));
+                        break "client closed".into();
+                    }
                     Ok(n) => conn.handle_input(Instant::now(), &read_buf[..n]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => break format!("client read failed: {e}"),
+                    Err(e) => {
+                        shared.stats.note_datagram_session_end(None);
+                        break format!("client read failed: {e}");
+                    }
                 }
             }
             writable = client.writable(), if !outbox.is_empty() => {
                 if let Err(e) = writable {
-                    break format!("client write failed: {e}");
+                    shared.stats.note_datagram_session_end(None);
+            break format!("client write failed: {e}");
                 }
                 // The loop's top writes what now fits.
             }
@@ -719,6 +731,9 @@ async fn datagram_session(
                 conn.close();
                 outbox.take_from(&mut conn);
                 let _ = outbox.write_ready(client);
+                shared
+                    .stats
+                    .note_datagram_session_end(Some(&SessionError::ClosedLocally));
                 break "shutdown".into();
             }
         }

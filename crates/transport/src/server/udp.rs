@@ -492,7 +492,7 @@ impl Relay {
                 if let Some(mut io) = self.bindings.remove(&binding_id) {
                     // Closing the socket would also take it out of the set.
                     let _ = self.registry.deregister(&mut io.upstream);
-                    end_binding(&io, &reason);
+                    end_binding(&self.shared, &io, &reason);
                 }
             }
             _ => {}
@@ -696,7 +696,12 @@ fn token_binding(token: Token) -> u32 {
     token.0 as u32
 }
 
-fn end_binding(io: &BindingIo, reason: &SessionError) {
+fn end_binding(shared: &Shared, io: &BindingIo, reason: &SessionError) {
+    shared.stats.note_udp_end(reason);
+    shared
+        .timings
+        .session_duration
+        .observe(io.started.elapsed().as_secs_f64());
     tracing::info!(
         session = format_args!("{:016x}", io.request.session_id),
         app = %io.request.app_id,

@@ -751,6 +751,14 @@ async fn associate(
             () = &mut force_closed => break "shutdown",
         }
     };
+    // Counted with the UDP bindings (`sessions{transport="udp"}`).
+    let stats = &shared.stats;
+    Stats::bump(match reason {
+        "idle-timeout" => &stats.udp_sessions_idle_timeout,
+        "session-lifetime" => &stats.udp_sessions_lifetime,
+        "shutdown" => &stats.udp_sessions_shutdown,
+        _ => &stats.udp_sessions_closed,
+    });
     shared
         .timings
         .session_duration

@@ -643,3 +643,57 @@ async fn a_udp_binding_that_ends_idle_is_counted_and_timed() {
         assert_eq!(value(&text, &series), 0.0, "{series}");
     }
 }
+
+#[tokio::test]
+async fn a_failed_socks5_login_is_counted_and_logged_with_peer_app_and_reason() {
+    // This test's runtime runs on this thread only, node tasks included.
+    let (captured, _guard) = proxy_support::Captured::install();
+    let rig = Rig::start(r#""127.0.0.1""#, 10, "[socks5]\nenabled = true\nport = 0\n").await;
+    let admin = admin_for(&rig.node).await;
+    let addr = admin.local_addr();
+    let socks = rig
+        .node
+        .addrs()
+        .socks5
+        .expect("the SOCKS5 listener is enabled");
+    let reason = r#"cloudproxy_login_failures_total{reason="socks5_password"}"#;
+    assert_eq!(value(&scrape(addr).await, reason), 0.0);
+
+    // User/password (RFC 1929) with a password that is not the app's.
+    let status = within("a SOCKS5 login", async {
+        let mut stream = TcpStream::connect(socks).await.unwrap();
+        stream.write_all(&[5, 1, 2]).await.unwrap();
+        let mut method = [0u8; 2];
+        stream.read_exact(&mut method).await.unwrap();
+        assert_eq!(method, [5, 2]);
+        let (user, password) = (proxy_support::APP.as_bytes(), b"00ff00ff");
+        let mut login = vec![1, user.len() as u8];
+        login.extend_from_slice(user);
+        login.push(password.len() as u8);
+        login.extend_from_slice(password);
+        stream.write_all(&login).await.unwrap();
+        let mut status = [0u8; 2];
+        stream.read_exact(&mut status).await.unwrap();
+        status[1]
+    })
+    .await;
+    assert_ne!(status, 0, "a wrong password must not log in");
+    let text = scrape_until(addr, reason, 1.0).await;
+    assert_eq!(value(&text, reason), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            r#"cloudproxy_login_failures_total{reason="bad_credential"}"#
+        ),
+        0.0
+    );
+    let lines = captured.lines();
+    let line = lines
+        .iter()
+        .find(|l| l.contains("socks5 connection refused"))
+        .unwrap_or_else(|| panic!("expected a refusal line, found {lines:#?}"));
+    assert!(line.contains("WARN"), "{line}");
+    for field in ["peer=", "app=", "reason="] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+}

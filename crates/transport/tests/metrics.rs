@@ -430,3 +430,245 @@ fn the_admin_section_is_checked_with_file_line_and_key() {
         .to_string();
     assert!(error.contains("proxy.toml:2:"), "{error}");
 }
+
+#[tokio::test]
+async fn a_scrape_before_the_node_is_attached_shows_not_ready() {
+    let admin = AdminServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = admin.local_addr();
+    let (status, text) = http(addr, "GET", "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(value(&text, "cloudproxy_ready"), 0.0);
+    assert_eq!(value(&text, "cloudproxy_draining"), 0.0);
+    assert!(text.contains("cloudproxy_build_info{"), "{text}");
+    // So `CloudproxyNotReady` (ready 0 and draining 0) can fire; once
+    // attached the node is ready.
+    let rig = Rig::loopback().await;
+    admin.attach(&rig.node);
+    let text = scrape(addr).await;
+    assert_eq!(value(&text, "cloudproxy_ready"), 1.0);
+    assert_eq!(value(&text, "cloudproxy_draining"), 0.0);
+}
+
+/// Scrapes until `series` reaches `at_least` (bounded by `within`), and
+/// returns that scrape.
+async fn scrape_until(admin: SocketAddr, series: &str, at_least: f64) -> String {
+    within(&format!("{series} to reach {at_least}"), async {
+        loop {
+            let text = scrape(admin).await;
+            let found = text
+                .lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok());
+            if found.is_some_and(|v| v >= at_least) {
+                return text;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn refused_udp_relay_control_datagrams_are_counted() {
+    let rig = Rig::loopback().await;
+    let admin = admin_for(&rig.node).await;
+    let addr = admin.local_addr();
+    let before = scrape(addr).await;
+    assert_eq!(value(&before, "cloudproxy_bindings_refused_total"), 0.0);
+    let malformed = r#"cloudproxy_dropped_total{reason="malformed"}"#;
+    assert_eq!(value(&before, malformed), 0.0);
+
+    // A control datagram (the frame magic first) that does not parse.
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut garbage = vec![0x43u8, 0x50, 0x01, 0xff];
+    garbage.extend_from_slice(&[0xee; 28]);
+    socket
+        .send_to(&garbage, rig.node.addrs().udp_relays[0])
+        .await
+        .unwrap();
+    let text = scrape_until(addr, "cloudproxy_bindings_refused_total", 1.0).await;
+    assert_eq!(value(&text, "cloudproxy_bindings_refused_total"), 1.0);
+    assert_eq!(value(&text, malformed), 1.0);
+}
+
+#[tokio::test]
+async fn login_failures_and_refusals_are_counted_by_reason() {
+    use cloudproxy_proto::{ErrorCode, SealedTicket, Transports};
+    let rig = Rig::loopback().await;
+    let admin = admin_for(&rig.node).await;
+    let addr = admin.local_addr();
+    let before = scrape(addr).await;
+    let reasons = [
+        r#"cloudproxy_login_failures_total{reason="bad_credential"}"#,
+        r#"cloudproxy_login_failures_total{reason="bad_ticket"}"#,
+        r#"cloudproxy_login_failures_total{reason="expired_ticket"}"#,
+        r#"cloudproxy_login_failures_total{reason="socks5_password"}"#,
+        r#"cloudproxy_login_failures_total{reason="rate_limited"}"#,
+        r#"cloudproxy_refusals_total{reason="transport_not_allowed"}"#,
+        r#"cloudproxy_refusals_total{reason="session_too_old"}"#,
+        r#"cloudproxy_refusals_total{reason="server_busy"}"#,
+        r#"cloudproxy_refusals_total{reason="handshake_timeout"}"#,
+        r#"cloudproxy_refusals_total{reason="destination"}"#,
+        r#"cloudproxy_refusals_total{reason="lookup_budget"}"#,
+        r#"cloudproxy_refusals_total{reason="quota"}"#,
+    ];
+    for reason in reasons {
+        assert_eq!(value(&before, reason), 0.0, "{reason}");
+    }
+
+    // An unknown app: bad_credential.
+    let mut stranger = rig.client.clone();
+    stranger.app_id = AppId::new("no-such-app").unwrap();
+    let err = proxy_support::allocate_raw(rig.allocation_addr(), &stranger)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        proxy_support::refusal(&err),
+        Some(ErrorCode::BAD_CREDENTIAL)
+    );
+    scrape_until(addr, reasons[0], 1.0).await;
+
+    // A ticket that does not verify on a UDP bind: bad_ticket.
+    let echo = proxy_support::udp_echo().await;
+    let mut forged = rig.allocate().await;
+    forged.ticket = SealedTicket::new(bytes::Bytes::from_static(b"not a ticket")).unwrap();
+    let err = proxy_support::bind_udp_raw(
+        rig.node.addrs().udp_relays[0],
+        &rig.client,
+        &forged,
+        Address::Ip(echo),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        proxy_support::refusal(&err),
+        Some(ErrorCode::INVALID_TICKET)
+    );
+    scrape_until(addr, reasons[1], 1.0).await;
+
+    // A UDP-only session asking for a TCP stream: transport_not_allowed.
+    let mut udp_only = rig.client.clone();
+    udp_only.transports = Transports::UDP;
+    let allocation = proxy_support::allocate_raw(rig.allocation_addr(), &udp_only)
+        .await
+        .unwrap();
+    let err = bind_tcp_raw(
+        rig.node.addrs().tcp_relay,
+        &udp_only,
+        &allocation,
+        BindMode::Stream,
+        Address::Ip(tcp_echo().await),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        proxy_support::refusal(&err),
+        Some(ErrorCode::TRANSPORT_NOT_ALLOWED)
+    );
+    let after = scrape_until(addr, reasons[5], 1.0).await;
+    assert_eq!(value(&after, reasons[0]), 1.0, "{after}");
+    assert_eq!(value(&after, reasons[1]), 1.0, "{after}");
+    assert_eq!(value(&after, reasons[5]), 1.0, "{after}");
+    // Nothing else moved.
+    for reason in [2, 3, 4, 6, 7, 8, 9, 10, 11].map(|i| reasons[i]) {
+        assert_eq!(value(&after, reason), 0.0, "{reason}\n{after}");
+    }
+}
+
+#[tokio::test]
+async fn a_udp_binding_that_ends_idle_is_counted_and_timed() {
+    let rig = Rig::start(r#""127.0.0.1""#, 10, "[limits]\nidle_timeout_ms = 300\n").await;
+    let admin = admin_for(&rig.node).await;
+    let addr = admin.local_addr();
+    let idle = r#"cloudproxy_sessions_ended_total{transport="udp",outcome="idle_timeout"}"#;
+    let before = scrape(addr).await;
+    assert_eq!(value(&before, idle), 0.0);
+    assert_eq!(
+        value(&before, "cloudproxy_session_duration_seconds_count"),
+        0.0
+    );
+
+    let echo = proxy_support::udp_echo().await;
+    let allocation = rig.allocate().await;
+    // Bound, then silent: no keepalive, so the binding ends idle.
+    let (_socket, _binding) = proxy_support::bind_udp_raw(
+        rig.node.addrs().udp_relays[0],
+        &rig.client,
+        &allocation,
+        Address::Ip(echo),
+    )
+    .await
+    .unwrap();
+    let text = scrape(addr).await;
+    assert_eq!(
+        value(&text, r#"cloudproxy_sessions_active{transport="udp"}"#),
+        1.0
+    );
+    let text = scrape_until(addr, idle, 1.0).await;
+    assert_eq!(value(&text, idle), 1.0);
+    assert_eq!(
+        value(&text, "cloudproxy_session_duration_seconds_count"),
+        1.0
+    );
+    for outcome in ["closed", "session_lifetime", "shutdown"] {
+        let series =
+            format!(r#"cloudproxy_sessions_ended_total{{transport="udp",outcome="{outcome}"}}"#);
+        assert_eq!(value(&text, &series), 0.0, "{series}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_socks5_login_is_counted_and_logged_with_peer_app_and_reason() {
+    // This test's runtime runs on this thread only, node tasks included.
+    let (captured, _guard) = proxy_support::Captured::install();
+    let rig = Rig::start(r#""127.0.0.1""#, 10, "[socks5]\nenabled = true\nport = 0\n").await;
+    let admin = admin_for(&rig.node).await;
+    let addr = admin.local_addr();
+    let socks = rig
+        .node
+        .addrs()
+        .socks5
+        .expect("the SOCKS5 listener is enabled");
+    let reason = r#"cloudproxy_login_failures_total{reason="socks5_password"}"#;
+    assert_eq!(value(&scrape(addr).await, reason), 0.0);
+
+    // User/password (RFC 1929) with a password that is not the app's.
+    let status = within("a SOCKS5 login", async {
+        let mut stream = TcpStream::connect(socks).await.unwrap();
+        stream.write_all(&[5, 1, 2]).await.unwrap();
+        let mut method = [0u8; 2];
+        stream.read_exact(&mut method).await.unwrap();
+        assert_eq!(method, [5, 2]);
+        let (user, password) = (proxy_support::APP.as_bytes(), b"00ff00ff");
+        let mut login = vec![1, user.len() as u8];
+        login.extend_from_slice(user);
+        login.push(password.len() as u8);
+        login.extend_from_slice(password);
+        stream.write_all(&login).await.unwrap();
+        let mut status = [0u8; 2];
+        stream.read_exact(&mut status).await.unwrap();
+        status[1]
+    })
+    .await;
+    assert_ne!(status, 0, "a wrong password must not log in");
+    let text = scrape_until(addr, reason, 1.0).await;
+    assert_eq!(value(&text, reason), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            r#"cloudproxy_login_failures_total{reason="bad_credential"}"#
+        ),
+        0.0
+    );
+    let lines = captured.lines();
+    let line = lines
+        .iter()
+        .find(|l| l.contains("socks5 connection refused"))
+        .unwrap_or_else(|| panic!("expected a refusal line, found {lines:#?}"));
+    assert!(line.contains("WARN"), "{line}");
+    for field in ["peer=", "app=", "reason="] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+}

@@ -389,3 +389,33 @@ async fn reload_applies_to_socks5_logins_too() {
     );
     assert_eq!(socks5_login(socks, APP, ROTATED_SECRET_HEX).await, 0);
 }
+
+#[tokio::test]
+async fn reload_with_a_changed_admin_bind_is_refused_naming_it() {
+    let allow = r#""127.0.0.1""#;
+    let running = config(&[(APP, SECRET_HEX)], &[(1, TICKET_KEY_HEX)], allow);
+    let node = start(&running).await;
+    let mut moved = config(
+        &[(APP, SECRET_HEX), (APP_B, APP_B_SECRET_HEX)],
+        &[(1, TICKET_KEY_HEX)],
+        allow,
+    );
+    moved.admin.bind = Some("127.0.0.1:0".parse().unwrap());
+    let error = node.reload(&moved).unwrap_err();
+    let ReloadError::Fixed { changes } = &error else {
+        panic!("expected a refusal of fixed settings, found {error}");
+    };
+    assert_eq!(changes.len(), 1, "{error}");
+    assert_eq!(changes[0].key, "admin.bind");
+    assert!(
+        error
+            .to_string()
+            .contains("`admin.bind` (running (unset), new 127.0.0.1:0)"),
+        "{error}"
+    );
+    // Refused whole: the app the file also adds is not added.
+    assert_eq!(
+        allocation_refusal(&node, &client(APP_B, APP_B_SECRET_HEX)).await,
+        Some(ErrorCode::BAD_CREDENTIAL)
+    );
+}

@@ -77,9 +77,19 @@ struct Attached {
     registry: Registry,
 }
 
-#[derive(Default)]
 struct State {
     node: OnceLock<Attached>,
+    /// What `/metrics` serves before a node is attached.
+    unattached: Registry,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            node: OnceLock::new(),
+            unattached: metrics::unattached_registry(),
+        }
+    }
 }
 
 impl std::fmt::Debug for State {
@@ -92,8 +102,9 @@ impl std::fmt::Debug for State {
 
 impl AdminServer {
     /// Binds `addr` (port 0 picks a free port) and starts answering; until
-    /// [`AdminServer::attach`], `/readyz` is 503 and `/metrics` holds only
-    /// what is known without a node.
+    /// [`AdminServer::attach`], `/readyz` is 503 and `/metrics` is 200 with
+    /// only what is known without a node: `cloudproxy_build_info`,
+    /// `cloudproxy_ready 0` and `cloudproxy_draining 0`.
     pub async fn start(addr: SocketAddr) -> Result<Self, ServeError> {
         let bind_error = |cause| ServeError::Bind {
             protocol: "TCP (admin)",
@@ -330,20 +341,21 @@ fn route(state: &State, method: &str, path: &str, openmetrics: bool) -> Response
             }
             Some(_) => Response::text("200 OK", "ready\n"),
         },
-        "/metrics" => match node {
-            Some(n) if openmetrics => Response {
-                content_type: OPENMETRICS_CONTENT_TYPE,
-                ..Response::text("200 OK", metrics::render(&n.registry))
-            },
-            Some(n) => Response {
-                content_type: TEXT_CONTENT_TYPE,
-                ..Response::text("200 OK", metrics::render_classic(&n.registry))
-            },
-            None => Response::text(
-                "503 Service Unavailable",
-                "no metrics yet: listeners not bound\n",
-            ),
-        },
+        "/metrics" => {
+            // Before the node is attached: build info, ready 0, draining 0.
+            let registry = node.map_or(&state.unattached, |n| &n.registry);
+            if openmetrics {
+                Response {
+                    content_type: OPENMETRICS_CONTENT_TYPE,
+                    ..Response::text("200 OK", metrics::render(registry))
+                }
+            } else {
+                Response {
+                    content_type: TEXT_CONTENT_TYPE,
+                    ..Response::text("200 OK", metrics::render_classic(registry))
+                }
+            }
+        }
         "/drain" => match node {
             Some(n) => {
                 begin_drain(&n.shared);

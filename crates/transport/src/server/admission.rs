@@ -94,10 +94,43 @@ pub(crate) fn source_allowed(shared: &Shared, channel: Channel, peer: SocketAddr
     false
 }
 
-/// Counts a failed login from `peer` on `channel`, and logs when its limit
-/// engages.
-pub(crate) fn login_failed(shared: &Shared, channel: Channel, peer: SocketAddr) {
+/// Why a login failed: the `reason` of `cloudproxy_login_failures_total`
+/// (a fixed list, so clients cannot add series).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LoginFailure {
+    /// An unknown app or a wrong proof (200).
+    BadCredential,
+    /// A ticket that does not verify (301).
+    BadTicket,
+    /// An expired ticket (300).
+    ExpiredTicket,
+    /// A wrong SOCKS5 user or password.
+    Socks5Password,
+}
+
+impl LoginFailure {
+    /// The failed login a native refusal code stands for, if it is one.
+    pub(crate) fn from_code(code: ErrorCode) -> Option<Self> {
+        match code {
+            ErrorCode::BAD_CREDENTIAL => Some(Self::BadCredential),
+            ErrorCode::INVALID_TICKET => Some(Self::BadTicket),
+            ErrorCode::EXPIRED_TICKET => Some(Self::ExpiredTicket),
+            _ => None,
+        }
+    }
+}
+
+/// Counts a failed login from `peer` on `channel` (in total and by `why`),
+/// and logs when its limit engages.
+pub(crate) fn login_failed(shared: &Shared, channel: Channel, peer: SocketAddr, why: LoginFailure) {
     Stats::bump(&shared.stats.login_failures);
+    let stats = &shared.stats;
+    Stats::bump(match why {
+        LoginFailure::BadCredential => &stats.login_failures_bad_credential,
+        LoginFailure::BadTicket => &stats.login_failures_bad_ticket,
+        LoginFailure::ExpiredTicket => &stats.login_failures_expired_ticket,
+        LoginFailure::Socks5Password => &stats.login_failures_socks5_password,
+    });
     if channel.limiter(shared).failed(peer.ip(), Instant::now()) == Failure::Engaged {
         Stats::bump(&shared.stats.login_limit_engaged);
         let limits = &shared.limits;
@@ -117,15 +150,18 @@ pub(crate) fn login_failed(shared: &Shared, channel: Channel, peer: SocketAddr) 
     }
 }
 
-/// Whether a refusal code of the native protocol is a failed login (as
-/// opposed to a quota, destination or malformed-input refusal).
+/// Whether a refusal code of the native protocol is a failed login (an
+/// unknown app or wrong proof, a bad or expired ticket), as opposed to a
+/// quota, destination or malformed-input refusal. The one list every
+/// listener uses.
+pub(crate) fn is_login_failure_code(code: ErrorCode) -> bool {
+    LoginFailure::from_code(code).is_some()
+}
+
+/// Whether a session ended by a refusal that is a failed login
+/// ([`is_login_failure_code`]).
 pub(crate) fn is_login_failure(reason: &SessionError) -> bool {
-    matches!(
-        reason,
-        SessionError::Rejected { code }
-            if [ErrorCode::BAD_CREDENTIAL, ErrorCode::INVALID_TICKET, ErrorCode::EXPIRED_TICKET]
-                .contains(code)
-    )
+    matches!(reason, SessionError::Rejected { code } if is_login_failure_code(*code))
 }
 
 /// SOCKS5 user/password (RFC 1929): username = app id, password = the app
@@ -143,7 +179,7 @@ pub(crate) fn login(
     }
     let verified = verify(shared, user, password, new_session);
     if verified.is_err() {
-        login_failed(shared, Channel::Tcp, peer);
+        login_failed(shared, Channel::Tcp, peer, LoginFailure::Socks5Password);
     }
     verified
 }

@@ -28,7 +28,7 @@ pub(crate) fn registry(shared: &Arc<Shared>) -> Registry {
     let mut registry = Registry::with_prefix("cloudproxy");
     registry.register_with_unit(
         "session_duration",
-        "How long relay sessions (TCP streams, UDP-over-TCP datagram sessions, SOCKS5) lasted",
+        "How long relay sessions (TCP streams, UDP bindings, UDP-over-TCP datagram sessions, SOCKS5) lasted",
         Unit::Seconds,
         shared.timings.session_duration.clone(),
     );
@@ -42,6 +42,51 @@ pub(crate) fn registry(shared: &Arc<Shared>) -> Registry {
         shared: Arc::clone(shared),
     }));
     registry
+}
+
+/// The registry of an admin listener whose node has not started yet: build
+/// info, `ready 0` and `draining 0`, so a node stuck before its listeners
+/// bind is visible to a scraper (and to the `CloudproxyNotReady` alert).
+pub(crate) fn unattached_registry() -> Registry {
+    let mut registry = Registry::with_prefix("cloudproxy");
+    registry.register_collector(Box::new(UnattachedCollector));
+    registry
+}
+
+#[derive(Debug)]
+struct UnattachedCollector;
+
+impl Collector for UnattachedCollector {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        readiness(&mut e, false, false)
+    }
+}
+
+/// `build_info`, `ready` and `draining`: what a scrape shows with or without
+/// a node.
+fn readiness(
+    e: &mut DescriptorEncoder<'_>,
+    ready: bool,
+    draining: bool,
+) -> Result<(), std::fmt::Error> {
+    gauge(
+        e,
+        "build_info",
+        "Always 1; the label says which version runs",
+        &[(&[("version", VERSION)], 1)],
+    )?;
+    gauge(
+        e,
+        "ready",
+        "1 while every listener is bound and the node is not draining",
+        &[(&[], u64::from(ready))],
+    )?;
+    gauge(
+        e,
+        "draining",
+        "1 once a drain (on demand or for shutdown) has started",
+        &[(&[], u64::from(draining))],
+    )
 }
 
 /// Renders `registry` as OpenMetrics text (ending in `# EOF`).
@@ -154,24 +199,8 @@ impl Collector for NodeCollector {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = self.shared.stats.snapshot();
         let draining = !self.shared.lifecycle.is_accepting();
-        gauge(
-            &mut e,
-            "build_info",
-            "Always 1; the label says which version runs",
-            &[(&[("version", VERSION)], 1)],
-        )?;
-        gauge(
-            &mut e,
-            "ready",
-            "1 while every listener is bound and the node is not draining",
-            &[(&[], u64::from(!draining))],
-        )?;
-        gauge(
-            &mut e,
-            "draining",
-            "1 once a drain (on demand or for shutdown) has started",
-            &[(&[], u64::from(draining))],
-        )?;
+        // Attached means every listener is bound: ready unless draining.
+        readiness(&mut e, !draining, draining)?;
         counter(
             &mut e,
             "allocations",
@@ -190,8 +219,12 @@ impl Collector for NodeCollector {
         counter(
             &mut e,
             "refusals",
-            "Allocations and bindings refused by policy, by reason",
+            "Allocations and bindings refused, by reason: transport not allowed, session too old, node shutting down, handshake timeout, destination, name-lookup budget, quota",
             &[
+                (&[("reason", "transport_not_allowed")], s.transport_refused),
+                (&[("reason", "session_too_old")], s.session_too_old_refused),
+                (&[("reason", "server_busy")], s.server_busy_refused),
+                (&[("reason", "handshake_timeout")], s.handshake_timeouts),
                 (&[("reason", "destination")], s.destinations_refused),
                 (&[("reason", "lookup_budget")], s.lookups_refused),
                 (&[("reason", "quota")], s.quota_refused),
@@ -206,9 +239,21 @@ impl Collector for NodeCollector {
         counter(
             &mut e,
             "login_failures",
-            "Failed logins on every listener, by reason: a wrong credential or ticket, or refused unchecked because the source is over its limit",
+            "Failed logins on every listener, by reason: an unknown app or wrong proof, a bad or expired ticket, a wrong SOCKS5 password, or refused unchecked because the source is over its limit",
             &[
-                (&[("reason", "bad_credential")], s.login_failures),
+                (
+                    &[("reason", "bad_credential")],
+                    s.login_failures_bad_credential,
+                ),
+                (&[("reason", "bad_ticket")], s.login_failures_bad_ticket),
+                (
+                    &[("reason", "expired_ticket")],
+                    s.login_failures_expired_ticket,
+                ),
+                (
+                    &[("reason", "socks5_password")],
+                    s.login_failures_socks5_password,
+                ),
                 (&[("reason", "rate_limited")], s.logins_rate_limited),
             ],
         )?;
@@ -251,7 +296,7 @@ impl Collector for NodeCollector {
         counter(
             &mut e,
             "sessions_ended",
-            "TCP stream sessions ended, by outcome",
+            "Relay sessions ended, by transport (as in cloudproxy_sessions_total) and outcome",
             &[
                 (
                     &[("transport", "tcp"), ("outcome", "closed")],
@@ -276,6 +321,22 @@ impl Collector for NodeCollector {
                 (
                     &[("transport", "tcp"), ("outcome", "closed_by_node")],
                     s.tcp_sessions_cancelled,
+                ),
+                (
+                    &[("transport", "udp"), ("outcome", "closed")],
+                    s.udp_sessions_closed,
+                ),
+                (
+                    &[("transport", "udp"), ("outcome", "idle_timeout")],
+                    s.udp_sessions_idle_timeout,
+                ),
+                (
+                    &[("transport", "udp"), ("outcome", "session_lifetime")],
+                    s.udp_sessions_lifetime,
+                ),
+                (
+                    &[("transport", "udp"), ("outcome", "shutdown")],
+                    s.udp_sessions_shutdown,
                 ),
             ],
         )?;

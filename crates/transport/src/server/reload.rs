@@ -34,7 +34,7 @@ use cloudproxy_proto::ticket::TicketKeyRing;
 use cloudproxy_proto::{AppId, Transports};
 
 use crate::allowlist::Allowlist;
-use crate::config::{ConfigError, Limits, Listeners, ServerConfig, Socks5Config};
+use crate::config::{AdminConfig, ConfigError, Limits, Listeners, ServerConfig, Socks5Config};
 use crate::server::node::{OsEntropy, Shared};
 use crate::server::quota::AppLimits;
 
@@ -253,7 +253,8 @@ pub enum ReloadError {
     Invalid(String),
 }
 
-/// The fixed settings `new` changes, in file order.
+/// The fixed settings `new` changes: `admin.bind`, then the others in file
+/// order.
 fn fixed_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<FixedChange> {
     let mut changes = Vec::new();
     let mut check = |key: &'static str, a: String, b: String| {
@@ -265,6 +266,24 @@ fn fixed_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<FixedChange>
             });
         }
     };
+    // Destructured without `..`: a new section must be sorted into fixed or
+    // reloadable here before the crate compiles.
+    let ServerConfig {
+        listeners: _,   // fixed: checked field by field below
+        apps: _,        // reloadable
+        ticket_keys: _, // reloadable
+        allowlist: _,   // reloadable
+        limits: _,      // mostly fixed: checked field by field below
+        socks5: _,      // partly fixed: checked field by field below
+        admin,
+    } = running;
+    // The admin listener is bound once at start.
+    let AdminConfig { bind: admin_bind } = admin;
+    check(
+        "admin.bind",
+        optional(admin_bind.as_ref()),
+        optional(new.admin.bind.as_ref()),
+    );
     // Destructured without `..`: a new field must be sorted into fixed or
     // reloadable here before the crate compiles.
     let Listeners {

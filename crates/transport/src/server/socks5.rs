@@ -177,8 +177,17 @@ pub(crate) async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer:
                 Refused::Auth(_) => Stats::bump(&shared.stats.socks5_auth_refused),
                 _ => {}
             }
-            shared.refusal_log.log(|| {
-                tracing::info!(%peer, reason = %refused, "socks5 connection refused");
+            // The handshake's refusals name no app the node vouches for.
+            shared.refusal_log.log(|| match &refused {
+                Refused::Auth(LoginRefused::Bad(_)) => {
+                    tracing::warn!(%peer, app = %"-", reason = %refused, "socks5 connection refused: failed login");
+                }
+                Refused::Malformed(_) => {
+                    tracing::warn!(%peer, app = %"-", reason = %refused, "socks5 connection refused: malformed input");
+                }
+                _ => {
+                    tracing::info!(%peer, app = %"-", reason = %refused, "socks5 connection refused");
+                }
             });
             close_after_refusal(&stream).await;
             return;
@@ -419,7 +428,7 @@ async fn connect(
             crate::server::tcp::note_destination_error(shared, &e);
             Stats::bump(&shared.stats.bindings_refused);
             shared.refusal_log.log(|| {
-                tracing::info!(%peer, app = %client.app, destination = %target, error = %e, "socks5 connect refused");
+                tracing::info!(%peer, app = %client.app, destination = %target, reason = %e, "socks5 connect refused");
             });
             let _ = reply(&mut stream, destination_reply(&e), None).await;
             close_after_refusal(&stream).await;
@@ -433,7 +442,7 @@ async fn connect(
         Err(e) => {
             Stats::bump(&shared.stats.bindings_refused);
             shared.refusal_log.log(|| {
-                tracing::info!(%peer, app = %client.app, destination = %target, error = %e, "socks5 connect failed");
+                tracing::info!(%peer, app = %client.app, destination = %target, reason = %e, "socks5 connect failed");
             });
             let _ = reply(&mut stream, connect_reply(e.kind()), None).await;
             close_after_refusal(&stream).await;
@@ -573,7 +582,7 @@ async fn associate(
         Err(problem) => {
             Stats::bump(&shared.stats.bindings_refused);
             shared.refusal_log.log(|| {
-                tracing::info!(%peer, app = %client.app, %problem, "socks5 udp associate refused");
+                tracing::info!(%peer, app = %client.app, reason = %problem, "socks5 udp associate refused");
             });
             let _ = reply(&mut control, Reply::NotAllowed, None).await;
             close_after_refusal(&control).await;
@@ -712,7 +721,7 @@ async fn associate(
                     Err(e) => {
                         crate::server::tcp::note_destination_error(shared, &e);
                         shared.refusal_log.log(|| {
-                            tracing::info!(%peer, app = %client.app, destination = %target, error = %e, "socks5 udp destination refused");
+                            tracing::info!(%peer, app = %client.app, destination = %target, reason = %e, "socks5 udp destination refused");
                         });
                         None
                     }
@@ -751,6 +760,14 @@ async fn associate(
             () = &mut force_closed => break "shutdown",
         }
     };
+    // Counted with the UDP bindings (`sessions{transport="udp"}`).
+    let stats = &shared.stats;
+    Stats::bump(match reason {
+        "idle-timeout" => &stats.udp_sessions_idle_timeout,
+        "session-lifetime" => &stats.udp_sessions_lifetime,
+        "shutdown" => &stats.udp_sessions_shutdown,
+        _ => &stats.udp_sessions_closed,
+    });
     shared
         .timings
         .session_duration

@@ -89,9 +89,26 @@ counters! {
     /// Failed logins on every listener: wrong SOCKS5 password, wrong
     /// allocation proof, bad or expired ticket.
     login_failures,
+    /// Of the failed logins: an unknown app or a wrong proof (200).
+    login_failures_bad_credential,
+    /// Of the failed logins: a ticket that does not verify (301).
+    login_failures_bad_ticket,
+    /// Of the failed logins: an expired ticket (300).
+    login_failures_expired_ticket,
+    /// Of the failed logins: a wrong SOCKS5 user or password.
+    login_failures_socks5_password,
     /// Login attempts refused unchecked because their source was over its
     /// login-failure limit.
     logins_rate_limited,
+    /// Allocations and bindings refused because the transport is not
+    /// allowed for the app or session (203).
+    transport_refused,
+    /// Refreshes and bindings refused because the session reached its
+    /// maximum lifetime (204).
+    session_too_old_refused,
+    /// Bindings refused because the node is shutting down (105; a full
+    /// node is a quota refusal).
+    server_busy_refused,
     /// Times a source's login-failure limit engaged.
     login_limit_engaged,
     /// Binds refused because their app was over its name-lookup budget.
@@ -115,6 +132,14 @@ counters! {
     tcp_sessions_upstream_error,
     /// TCP sessions closed by the node (drain deadline, shutdown).
     tcp_sessions_cancelled,
+    /// UDP bindings that ended with a `Close` from the client.
+    udp_sessions_closed,
+    /// UDP bindings that ended idle.
+    udp_sessions_idle_timeout,
+    /// UDP bindings that reached their session's maximum lifetime.
+    udp_sessions_lifetime,
+    /// UDP bindings closed by the node (shutdown, or an error on its side).
+    udp_sessions_shutdown,
 }
 
 impl Stats {
@@ -141,6 +166,54 @@ impl Stats {
             PumpEnd::UpstreamError(_) => &self.tcp_sessions_upstream_error,
             PumpEnd::Cancelled => &self.tcp_sessions_cancelled,
         });
+    }
+
+    /// Counts how a UDP binding ended, by the reason the relay table gives.
+    pub fn note_udp_end(&self, reason: &cloudproxy_proto::SessionError) {
+        Self::bump(self.udp_outcome(reason));
+    }
+
+    fn udp_outcome(&self, reason: &cloudproxy_proto::SessionError) -> &AtomicU64 {
+        use cloudproxy_proto::SessionError;
+        match reason {
+            SessionError::Timeout { which: "idle", .. } => &self.udp_sessions_idle_timeout,
+            SessionError::Timeout {
+                which: "session lifetime",
+                ..
+            } => &self.udp_sessions_lifetime,
+            SessionError::ClosedByPeer => &self.udp_sessions_closed,
+            _ => &self.udp_sessions_shutdown,
+        }
+    }
+
+    /// Counts how a UDP-over-TCP datagram session (a TCP relay connection,
+    /// in `sessions{transport="tcp"}`) ended, with the TCP outcomes: `None`
+    /// for a client-side I/O error.
+    pub fn note_datagram_session_end(&self, reason: Option<&cloudproxy_proto::SessionError>) {
+        use cloudproxy_proto::SessionError;
+        Self::bump(match reason {
+            None => &self.tcp_sessions_client_error,
+            Some(SessionError::Timeout { which: "idle", .. }) => &self.tcp_sessions_idle_timeout,
+            Some(SessionError::Timeout {
+                which: "session lifetime",
+                ..
+            }) => &self.tcp_sessions_lifetime,
+            Some(SessionError::ClosedLocally) => &self.tcp_sessions_cancelled,
+            Some(_) => &self.tcp_sessions_closed,
+        });
+    }
+
+    /// Counts a refusal whose code has a reason of its own in
+    /// `cloudproxy_refusals_total`: 203 and 204. Quota (202, 105 for a full
+    /// node), destination and lookup refusals are counted where they are
+    /// decided, and shutdown refusals with [`Stats::server_busy_refused`].
+    pub fn note_refusal_code(&self, code: cloudproxy_proto::ErrorCode) {
+        use cloudproxy_proto::ErrorCode;
+        match code {
+            ErrorCode::TRANSPORT_NOT_ALLOWED => Self::bump(&self.transport_refused),
+            ErrorCode::SESSION_TOO_OLD => Self::bump(&self.session_too_old_refused),
+            _ => {}
+        }
     }
 
     /// Counts a quota refusal; an unknown app is a failed login instead and

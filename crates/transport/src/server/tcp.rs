@@ -17,8 +17,8 @@ use crate::client::dial::{DialError, DialPolicy, Outcome, race};
 use crate::net::{connected_udp, sleep_until_opt, write_all};
 use crate::pump::{LiveTotals, PumpOptions, pump_with_totals};
 use crate::server::admission::{
-    Channel, admit, bind_grant, bind_transport, is_login_failure, login_failed, quota_code,
-    source_allowed,
+    Channel, LoginFailure, admit, bind_grant, bind_transport, is_login_failure, login_failed,
+    quota_code, source_allowed,
 };
 use crate::server::conn::{
     Bounds, CLOSING_FLUSH, Cut, Next, close_after_refusal, closing_flush, flush, next_event,
@@ -63,10 +63,14 @@ async fn refuse_limited_source(shared: &Shared, stream: &TcpStream, peer: Socket
 /// login, malformed input, timeout), within the node's log budget, and
 /// counts a failed login against its source.
 fn note_refusal(shared: &Shared, conn: &Connection, peer: SocketAddr, reason: &SessionError) {
-    let failed_login = is_login_failure(reason);
-    if failed_login {
-        login_failed(shared, Channel::Tcp, peer);
+    let failed_login = match reason {
+        SessionError::Rejected { code } => LoginFailure::from_code(*code),
+        _ => None,
+    };
+    if let Some(why) = failed_login {
+        login_failed(shared, Channel::Tcp, peer, why);
     }
+    let failed_login = failed_login.is_some();
     let app = conn.claimed_app().map_or("-", |a| a.as_str());
     let what = if conn.role() == Role::Allocation {
         "allocation"
@@ -210,7 +214,7 @@ async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<B
                 let prepared = bounds
                     .run(prepare(shared, &request))
                     .await
-                    .unwrap_or_else(|cut| Err(cut_refusal(cut)));
+                    .unwrap_or_else(|cut| Err(cut_refusal(shared, cut)));
                 match prepared {
                     Ok(upstream) => {
                         let _ = conn.accept_bind(Instant::now());
@@ -285,10 +289,13 @@ fn handshake_bounds(shared: &Shared, conn: &Connection) -> Bounds {
 }
 
 /// The refusal for a bind whose checks or connect were cut short.
-fn cut_refusal(cut: Cut) -> (ErrorCode, String) {
+fn cut_refusal(shared: &Shared, cut: Cut) -> (ErrorCode, String) {
     let code = match cut {
         Cut::Deadline => ErrorCode::HANDSHAKE_TIMEOUT,
-        Cut::Shutdown => ErrorCode::SERVER_BUSY,
+        Cut::Shutdown => {
+            Stats::bump(&shared.stats.server_busy_refused);
+            ErrorCode::SERVER_BUSY
+        }
     };
     (code, cut.as_str().to_owned())
 }
@@ -661,6 +668,7 @@ async fn datagram_session(
                         _ = tokio::time::timeout(CLOSING_FLUSH, outbox.write_all(client)) => {}
                         () = &mut force_closed => {}
                     }
+                    shared.stats.note_datagram_session_end(Some(&reason));
                     break 'session reason.to_string();
                 }
                 _ => {}
@@ -668,6 +676,7 @@ async fn datagram_session(
         }
         outbox.take_from(&mut conn);
         if let Err(e) = outbox.write_ready(client) {
+            shared.stats.note_datagram_session_end(None);
             break format!("client write failed: {e}");
         }
         let backed_up = outbox.is_full();
@@ -677,18 +686,28 @@ async fn datagram_session(
             // queue an answer (a Pong).
             readable = client.readable(), if !backed_up => {
                 if let Err(e) = readable {
+                    shared.stats.note_datagram_session_end(None);
                     break format!("client read failed: {e}");
                 }
                 match client.try_read(&mut read_buf) {
-                    Ok(0) => break "client closed".into(),
+                    Ok(0) => {
+                        shared
+                            .stats
+                            .note_datagram_session_end(Some(&SessionError::ClosedByPeer));
+                        break "client closed".into();
+                    }
                     Ok(n) => conn.handle_input(Instant::now(), &read_buf[..n]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => break format!("client read failed: {e}"),
+                    Err(e) => {
+                        shared.stats.note_datagram_session_end(None);
+                        break format!("client read failed: {e}");
+                    }
                 }
             }
             writable = client.writable(), if !outbox.is_empty() => {
                 if let Err(e) = writable {
-                    break format!("client write failed: {e}");
+                    shared.stats.note_datagram_session_end(None);
+            break format!("client write failed: {e}");
                 }
                 // The loop's top writes what now fits.
             }
@@ -712,6 +731,9 @@ async fn datagram_session(
                 conn.close();
                 outbox.take_from(&mut conn);
                 let _ = outbox.write_ready(client);
+                shared
+                    .stats
+                    .note_datagram_session_end(Some(&SessionError::ClosedLocally));
                 break "shutdown".into();
             }
         }
@@ -755,8 +777,14 @@ fn note_close(stats: &Stats, reason: &SessionError, allocation: bool) {
         SessionError::Protocol(_) | SessionError::UnexpectedFrame { .. } => {
             Stats::bump(&stats.malformed)
         }
-        SessionError::Rejected { .. } if allocation => Stats::bump(&stats.allocations_refused),
-        SessionError::Rejected { .. } => Stats::bump(&stats.bindings_refused),
+        SessionError::Rejected { code } if allocation => {
+            Stats::bump(&stats.allocations_refused);
+            stats.note_refusal_code(*code);
+        }
+        SessionError::Rejected { code } => {
+            Stats::bump(&stats.bindings_refused);
+            stats.note_refusal_code(*code);
+        }
         _ => {}
     }
 }

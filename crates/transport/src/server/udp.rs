@@ -36,7 +36,8 @@ use tokio::sync::mpsc;
 
 use crate::net::{any_local_for, sleep_until_opt};
 use crate::server::admission::{
-    Channel, admit, bind_grant, bind_transport, login_failed, quota_code, source_allowed,
+    Channel, LoginFailure, admit, bind_grant, bind_transport, login_failed, quota_code,
+    source_allowed,
 };
 use crate::server::node::Shared;
 use crate::server::quota::QuotaGuard;
@@ -126,15 +127,12 @@ fn note_udp_refusal(shared: &Shared, from: SocketAddr, request: &[u8], reply: &[
         Ok(Frame::Error(e)) => e.code,
         _ => ErrorCode::INTERNAL,
     };
-    let failed_login = [
-        ErrorCode::BAD_CREDENTIAL,
-        ErrorCode::INVALID_TICKET,
-        ErrorCode::EXPIRED_TICKET,
-    ]
-    .contains(&code);
-    if failed_login {
-        login_failed(shared, Channel::Udp, from);
+    shared.stats.note_refusal_code(code);
+    let failed_login = LoginFailure::from_code(code);
+    if let Some(why) = failed_login {
+        login_failed(shared, Channel::Udp, from, why);
     }
+    let failed_login = failed_login.is_some();
     shared.refusal_log.log(|| {
         let app = match Frame::parse(request) {
             Ok(Frame::AllocateRequest(r)) => r.app_id.as_str().to_owned(),
@@ -433,6 +431,8 @@ impl Relay {
                 client,
             } => {
                 if stopping {
+                    Stats::bump(&self.shared.stats.bindings_refused);
+                    Stats::bump(&self.shared.stats.server_busy_refused);
                     self.table.reject_bind(
                         id,
                         ErrorCode::SERVER_BUSY,
@@ -465,17 +465,26 @@ impl Relay {
                 }
             }
             UdpRelayEvent::Refused { client, code } => {
-                let failed_login =
-                    [ErrorCode::INVALID_TICKET, ErrorCode::EXPIRED_TICKET].contains(&code);
-                if failed_login {
-                    login_failed(&self.shared, Channel::Udp, client);
+                Stats::bump(&self.shared.stats.bindings_refused);
+                // A control datagram that did not parse.
+                if matches!(
+                    code,
+                    ErrorCode::MALFORMED_FRAME | ErrorCode::UNSUPPORTED_VERSION
+                ) {
+                    Stats::bump(&self.shared.stats.malformed);
                 }
+                self.shared.stats.note_refusal_code(code);
+                let failed_login = LoginFailure::from_code(code);
+                if let Some(why) = failed_login {
+                    login_failed(&self.shared, Channel::Udp, client, why);
+                }
+                let failed_login = failed_login.is_some();
                 // Refused before its ticket could be read: no app to name.
                 self.shared.refusal_log.log(|| {
                     if failed_login {
                         tracing::warn!(peer = %client, app = %"-", reason = %code, "udp bind refused: failed login");
                     } else {
-                        tracing::warn!(peer = %client, app = %"-", reason = %code, "udp bind refused");
+                        tracing::info!(peer = %client, app = %"-", reason = %code, "udp bind refused");
                     }
                 });
             }
@@ -483,7 +492,7 @@ impl Relay {
                 if let Some(mut io) = self.bindings.remove(&binding_id) {
                     // Closing the socket would also take it out of the set.
                     let _ = self.registry.deregister(&mut io.upstream);
-                    end_binding(&io, &reason);
+                    end_binding(&self.shared, &io, &reason);
                 }
             }
             _ => {}
@@ -501,13 +510,18 @@ impl Relay {
                     self.start_binding(binding_id, setup);
                 }
             }
-            Ok(_) => self.table.reject_bind(
-                decision.id,
-                ErrorCode::SERVER_BUSY,
-                Some("the relay is shutting down"),
-            ),
+            Ok(_) => {
+                Stats::bump(&self.shared.stats.bindings_refused);
+                Stats::bump(&self.shared.stats.server_busy_refused);
+                self.table.reject_bind(
+                    decision.id,
+                    ErrorCode::SERVER_BUSY,
+                    Some("the relay is shutting down"),
+                );
+            }
             Err((code, message)) => {
                 Stats::bump(&self.shared.stats.bindings_refused);
+                self.shared.stats.note_refusal_code(code);
                 self.table.reject_bind(decision.id, code, Some(&message));
             }
         }
@@ -682,7 +696,12 @@ fn token_binding(token: Token) -> u32 {
     token.0 as u32
 }
 
-fn end_binding(io: &BindingIo, reason: &SessionError) {
+fn end_binding(shared: &Shared, io: &BindingIo, reason: &SessionError) {
+    shared.stats.note_udp_end(reason);
+    shared
+        .timings
+        .session_duration
+        .observe(io.started.elapsed().as_secs_f64());
     tracing::info!(
         session = format_args!("{:016x}", io.request.session_id),
         app = %io.request.app_id,

@@ -9,10 +9,11 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use cloudproxy_proto::client::Allocator;
-use cloudproxy_proto::{AppId, Path};
+use cloudproxy_proto::frame::BindMode;
+use cloudproxy_proto::{Address, AppId, Path};
 use cloudproxy_transport::server::ProxyNode;
 use cloudproxy_transport::server::admin::AdminServer;
-use proxy_support::{Rig, tcp_echo, within};
+use proxy_support::{Rig, bind_tcp_raw, tcp_echo, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 

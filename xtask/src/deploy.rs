@@ -26,7 +26,7 @@
 //!   `prometheus` package, installed when missing and root);
 //!   `deploy/grafana/cloudproxy.json` parses as JSON. That both name only
 //!   metrics a node exports is checked against a real scrape by
-//!   `crates/transport/tests/metrics.rs`.
+//!   `crates/server/tests/metrics.rs`.
 
 use std::fs;
 use std::path::{Path, PathBuf};

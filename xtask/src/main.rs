@@ -6,6 +6,7 @@
 mod checks;
 mod deploy;
 mod e2e;
+mod platforms;
 mod provision;
 
 use std::env;
@@ -139,6 +140,7 @@ fn ci() -> Result {
             "--nocapture",
         ]),
     )?;
+    platforms::check()?;
     checks::package()?;
     deploy::check()?;
     println!("\nci: all steps passed in {:.1?}", started.elapsed());

@@ -20,7 +20,7 @@ use std::process::Command;
 use crate::{Result, step, target_dir};
 
 /// The environment variable through which the tests are told which Python
-/// has PySocks (`crates/transport/tests/socks5.rs` reads it).
+/// has PySocks (`crates/server/tests/socks5.rs` reads it).
 pub(crate) const TEST_PYTHON_VAR: &str = "CLOUDPROXY_TEST_PYTHON";
 
 /// PySocks' last release, pinned so every machine runs the same client.

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cloudproxy_proto::client::{Allocation, ClientConfig};
 use cloudproxy_proto::{AppId, Timebase};
-use cloudproxy_transport::client::dial::DialPolicy;
-use cloudproxy_transport::client::tunnel::allocate;
+use cloudproxy_transport::dial::DialPolicy;
+use cloudproxy_transport::tunnel::allocate;
 
 use crate::peers::{Servers, start_servers};
 use crate::report::Report;

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use cloudproxy_proto::client::{Allocation, BindingEvent, ClientConfig, RelayBinding};
 use cloudproxy_proto::frame::BindMode;
 use cloudproxy_proto::{Address, Path};
-use cloudproxy_transport::client::dial::DialPolicy;
-use cloudproxy_transport::client::tunnel::open_stream;
+use cloudproxy_transport::dial::DialPolicy;
+use cloudproxy_transport::tunnel::open_stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

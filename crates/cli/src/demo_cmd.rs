@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use cloudproxy_edge::{Edge, EdgeConfig};
 use cloudproxy_engine::{Credential, ProxyMode, ProxyServer};
-use cloudproxy_transport::config::ServerConfig;
-use cloudproxy_transport::edge::{Edge, EdgeConfig};
-use cloudproxy_transport::server::ProxyNode;
+use cloudproxy_server::ProxyNode;
+use cloudproxy_server::config::ServerConfig;
 
 use crate::call::{CallSpec, Summary, run};
 use crate::logging::LogArgs;

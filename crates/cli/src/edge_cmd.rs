@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cloudproxy_transport::edge::{Edge, EdgeConfig};
+use cloudproxy_edge::{Edge, EdgeConfig};
 
 use crate::logging::LogArgs;
 use crate::runtime::{ShutdownSignal, block_on};

@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use cloudproxy_transport::config::Secret;
+use cloudproxy_server::config::Secret;
 
 use crate::serve_cmd::random_hex;
 

@@ -13,8 +13,8 @@ use cloudproxy_proto::client::{
 };
 use cloudproxy_proto::frame::BindMode;
 use cloudproxy_proto::{Address, AppId, ErrorCode, Path, SessionError, Timebase};
-use cloudproxy_transport::client::resolve::candidates;
 use cloudproxy_transport::net::{connected_udp, sleep_until_opt};
+use cloudproxy_transport::resolve::candidates;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

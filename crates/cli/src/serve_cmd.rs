@@ -4,10 +4,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use cloudproxy_transport::allowlist::{Allowlist, Rule};
-use cloudproxy_transport::config::{ConfigDraft, ConfigError, PortRange, ServerConfig};
-use cloudproxy_transport::server::ProxyNode;
-use cloudproxy_transport::server::admin::AdminServer;
+use cloudproxy_server::ProxyNode;
+use cloudproxy_server::admin::AdminServer;
+use cloudproxy_server::allowlist::{Allowlist, Rule};
+use cloudproxy_server::config::{ConfigDraft, ConfigError, PortRange, ServerConfig};
 
 use crate::logging::LogArgs;
 use crate::runtime::{DrainSignal, ShutdownSignal, block_on};

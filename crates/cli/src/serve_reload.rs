@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use cloudproxy_transport::server::{ProxyNode, ReloadError};
+use cloudproxy_server::{ProxyNode, ReloadError};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::serve_cmd::{self, Args};

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use cloudproxy_transport::config::ServerConfig;
+use cloudproxy_server::config::ServerConfig;
 
 fn keygen(args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_cloudproxy"))

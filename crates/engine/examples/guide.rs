@@ -9,10 +9,10 @@
 
 use std::time::Duration;
 
+use cloudproxy_edge::{Edge, EdgeConfig};
 use cloudproxy_engine::{Bytes, Credential, Engine, Event};
-use cloudproxy_transport::config::ServerConfig;
-use cloudproxy_transport::edge::{Edge, EdgeConfig};
-use cloudproxy_transport::server::ProxyNode;
+use cloudproxy_server::ProxyNode;
+use cloudproxy_server::config::ServerConfig;
 
 const APP_ID: &str = "guide-app";
 /// The app secret as the operator hands it out: the hex string

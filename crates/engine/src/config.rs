@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cloudproxy_params::ProxyServer;
 use cloudproxy_proto::AppId;
-use cloudproxy_transport::client::dial::DialPolicy;
+use cloudproxy_transport::dial::DialPolicy;
 
 use crate::credential::Credential;
 use crate::engine::Engine;

@@ -60,11 +60,11 @@ pub enum EngineError {
     },
     /// The proxy server's host name could not be resolved.
     #[error(transparent)]
-    Resolve(#[from] cloudproxy_transport::client::resolve::ResolveError),
+    Resolve(#[from] cloudproxy_transport::resolve::ResolveError),
     /// Allocating a proxy session or opening a relay path failed (every
     /// address tried is listed), or a proxy refused it.
     #[error(transparent)]
-    Tunnel(#[from] cloudproxy_transport::client::tunnel::TunnelError),
+    Tunnel(#[from] cloudproxy_transport::tunnel::TunnelError),
     /// The proxy was reached and refused the app id or its credential
     /// (`BAD_CREDENTIAL`, 200).
     #[error(

@@ -93,6 +93,6 @@ pub use cloudproxy_params::{
     DEFAULT_PORTS, DEFAULT_PROXY_DOMAIN, ParamError, ParamWarning, ProxyKind, ProxyServer,
 };
 pub use cloudproxy_proto::ErrorCode;
-pub use cloudproxy_transport::client::dial::{DialError, DialPolicy};
-pub use cloudproxy_transport::client::resolve::ResolveError;
-pub use cloudproxy_transport::client::tunnel::TunnelError;
+pub use cloudproxy_transport::dial::{DialError, DialPolicy};
+pub use cloudproxy_transport::resolve::ResolveError;
+pub use cloudproxy_transport::tunnel::TunnelError;

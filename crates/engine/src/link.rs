@@ -10,8 +10,8 @@ use cloudproxy_proto::client::ClientConfig;
 use cloudproxy_proto::codec::FrameCodec;
 use cloudproxy_proto::frame::{Frame, Join, Joined, Media};
 use cloudproxy_proto::{Address, ErrorCode, Timebase};
-use cloudproxy_transport::client::resolve::candidates;
-use cloudproxy_transport::client::tunnel::{
+use cloudproxy_transport::resolve::candidates;
+use cloudproxy_transport::tunnel::{
     MediaPath, MediaPathKind, MediaPolicy, MediaTransport, TunnelError, allocate, open_media,
     open_stream,
 };

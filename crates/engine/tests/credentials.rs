@@ -37,10 +37,7 @@ fn printed_once(err: &dyn std::error::Error, part: &str) {
     );
 }
 
-fn proxied(
-    credential: impl Into<Credential>,
-    node: &cloudproxy_transport::server::ProxyNode,
-) -> Engine {
+fn proxied(credential: impl Into<Credential>, node: &cloudproxy_server::ProxyNode) -> Engine {
     let addr = alloc_addr(node);
     let engine = Engine::builder(APP, credential)
         .media_network(

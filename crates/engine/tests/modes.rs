@@ -313,7 +313,7 @@ async fn force_tcp_carries_media_over_the_tcp_relay() {
 /// A node whose relays are advertised on 127.0.0.3: its TCP relay is
 /// reachable there through a forwarder, its UDP relay is not (nothing
 /// answers UDP on 127.0.0.3), as behind a firewall that blocks UDP.
-async fn udp_blocked_node() -> cloudproxy_transport::server::ProxyNode {
+async fn udp_blocked_node() -> cloudproxy_server::ProxyNode {
     let node = proxy_node_with("127.0.0.1", 0, Some("127.0.0.3")).await;
     let relay = node.addrs().tcp_relay;
     tcp_front("127.0.0.3".parse().unwrap(), relay.port(), relay, |_| true).await;

@@ -1,18 +1,15 @@
-//! Tokio I/O for the cloud proxy.
+//! The async transport a cloud proxy client needs, on tokio: no server here.
 //!
-//! - [`allowlist`]: the default-deny destination policy, with address
-//!   canonicalisation.
-//! - [`config`]: the proxy service's configuration file.
-//! - [`client`]: what the client library uses to reach a proxy.
-//! - [`pump`]: the two-way byte copy behind every TCP relay session.
-//! - [`server`]: the proxy service.
-//! - [`edge`]: the reference media edge that stands in for the media network.
+//! - [`resolve`]: a configured proxy (name, address list) into candidates.
+//! - [`dial`]: race candidates, happy-eyeballs style.
+//! - [`tunnel`]: allocate, open the message channel and the media path, with
+//!   automatic TCP fallback.
+//! - [`lifecycle`]: task tracking with drain and force-close, for anything
+//!   that accepts connections (the proxy node, the reference edge).
 //! - [`net`]: small socket helpers.
 
-pub mod allowlist;
-pub mod client;
-pub mod config;
-pub mod edge;
+pub mod dial;
+pub mod lifecycle;
 pub mod net;
-pub mod pump;
-pub mod server;
+pub mod resolve;
+pub mod tunnel;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloudproxy_transport::client::dial::{DialPolicy, Outcome, race};
+use cloudproxy_transport::dial::{DialPolicy, Outcome, race};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
@@ -204,7 +204,7 @@ mod resolve {
     use std::time::Duration;
 
     use cloudproxy_params::ProxyServer;
-    use cloudproxy_transport::client::resolve::candidates;
+    use cloudproxy_transport::resolve::candidates;
 
     fn addrs(list: &[&str]) -> Vec<SocketAddr> {
         list.iter().map(|s| s.parse().unwrap()).collect()

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use cloudproxy_transport::server::lifecycle::{DrainOutcome, Lifecycle, accept_tcp};
+use cloudproxy_transport::lifecycle::{DrainOutcome, Lifecycle, accept_tcp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -79,7 +79,7 @@ async fn drain_force_closes_sessions_past_the_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn drain_abandons_a_task_that_ignores_the_forced_close() {
-    use cloudproxy_transport::server::lifecycle::FORCE_CLOSE_GRACE;
+    use cloudproxy_transport::lifecycle::FORCE_CLOSE_GRACE;
     let lifecycle = Lifecycle::new();
     // Pre-session work stuck on something that never ends, deaf to shutdown.
     lifecycle.spawn(std::future::pending::<()>());

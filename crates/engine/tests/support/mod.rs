@@ -9,13 +9,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use cloudproxy_edge::{Edge, EdgeConfig, RunningEdge};
 use cloudproxy_engine::{
     ConnectionState, Engine, EngineBuilder, Event, Events, IncomingMedia, IncomingMessage,
     StateReason,
 };
-use cloudproxy_transport::config::ServerConfig;
-use cloudproxy_transport::edge::{Edge, EdgeConfig, RunningEdge};
-use cloudproxy_transport::server::ProxyNode;
+use cloudproxy_server::ProxyNode;
+use cloudproxy_server::config::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 
 pub const APP: &str = "engine-test-app";

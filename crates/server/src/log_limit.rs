@@ -1,0 +1,82 @@
+//! Rate-limited logging of refusals (failed logins, malformed input): each is
+//! worth a line, but a flood of them must not fill the operator's disk. One
+//! token bucket per node; lines over it are counted, and the next line that
+//! gets through is preceded by "N similar lines suppressed".
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::bucket::TokenBucket;
+
+/// Lines logged at once before the limit engages.
+pub(crate) const LOG_BURST: u32 = 20;
+/// Lines a second after that.
+pub(crate) const LOG_PER_SEC: f64 = 5.0;
+
+/// The per-node refusal log budget.
+#[derive(Debug)]
+pub(crate) struct LogLimiter {
+    state: Mutex<(TokenBucket, u64)>,
+}
+
+impl LogLimiter {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self::with_rate(LOG_BURST, LOG_PER_SEC, now)
+    }
+
+    pub(crate) fn with_rate(burst: u32, per_sec: f64, now: Instant) -> Self {
+        Self {
+            state: Mutex::new((TokenBucket::new(burst, per_sec, now), 0)),
+        }
+    }
+
+    /// Whether a line may be logged at `now`: `Some(n)` with the number of
+    /// lines suppressed since the last one that was, or `None` (counted).
+    pub(crate) fn admit(&self, now: Instant) -> Option<u64> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (bucket, suppressed) = &mut *state;
+        if bucket.take(now) {
+            Some(std::mem::take(suppressed))
+        } else {
+            *suppressed += 1;
+            None
+        }
+    }
+
+    /// Runs `log` (which writes one line) if the budget allows, after a
+    /// summary of what was suppressed before it.
+    pub(crate) fn log(&self, log: impl FnOnce()) {
+        if let Some(suppressed) = self.admit(Instant::now()) {
+            if suppressed > 0 {
+                tracing::warn!(
+                    suppressed,
+                    "{suppressed} similar lines suppressed (refusals are logged at most {LOG_PER_SEC} a second after a burst of {LOG_BURST})"
+                );
+            }
+            log();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_flood_is_cut_to_the_budget_and_summarised() {
+        let t0 = Instant::now();
+        let limiter = LogLimiter::with_rate(3, 1.0, t0);
+        let logged: Vec<_> = (0..100).filter_map(|_| limiter.admit(t0)).collect();
+        assert_eq!(logged, [0, 0, 0], "the burst, nothing suppressed yet");
+        assert_eq!(
+            limiter.admit(t0 + Duration::from_secs(1)),
+            Some(97),
+            "the next line carries the count of the ones dropped"
+        );
+        assert_eq!(limiter.admit(t0 + Duration::from_secs(2)), Some(0));
+    }
+}

@@ -1,0 +1,803 @@
+//! The TCP side of a node: the allocation service and the relay (stream mode
+//! and UDP-over-TCP).
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes};
+use cloudproxy_proto::frame::{BindMode, MAX_DATAGRAM_PAYLOAD};
+use cloudproxy_proto::server::{BindRequest, Connection, Role, ServerEvent};
+use cloudproxy_proto::{Address, ErrorCode, SessionError};
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::admission::{
+    Channel, LoginFailure, admit, bind_grant, bind_transport, is_login_failure, login_failed,
+    quota_code, source_allowed,
+};
+use crate::conn::{
+    Bounds, CLOSING_FLUSH, Cut, Next, close_after_refusal, closing_flush, flush, next_event,
+};
+use crate::destination::{Destination, DestinationError};
+use crate::node::Shared;
+use crate::pump::{LiveTotals, PumpOptions, pump_with_totals};
+use crate::quota::QuotaGuard;
+use crate::stats::{Active, Stats};
+use cloudproxy_transport::dial::{DialError, DialPolicy, Outcome, race};
+use cloudproxy_transport::net::{connected_udp, sleep_until_opt, write_all};
+
+/// Refuses a connection from a source over its login-failure limit before
+/// its request is looked at: one `Error` frame, then a close that lets the
+/// frame arrive ([`close_after_refusal`]), within [`CLOSING_FLUSH`] and
+/// shutdown.
+async fn refuse_limited_source(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> bool {
+    if source_allowed(shared, Channel::Tcp, peer) {
+        return false;
+    }
+    shared.refusal_log.log(|| {
+        tracing::info!(%peer, app = %"-", reason = %"the source is over the login-failure limit", "connection refused");
+    });
+    let frame =
+        cloudproxy_proto::frame::Frame::Error(cloudproxy_proto::frame::ErrorFrame::with_message(
+            ErrorCode::SERVER_BUSY,
+            "too many failed logins from this address; retry later",
+        ));
+    let refuse = async {
+        if tokio::time::timeout(CLOSING_FLUSH, write_all(stream, &frame.to_bytes()))
+            .await
+            .is_ok_and(|written| written.is_ok())
+        {
+            close_after_refusal(stream).await;
+        }
+    };
+    tokio::select! {
+        () = refuse => {}
+        () = shared.lifecycle.force_closed() => {}
+    }
+    true
+}
+
+/// Logs why a native connection ended before it became a session (failed
+/// login, malformed input, timeout), within the node's log budget, and
+/// counts a failed login against its source.
+fn note_refusal(shared: &Shared, conn: &Connection, peer: SocketAddr, reason: &SessionError) {
+    let failed_login = match reason {
+        SessionError::Rejected { code } => LoginFailure::from_code(*code),
+        _ => None,
+    };
+    if let Some(why) = failed_login {
+        login_failed(shared, Channel::Tcp, peer, why);
+    }
+    let failed_login = failed_login.is_some();
+    let app = conn.claimed_app().map_or("-", |a| a.as_str());
+    let what = if conn.role() == Role::Allocation {
+        "allocation"
+    } else {
+        "bind"
+    };
+    let log = match reason {
+        SessionError::Protocol(_) | SessionError::UnexpectedFrame { .. } => Some(true),
+        SessionError::Rejected { .. } | SessionError::Timeout { .. } => Some(false),
+        // A client that closed or said `Close` is no refusal.
+        _ => None,
+    };
+    let Some(malformed) = log else { return };
+    shared.refusal_log.log(|| {
+        if malformed {
+            tracing::warn!(%peer, app = %app, %reason, "{what} connection closed: malformed input");
+        } else if failed_login {
+            tracing::warn!(%peer, app = %app, %reason, "{what} refused: failed login");
+        } else {
+            tracing::info!(%peer, app = %app, %reason, "{what} refused");
+        }
+    });
+}
+
+/// One connection on an allocation port: `AllocateRequest` or `Refresh` in,
+/// `AllocateOk` or `Error` out, then close.
+pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    if refuse_limited_source(&shared, &stream, peer).await {
+        return;
+    }
+    let mut conn = Connection::new(Arc::clone(&shared.proto), Role::Allocation, Instant::now());
+    let mut requested = None;
+    let bounds = handshake_bounds(&shared, &conn);
+    loop {
+        match next_event(&stream, &mut conn, &bounds).await {
+            Next::Event(ServerEvent::AllocationRequested(request)) => {
+                requested = Some(Instant::now());
+                let room = if request.refresh {
+                    Ok(())
+                } else {
+                    shared.quotas.has_room(request.app_id.as_str())
+                };
+                match room {
+                    Ok(()) => {
+                        // Only fails when nothing is pending, which the event rules out.
+                        let _ = conn.accept_allocation(Instant::now());
+                    }
+                    Err(e) => {
+                        shared.stats.note_quota(&e);
+                        conn.reject(Instant::now(), quota_code(&e), Some(&e.to_string()));
+                    }
+                }
+            }
+            Next::Event(ServerEvent::Allocated { session_id, app_id }) => {
+                Stats::bump(&shared.stats.allocations);
+                if let Some(requested) = requested {
+                    shared
+                        .timings
+                        .allocation_latency
+                        .observe(requested.elapsed().as_secs_f64());
+                }
+                tracing::info!(%peer, session = format_args!("{session_id:016x}"), app = %app_id, transport = "tcp", "allocated");
+            }
+            Next::Event(ServerEvent::Closed(reason)) => {
+                note_close(&shared.stats, &reason, true);
+                note_refusal(&shared, &conn, peer, &reason);
+                closing_flush(&stream, &mut conn, &bounds).await;
+                break;
+            }
+            Next::Event(other) => {
+                tracing::debug!(%peer, event = event_name(&other), "unexpected event on an allocation connection");
+                break;
+            }
+            Next::PeerClosed => break,
+            Next::Io(e) => {
+                tracing::debug!(%peer, error = %e, "allocation connection failed");
+                break;
+            }
+            Next::Cut(cut) => {
+                note_cut(&shared, peer, cut);
+                break;
+            }
+        }
+    }
+}
+
+/// One connection on the relay port.
+pub(crate) async fn relay(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    // Boxed: the handshake's state (its read buffer, the state machine, the
+    // connect) lives on the heap only while it runs, so an idle session's
+    // task holds just what the session itself needs.
+    let Some(bound) = Box::pin(bind(&shared, &stream, peer)).await else {
+        return;
+    };
+    match bound {
+        Bound::Stream {
+            upstream,
+            early,
+            request,
+            quota,
+        } => stream_session(&shared, &stream, &upstream, &early, &request, peer, quota).await,
+        Bound::Datagram {
+            upstream,
+            conn,
+            request,
+            quota,
+        } => datagram_session(&shared, &stream, *conn, &upstream, &request, peer, quota).await,
+    }
+}
+
+/// An accepted bind, ready for its session.
+enum Bound {
+    Stream {
+        upstream: TcpStream,
+        /// Client bytes that followed the `Bind`, for the destination.
+        early: Vec<u8>,
+        request: BindRequest,
+        quota: QuotaGuard<u64>,
+    },
+    Datagram {
+        upstream: UdpSocket,
+        /// Boxed: the stream variant, the common one, then stays small.
+        conn: Box<Connection>,
+        request: BindRequest,
+        quota: QuotaGuard<u64>,
+    },
+}
+
+/// Runs the relay handshake until a bind is accepted (and `BindOk` sent), or
+/// the connection ends; refusals are answered here.
+async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<Bound> {
+    if refuse_limited_source(shared, stream, peer).await {
+        return None;
+    }
+    let mut conn = Connection::new(Arc::clone(&shared.proto), Role::Relay, Instant::now());
+    let bounds = handshake_bounds(shared, &conn);
+    loop {
+        match next_event(stream, &mut conn, &bounds).await {
+            Next::Event(ServerEvent::BindRequested(request)) => {
+                // The checks and the connect are pre-session work too.
+                let prepared = bounds
+                    .run(prepare(shared, &request))
+                    .await
+                    .unwrap_or_else(|cut| Err(cut_refusal(shared, cut)));
+                match prepared {
+                    Ok(upstream) => {
+                        let _ = conn.accept_bind(Instant::now());
+                        let early = match conn.poll_event() {
+                            Some(ServerEvent::Bound { early_data, .. }) => early_data,
+                            _ => bytes::Bytes::new(),
+                        };
+                        if let Err(next) = flush(stream, &mut conn, &bounds).await {
+                            if let Next::Cut(cut) = next {
+                                note_cut(shared, peer, cut);
+                            }
+                            return None;
+                        }
+                        return Some(match upstream {
+                            Upstream::Stream(upstream, quota) => Bound::Stream {
+                                upstream,
+                                // A copy of just these bytes: the read buffer
+                                // behind `early` goes with the handshake.
+                                early: early.to_vec(),
+                                request,
+                                quota,
+                            },
+                            Upstream::Datagram(upstream, quota) => Bound::Datagram {
+                                upstream,
+                                conn: Box::new(conn),
+                                request,
+                                quota,
+                            },
+                        });
+                    }
+                    Err((code, message)) => {
+                        shared.refusal_log.log(|| {
+                            tracing::info!(%peer, session = format_args!("{:016x}", request.session_id), app = %request.app_id, destination = %request.destination, reason = %code, %message, "bind refused");
+                        });
+                        conn.reject(Instant::now(), code, Some(&message));
+                    }
+                }
+            }
+            Next::Event(ServerEvent::Closed(reason)) => {
+                note_close(&shared.stats, &reason, false);
+                // Our own refusals (quota, destination) were logged above.
+                if !matches!(reason, SessionError::Rejected { .. }) || is_login_failure(&reason) {
+                    note_refusal(shared, &conn, peer, &reason);
+                }
+                closing_flush(stream, &mut conn, &bounds).await;
+                return None;
+            }
+            Next::Event(other) => {
+                tracing::debug!(%peer, event = event_name(&other), "unexpected event before bind");
+                return None;
+            }
+            Next::PeerClosed => return None,
+            Next::Io(e) => {
+                tracing::debug!(%peer, error = %e, "relay connection failed before bind");
+                return None;
+            }
+            Next::Cut(cut) => {
+                note_cut(shared, peer, cut);
+                return None;
+            }
+        }
+    }
+}
+
+/// The bounds on a connection's pre-session work: its handshake deadline
+/// and shutdown.
+fn handshake_bounds(shared: &Shared, conn: &Connection) -> Bounds {
+    let deadline = conn
+        .poll_timeout()
+        .unwrap_or_else(|| Instant::now() + shared.limits.handshake_timeout());
+    Bounds::new(deadline, &shared.lifecycle)
+}
+
+/// The refusal for a bind whose checks or connect were cut short.
+fn cut_refusal(shared: &Shared, cut: Cut) -> (ErrorCode, String) {
+    let code = match cut {
+        Cut::Deadline => ErrorCode::HANDSHAKE_TIMEOUT,
+        Cut::Shutdown => {
+            Stats::bump(&shared.stats.server_busy_refused);
+            ErrorCode::SERVER_BUSY
+        }
+    };
+    (code, cut.as_str().to_owned())
+}
+
+/// Counts and logs (at debug) a connection cut short before its session.
+fn note_cut(shared: &Shared, peer: SocketAddr, cut: Cut) {
+    if cut == Cut::Deadline {
+        Stats::bump(&shared.stats.handshake_timeouts);
+    }
+    tracing::debug!(%peer, reason = cut.as_str(), "connection closed before its session");
+}
+
+enum Upstream {
+    Stream(TcpStream, QuotaGuard<u64>),
+    Datagram(UdpSocket, QuotaGuard<u64>),
+}
+
+/// The checks and the connect behind a bind: admission (transport, session
+/// deadline, quota), then the destination (its name lookups count against
+/// an app already within its quota), then the relay's own socket to it.
+async fn prepare(shared: &Shared, request: &BindRequest) -> Result<Upstream, (ErrorCode, String)> {
+    let needed = bind_transport(request.mode, request.path);
+    let admitted = admit(shared, &bind_grant(request), needed, 1)?;
+    let quota = admitted.quota;
+    let targets = check_destination(shared, request.app_id.as_str(), &request.destination).await?;
+    match request.mode {
+        BindMode::Stream => {
+            let up = connect_upstream(shared, &targets).await.map_err(|e| {
+                tracing::debug!(destination = %request.destination, error = %e, "upstream connect failed");
+                (ErrorCode::DESTINATION_UNREACHABLE, e.client_message().to_owned())
+            })?;
+            Ok(Upstream::Stream(up, quota))
+        }
+        BindMode::Datagram => {
+            let target = targets[0];
+            let up = connected_udp(target)
+                .await
+                .map_err(|e| upstream_socket_failure(&e, target))?;
+            Ok(Upstream::Datagram(up, quota))
+        }
+    }
+}
+
+/// Why an upstream TCP connect failed.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// Every address failed or timed out; `last` is the kind of the last
+    /// failure that had one (none when every attempt timed out).
+    Dial {
+        error: DialError,
+        last: Option<io::ErrorKind>,
+    },
+    /// Shutdown's force-close came first.
+    Shutdown,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dial { error, .. } => error.fmt(f),
+            Self::Shutdown => f.write_str("the relay is shutting down"),
+        }
+    }
+}
+
+impl ConnectError {
+    /// What a client is told: which way it failed, never the host's error
+    /// text (that is logged).
+    pub(crate) fn client_message(&self) -> &'static str {
+        match self {
+            Self::Dial { error, .. } if timed_out(error) => {
+                "the destination did not answer in time"
+            }
+            Self::Dial { .. } => "the destination refused the connection or could not be reached",
+            Self::Shutdown => "the relay is shutting down",
+        }
+    }
+
+    /// The kind of failure, for protocols with codes per kind (SOCKS5).
+    pub(crate) fn kind(&self) -> io::ErrorKind {
+        match self {
+            Self::Dial {
+                last: Some(kind), ..
+            } => *kind,
+            Self::Dial { .. } => io::ErrorKind::TimedOut,
+            Self::Shutdown => io::ErrorKind::Interrupted,
+        }
+    }
+}
+
+fn timed_out(e: &DialError) -> bool {
+    e.attempts
+        .iter()
+        .all(|(_, o)| !matches!(o, Outcome::Failed(_)))
+}
+
+/// Connects to the first of `targets` to answer, for a native stream bind
+/// and a SOCKS5 CONNECT alike: attempts start 250 ms apart while earlier
+/// ones are pending (RFC 8305), the whole connect ends at the node's
+/// `connect_timeout`, and shutdown's force-close abandons it at once.
+pub(crate) async fn connect_upstream(
+    shared: &Shared,
+    targets: &[SocketAddr],
+) -> Result<TcpStream, ConnectError> {
+    let policy = DialPolicy {
+        stagger: std::time::Duration::from_millis(250),
+        attempt_timeout: shared.limits.connect_timeout(),
+        overall_timeout: shared.limits.connect_timeout(),
+    };
+    let last = Arc::new(std::sync::Mutex::new(None));
+    let attempt = |addr| {
+        let last = Arc::clone(&last);
+        async move {
+            let result = TcpStream::connect(addr).await;
+            if let Err(e) = &result {
+                *last
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.kind());
+            }
+            result
+        }
+    };
+    tokio::select! {
+        raced = race(targets, &policy, attempt) => {
+            let (_, up) = raced.map_err(|error| ConnectError::Dial {
+                error,
+                last: *last.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            })?;
+            let _ = up.set_nodelay(true);
+            Ok(up)
+        }
+        () = shared.lifecycle.force_closed() => Err(ConnectError::Shutdown),
+    }
+}
+
+/// A socket the relay could not open for a destination: the host's error
+/// (for instance "Too many open files") goes to the log, the client gets a
+/// generic refusal.
+pub(crate) fn upstream_socket_failure(e: &io::Error, target: SocketAddr) -> (ErrorCode, String) {
+    tracing::warn!(destination = %target, error = %e, "cannot open an upstream socket");
+    (
+        ErrorCode::INTERNAL,
+        "the relay could not open a path to the destination".to_owned(),
+    )
+}
+
+/// The allowlisted addresses for a destination, or the error to send; a
+/// name is resolved within `app`'s lookup budget.
+pub(crate) async fn check_destination(
+    shared: &Shared,
+    app: &str,
+    destination: &Address,
+) -> Result<Vec<SocketAddr>, (ErrorCode, String)> {
+    let dest = match destination {
+        Address::Ip(addr) => Destination::Addr(*addr),
+        Address::Domain(name, port) => Destination::Name(name.as_str(), *port),
+    };
+    shared
+        .lookups
+        .permitted(app, &dest, &shared.policy.load().allowlist)
+        .await
+        .map_err(|e| {
+            note_destination_error(shared, &e);
+            (destination_code(&e), e.to_string())
+        })
+}
+
+/// Counts a destination refusal.
+pub(crate) fn note_destination_error(shared: &Shared, e: &DestinationError) {
+    if e.is_policy() {
+        Stats::bump(&shared.stats.destinations_refused);
+    }
+    if matches!(
+        e,
+        DestinationError::LookupsInFlight { .. } | DestinationError::LookupRate { .. }
+    ) {
+        Stats::bump(&shared.stats.lookups_refused);
+    }
+}
+
+async fn stream_session(
+    shared: &Shared,
+    client: &TcpStream,
+    upstream: &TcpStream,
+    early: &[u8],
+    request: &BindRequest,
+    peer: SocketAddr,
+    quota: QuotaGuard<u64>,
+) {
+    let _active = Active::new(
+        &shared.stats,
+        |s| &s.tcp_sessions_active,
+        Some(|s| &s.tcp_sessions_total),
+    );
+    // Declared after `_active`, so dropped before it: once the stats show
+    // the session gone, its quota is free too.
+    let _quota = quota;
+    let started = Instant::now();
+    let options = PumpOptions {
+        buffer_len: shared.limits.relay_buffer_len as usize,
+        idle_timeout: shared.limits.idle_timeout(),
+        splice: shared.limits.relay_splice,
+        // A stream ends with its session, like the session's UDP bindings.
+        deadline: Some(session_deadline(shared, request.session_deadline)),
+    };
+    let report = pump_with_totals(
+        client,
+        upstream,
+        early,
+        &options,
+        shared.lifecycle.force_closed(),
+        Some(LiveTotals {
+            client_to_upstream: &shared.stats.tcp_bytes_up,
+            upstream_to_client: &shared.stats.tcp_bytes_down,
+        }),
+    )
+    .await;
+    shared.stats.note_pump_end(&report.end);
+    shared
+        .timings
+        .session_duration
+        .observe(started.elapsed().as_secs_f64());
+    tracing::info!(
+        %peer,
+        session = format_args!("{:016x}", request.session_id),
+        app = %request.app_id,
+        transport = "tcp",
+        destination = %request.destination,
+        bytes_up = report.client_to_upstream,
+        bytes_down = report.upstream_to_client,
+        duration_ms = started.elapsed().as_millis() as u64,
+        reason = report.end.as_str(),
+        "session ended"
+    );
+}
+
+/// The `Instant` at which a session reaches its maximum lifetime, from the
+/// unix deadline its ticket gives.
+pub(crate) fn session_deadline(shared: &Shared, unix_deadline: u64) -> Instant {
+    shared.proto.config().timebase.instant_at(unix_deadline)
+}
+
+/// Bytes of frames waiting for a datagram-mode client above which the relay
+/// stops reading that client and drops its destination's datagrams: a client
+/// that does not read cannot make the relay queue without bound.
+const OUTBOX_LIMIT: usize = 64 * 1024;
+
+/// Frames for a datagram-mode client, written only as fast as the client's
+/// socket takes them, so that no write ever waits outside the session's
+/// `select!` (its timers and the forced close).
+#[derive(Default)]
+struct Outbox {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl Outbox {
+    /// Takes what the state machine wants sent.
+    fn take_from(&mut self, conn: &mut Connection) {
+        while let Some(frame) = conn.poll_transmit() {
+            self.bytes += frame.len();
+            self.frames.push_back(frame);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn is_full(&self) -> bool {
+        self.bytes >= OUTBOX_LIMIT
+    }
+
+    /// Writes what the socket takes now, without waiting.
+    fn write_ready(&mut self, client: &TcpStream) -> io::Result<()> {
+        while !self.frames.is_empty() {
+            // Up to 64 frames per system call, gathered without allocating.
+            let mut slices = [IoSlice::new(&[]); 64];
+            let mut count = 0;
+            for (slot, frame) in slices.iter_mut().zip(&self.frames) {
+                *slot = IoSlice::new(frame);
+                count += 1;
+            }
+            match client.try_write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(mut n) => {
+                    self.bytes -= n;
+                    while n > 0 {
+                        let front = self.frames.front_mut().expect("n <= queued bytes");
+                        if n >= front.len() {
+                            n -= front.len();
+                            self.frames.pop_front();
+                        } else {
+                            front.advance(n);
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes everything, waiting for the socket; the caller bounds the wait.
+    async fn write_all(&mut self, client: &TcpStream) -> io::Result<()> {
+        loop {
+            self.write_ready(client)?;
+            if self.is_empty() {
+                return Ok(());
+            }
+            client.writable().await?;
+        }
+    }
+}
+
+/// UDP-over-TCP: `Datagram` frames from the client go to the destination as
+/// UDP datagrams, and the destination's datagrams come back as frames.
+///
+/// Every wait — reading, writing, the idle timer, the session's lifetime,
+/// the forced close on shutdown — is one arm of the same `select!`: a client
+/// that stops reading holds no write open past any of them. While its
+/// frames back up beyond [`OUTBOX_LIMIT`], the client is not read (so its
+/// idle timer runs) and the destination's datagrams are dropped (counted).
+async fn datagram_session(
+    shared: &Shared,
+    client: &TcpStream,
+    mut conn: Connection,
+    upstream: &UdpSocket,
+    request: &BindRequest,
+    peer: SocketAddr,
+    quota: QuotaGuard<u64>,
+) {
+    let _active = Active::new(
+        &shared.stats,
+        |s| &s.tcp_sessions_active,
+        Some(|s| &s.tcp_sessions_total),
+    );
+    // Declared after `_active`, so dropped before it: once the stats show
+    // the session gone, its quota is free too.
+    let _quota = quota;
+    let started = Instant::now();
+    Stats::bump(&shared.stats.media_fallbacks);
+    let (mut packets_up, mut packets_down, mut bytes_up, mut bytes_down) = (0u64, 0u64, 0u64, 0u64);
+    let force_closed = shared.lifecycle.force_closed();
+    tokio::pin!(force_closed);
+    let mut read_buf = vec![0u8; 16 * 1024];
+    let mut datagram = vec![0u8; MAX_DATAGRAM_PAYLOAD + 1];
+    let mut outbox = Outbox::default();
+    let reason: String = 'session: loop {
+        // Hand datagrams to the destination; stop at the close event.
+        while let Some(event) = conn.poll_event() {
+            match event {
+                ServerEvent::Datagram(payload) => match upstream.try_send(&payload) {
+                    Ok(_) => {
+                        packets_up += 1;
+                        bytes_up += payload.len() as u64;
+                        Stats::bump(&shared.stats.udp_packets_up);
+                        Stats::add(&shared.stats.udp_bytes_up, payload.len() as u64);
+                    }
+                    Err(_) => Stats::bump(&shared.stats.udp_dropped),
+                },
+                ServerEvent::Closed(reason) => {
+                    // The closing frame gets a short, bounded chance to
+                    // leave; shutdown cuts even that short.
+                    outbox.take_from(&mut conn);
+                    tokio::select! {
+                        _ = tokio::time::timeout(CLOSING_FLUSH, outbox.write_all(client)) => {}
+                        () = &mut force_closed => {}
+                    }
+                    shared.stats.note_datagram_session_end(Some(&reason));
+                    break 'session reason.to_string();
+                }
+                _ => {}
+            }
+        }
+        outbox.take_from(&mut conn);
+        if let Err(e) = outbox.write_ready(client) {
+            shared.stats.note_datagram_session_end(None);
+            break format!("client write failed: {e}");
+        }
+        let backed_up = outbox.is_full();
+        let deadline = conn.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            // Not while the client's frames back up: every frame read may
+            // queue an answer (a Pong).
+            readable = client.readable(), if !backed_up => {
+                if let Err(e) = readable {
+                    shared.stats.note_datagram_session_end(None);
+                    break format!("client read failed: {e}");
+                }
+                match client.try_read(&mut read_buf) {
+                    Ok(0) => {
+                        shared
+                            .stats
+                            .note_datagram_session_end(Some(&SessionError::ClosedByPeer));
+                        break "client closed".into();
+                    }
+                    Ok(n) => conn.handle_input(Instant::now(), &read_buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        shared.stats.note_datagram_session_end(None);
+                        break format!("client read failed: {e}");
+                    }
+                }
+            }
+            writable = client.writable(), if !outbox.is_empty() => {
+                if let Err(e) = writable {
+                    shared.stats.note_datagram_session_end(None);
+            break format!("client write failed: {e}");
+                }
+                // The loop's top writes what now fits.
+            }
+            received = upstream.recv(&mut datagram) => match received {
+                Ok(n) if n <= MAX_DATAGRAM_PAYLOAD && !backed_up => {
+                    if conn.send_datagram(&datagram[..n]).is_ok() {
+                        packets_down += 1;
+                        bytes_down += n as u64;
+                        Stats::bump(&shared.stats.udp_packets_down);
+                        Stats::add(&shared.stats.udp_bytes_down, n as u64);
+                    }
+                }
+                // Too large for a Datagram frame, the client is not keeping
+                // up (UDP may drop), or an ICMP error surfacing: count it and
+                // go on.
+                Ok(_) | Err(_) => Stats::bump(&shared.stats.udp_dropped),
+            },
+            () = sleep_until_opt(deadline) => conn.handle_timeout(Instant::now()),
+            () = &mut force_closed => {
+                // Shutdown: a Close if the socket takes it now, no waiting.
+                conn.close();
+                outbox.take_from(&mut conn);
+                let _ = outbox.write_ready(client);
+                shared
+                    .stats
+                    .note_datagram_session_end(Some(&SessionError::ClosedLocally));
+                break "shutdown".into();
+            }
+        }
+    };
+    shared
+        .timings
+        .session_duration
+        .observe(started.elapsed().as_secs_f64());
+    tracing::info!(
+        %peer,
+        session = format_args!("{:016x}", request.session_id),
+        app = %request.app_id,
+        transport = "udp-over-tcp",
+        destination = %request.destination,
+        packets_up,
+        packets_down,
+        bytes_up,
+        bytes_down,
+        duration_ms = started.elapsed().as_millis() as u64,
+        %reason,
+        "session ended"
+    );
+}
+
+pub(crate) fn destination_code(e: &DestinationError) -> ErrorCode {
+    if e.is_policy() {
+        ErrorCode::DESTINATION_NOT_ALLOWED
+    } else {
+        ErrorCode::DESTINATION_UNREACHABLE
+    }
+}
+
+/// Counts how a connection that never became a session ended. Every refusal
+/// — the state machine's (bad credential, bad ticket) and ours (quota,
+/// destination) — arrives here as `Rejected`, so each is counted once.
+fn note_close(stats: &Stats, reason: &SessionError, allocation: bool) {
+    match reason {
+        SessionError::Timeout {
+            which: "handshake", ..
+        } => Stats::bump(&stats.handshake_timeouts),
+        SessionError::Protocol(_) | SessionError::UnexpectedFrame { .. } => {
+            Stats::bump(&stats.malformed)
+        }
+        SessionError::Rejected { code } if allocation => {
+            Stats::bump(&stats.allocations_refused);
+            stats.note_refusal_code(*code);
+        }
+        SessionError::Rejected { code } => {
+            Stats::bump(&stats.bindings_refused);
+            stats.note_refusal_code(*code);
+        }
+        _ => {}
+    }
+}
+
+/// A server event's name, for logs (its fields may be large or secret).
+fn event_name(event: &ServerEvent) -> &'static str {
+    match event {
+        ServerEvent::AllocationRequested(_) => "allocation requested",
+        ServerEvent::Allocated { .. } => "allocated",
+        ServerEvent::BindRequested(_) => "bind requested",
+        ServerEvent::Bound { .. } => "bound",
+        ServerEvent::Datagram(_) => "datagram",
+        ServerEvent::Closed(_) => "closed",
+        _ => "other",
+    }
+}

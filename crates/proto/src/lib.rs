@@ -14,7 +14,8 @@
 //!   client ↔ edge message channel (exactly once across a relay failover);
 //! * [`client`] and [`server`]: sans-I/O state machines — time comes in as
 //!   an argument, outputs are polled (`poll_transmit`, `poll_timeout`,
-//!   `poll_event`).
+//!   `poll_event`); every machine implements [`Machine`], so one driver runs
+//!   them all.
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -35,6 +36,7 @@ pub mod client;
 pub mod codec;
 mod error;
 pub mod frame;
+mod machine;
 pub mod reliable;
 pub mod server;
 pub mod ticket;
@@ -47,6 +49,7 @@ mod wire;
 pub mod fuzzing;
 
 pub use error::{CodecError, ErrorCode, SessionError, TicketError};
+pub use machine::Machine;
 pub use time::Timebase;
 pub use types::{
     ATYP_DOMAIN, ATYP_IPV4, ATYP_IPV6, Address, AppId, Capabilities, ChannelName, DomainName,

@@ -4,11 +4,14 @@
 //! - [`dial`]: race candidates, happy-eyeballs style.
 //! - [`tunnel`]: allocate, open the message channel and the media path, with
 //!   automatic TCP fallback.
+//! - [`driver`]: the one loop that runs any sans-I/O machine of
+//!   `cloudproxy-proto` over any byte stream (TCP, TLS, HTTP CONNECT).
 //! - [`lifecycle`]: task tracking with drain and force-close, for anything
 //!   that accepts connections (the proxy node, the reference edge).
 //! - [`net`]: small socket helpers.
 
 pub mod dial;
+pub mod driver;
 pub mod lifecycle;
 pub mod net;
 pub mod resolve;

@@ -1,0 +1,67 @@
+//! The one interface every sans-I/O machine of this crate offers, so one
+//! driver (`cloudproxy_transport::driver`) runs them all over any byte
+//! stream: quinn-proto's `Connection` shape.
+//!
+//! Time comes in as an argument and outputs are polled; a machine never
+//! reads a clock, touches a socket or spawns anything. A driver loops:
+//!
+//! 1. write every [`poll_transmit`](Machine::poll_transmit);
+//! 2. return every [`poll_event`](Machine::poll_event) to its owner;
+//! 3. wait for input or [`poll_timeout`](Machine::poll_timeout), whichever
+//!    comes first, and feed it back with
+//!    [`handle_input`](Machine::handle_input) or
+//!    [`handle_timeout`](Machine::handle_timeout).
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+/// A sans-I/O protocol machine over a byte stream or datagrams.
+///
+/// ```
+/// use std::time::Instant;
+/// use bytes::Bytes;
+/// use cloudproxy_proto::Machine;
+///
+/// /// Echoes every input back and reports its length.
+/// #[derive(Default)]
+/// struct Echo { out: Vec<Bytes>, events: Vec<usize> }
+///
+/// impl Machine for Echo {
+///     type Event = usize;
+///     fn handle_input(&mut self, _now: Instant, data: &[u8]) {
+///         self.out.push(Bytes::copy_from_slice(data));
+///         self.events.push(data.len());
+///     }
+///     fn poll_transmit(&mut self) -> Option<Bytes> { self.out.pop() }
+///     fn poll_event(&mut self) -> Option<usize> { self.events.pop() }
+///     fn poll_timeout(&self) -> Option<Instant> { None }
+///     fn handle_timeout(&mut self, _now: Instant) {}
+/// }
+///
+/// let mut echo = Echo::default();
+/// echo.handle_input(Instant::now(), b"ping");
+/// assert_eq!(echo.poll_transmit().as_deref(), Some(&b"ping"[..]));
+/// assert_eq!(echo.poll_event(), Some(4));
+/// ```
+pub trait Machine {
+    /// What the machine reports to its owner.
+    type Event;
+
+    /// Feeds bytes the transport received at `now` (any split of the
+    /// stream; one whole datagram on a datagram transport).
+    fn handle_input(&mut self, now: Instant, data: &[u8]);
+
+    /// The next bytes to send, in order; `None` when nothing is queued.
+    fn poll_transmit(&mut self) -> Option<Bytes>;
+
+    /// The next event for the owner; `None` when there is none.
+    fn poll_event(&mut self) -> Option<Self::Event>;
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called;
+    /// `None` when no timer runs.
+    fn poll_timeout(&self) -> Option<Instant>;
+
+    /// Runs the timers due at `now`.
+    fn handle_timeout(&mut self, now: Instant);
+}

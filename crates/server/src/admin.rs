@@ -42,7 +42,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
-use crate::node::{ProxyNode, ServeError, Shared, begin_drain};
+use crate::node::{ProxyNode, ServeError, begin_drain};
+use crate::shared::Shared;
 
 /// The longest request head (request line and headers) accepted; longer is
 /// answered 431.

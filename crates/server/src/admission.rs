@@ -27,8 +27,8 @@ use cloudproxy_proto::{AppId, ErrorCode, SealedTicket, SessionError, Transports}
 
 use crate::config::decode_hex;
 use crate::login_limit::{Failure, LoginLimiter};
-use crate::node::Shared;
 use crate::quota::{QuotaError, QuotaGuard};
+use crate::shared::Shared;
 use crate::stats::Stats;
 
 /// A login that did not get in.

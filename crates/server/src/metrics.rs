@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::node::Shared;
+use crate::shared::Shared;
 
 /// The version in `cloudproxy_build_info`.
 const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -7,19 +7,20 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use cloudproxy_proto::Timebase;
-use cloudproxy_proto::server::{Entropy, Server};
+use cloudproxy_proto::server::Server;
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::config::{Limits, ServerConfig};
+use crate::config::ServerConfig;
 use crate::descriptors::{raise_nofile, upstream_budget};
+use crate::entropy::OsEntropy;
 use crate::log_limit::LogLimiter;
 use crate::login_limit::{LoginLimiter, LoginLimits};
 use crate::lookups::{LookupLimits, Lookups, Resolve};
+use crate::policy::{Policy, PolicyCell};
 use crate::quota::Quotas;
-use crate::reload::{
-    Policy, PolicyCell, ReloadError, ReloadSummary, Reloader, app_limits, credentials, ticket_ring,
-};
+use crate::reload::{ReloadError, ReloadSummary, Reloader, app_limits, credentials, ticket_ring};
 use crate::resolver::DnsResolver;
+use crate::shared::Shared;
 use crate::stats::{Stats, StatsSnapshot, Timings};
 use crate::{socks5, tcp, udp};
 use cloudproxy_transport::lifecycle::{DrainOutcome, Lifecycle, accept_tcp};
@@ -43,30 +44,6 @@ pub enum ServeError {
     /// cannot carry).
     #[error("invalid configuration: {0}")]
     Config(String),
-}
-
-/// The state every task of a node shares.
-pub(crate) struct Shared {
-    pub(crate) proto: Arc<Server>,
-    /// The allowlist and other policy a reload replaces.
-    pub(crate) policy: PolicyCell,
-    pub(crate) quotas: Arc<Quotas<u64>>,
-    pub(crate) stats: Arc<Stats>,
-    /// Session duration and allocation latency histograms.
-    pub(crate) timings: Timings,
-    /// The process's descriptor limit after raising it, when known.
-    pub(crate) nofile: Option<u64>,
-    pub(crate) lifecycle: Lifecycle,
-    pub(crate) limits: Limits,
-    /// Name resolution, bounded per app.
-    pub(crate) lookups: Lookups,
-    /// Login failures per source address over TCP (verified sources).
-    pub(crate) logins: LoginLimiter,
-    /// Login failures per source address over UDP (sources may be forged):
-    /// gates UDP only, never TCP or SOCKS5.
-    pub(crate) udp_logins: LoginLimiter,
-    /// The budget of refusal log lines (failed logins, malformed input).
-    pub(crate) refusal_log: LogLimiter,
 }
 
 /// The addresses a node actually listens on (port 0 resolved).
@@ -134,19 +111,6 @@ impl std::fmt::Debug for ProxyNode {
         f.debug_struct("ProxyNode")
             .field("addrs", &self.addrs)
             .finish_non_exhaustive()
-    }
-}
-
-/// Random bytes from the operating system, for session ids, binding ids and
-/// tokens.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct OsEntropy;
-
-impl Entropy for OsEntropy {
-    fn fill(&self, buf: &mut [u8]) {
-        // The kernel's generator does not fail once the system is up; a relay
-        // that cannot make unpredictable tokens must not run on.
-        getrandom::fill(buf).expect("the operating system's random generator failed");
     }
 }
 

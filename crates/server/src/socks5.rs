@@ -32,11 +32,11 @@ use tokio::net::{TcpStream, UdpSocket};
 use crate::admission::{self, LoginRefused};
 use crate::conn::close_after_refusal;
 use crate::destination::{Destination, DestinationError};
-use crate::node::Shared;
 use crate::pump::{LiveTotals, PumpOptions, pump_with_totals};
 use crate::quota::QuotaGuard;
+use crate::shared::Shared;
 use crate::stats::{Active, Stats};
-use crate::tcp::{connect_upstream, session_deadline};
+use crate::upstream::connect_upstream;
 
 const VERSION: u8 = 5;
 const AUTH_VERSION: u8 = 1;
@@ -425,7 +425,7 @@ async fn connect(
     let targets = match checked {
         Ok(t) => t,
         Err(e) => {
-            crate::tcp::note_destination_error(shared, &e);
+            crate::upstream::note_destination_error(shared, &e);
             Stats::bump(&shared.stats.bindings_refused);
             shared.refusal_log.log(|| {
                 tracing::info!(%peer, app = %client.app, destination = %target, reason = %e, "socks5 connect refused");
@@ -468,7 +468,7 @@ async fn connect(
         buffer_len: shared.limits.relay_buffer_len as usize,
         idle_timeout: shared.limits.idle_timeout(),
         splice: shared.limits.relay_splice,
-        deadline: Some(session_deadline(shared, client.session_deadline)),
+        deadline: Some(shared.session_deadline(client.session_deadline)),
     };
     let report = pump_with_totals(
         &stream,
@@ -623,7 +623,7 @@ async fn associate(
     let started = Instant::now();
     let idle = shared.limits.idle_timeout();
     let lifetime_end =
-        tokio::time::Instant::from_std(session_deadline(shared, client.session_deadline));
+        tokio::time::Instant::from_std(shared.session_deadline(client.session_deadline));
     let force_closed = shared.lifecycle.force_closed();
     tokio::pin!(force_closed);
 
@@ -719,7 +719,7 @@ async fn associate(
                 let decision = match checked {
                     Ok(addrs) => addrs.first().copied(),
                     Err(e) => {
-                        crate::tcp::note_destination_error(shared, &e);
+                        crate::upstream::note_destination_error(shared, &e);
                         shared.refusal_log.log(|| {
                             tracing::info!(%peer, app = %client.app, destination = %target, reason = %e, "socks5 udp destination refused");
                         });

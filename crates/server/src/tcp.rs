@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::{Buf, Bytes};
 use cloudproxy_proto::frame::{BindMode, MAX_DATAGRAM_PAYLOAD};
 use cloudproxy_proto::server::{BindRequest, Connection, Role, ServerEvent};
-use cloudproxy_proto::{Address, ErrorCode, SessionError};
+use cloudproxy_proto::{ErrorCode, SessionError};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::admission::{
@@ -20,12 +20,11 @@ use crate::admission::{
 use crate::conn::{
     Bounds, CLOSING_FLUSH, Cut, Next, close_after_refusal, closing_flush, flush, next_event,
 };
-use crate::destination::{Destination, DestinationError};
-use crate::node::Shared;
-use crate::pump::{LiveTotals, PumpOptions, pump_with_totals};
 use crate::quota::QuotaGuard;
+use crate::relay_session::{StreamSession, relay_stream};
+use crate::shared::Shared;
 use crate::stats::{Active, Stats};
-use cloudproxy_transport::dial::{DialError, DialPolicy, Outcome, race};
+use crate::upstream::{check_destination, connect_upstream, upstream_socket_failure};
 use cloudproxy_transport::net::{connected_udp, sleep_until_opt, write_all};
 
 /// Refuses a connection from a source over its login-failure limit before
@@ -171,7 +170,17 @@ pub(crate) async fn relay(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
             early,
             request,
             quota,
-        } => stream_session(&shared, &stream, &upstream, &early, &request, peer, quota).await,
+        } => {
+            let session = StreamSession {
+                peer,
+                session: request.session_id,
+                app: request.app_id.as_str(),
+                transport: "tcp",
+                destination: &request.destination,
+                deadline: request.session_deadline,
+            };
+            relay_stream(&shared, &stream, &upstream, &early, &session, quota).await;
+        }
         Bound::Datagram {
             upstream,
             conn,
@@ -337,205 +346,6 @@ async fn prepare(shared: &Shared, request: &BindRequest) -> Result<Upstream, (Er
             Ok(Upstream::Datagram(up, quota))
         }
     }
-}
-
-/// Why an upstream TCP connect failed.
-#[derive(Debug)]
-pub(crate) enum ConnectError {
-    /// Every address failed or timed out; `last` is the kind of the last
-    /// failure that had one (none when every attempt timed out).
-    Dial {
-        error: DialError,
-        last: Option<io::ErrorKind>,
-    },
-    /// Shutdown's force-close came first.
-    Shutdown,
-}
-
-impl std::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Dial { error, .. } => error.fmt(f),
-            Self::Shutdown => f.write_str("the relay is shutting down"),
-        }
-    }
-}
-
-impl ConnectError {
-    /// What a client is told: which way it failed, never the host's error
-    /// text (that is logged).
-    pub(crate) fn client_message(&self) -> &'static str {
-        match self {
-            Self::Dial { error, .. } if timed_out(error) => {
-                "the destination did not answer in time"
-            }
-            Self::Dial { .. } => "the destination refused the connection or could not be reached",
-            Self::Shutdown => "the relay is shutting down",
-        }
-    }
-
-    /// The kind of failure, for protocols with codes per kind (SOCKS5).
-    pub(crate) fn kind(&self) -> io::ErrorKind {
-        match self {
-            Self::Dial {
-                last: Some(kind), ..
-            } => *kind,
-            Self::Dial { .. } => io::ErrorKind::TimedOut,
-            Self::Shutdown => io::ErrorKind::Interrupted,
-        }
-    }
-}
-
-fn timed_out(e: &DialError) -> bool {
-    e.attempts
-        .iter()
-        .all(|(_, o)| !matches!(o, Outcome::Failed(_)))
-}
-
-/// Connects to the first of `targets` to answer, for a native stream bind
-/// and a SOCKS5 CONNECT alike: attempts start 250 ms apart while earlier
-/// ones are pending (RFC 8305), the whole connect ends at the node's
-/// `connect_timeout`, and shutdown's force-close abandons it at once.
-pub(crate) async fn connect_upstream(
-    shared: &Shared,
-    targets: &[SocketAddr],
-) -> Result<TcpStream, ConnectError> {
-    let policy = DialPolicy {
-        stagger: std::time::Duration::from_millis(250),
-        attempt_timeout: shared.limits.connect_timeout(),
-        overall_timeout: shared.limits.connect_timeout(),
-    };
-    let last = Arc::new(std::sync::Mutex::new(None));
-    let attempt = |addr| {
-        let last = Arc::clone(&last);
-        async move {
-            let result = TcpStream::connect(addr).await;
-            if let Err(e) = &result {
-                *last
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.kind());
-            }
-            result
-        }
-    };
-    tokio::select! {
-        raced = race(targets, &policy, attempt) => {
-            let (_, up) = raced.map_err(|error| ConnectError::Dial {
-                error,
-                last: *last.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
-            })?;
-            let _ = up.set_nodelay(true);
-            Ok(up)
-        }
-        () = shared.lifecycle.force_closed() => Err(ConnectError::Shutdown),
-    }
-}
-
-/// A socket the relay could not open for a destination: the host's error
-/// (for instance "Too many open files") goes to the log, the client gets a
-/// generic refusal.
-pub(crate) fn upstream_socket_failure(e: &io::Error, target: SocketAddr) -> (ErrorCode, String) {
-    tracing::warn!(destination = %target, error = %e, "cannot open an upstream socket");
-    (
-        ErrorCode::INTERNAL,
-        "the relay could not open a path to the destination".to_owned(),
-    )
-}
-
-/// The allowlisted addresses for a destination, or the error to send; a
-/// name is resolved within `app`'s lookup budget.
-pub(crate) async fn check_destination(
-    shared: &Shared,
-    app: &str,
-    destination: &Address,
-) -> Result<Vec<SocketAddr>, (ErrorCode, String)> {
-    let dest = match destination {
-        Address::Ip(addr) => Destination::Addr(*addr),
-        Address::Domain(name, port) => Destination::Name(name.as_str(), *port),
-    };
-    shared
-        .lookups
-        .permitted(app, &dest, &shared.policy.load().allowlist)
-        .await
-        .map_err(|e| {
-            note_destination_error(shared, &e);
-            (destination_code(&e), e.to_string())
-        })
-}
-
-/// Counts a destination refusal.
-pub(crate) fn note_destination_error(shared: &Shared, e: &DestinationError) {
-    if e.is_policy() {
-        Stats::bump(&shared.stats.destinations_refused);
-    }
-    if matches!(
-        e,
-        DestinationError::LookupsInFlight { .. } | DestinationError::LookupRate { .. }
-    ) {
-        Stats::bump(&shared.stats.lookups_refused);
-    }
-}
-
-async fn stream_session(
-    shared: &Shared,
-    client: &TcpStream,
-    upstream: &TcpStream,
-    early: &[u8],
-    request: &BindRequest,
-    peer: SocketAddr,
-    quota: QuotaGuard<u64>,
-) {
-    let _active = Active::new(
-        &shared.stats,
-        |s| &s.tcp_sessions_active,
-        Some(|s| &s.tcp_sessions_total),
-    );
-    // Declared after `_active`, so dropped before it: once the stats show
-    // the session gone, its quota is free too.
-    let _quota = quota;
-    let started = Instant::now();
-    let options = PumpOptions {
-        buffer_len: shared.limits.relay_buffer_len as usize,
-        idle_timeout: shared.limits.idle_timeout(),
-        splice: shared.limits.relay_splice,
-        // A stream ends with its session, like the session's UDP bindings.
-        deadline: Some(session_deadline(shared, request.session_deadline)),
-    };
-    let report = pump_with_totals(
-        client,
-        upstream,
-        early,
-        &options,
-        shared.lifecycle.force_closed(),
-        Some(LiveTotals {
-            client_to_upstream: &shared.stats.tcp_bytes_up,
-            upstream_to_client: &shared.stats.tcp_bytes_down,
-        }),
-    )
-    .await;
-    shared.stats.note_pump_end(&report.end);
-    shared
-        .timings
-        .session_duration
-        .observe(started.elapsed().as_secs_f64());
-    tracing::info!(
-        %peer,
-        session = format_args!("{:016x}", request.session_id),
-        app = %request.app_id,
-        transport = "tcp",
-        destination = %request.destination,
-        bytes_up = report.client_to_upstream,
-        bytes_down = report.upstream_to_client,
-        duration_ms = started.elapsed().as_millis() as u64,
-        reason = report.end.as_str(),
-        "session ended"
-    );
-}
-
-/// The `Instant` at which a session reaches its maximum lifetime, from the
-/// unix deadline its ticket gives.
-pub(crate) fn session_deadline(shared: &Shared, unix_deadline: u64) -> Instant {
-    shared.proto.config().timebase.instant_at(unix_deadline)
 }
 
 /// Bytes of frames waiting for a datagram-mode client above which the relay
@@ -756,14 +566,6 @@ async fn datagram_session(
         %reason,
         "session ended"
     );
-}
-
-pub(crate) fn destination_code(e: &DestinationError) -> ErrorCode {
-    if e.is_policy() {
-        ErrorCode::DESTINATION_NOT_ALLOWED
-    } else {
-        ErrorCode::DESTINATION_UNREACHABLE
-    }
 }
 
 /// Counts how a connection that never became a session ended. Every refusal

@@ -38,11 +38,11 @@ use crate::admission::{
     Channel, LoginFailure, admit, bind_grant, bind_transport, login_failed, quota_code,
     source_allowed,
 };
-use crate::node::Shared;
 use crate::quota::QuotaGuard;
+use crate::shared::Shared;
 use crate::stats::{Active, Stats};
-use crate::tcp::{check_destination, upstream_socket_failure};
 use crate::udp_batch::{BATCH, GSO_MAX_BYTES, with_batch};
+use crate::upstream::{check_destination, upstream_socket_failure};
 use cloudproxy_transport::net::{any_local_for, sleep_until_opt};
 
 /// Largest datagram read from any socket; bigger ones are truncated by the

@@ -9,6 +9,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use cloudproxy_proto::Address;
+
 use crate::allowlist::{Allowlist, Denied};
 
 /// A destination as a client names it.
@@ -25,6 +27,16 @@ impl std::fmt::Display for Destination<'_> {
         match self {
             Self::Addr(addr) => write!(f, "{addr}"),
             Self::Name(host, port) => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl<'a> From<&'a Address> for Destination<'a> {
+    /// A destination as the native protocol and SOCKS5 carry it.
+    fn from(address: &'a Address) -> Self {
+        match address {
+            Address::Ip(addr) => Self::Addr(*addr),
+            Address::Domain(name, port) => Self::Name(name.as_str(), *port),
         }
     }
 }

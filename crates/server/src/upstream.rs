@@ -125,10 +125,7 @@ pub(crate) async fn check_destination(
     app: &str,
     destination: &Address,
 ) -> Result<Vec<SocketAddr>, (ErrorCode, String)> {
-    let dest = match destination {
-        Address::Ip(addr) => Destination::Addr(*addr),
-        Address::Domain(name, port) => Destination::Name(name.as_str(), *port),
-    };
+    let dest = Destination::from(destination);
     shared
         .lookups
         .permitted(app, &dest, &shared.policy.load().allowlist)

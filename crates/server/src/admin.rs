@@ -221,7 +221,10 @@ async fn serve(mut stream: TcpStream, state: &State) -> io::Result<()> {
                 route(state, method, path, wants_openmetrics(&bytes)),
                 method == "HEAD",
             ),
-            Err(problem) => (Response::text("400 Bad Request", problem), false),
+            Err(problem) => (
+                Response::text("400 Bad Request", problem.to_string()),
+                false,
+            ),
         },
     };
     let mut out = format!(
@@ -278,15 +281,28 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<Head> {
     }
 }
 
+/// Why a request head has no usable request line; the text is the 400
+/// response's body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum BadRequestLine {
+    /// The line is not text.
+    #[error("expected an ASCII request line, found bytes that are not UTF-8\n")]
+    NotUtf8,
+    /// The line is not `METHOD /PATH HTTP/1.x`.
+    #[error("expected a request line like \"GET /metrics HTTP/1.1\", found {found:?}\n")]
+    Malformed {
+        /// The line's first 100 characters.
+        found: String,
+    },
+}
+
 /// The method and path (query string removed) of a request line.
-fn parse_request_line(head: &[u8]) -> Result<(&str, &str), String> {
+fn parse_request_line(head: &[u8]) -> Result<(&str, &str), BadRequestLine> {
     let line_end = head
         .windows(2)
         .position(|w| w == b"\r\n")
         .unwrap_or(head.len());
-    let line = std::str::from_utf8(&head[..line_end]).map_err(|_| {
-        "expected an ASCII request line, found bytes that are not UTF-8\n".to_owned()
-    })?;
+    let line = std::str::from_utf8(&head[..line_end]).map_err(|_| BadRequestLine::NotUtf8)?;
     let mut parts = line.split(' ');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some(method), Some(target), Some(version), None)
@@ -295,10 +311,9 @@ fn parse_request_line(head: &[u8]) -> Result<(&str, &str), String> {
             let path = target.split('?').next().unwrap_or(target);
             Ok((method, path))
         }
-        _ => Err(format!(
-            "expected a request line like \"GET /metrics HTTP/1.1\", found {:?}\n",
-            line.chars().take(100).collect::<String>()
-        )),
+        _ => Err(BadRequestLine::Malformed {
+            found: line.chars().take(100).collect(),
+        }),
     }
 }
 
@@ -398,7 +413,7 @@ mod tests {
             b"GET  /metrics HTTP/1.1",
             b"\xff /metrics HTTP/1.1",
         ] {
-            let error = parse_request_line(bad).unwrap_err();
+            let error = parse_request_line(bad).unwrap_err().to_string();
             assert!(error.starts_with("expected "), "{error}");
         }
     }

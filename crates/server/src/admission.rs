@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use cloudproxy_proto::server::Grant;
-use cloudproxy_proto::{AppId, ErrorCode, SealedTicket, SessionError, Transports};
+use cloudproxy_proto::{AppId, CodecError, ErrorCode, SealedTicket, SessionError, Transports};
 
 use crate::config::decode_hex;
 use crate::login_limit::{Failure, LoginLimiter};
@@ -32,12 +32,44 @@ use crate::shared::Shared;
 use crate::stats::Stats;
 
 /// A login that did not get in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum LoginRefused {
     /// The source is over its login-failure limit; nothing was checked.
     Limited,
     /// The credential was wrong: why, for the log (never sent to a client).
-    Bad(String),
+    Bad(BadLogin),
+}
+
+/// Why a SOCKS5 login's credential was refused (for the log only).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BadLogin {
+    /// The user name is not an app id.
+    #[error("the username is not a valid app id")]
+    UserNotAppId,
+    /// The password is not hex.
+    #[error("the password is not hex")]
+    PasswordNotHex,
+    /// No secret of the app, and no ticket's shape either.
+    #[error("the password is neither a secret of the app nor a ticket")]
+    NeitherSecretNorTicket,
+    /// No secret of the app, and a ticket that does not open.
+    #[error("the password is not a secret of the app, nor a valid ticket ({code})")]
+    InvalidTicket {
+        /// Why the ticket was refused.
+        code: ErrorCode,
+    },
+    /// A valid ticket of another app than the user name.
+    #[error("the ticket belongs to another app")]
+    OtherAppsTicket,
+    /// The configured no-auth app is not an app id.
+    #[error("{0}")]
+    NoAuthAppId(CodecError),
+    /// The proto server refused the no-auth app.
+    #[error("no-auth app refused ({code})")]
+    NoAuthRefused {
+        /// Why.
+        code: ErrorCode,
+    },
 }
 
 impl std::fmt::Display for LoginRefused {
@@ -46,7 +78,7 @@ impl std::fmt::Display for LoginRefused {
             Self::Limited => {
                 f.write_str("too many failed logins from this address; refused without checking")
             }
-            Self::Bad(why) => f.write_str(why),
+            Self::Bad(why) => why.fmt(f),
         }
     }
 }
@@ -190,15 +222,15 @@ fn verify(
     password: &[u8],
     new_session: impl FnOnce() -> u64,
 ) -> Result<Grant, LoginRefused> {
-    let bad = |why: &str| LoginRefused::Bad(why.to_owned());
+    let bad = LoginRefused::Bad;
     let app = std::str::from_utf8(user)
         .ok()
         .and_then(|u| AppId::new(u).ok())
-        .ok_or_else(|| bad("the username is not a valid app id"))?;
+        .ok_or(bad(BadLogin::UserNotAppId))?;
     let bytes = std::str::from_utf8(password)
         .ok()
         .and_then(|p| decode_hex(p).ok())
-        .ok_or_else(|| bad("the password is not hex"))?;
+        .ok_or(bad(BadLogin::PasswordNotHex))?;
     let now = Instant::now();
     // A password as long as a ticket could still be a (long) secret: try the
     // secrets first, then the ticket.
@@ -206,27 +238,25 @@ fn verify(
     if let Ok(grant) = by_secret {
         return Ok(grant);
     }
-    let sealed = SealedTicket::new(bytes.into())
-        .map_err(|_| bad("the password is neither a secret of the app nor a ticket"))?;
-    let grant = shared.proto.open_ticket(now, &sealed).map_err(|e| {
-        LoginRefused::Bad(format!(
-            "the password is not a secret of the app, nor a valid ticket ({})",
-            e.code
-        ))
-    })?;
+    let sealed =
+        SealedTicket::new(bytes.into()).map_err(|_| bad(BadLogin::NeitherSecretNorTicket))?;
+    let grant = shared
+        .proto
+        .open_ticket(now, &sealed)
+        .map_err(|e| bad(BadLogin::InvalidTicket { code: e.code }))?;
     if grant.app_id != app {
-        return Err(bad("the ticket belongs to another app"));
+        return Err(bad(BadLogin::OtherAppsTicket));
     }
     Ok(grant)
 }
 
 /// The app that SOCKS5 clients without authentication count against.
 pub(crate) fn no_auth(shared: &Shared, app: &str, session: u64) -> Result<Grant, LoginRefused> {
-    let app = AppId::new(app).map_err(|e| LoginRefused::Bad(e.to_string()))?;
+    let app = AppId::new(app).map_err(|e| LoginRefused::Bad(BadLogin::NoAuthAppId(e)))?;
     shared
         .proto
         .grant_unauthenticated(Instant::now(), &app, session)
-        .map_err(|e| LoginRefused::Bad(format!("no-auth app refused ({})", e.code)))
+        .map_err(|e| LoginRefused::Bad(BadLogin::NoAuthRefused { code: e.code }))
 }
 
 /// Steps 3–5 for a verified login: the transport, the session deadline and

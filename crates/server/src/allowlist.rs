@@ -205,7 +205,56 @@ pub struct RuleParseError {
     /// The rule text as written.
     pub rule: String,
     /// What is wrong with it.
-    pub problem: String,
+    pub problem: RuleProblem,
+}
+
+/// What is wrong with an allowlist rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuleProblem {
+    /// `[` without its `]`.
+    #[error("missing `]` after the IPv6 network")]
+    UnclosedBracket,
+    /// Something other than `:PORTS` after `]`.
+    #[error("expected `:PORTS` after `]`, found {found:?}")]
+    AfterBracket {
+        /// What followed the `]`.
+        found: String,
+    },
+    /// A network with `/` that is not a CIDR.
+    #[error("{found:?} is not an IPv4 or IPv6 network in CIDR form")]
+    NotCidr {
+        /// The network as written.
+        found: String,
+    },
+    /// A CIDR with bits set after its prefix.
+    #[error("{found:?} has host bits set; did you mean {network}?")]
+    HostBits {
+        /// The network as written.
+        found: String,
+        /// The network it would be without them.
+        network: IpNet,
+    },
+    /// Neither an address nor a network.
+    #[error("{found:?} is not an IP address or network")]
+    NotAddress {
+        /// The text as written.
+        found: String,
+    },
+    /// A port that is not 1 to 65535.
+    #[error("{found:?} is not a port from 1 to 65535")]
+    Port {
+        /// The port as written.
+        found: String,
+    },
+    /// A range whose first port is above its last.
+    #[error("port range {first}-{last} is empty")]
+    EmptyRange {
+        /// The first port.
+        first: u16,
+        /// The last port.
+        last: u16,
+    },
 }
 
 impl FromStr for Rule {
@@ -215,7 +264,7 @@ impl FromStr for Rule {
     /// CIDR and `PORTS` a port or an inclusive range `A-B`. No ports means
     /// ports 1–65535.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let err = |problem: String| RuleParseError {
+        let err = |problem: RuleProblem| RuleParseError {
             rule: text.to_owned(),
             problem,
         };
@@ -223,13 +272,15 @@ impl FromStr for Rule {
         let (net_text, ports_text) = if let Some(rest) = text_trimmed.strip_prefix('[') {
             let (net, after) = rest
                 .split_once(']')
-                .ok_or_else(|| err("missing `]` after the IPv6 network".into()))?;
+                .ok_or_else(|| err(RuleProblem::UnclosedBracket))?;
             match after {
                 "" => (net, None),
                 _ => match after.strip_prefix(':') {
                     Some(ports) => (net, Some(ports)),
                     None => {
-                        return Err(err(format!("expected `:PORTS` after `]`, found {after:?}")));
+                        return Err(err(RuleProblem::AfterBracket {
+                            found: after.to_owned(),
+                        }));
                     }
                 },
             }
@@ -248,30 +299,33 @@ impl FromStr for Rule {
     }
 }
 
-fn parse_net(text: &str) -> Result<IpNet, String> {
+fn parse_net(text: &str) -> Result<IpNet, RuleProblem> {
+    let found = || text.to_owned();
     if text.contains('/') {
         let net: IpNet = text
             .parse()
-            .map_err(|_| format!("{text:?} is not an IPv4 or IPv6 network in CIDR form"))?;
+            .map_err(|_| RuleProblem::NotCidr { found: found() })?;
         if net.trunc() != net {
-            return Err(format!(
-                "{text:?} has host bits set; did you mean {}?",
-                net.trunc()
-            ));
+            return Err(RuleProblem::HostBits {
+                found: found(),
+                network: net.trunc(),
+            });
         }
         Ok(net)
     } else {
         let ip: IpAddr = text
             .parse()
-            .map_err(|_| format!("{text:?} is not an IP address or network"))?;
+            .map_err(|_| RuleProblem::NotAddress { found: found() })?;
         Ok(IpNet::from(ip))
     }
 }
 
-fn parse_ports(text: &str) -> Result<RangeInclusive<u16>, String> {
-    let port = |p: &str| -> Result<u16, String> {
+fn parse_ports(text: &str) -> Result<RangeInclusive<u16>, RuleProblem> {
+    let port = |p: &str| -> Result<u16, RuleProblem> {
         match p.trim().parse::<u16>() {
-            Ok(0) | Err(_) => Err(format!("{p:?} is not a port from 1 to 65535")),
+            Ok(0) | Err(_) => Err(RuleProblem::Port {
+                found: p.to_owned(),
+            }),
             Ok(n) => Ok(n),
         }
     };
@@ -283,7 +337,7 @@ fn parse_ports(text: &str) -> Result<RangeInclusive<u16>, String> {
         }
     };
     if first > last {
-        return Err(format!("port range {first}-{last} is empty"));
+        return Err(RuleProblem::EmptyRange { first, last });
     }
     Ok(first..=last)
 }

@@ -469,6 +469,22 @@ pub enum ConfigError {
     },
 }
 
+/// A configuration that validates but cannot run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UnusableConfig {
+    /// An app id the protocol cannot carry.
+    #[error("app id {id:?}: {cause}")]
+    AppId {
+        /// The id as configured.
+        id: String,
+        /// Why the protocol refuses it; printed in the message, so not
+        /// also `source()` (see `docs/decisions.md`, "Error causes are
+        /// printed once").
+        cause: cloudproxy_proto::CodecError,
+    },
+}
+
 impl ServerConfig {
     /// Reads and validates a configuration file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {

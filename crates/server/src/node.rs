@@ -10,7 +10,7 @@ use cloudproxy_proto::Timebase;
 use cloudproxy_proto::server::Server;
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, UnusableConfig};
 use crate::descriptors::{raise_nofile, upstream_budget};
 use crate::entropy::OsEntropy;
 use crate::log_limit::LogLimiter;
@@ -43,7 +43,7 @@ pub enum ServeError {
     /// The configuration cannot run (for instance an app id the protocol
     /// cannot carry).
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(UnusableConfig),
 }
 
 /// The addresses a node actually listens on (port 0 resolved).

@@ -33,7 +33,9 @@ use cloudproxy_proto::server::{AppCredentials, Entropy};
 use cloudproxy_proto::ticket::TicketKeyRing;
 use cloudproxy_proto::{AppId, Transports};
 
-use crate::config::{AdminConfig, ConfigError, Limits, Listeners, ServerConfig, Socks5Config};
+use crate::config::{
+    AdminConfig, ConfigError, Limits, Listeners, ServerConfig, Socks5Config, UnusableConfig,
+};
 use crate::entropy::OsEntropy;
 use crate::policy::Policy;
 use crate::quota::AppLimits;
@@ -42,11 +44,13 @@ use crate::shared::Shared;
 /// The apps' credentials as the proto server looks them up.
 pub(crate) fn credentials(
     config: &ServerConfig,
-) -> Result<HashMap<AppId, Arc<AppCredentials>>, String> {
+) -> Result<HashMap<AppId, Arc<AppCredentials>>, UnusableConfig> {
     let mut apps = HashMap::new();
     for app in &config.apps {
-        let id = AppId::new(app.id.get_ref().clone())
-            .map_err(|e| format!("app id {:?}: {e}", app.id.get_ref()))?;
+        let id = AppId::new(app.id.get_ref().clone()).map_err(|cause| UnusableConfig::AppId {
+            id: app.id.get_ref().clone(),
+            cause,
+        })?;
         apps.insert(
             id,
             Arc::new(AppCredentials {
@@ -214,7 +218,7 @@ pub enum ReloadError {
     /// The configuration validates but cannot run (for instance an app id
     /// the protocol cannot carry).
     #[error("invalid configuration: {0}")]
-    Invalid(String),
+    Invalid(UnusableConfig),
 }
 
 /// The fixed settings `new` changes: `admin.bind`, then the others in file

@@ -60,6 +60,22 @@ pub struct DnsResolver {
     has_servers: bool,
 }
 
+/// Parses `resolv.conf` text (hickory reads it on unix only).
+#[cfg(unix)]
+fn parse_resolv_conf(text: String) -> io::Result<(ResolverConfig, ResolverOpts)> {
+    hickory_resolver::system_conf::parse_resolv_conf(text).map_err(io::Error::other)
+}
+
+/// Off unix there is no `resolv.conf` to parse: names resolve from the
+/// hosts file only, as for a missing one (the node is built, not run, there).
+#[cfg(not(unix))]
+fn parse_resolv_conf(_text: String) -> io::Result<(ResolverConfig, ResolverOpts)> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "resolv.conf is read on unix only",
+    ))
+}
+
 impl std::fmt::Debug for DnsResolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DnsResolver")
@@ -119,9 +135,7 @@ impl DnsResolver {
     /// The resolver for a `resolv.conf` read from `path` (or why it could
     /// not be read) and a parsed hosts file.
     fn from_conf(path: &Path, resolv_conf: io::Result<String>, hosts: Hosts) -> Self {
-        let parsed = resolv_conf.and_then(|text| {
-            hickory_resolver::system_conf::parse_resolv_conf(text).map_err(io::Error::other)
-        });
+        let parsed = resolv_conf.and_then(parse_resolv_conf);
         match parsed {
             Ok((config, options)) => {
                 // Each server is listed once per protocol (UDP, TCP).

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cloudproxy_proto::frame::MAX_DATAGRAM_PAYLOAD;
 use cloudproxy_proto::server::{
@@ -28,9 +28,7 @@ use cloudproxy_proto::server::{
 };
 use cloudproxy_proto::udp::{DatagramClass, UDP_HEADER_LEN, classify};
 use cloudproxy_proto::{ErrorCode, SessionError};
-use mio::{Events, Poll as MioPoll, Registry, Token};
 use quinn_udp::{UdpSockRef, UdpSocketState};
-use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -44,6 +42,9 @@ use crate::stats::{Active, Stats};
 use crate::udp_batch::{BATCH, GSO_MAX_BYTES, with_batch};
 use crate::upstream::{check_destination, upstream_socket_failure};
 use cloudproxy_transport::net::{any_local_for, sleep_until_opt};
+use upstreams::{Registrar, upstream_set};
+
+mod upstreams;
 
 /// Largest datagram read from any socket; bigger ones are truncated by the
 /// kernel and then dropped as oversized.
@@ -183,9 +184,6 @@ const RECV_ROUNDS: usize = 4;
 /// Datagrams read from one destination per turn before the next binding's.
 const DOWN_BATCH: usize = 64;
 
-/// Readiness events taken from a relay socket's `Poll` per look.
-const EVENTS: usize = 256;
-
 /// Kernel receive buffer asked for on each relay socket (the kernel caps it
 /// at `net.core.rmem_max`): absorbs bursts while the task is not running.
 const RELAY_SOCKET_BUFFER: usize = 4 << 20;
@@ -210,7 +208,7 @@ struct Relay {
     bindings: HashMap<u32, Box<BindingIo>>,
     /// Where bindings' upstream sockets are registered (the `Poll` itself
     /// is watched by the task's loop).
-    registry: Registry,
+    registry: Registrar,
     /// Bindings whose last turn ended with datagrams maybe left unread
     /// (the `Poll` is edge-triggered: it will not report them again).
     unfinished: Vec<u32>,
@@ -339,10 +337,10 @@ impl Relay {
         gather.clear();
     }
 
-    /// Destination → client for the bindings `events` reports readable.
-    fn read_destinations(&mut self, events: &Events) {
-        for event in events {
-            self.read_destination(token_binding(event.token()));
+    /// Destination → client for the bindings reported readable.
+    fn read_destinations(&mut self, ready: impl Iterator<Item = u32>) {
+        for binding_id in ready {
+            self.read_destination(binding_id);
         }
     }
 
@@ -532,11 +530,7 @@ impl Relay {
             return;
         };
         // Registering reports what already arrived, as a first event.
-        if let Err(e) = self.registry.register(
-            &mut setup.upstream,
-            Token(binding_id as usize),
-            mio::Interest::READABLE,
-        ) {
+        if let Err(e) = self.registry.register(&mut setup.upstream, binding_id) {
             tracing::warn!(error = %e, "cannot watch a binding's upstream socket; closing it");
             self.table.close_binding(binding_id);
             return;
@@ -576,16 +570,13 @@ pub(crate) async fn relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
     let _ = state.set_recv_buffer_size(UdpSockRef::from(&*socket), RELAY_SOCKET_BUFFER);
     let _ = state.set_send_buffer_size(UdpSockRef::from(&*socket), RELAY_SOCKET_BUFFER);
     // The bindings' upstream sockets, as one descriptor for tokio.
-    let upstreams =
-        MioPoll::new().and_then(|poll| Ok((poll.registry().try_clone()?, watch(poll)?)));
-    let (registry, mut upstreams) = match upstreams {
+    let (registry, mut upstreams) = match upstream_set() {
         Ok(pair) => pair,
         Err(e) => {
             tracing::error!(error = %e, "cannot set up a UDP relay socket's upstream set");
             return;
         }
     };
-    let mut events = Events::with_capacity(EVENTS);
     let mut relay = Relay {
         table: UdpRelay::new(Arc::clone(&shared.proto)),
         shared: Arc::clone(&shared),
@@ -618,18 +609,9 @@ pub(crate) async fn relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
                     relay.read_clients();
                 }
             }
-            guard = upstreams.readable_mut() => {
-                if let Ok(mut guard) = guard {
-                    let polled = guard.get_inner_mut().poll(&mut events, Some(Duration::ZERO));
-                    // A full batch may have left events behind: look again
-                    // next turn. Otherwise wait for tokio to report the set
-                    // readable anew (a newer report is never cleared).
-                    if polled.is_err() || events.iter().count() < EVENTS {
-                        guard.clear_ready();
-                    }
-                    if polled.is_ok() {
-                        relay.read_destinations(&events);
-                    }
+            ready = upstreams.ready() => {
+                if let Ok(ready) = ready {
+                    relay.read_destinations(ready);
                 }
             }
             () = std::future::ready(()), if !relay.unfinished.is_empty() => relay.read_unfinished(),
@@ -675,25 +657,6 @@ fn connected_upstream(target: SocketAddr) -> io::Result<mio::net::UdpSocket> {
     socket.connect(target)?;
     socket.set_nonblocking(true)?;
     Ok(mio::net::UdpSocket::from_std(socket))
-}
-
-/// Hands a `Poll`'s epoll descriptor to tokio's reactor.
-///
-/// `AsyncFd::new` is deprecated because a generic `T` might report another
-/// descriptor later, which would break tokio's bookkeeping; the safe-Rust
-/// replacement, `AsyncFd::register`, is an `unsafe fn` stating exactly that
-/// condition, and the workspace forbids `unsafe`. A `mio::Poll` owns its
-/// epoll descriptor from creation to drop and `as_raw_fd` always returns
-/// it, and this module never replaces the `Poll` inside the `AsyncFd`, so
-/// the condition holds.
-#[allow(deprecated)]
-fn watch(poll: MioPoll) -> io::Result<AsyncFd<MioPoll>> {
-    AsyncFd::with_interest(poll, tokio::io::Interest::READABLE)
-}
-
-fn token_binding(token: Token) -> u32 {
-    // Tokens are made from binding ids, so this never truncates.
-    token.0 as u32
 }
 
 fn end_binding(shared: &Shared, io: &BindingIo, reason: &SessionError) {

@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use cloudproxy_proto::Address;
 use tokio::net::TcpStream;
 
 use crate::pump::{LiveTotals, PumpOptions, pump_with_totals};
@@ -27,7 +26,7 @@ pub(crate) struct StreamSession<'a> {
     /// The log's `transport` field: `tcp` or `socks5-tcp`.
     pub(crate) transport: &'static str,
     /// The destination as the client named it.
-    pub(crate) destination: &'a Address,
+    pub(crate) destination: &'a (dyn std::fmt::Display + Sync),
     /// Unix seconds when the session must end (its maximum lifetime): a
     /// stream ends with its session, like the session's UDP bindings.
     pub(crate) deadline: u64,

@@ -13,10 +13,10 @@ use cloudproxy_proto::Address;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
 
-use super::wire::{self, Reply, UdpHeader};
+use super::wire::{self, Reply, Target, UdpHeader};
 use super::{Client, reply};
 use crate::conn::close_after_refusal;
-use crate::destination::{Destination, DestinationError};
+use crate::destination::DestinationError;
 use crate::quota::QuotaGuard;
 use crate::shared::Shared;
 use crate::stats::{Active, Stats};
@@ -44,12 +44,14 @@ struct ForeignSource {
 /// is not the control connection's is refused: nothing could use it.
 fn declared_source(
     peer: SocketAddr,
-    declared: &Address,
+    declared: &Target,
 ) -> Result<Option<SocketAddr>, ForeignSource> {
     let (ip, port) = match declared {
-        Address::Ip(a) => (Some(a.ip()).filter(|ip| !ip.is_unspecified()), a.port()),
+        Target::Address(Address::Ip(a)) => {
+            (Some(a.ip()).filter(|ip| !ip.is_unspecified()), a.port())
+        }
         // A name says nothing about where datagrams come from; its port does.
-        Address::Domain(_, port) => (None, *port),
+        Target::Address(Address::Domain(_, port)) | Target::Name(_, port) => (None, *port),
     };
     if let Some(ip) = ip {
         let canonical = crate::allowlist::canonical_ip;
@@ -71,7 +73,7 @@ pub(super) async fn associate(
     mut control: TcpStream,
     peer: SocketAddr,
     client: &Client,
-    declared: &Address,
+    declared: &Target,
     quota: QuotaGuard<u64>,
 ) {
     // A declared port locks the association to that one address from the
@@ -130,14 +132,14 @@ pub(super) async fn associate(
     // `client_addr` (above): the client's UDP address, its control
     // connection's IP with the declared port, or else the port learned from
     // its first datagram.
-    let mut decisions: HashMap<Address, Option<SocketAddr>> = HashMap::new();
+    let mut decisions: HashMap<Target, Option<SocketAddr>> = HashMap::new();
     // Name lookups run off the association's loop, so that while one is
     // pending the association still answers its timers, shutdown and the
     // end of its control connection (dropping the set aborts them).
-    let mut lookups: tokio::task::JoinSet<(Address, Result<Vec<SocketAddr>, DestinationError>)> =
+    let mut lookups: tokio::task::JoinSet<(Target, Result<Vec<SocketAddr>, DestinationError>)> =
         tokio::task::JoinSet::new();
     let mut waiting = Waiting::default();
-    let mut lookup_targets: HashMap<tokio::task::Id, Address> = HashMap::new();
+    let mut lookup_targets: HashMap<tokio::task::Id, Target> = HashMap::new();
     let mut contacted: HashSet<SocketAddr> = HashSet::new();
     let (mut packets_up, mut packets_down) = (0u64, 0u64);
     let mut last_activity = tokio::time::Instant::now();
@@ -189,7 +191,7 @@ pub(super) async fn associate(
                         let task = lookups.spawn(async move {
                             let checked = shared
                                 .lookups
-                                .permitted(&app, &Destination::from(&looked_up), &shared.policy.load().allowlist)
+                                .permitted(&app, &looked_up.as_destination(), &shared.policy.load().allowlist)
                                 .await;
                             (looked_up, checked)
                         });
@@ -293,12 +295,12 @@ const MAX_WAITING_BYTES: usize = 64 * 1024;
 /// Datagrams waiting for their destination's lookup.
 #[derive(Default)]
 struct Waiting {
-    held: HashMap<Address, Vec<Vec<u8>>>,
+    held: HashMap<Target, Vec<Vec<u8>>>,
     bytes: usize,
 }
 
 impl Waiting {
-    fn contains_key(&self, target: &Address) -> bool {
+    fn contains_key(&self, target: &Target) -> bool {
         self.held.contains_key(target)
     }
 
@@ -307,12 +309,12 @@ impl Waiting {
     }
 
     /// A lookup for `target` started.
-    fn start(&mut self, target: Address) {
+    fn start(&mut self, target: Target) {
         self.held.entry(target).or_default();
     }
 
     /// Keeps `payload` until `target`'s lookup ends, if within the bound.
-    fn hold(&mut self, target: &Address, payload: &[u8], shared: &Shared) {
+    fn hold(&mut self, target: &Target, payload: &[u8], shared: &Shared) {
         match self.held.get_mut(target) {
             Some(queue) if self.bytes + payload.len() <= MAX_WAITING_BYTES => {
                 self.bytes += payload.len();
@@ -323,7 +325,7 @@ impl Waiting {
     }
 
     /// `target`'s lookup ended: what waited for it.
-    fn finish(&mut self, target: &Address) -> Vec<Vec<u8>> {
+    fn finish(&mut self, target: &Target) -> Vec<Vec<u8>> {
         let held = self.held.remove(target).unwrap_or_default();
         self.bytes -= held.iter().map(Vec::len).sum::<usize>();
         held
@@ -394,7 +396,7 @@ mod tests {
     #[test]
     fn declared_udp_sources() {
         let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        let addr = |s: &str| Address::Ip(s.parse().unwrap());
+        let addr = |s: &str| Target::Address(Address::Ip(s.parse().unwrap()));
         // Zeros: the port of the first datagram will be kept.
         assert_eq!(declared_source(peer, &addr("0.0.0.0:0")), Ok(None));
         assert_eq!(declared_source(peer, &addr("[::]:0")), Ok(None));
@@ -409,7 +411,10 @@ mod tests {
         assert_eq!(
             declared_source(
                 peer,
-                &Address::Domain(DomainName::new("client.example").unwrap(), 5000)
+                &Target::Address(Address::Domain(
+                    DomainName::new("client.example").unwrap(),
+                    5000
+                ))
             ),
             pinned
         );

@@ -4,13 +4,12 @@
 use std::io;
 use std::net::SocketAddr;
 
-use cloudproxy_proto::Address;
 use tokio::net::TcpStream;
 
-use super::wire::Reply;
+use super::wire::{Reply, Target};
 use super::{Client, reply};
 use crate::conn::close_after_refusal;
-use crate::destination::{Destination, DestinationError};
+use crate::destination::DestinationError;
 use crate::quota::QuotaGuard;
 use crate::relay_session::{StreamSession, relay_stream};
 use crate::shared::Shared;
@@ -45,11 +44,11 @@ pub(super) async fn connect(
     mut stream: TcpStream,
     peer: SocketAddr,
     client: &Client,
-    target: &Address,
+    target: &Target,
     early: &[u8],
     quota: QuotaGuard<u64>,
 ) {
-    let destination = Destination::from(target);
+    let destination = target.as_destination();
     let policy = shared.policy.load();
     let lookup = shared
         .lookups

@@ -2,13 +2,16 @@
 //! takes the bytes received so far and returns the message and the bytes it
 //! took, `Ok(None)` while the message is still incomplete, or a
 //! [`WireError`] as soon as the input cannot be SOCKS5. Addresses are
-//! proto's [`Address`], written with proto's `ATYP_*` bytes, so the native
-//! protocol and SOCKS5 share one address form.
+//! proto's [`Address`] (and its `DomainName`), read and written with
+//! proto's `ATYP_*` bytes, so the native protocol and SOCKS5 share one
+//! address form; only a name that is no host name stays text ([`Target`]).
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use cloudproxy_proto::{ATYP_DOMAIN, ATYP_IPV4, ATYP_IPV6, Address, DomainName};
+
+use crate::destination::Destination;
 
 /// The protocol version byte of every SOCKS5 message but the login.
 pub(crate) const VERSION: u8 = 5;
@@ -90,17 +93,13 @@ pub(crate) enum WireError {
         /// The byte found.
         found: u8,
     },
-    /// A domain name that is not a host name (not UTF-8, or not letters,
-    /// digits, '-', '_' and dots); a request gets reply 4 for it, as for a
-    /// name that does not resolve.
-    #[error("{message}: domain name {found:?} is not a host name ({expected})")]
-    DomainName {
+    /// A domain name that is not UTF-8.
+    #[error("{message}: domain name is not UTF-8 ({len} bytes)")]
+    DomainNotUtf8 {
         /// The message.
         message: Message,
-        /// What a host name is.
-        expected: &'static str,
-        /// The name, lossily decoded.
-        found: String,
+        /// The name's length.
+        len: u8,
     },
     /// A command other than CONNECT (1) and UDP ASSOCIATE (3); BIND is
     /// not offered. A request gets reply 7 for it.
@@ -134,10 +133,6 @@ impl WireError {
                 message: Message::Request,
                 ..
             } => Some(Reply::AddressTypeNotSupported),
-            Self::DomainName {
-                message: Message::Request,
-                ..
-            } => Some(Reply::HostUnreachable),
             Self::Command { .. } => Some(Reply::CommandNotSupported),
             _ => None,
         }
@@ -263,14 +258,44 @@ pub(crate) fn login_status(accepted: bool) -> [u8; 2] {
     [AUTH_VERSION, if accepted { 0 } else { 1 }]
 }
 
+/// A destination as a SOCKS5 client writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Target {
+    /// An IP address, or a host name (lower-cased).
+    Address(Address),
+    /// A domain field that is UTF-8 but no host name (a space, an empty
+    /// label, a trailing dot, ...): passed on as written, so the resolver
+    /// decides on it and its refusal names it, as for any name.
+    Name(String, u16),
+}
+
+impl Target {
+    /// The destination to check and resolve.
+    pub(crate) fn as_destination(&self) -> Destination<'_> {
+        match self {
+            Self::Address(address) => Destination::from(address),
+            Self::Name(host, port) => Destination::Name(host, *port),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Address(address) => address.fmt(f),
+            Self::Name(host, port) => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
 /// A request after authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Request {
     /// CONNECT to the destination.
-    Connect(Address),
+    Connect(Target),
     /// UDP ASSOCIATE, with the address the client says it will send its
     /// datagrams from (zeros when it does not know).
-    UdpAssociate(Address),
+    UdpAssociate(Target),
 }
 
 /// Parses VER CMD RSV ATYP DST.ADDR DST.PORT. The address type is checked
@@ -318,7 +343,7 @@ pub(crate) struct UdpHeader {
     /// The fragment number; 0 for a whole datagram.
     pub(crate) frag: u8,
     /// Where the payload goes.
-    pub(crate) destination: Address,
+    pub(crate) destination: Target,
 }
 
 /// Parses a whole datagram: RSV RSV FRAG ATYP DST.ADDR DST.PORT DATA; the
@@ -353,9 +378,8 @@ pub(crate) fn write_udp_header(out: &mut Vec<u8>, from: SocketAddr) {
 }
 
 /// The one SOCKS5 address parser: ATYP DST.ADDR DST.PORT, for requests and
-/// UDP headers alike. A domain that is an IP literal is that address; one
-/// trailing dot is accepted (a fully qualified name).
-fn parse_address(buf: &[u8], message: Message) -> Parsed<Address> {
+/// UDP headers alike.
+fn parse_address(buf: &[u8], message: Message) -> Parsed<Target> {
     let Some(&atyp) = buf.first() else {
         return Ok(None);
     };
@@ -366,13 +390,19 @@ fn parse_address(buf: &[u8], message: Message) -> Parsed<Address> {
     match atyp {
         ATYP_IPV4 => Ok(buf.get(1..5).zip(port_at(5)).map(|(ip, port)| {
             let ip = Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]);
-            (Address::Ip(SocketAddr::new(ip.into(), port)), 7)
+            (
+                Target::Address(Address::Ip(SocketAddr::new(ip.into(), port))),
+                7,
+            )
         })),
         ATYP_IPV6 => Ok(buf.get(1..17).zip(port_at(17)).map(|(ip, port)| {
             let mut octets = [0u8; 16];
             octets.copy_from_slice(ip);
             let ip = Ipv6Addr::from(octets);
-            (Address::Ip(SocketAddr::new(ip.into(), port)), 19)
+            (
+                Target::Address(Address::Ip(SocketAddr::new(ip.into(), port))),
+                19,
+            )
         })),
         ATYP_DOMAIN => {
             let Some(&len) = buf.get(1) else {
@@ -388,30 +418,29 @@ fn parse_address(buf: &[u8], message: Message) -> Parsed<Address> {
     }
 }
 
-/// A domain field as an [`Address`].
-fn domain(name: &[u8], port: u16, message: Message) -> Result<Address, WireError> {
-    let bad = |expected| WireError::DomainName {
+/// A domain field as a [`Target`]: a host name when it is one.
+fn domain(name: &[u8], port: u16, message: Message) -> Result<Target, WireError> {
+    let text = std::str::from_utf8(name).map_err(|_| WireError::DomainNotUtf8 {
         message,
-        expected,
-        found: String::from_utf8_lossy(name).into_owned(),
-    };
-    let name = std::str::from_utf8(name).map_err(|_| bad("UTF-8"))?;
-    if let Ok(ip) = name.parse::<IpAddr>() {
-        return Ok(Address::Ip(SocketAddr::new(ip, port)));
-    }
-    let name = name.strip_suffix('.').unwrap_or(name);
-    let name = DomainName::new(name).map_err(|_| {
-        bad("1 to 253 bytes of dot-separated labels of letters, digits, '-' and '_'")
+        // At most 255: the length is one byte on the wire.
+        len: u8::try_from(name.len()).unwrap_or(u8::MAX),
     })?;
-    Ok(Address::Domain(name, port))
+    Ok(match DomainName::new(text) {
+        Ok(host) => Target::Address(Address::Domain(host, port)),
+        Err(_) => Target::Name(text.to_owned(), port),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn name(host: &str, port: u16) -> Address {
-        Address::Domain(DomainName::new(host).unwrap(), port)
+    fn name(host: &str, port: u16) -> Target {
+        Target::Address(Address::Domain(DomainName::new(host).unwrap(), port))
+    }
+
+    fn ip(addr: &str) -> Target {
+        Target::Address(Address::Ip(addr.parse().unwrap()))
     }
 
     #[test]
@@ -478,38 +507,33 @@ mod tests {
         with_early.extend_from_slice(b"GET /");
         assert_eq!(
             parse_request(&with_early),
-            Ok(Some((
-                Request::Connect(Address::Ip("10.0.0.1:8080".parse().unwrap())),
-                10
-            )))
+            Ok(Some((Request::Connect(ip("10.0.0.1:8080")), 10)))
         );
         let mut v6 = vec![5, 3, 0, ATYP_IPV6];
         v6.extend_from_slice(&[0; 15]);
         v6.extend_from_slice(&[1, 0, 0]);
         assert_eq!(
             parse_request(&v6),
-            Ok(Some((
-                Request::UdpAssociate(Address::Ip("[::1]:0".parse().unwrap())),
-                22
-            )))
+            Ok(Some((Request::UdpAssociate(ip("[::1]:0")), 22)))
         );
-        let mut by_name = vec![5, 1, 0, ATYP_DOMAIN, 12];
-        by_name.extend_from_slice(b"Echo.Test.  ");
-        by_name.truncate(by_name.len() - 2);
-        by_name[4] = 10;
+        let mut by_name = vec![5, 1, 0, ATYP_DOMAIN, 9];
+        by_name.extend_from_slice(b"Echo.Test");
         by_name.extend_from_slice(&[0, 80]);
         assert_eq!(
             parse_request(&by_name),
-            Ok(Some((Request::Connect(name("echo.test", 80)), 17))),
-            "lower-cased, the trailing dot dropped"
+            Ok(Some((Request::Connect(name("echo.test", 80)), 16))),
+            "a host name, lower-cased"
         );
-        let mut literal = vec![5, 1, 0, ATYP_DOMAIN, 3];
-        literal.extend_from_slice(b"::1");
-        literal.extend_from_slice(&[0, 80]);
+        // No host name: kept as written, for the resolver to refuse and
+        // the log to name (escaped).
+        let mut odd = vec![5, 1, 0, ATYP_DOMAIN, 12];
+        odd.extend_from_slice(b"a\nb.example.");
+        odd.extend_from_slice(&[0, 80]);
         assert_eq!(
-            parse_request(&literal).unwrap().unwrap().0,
-            Request::Connect(Address::Ip("[::1]:80".parse().unwrap()))
+            parse_request(&odd).unwrap().unwrap().0,
+            Request::Connect(Target::Name("a\nb.example.".into(), 80))
         );
+        assert_eq!(Target::Name("a b".into(), 80).to_string(), "a b:80");
     }
 
     #[test]
@@ -534,19 +558,13 @@ mod tests {
         let err = parse_request(&[5, 2, 0, ATYP_IPV4, 1, 2, 3, 4, 0, 80]).unwrap_err();
         assert_eq!(err, WireError::Command { found: 2 });
         assert_eq!(err.reply(), Some(Reply::CommandNotSupported));
-        let mut bad = vec![5, 1, 0, ATYP_DOMAIN, 2, 0xff, 0xfe, 0, 80];
-        let err = parse_request(&bad).unwrap_err();
-        assert!(err.to_string().contains("not a host name (UTF-8)"), "{err}");
-        assert_eq!(err.reply(), Some(Reply::HostUnreachable));
-        bad[5..7].copy_from_slice(b"a ");
-        assert!(matches!(
-            parse_request(&bad),
-            Err(WireError::DomainName { .. })
-        ));
-        assert!(matches!(
-            parse_request(&[5, 1, 0, ATYP_DOMAIN, 0, 0, 80]),
-            Err(WireError::DomainName { .. })
-        ));
+        let err = parse_request(&[5, 1, 0, ATYP_DOMAIN, 2, 0xff, 0xfe, 0, 80]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "request: domain name is not UTF-8 (2 bytes)"
+        );
+        assert_eq!(err.reply(), None);
+        assert!(!err.is_unsupported());
     }
 
     #[test]
@@ -572,10 +590,7 @@ mod tests {
         d.extend_from_slice(b"payload");
         let (header, payload) = parse_udp(&d).unwrap();
         assert_eq!((header.frag, payload), (0, &b"payload"[..]));
-        assert_eq!(
-            header.destination,
-            Address::Ip("10.0.0.1:8080".parse().unwrap())
-        );
+        assert_eq!(header.destination, ip("10.0.0.1:8080"));
 
         let mut d = vec![0, 0, 1, ATYP_DOMAIN, 9];
         d.extend_from_slice(b"localhost");

@@ -258,14 +258,11 @@ impl<'de> Deserialize<'de> for Secret {
 /// use cloudproxy_server::config::decode_hex;
 ///
 /// assert_eq!(decode_hex("00ff10"), Ok(vec![0x00, 0xff, 0x10]));
-/// assert!(decode_hex("é").unwrap_err().contains("at digit 0")); // 2 bytes, not hex
+/// assert!(decode_hex("é").unwrap_err().to_string().contains("at digit 0")); // 2 bytes, not hex
 /// ```
-pub fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
+pub fn decode_hex(text: &str) -> Result<Vec<u8>, HexError> {
     if text.len() % 2 != 0 {
-        return Err(format!(
-            "expected an even number of hex digits, found {}",
-            text.len()
-        ));
+        return Err(HexError::OddLength { len: text.len() });
     }
     text.as_bytes()
         .chunks(2)
@@ -274,15 +271,32 @@ pub fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
             std::str::from_utf8(pair)
                 .ok()
                 .and_then(|p| u8::from_str_radix(p, 16).ok())
-                .ok_or_else(|| {
-                    format!(
-                        "expected hex digits, found {:?} at digit {}",
-                        String::from_utf8_lossy(pair),
-                        i * 2
-                    )
+                .ok_or_else(|| HexError::NotHex {
+                    found: String::from_utf8_lossy(pair).into_owned(),
+                    at: i * 2,
                 })
         })
         .collect()
+}
+
+/// Why text is not hex bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HexError {
+    /// An odd number of digits.
+    #[error("expected an even number of hex digits, found {len}")]
+    OddLength {
+        /// The number of digits (bytes of text).
+        len: usize,
+    },
+    /// A pair that is not two hex digits.
+    #[error("expected hex digits, found {found:?} at digit {at}")]
+    NotHex {
+        /// The pair, lossily decoded.
+        found: String,
+        /// Its offset in the text.
+        at: usize,
+    },
 }
 
 /// The destination allowlist section.

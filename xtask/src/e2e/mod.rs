@@ -221,7 +221,7 @@ struct Bed {
     peers: Peers,
     net: Network,
     client: Client,
-    /// Configs, rule sets and logs: target/e2e/run-<pid>/.
+    /// Configs, rule sets and logs: `target/e2e/run-<pid>/`.
     dir: PathBuf,
     /// Scenario 2's connect time, to show what the fallback costs.
     baseline_connect_ms: Option<f64>,

@@ -1,0 +1,346 @@
+//! The scenarios of docs/e2e.md. Each starts with the bed its entry in
+//! [`super::SCENARIOS`] describes (firewall, fresh nodes), runs the client,
+//! and returns its timings or every expectation that failed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::bed::{ALLOCATION_PORTS, NODE_A, NODE_B, PROXY_NAME};
+use super::checks::{
+    Checks, DIRECT_TIMEOUT_MS, RECONNECT_WINDOW_MS, SLACK_MS, STAGGER_MS, UDP_PROBE_MS, stat,
+};
+use super::client::{Call, RunningDemo};
+use super::firewall::{Firewall, Proto};
+use super::processes::{Node, Peers, in_ns, run_bounded};
+use super::{Bed, Outcome};
+
+/// 1. Proxy off: the direct path to the edge is dropped by the firewall; the
+///    join fails within the direct timeout with a clear reason.
+pub(super) fn proxy_off(bed: &mut Bed) -> Outcome {
+    let d = bed.client.demo(&Call {
+        proxy: NODE_A,
+        params: r#"{"rtc.enable_proxy":false}"#,
+        mode: Some("off"),
+        seconds: 2,
+    })?;
+    let mut c = Checks::new();
+    c.check(
+        !d.ok() && !d.exit_success(),
+        "the call fails (ok false, exit non-zero)",
+    );
+    let error = d.summary.error.as_deref().unwrap_or("");
+    c.check(!error.is_empty(), format!("a clear reason: {error:?}"));
+    let wall = d.out.elapsed.as_secs_f64() * 1000.0;
+    c.check(
+        wall <= DIRECT_TIMEOUT_MS + SLACK_MS + 1000.0,
+        format!("gave up in {wall:.0} ms (direct timeout {DIRECT_TIMEOUT_MS} ms + slack)"),
+    );
+    let timings = vec![format!("failed after {wall:.0} ms (process)")];
+    c.done(|| d.dump(), timings)
+}
+
+/// 2. The guide's `{"rtc.enable_proxy":true}` with the proxy's address: the
+///    call works, media over UDP.
+pub(super) fn udp_relay(bed: &mut Bed) -> Outcome {
+    let d = bed.client.demo(&Call::enabled(NODE_A))?;
+    let mut c = Checks::new();
+    c.call(&d);
+    c.path(&d, "udp");
+    c.check(
+        d.event("ProxyConnected")
+            .is_some_and(|e| e.contains("UDP") || e.contains("Udp")),
+        format!(
+            "ProxyConnected reports UDP: {:?}",
+            d.event("ProxyConnected")
+        ),
+    );
+    c.check(d.summary.fallback_reason.is_none(), "no fallback");
+    let connect = d.connect_ms();
+    c.check(connect < 3000.0, format!("connected in {connect} ms"));
+    bed.baseline_connect_ms = Some(connect);
+    c.done(|| d.dump(), vec![format!("connect {connect:.0} ms")])
+}
+
+/// 3. No UDP at all out of corp: media over the TCP relay, and the engine
+///    says why.
+pub(super) fn tcp_fallback(bed: &mut Bed) -> Outcome {
+    let d = bed.client.demo(&Call::enabled(NODE_A))?;
+    let mut c = Checks::new();
+    c.call(&d);
+    c.path(&d, "tcp");
+    let reason = d.summary.fallback_reason.as_deref().unwrap_or("");
+    c.check(!reason.is_empty(), format!("fallback reason: {reason:?}"));
+    c.check(
+        d.event("MediaFallbackToTcp").is_some(),
+        format!(
+            "MediaFallbackToTcp event: {:?}",
+            d.event("MediaFallbackToTcp")
+        ),
+    );
+    let connect = d.connect_ms();
+    c.check(
+        connect <= UDP_PROBE_MS + SLACK_MS,
+        format!("connected in {connect} ms (UDP probe {UDP_PROBE_MS} ms + slack)"),
+    );
+    let mut timings = vec![format!("connect incl. fallback {connect:.0} ms")];
+    if let Some(base) = bed.baseline_connect_ms {
+        timings.push(format!("fallback cost {:.0} ms", connect - base));
+    }
+    c.done(|| d.dump(), timings)
+}
+
+/// 4. Only allocation port 9700 open; the server setting's port is 0, so the
+///    client tries 1080, 8000, 25000 (dropped) and 9700.
+pub(super) fn only_9700(bed: &mut Bed) -> Outcome {
+    let d = bed.client.demo(&Call::enabled(NODE_A))?;
+    let mut c = Checks::new();
+    c.call(&d);
+    c.path(&d, "udp");
+    let connect = d.connect_ms();
+    let bound = 3.0 * STAGGER_MS + SLACK_MS;
+    c.check(
+        connect <= bound,
+        format!(
+            "connected in {connect} ms (three dropped ports cost a stagger each: bound {bound} ms)"
+        ),
+    );
+    c.done(|| d.dump(), vec![format!("connect {connect:.0} ms")])
+}
+
+/// 5. `[2, [B, A], 0]` with B black-holed: connects through A within a
+///    stagger, not after B's attempt timeout.
+pub(super) fn first_address_black_holed(bed: &mut Bed) -> Outcome {
+    let d = bed
+        .client
+        .demo(&Call::enabled(&format!("{NODE_B},{NODE_A}")))?;
+    let mut c = Checks::new();
+    c.call(&d);
+    c.path(&d, "udp");
+    let connect = d.connect_ms();
+    let bound = STAGGER_MS + SLACK_MS;
+    c.check(
+        connect <= bound,
+        format!("connected in {connect} ms (a silent address costs one stagger: bound {bound} ms)"),
+    );
+    let sessions = bed.peers.relay_connections()?;
+    c.check(sessions == [0, 0], "no relay connection left behind");
+    c.done(|| d.dump(), vec![format!("connect {connect:.0} ms")])
+}
+
+/// The node carrying `demo`'s relay connections, once they appear (8 s at
+/// most). On an error the demo is collected for the message.
+fn node_in_use(bed: &Bed, demo: RunningDemo) -> std::result::Result<(Node, RunningDemo), String> {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut in_use = Err("no relay connection appeared within 8 s".to_owned());
+    while Instant::now() < deadline {
+        in_use = match bed.peers.relay_connections() {
+            Ok([a, 0]) if a > 0 => Ok(0),
+            Ok([0, b]) if b > 0 => Ok(1),
+            Ok([0, 0]) => {
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            Ok(both) => Err(format!("both nodes carry relay connections: {both:?}")),
+            Err(e) => Err(e),
+        };
+        break;
+    }
+    match in_use {
+        Ok(node) => Ok((node, demo)),
+        Err(e) => Err(match demo.finish() {
+            Ok(d) => format!("{e}\n{}", d.dump()),
+            Err(out) => format!("{e}\n{out}"),
+        }),
+    }
+}
+
+/// 6. Two nodes, `[2, [A, B], 0]`; the node carrying the call is killed
+///    (SIGKILL) mid-call. The engine reconnects through the other; every
+///    message exactly once and in order; media resumes through the
+///    survivor.
+pub(super) fn node_killed_mid_call(bed: &mut Bed) -> Outcome {
+    let running = bed.client.spawn_demo(&Call {
+        seconds: 12,
+        ..Call::enabled(&format!("{NODE_A},{NODE_B}"))
+    })?;
+    let mut c = Checks::new();
+    let (victim, running) = node_in_use(bed, running)?;
+    // Let the call run a while, then kill the node under it.
+    thread::sleep(Duration::from_secs(3));
+    let killed_at = running.started().elapsed();
+    bed.peers.kill_node(victim);
+    let survivor = 1 - victim;
+    println!(
+        "    killed {} (SIGKILL) at {:.1} s into the call",
+        Peers::node_name(victim),
+        killed_at.as_secs_f64()
+    );
+    let d = running.finish()?;
+    c.call(&d);
+    let failovers = d.summary.failovers;
+    let failover_ms = &d.summary.failover_ms;
+    c.check(failovers >= 1, format!("failovers reported: {failovers}"));
+    c.check(
+        !failover_ms.is_empty() && failover_ms.iter().all(|&ms| ms <= RECONNECT_WINDOW_MS),
+        format!(
+            "failover times {failover_ms:?} ms within the reconnect window {RECONNECT_WINDOW_MS} ms"
+        ),
+    );
+    // The survivor carried no relay before the kill; media through it now
+    // means media resumed after the failover.
+    let log = bed.peers.stop_node(survivor)?;
+    let stats = log
+        .lines()
+        .find(|l| l.contains("proxy node stopped"))
+        .unwrap_or("")
+        .to_owned();
+    let up = stat(&stats, "udp_packets_up");
+    let down = stat(&stats, "udp_packets_down");
+    let tcp = stat(&stats, "tcp_sessions_total");
+    c.check(
+        tcp.is_some_and(|n| n > 0),
+        format!(
+            "{} took the message channel: tcp_sessions_total {tcp:?}",
+            Peers::node_name(survivor)
+        ),
+    );
+    c.check(
+        up.is_some_and(|n| n > 0) && down.is_some_and(|n| n > 0),
+        format!(
+            "media resumed through {}: udp_packets_up {up:?}, udp_packets_down {down:?}",
+            Peers::node_name(survivor)
+        ),
+    );
+    bed.peers.start_node(victim)?;
+    bed.peers.start_node(survivor)?;
+    let timings = vec![
+        format!("connect {:.0} ms", d.connect_ms()),
+        format!("failover {failover_ms:?} ms"),
+    ];
+    c.done(|| format!("{}\nsurvivor stats: {stats}", d.dump()), timings)
+}
+
+/// 7. `[1, "proxy.corp.test", 0]`: the name comes from corp's hosts file;
+///    no DNS query leaves corp.
+pub(super) fn domain_from_hosts_file(bed: &mut Bed) -> Outcome {
+    let mut c = Checks::new();
+    let lookup = run_bounded(
+        in_ns(&bed.net.corp, "getent").args(["hosts", PROXY_NAME]),
+        Duration::from_secs(10),
+    )?;
+    c.check(
+        lookup.stdout.contains(NODE_A),
+        format!("{PROXY_NAME} resolves in corp: {:?}", lookup.stdout.trim()),
+    );
+    let drops_before = bed.net.dns_drops()?;
+    let d = bed.client.demo(&Call::enabled(PROXY_NAME))?;
+    c.call(&d);
+    c.path(&d, "udp");
+    let drops = bed.net.dns_drops()? - drops_before;
+    c.check(
+        drops == 0,
+        format!("no DNS query left corp (dropped: {drops})"),
+    );
+    let connect = d.connect_ms();
+    c.done(|| d.dump(), vec![format!("connect {connect:.0} ms")])
+}
+
+/// 8. `cloudproxy probe` in corp, for the rule sets of scenarios 2, 3 and 4
+///    (and none at all): exactly the ports the firewall allows open, the
+///    rest timing out (dropped), the right verdict and missing rules.
+pub(super) fn probe_reports_open_ports(bed: &mut Bed) -> Outcome {
+    let mut c = Checks::new();
+    let mut timings = Vec::new();
+    let mut dumps = String::new();
+    let rule_sets = [
+        (Firewall::whitelist(), "works_over_udp", true),
+        (Firewall::udp_blocked(), "works_only_over_tcp", true),
+        (Firewall::only_9700(), "works_over_udp", true),
+        (Firewall::nothing(), "does_not_work", false),
+    ];
+    for (firewall, want_verdict, want_exit) in rule_sets {
+        let rules = firewall.name;
+        bed.net.set_firewall(&firewall)?;
+        let probe = bed.client.probe(NODE_A)?;
+        let (out, report) = (&probe.out, &probe.report);
+        let _ = writeln!(dumps, "--- {rules}\n{}", out.stdout.trim());
+        timings.push(format!("{rules} probe {} ms", out.elapsed.as_millis()));
+        let mut seen: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+        let mut expected_missing = Vec::new();
+        for check in &report.checks {
+            let (protocol, role, address, state) = (
+                check.protocol.as_str(),
+                check.role.as_str(),
+                check.address.as_str(),
+                check.state.as_str(),
+            );
+            let (host, port) = address.rsplit_once(':').unwrap_or((address, ""));
+            let port: u16 = port.parse().unwrap_or(0);
+            let proto = if protocol == "UDP" {
+                Proto::Udp
+            } else {
+                Proto::Tcp
+            };
+            let want = if firewall.allows(proto, host, port) {
+                "open"
+            } else {
+                "timeout"
+            };
+            c.check(
+                state == want,
+                format!("{rules}: {protocol} {role} {address} is {state} (expected {want})"),
+            );
+            if want != "open" {
+                expected_missing.push(format!("allow {protocol} to {host} port {port} ({role})"));
+            }
+            seen.entry((protocol, role)).or_default().push(address);
+        }
+        // Every allocation port over both protocols was checked; the relays
+        // only when an allocation got through.
+        for protocol in ["TCP", "UDP"] {
+            let mut ports: Vec<String> = seen
+                .get(&(protocol, "allocation"))
+                .map(|a| a.iter().map(|s| (*s).to_owned()).collect())
+                .unwrap_or_default();
+            ports.sort();
+            let mut want: Vec<String> = ALLOCATION_PORTS.map(|p| format!("{NODE_A}:{p}")).to_vec();
+            want.sort();
+            c.check(
+                ports == want,
+                format!("{rules}: {protocol} allocation ports checked: {ports:?}"),
+            );
+        }
+        let relays_checked = seen.contains_key(&("TCP", "message relay"))
+            && seen.contains_key(&("UDP", "media relay"));
+        c.check(
+            relays_checked == (firewall != Firewall::nothing()),
+            format!("{rules}: relays checked: {relays_checked}"),
+        );
+        let verdict = report.verdict.as_str();
+        c.check(
+            verdict == want_verdict,
+            format!("{rules}: verdict {verdict}"),
+        );
+        c.check(
+            out.status.is_some_and(|s| s.success()) == want_exit,
+            format!(
+                "{rules}: exit status {:?}",
+                out.status.and_then(|s| s.code())
+            ),
+        );
+        let mut missing = report.missing_rules.clone();
+        missing.sort();
+        expected_missing.sort();
+        c.check(
+            missing == expected_missing,
+            format!("{rules}: missing rules {missing:?}"),
+        );
+        c.check(
+            report.proxy_refusal.is_none(),
+            format!("{rules}: no proxy refusal"),
+        );
+    }
+    c.done(|| dumps, timings)
+}

@@ -12,6 +12,7 @@
 //! * [`ticket`]: HMAC-SHA256 tickets with key ids, and credential proofs;
 //! * [`reliable`]: sequence numbers, cumulative acks and resume for the
 //!   client ↔ edge message channel (exactly once across a relay failover);
+//! * [`session`]: the client ↔ media edge message channel's two sides;
 //! * [`client`] and [`server`]: sans-I/O state machines — time comes in as
 //!   an argument, outputs are polled (`poll_transmit`, `poll_timeout`,
 //!   `poll_event`); every machine implements [`Machine`], so one driver runs
@@ -39,6 +40,7 @@ pub mod frame;
 mod machine;
 pub mod reliable;
 pub mod server;
+pub mod session;
 pub mod ticket;
 mod time;
 mod types;

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::config::EdgeConfig;
+use super::conn::Lost;
 use super::outbox::RecipientOutbox;
 use super::stats::{Counters, add, bump, set};
 
@@ -606,7 +607,7 @@ impl Shared {
     /// The member's connection ended without `Leave`: it lingers. Returns the
     /// linger generation to arm the removal timer with, or `None` when this
     /// connection no longer served the member.
-    pub(crate) fn connection_lost(&self, h: &ConnHandle, reason: &str) -> Option<u64> {
+    pub(crate) fn connection_lost(&self, h: &ConnHandle, reason: &Lost) -> Option<u64> {
         let mut st = self.lock();
         let m = st.members.get_mut(&h.member_id)?;
         if m.conn.as_ref().map(|c| c.id) != Some(h.conn_id) {
@@ -617,7 +618,7 @@ impl Shared {
         m.linger_gen += 1;
         let generation = m.linger_gen;
         tracing::info!(app = %m.key.app, channel = %m.key.channel, member_id = m.member_id,
-            user_id = m.user_id, reason, linger_ms = self.config.member_linger_ms,
+            user_id = m.user_id, %reason, linger_ms = self.config.member_linger_ms,
             unacked_to_client = m.outbox.len(), "member connection lost; lingering");
         st.lingering += 1;
         self.update_gauges(&st);

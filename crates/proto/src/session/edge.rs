@@ -31,14 +31,14 @@ pub struct EdgeSessionConfig {
 }
 
 /// Why a connection ended before its `Join` was accepted. The machine has
-/// queued the `Error` frame to send, when there is one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// queued the `Error` frame to send.
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum HandshakeFailure {
     /// The first frame was not `Join` (`NOT_JOINED` queued).
     NotJoin(FrameType),
     /// The first bytes did not decode (an `Error` with the codec's code queued).
-    Malformed(ErrorCode),
+    Malformed(CodecError),
     /// No `Join` within the handshake deadline (`HANDSHAKE_TIMEOUT` queued).
     Timeout(Duration),
 }
@@ -128,9 +128,12 @@ impl EdgeSession {
     /// Queues frames to write, in order. Frames that break the protocol's
     /// limits are skipped (the edge builds none).
     pub fn send(&mut self, frames: impl IntoIterator<Item = Frame>) {
-        if self.phase == Phase::Closed {
-            return;
+        if self.phase != Phase::Closed {
+            self.queue(frames);
         }
+    }
+
+    fn queue(&mut self, frames: impl IntoIterator<Item = Frame>) {
         let mut buf = BytesMut::new();
         for frame in frames {
             if frame.validate().is_ok() {
@@ -142,9 +145,10 @@ impl EdgeSession {
         }
     }
 
-    /// Queues a last frame and stops reading.
+    /// Queues a last frame (even after the machine stopped reading) and
+    /// stops reading.
     pub fn close_with(&mut self, frame: &Frame) {
-        self.send([frame.clone()]);
+        self.queue([frame.clone()]);
         self.phase = Phase::Closed;
         self.events.clear();
     }
@@ -152,6 +156,12 @@ impl EdgeSession {
     /// Stops reading; what is queued is still written.
     pub fn close(&mut self) {
         self.phase = Phase::Closed;
+    }
+
+    /// Whether part of a frame is buffered (the peer closed mid-frame).
+    #[must_use]
+    pub fn is_mid_frame(&self) -> bool {
+        !self.reader.is_empty()
     }
 
     /// Whether every queued frame was handed to the transport.
@@ -181,11 +191,8 @@ impl EdgeSession {
                 );
             }
             Err(e) => {
-                let code = e.wire_code();
-                self.fail_handshake(
-                    HandshakeFailure::Malformed(code),
-                    ErrorFrame::with_message(code, e.to_string()),
-                );
+                let error = ErrorFrame::with_message(e.wire_code(), e.to_string());
+                self.fail_handshake(HandshakeFailure::Malformed(e), error);
             }
         }
     }

@@ -50,7 +50,7 @@ mod wire;
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use error::{CodecError, ErrorCode, SessionError, TicketError};
+pub use error::{CodecError, ErrorCode, PeerMisbehaved, SessionError, TicketError};
 pub use machine::Machine;
 pub use time::Timebase;
 pub use types::{

@@ -339,7 +339,7 @@ impl crate::Machine for ClientSession {
                     self.on_frame(now, frame);
                 }
                 Ok(None) => break,
-                Err(e) => return self.lose(SessionError::protocol(&e)),
+                Err(e) => return self.lose(SessionError::protocol(e)),
             }
         }
         // Everything that arrived is handled: acknowledge it now, unless a

@@ -13,8 +13,10 @@ use cloudproxy_proto::session::{EdgeEvent, EdgeSession, EdgeSessionConfig, Hands
 use cloudproxy_transport::driver::{Driver, Next};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-use super::state::{ConnHandle, Flow, Shared};
+use super::state::{ConnHandle, ConnSignal, Flow, Shared};
 use super::stats::bump;
 use cloudproxy_transport::lifecycle::Lifecycle;
 
@@ -23,6 +25,23 @@ use cloudproxy_transport::lifecycle::Lifecycle;
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Channel = Driver<EdgeSession, TcpStream>;
+
+/// What the membership table signals to this connection's task.
+#[derive(Debug, Default)]
+struct Signal {
+    queued: Notify,
+    superseded: CancellationToken,
+}
+
+impl ConnSignal for Signal {
+    fn frames_queued(&self) {
+        self.queued.notify_one();
+    }
+
+    fn superseded(&self) {
+        self.superseded.cancel();
+    }
+}
 
 /// Why a member's connection was lost (the member lingers).
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +142,8 @@ pub(crate) async fn serve(
         }
     };
 
-    let handle = match shared.join(&join, peer) {
+    let signal = Arc::new(Signal::default());
+    let handle = match shared.join(&join, peer, signal.clone()) {
         Ok(handle) => handle,
         Err(refusal) => {
             channel.machine_mut().refuse(refusal);
@@ -133,7 +153,7 @@ pub(crate) async fn serve(
     };
     channel.machine_mut().accept(Instant::now());
 
-    let end = run(&shared, &handle, &mut channel, &mut force_closed).await;
+    let end = run(&shared, &handle, &signal, &mut channel, &mut force_closed).await;
 
     match end {
         End::Leave => {
@@ -183,6 +203,7 @@ pub(crate) async fn serve(
 async fn run(
     shared: &Shared,
     handle: &ConnHandle,
+    signal: &Signal,
     channel: &mut Channel,
     force_closed: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> End {
@@ -201,8 +222,8 @@ async fn run(
         tokio::select! {
             biased;
             () = force_closed.as_mut() => return End::Shutdown,
-            () = handle.cancel.cancelled() => return End::Replaced,
-            () = handle.notify.notified(), if drained => {}
+            () = signal.superseded.cancelled() => return End::Replaced,
+            () = signal.queued.notified(), if drained => {}
             next = channel.next_event() => match next {
                 Next::Event(EdgeEvent::Frames(mut frames)) => {
                     match shared.on_frames(handle, &mut frames) {

@@ -6,6 +6,9 @@
 //! the media path once per datagram. Everything a connection writes goes
 //! through its member's `pending` queue, in order, so a `MemberLeft` never
 //! overtakes the messages its member sent before leaving.
+//!
+//! The table holds no runtime types: it reaches a connection's task through
+//! [`ConnSignal`], and each connection's protocol is proto's `EdgeSession`.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -18,8 +21,6 @@ use bytes::Bytes;
 use cloudproxy_proto::frame::{ErrorFrame, Frame, Join, Joined, Media, Member, Message};
 use cloudproxy_proto::reliable::{Inbox, Received};
 use cloudproxy_proto::{AppId, ChannelName, ErrorCode};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use super::config::EdgeConfig;
 use super::conn::Lost;
@@ -42,12 +43,21 @@ struct Channel {
     members: Vec<u32>,
 }
 
+/// How the membership table reaches the task serving a connection, without
+/// knowing the runtime it runs on (no tokio types in the table).
+pub(crate) trait ConnSignal: Send + Sync + std::fmt::Debug {
+    /// Frames were queued for the connection to write.
+    fn frames_queued(&self);
+    /// The connection no longer serves its member (another took over, or
+    /// the member was removed).
+    fn superseded(&self);
+}
+
 /// The connection currently serving a member.
 #[derive(Debug)]
 struct ConnSlot {
     id: u64,
-    notify: Arc<Notify>,
-    cancel: CancellationToken,
+    signal: Arc<dyn ConnSignal>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -97,7 +107,7 @@ impl MemberState {
             return false;
         }
         self.pending.push_back(frame);
-        conn.notify.notify_one();
+        conn.signal.frames_queued();
         true
     }
 }
@@ -114,8 +124,6 @@ struct State {
 pub(crate) struct ConnHandle {
     pub(crate) member_id: u32,
     pub(crate) conn_id: u64,
-    pub(crate) notify: Arc<Notify>,
-    pub(crate) cancel: CancellationToken,
 }
 
 /// What the reader does after a batch of frames.
@@ -199,29 +207,25 @@ impl Shared {
         set(&self.counters.members_lingering, st.lingering);
     }
 
-    fn new_slot(&self) -> (ConnSlot, ConnHandle) {
+    fn new_slot(&self, signal: Arc<dyn ConnSignal>, member_id: u32) -> (ConnSlot, ConnHandle) {
         let id = self.next_conn_id.fetch_add(1, Relaxed);
-        let notify = Arc::new(Notify::new());
-        let cancel = CancellationToken::new();
-        let slot = ConnSlot {
-            id,
-            notify: notify.clone(),
-            cancel: cancel.clone(),
-        };
         (
-            slot,
+            ConnSlot { id, signal },
             ConnHandle {
-                member_id: 0,
+                member_id,
                 conn_id: id,
-                notify,
-                cancel,
             },
         )
     }
 
     /// Handles a `Join` (fresh or resume). On success the member's pending
     /// queue already holds `Joined` and the notices that follow it.
-    pub(crate) fn join(&self, join: &Join, peer: SocketAddr) -> Result<ConnHandle, ErrorFrame> {
+    pub(crate) fn join(
+        &self,
+        join: &Join,
+        peer: SocketAddr,
+        signal: Arc<dyn ConnSignal>,
+    ) -> Result<ConnHandle, ErrorFrame> {
         if let Some(apps) = &self.app_ids {
             if !apps.contains(&join.app_id) {
                 bump(&self.counters.joins_refused);
@@ -239,8 +243,8 @@ impl Shared {
         };
         let mut st = self.lock();
         let result = match join.resume {
-            Some(resume) => self.resume(&mut st, &key, join.user_id, resume, peer),
-            None => self.fresh_join(&mut st, key, join.user_id, peer),
+            Some(resume) => self.resume(&mut st, &key, join.user_id, resume, peer, signal),
+            None => self.fresh_join(&mut st, key, join.user_id, peer, signal),
         };
         if result.is_err() {
             bump(&self.counters.joins_refused);
@@ -255,6 +259,7 @@ impl Shared {
         key: ChannelKey,
         user_id: u32,
         peer: SocketAddr,
+        signal: Arc<dyn ConnSignal>,
     ) -> Result<ConnHandle, ErrorFrame> {
         let refuse = |why: String| {
             tracing::info!(app = %key.app, channel = %key.channel, user_id, %peer,
@@ -284,8 +289,7 @@ impl Shared {
         };
         let resume_token = random_nonzero_u64()?;
         let media_token = random_nonzero_u64()?;
-        let (slot, mut handle) = self.new_slot();
-        handle.member_id = member_id;
+        let (slot, handle) = self.new_slot(signal, member_id);
         let max_queued = self.config.max_queued_frames;
 
         let mut member = MemberState {
@@ -352,6 +356,7 @@ impl Shared {
         user_id: u32,
         resume: cloudproxy_proto::frame::Resume,
         peer: SocketAddr,
+        signal: Arc<dyn ConnSignal>,
     ) -> Result<ConnHandle, ErrorFrame> {
         let member_id = resume.member_id;
         let valid = st.members.get(&member_id).is_some_and(|m| {
@@ -367,8 +372,7 @@ impl Shared {
                 "no membership to resume with this member id and token",
             ));
         }
-        let (slot, mut handle) = self.new_slot();
-        handle.member_id = member_id;
+        let (slot, handle) = self.new_slot(signal, member_id);
 
         // Snapshot of the other members, for the notices below.
         let present: Vec<(u32, u32)> = st
@@ -390,7 +394,7 @@ impl Shared {
             Some(old) => {
                 // The old connection is still open (its loss not noticed
                 // yet): the new one takes over and the old one is closed.
-                old.cancel.cancel();
+                old.signal.superseded();
                 true
             }
             None => false,
@@ -432,7 +436,7 @@ impl Shared {
             }));
         }
         if let Some(conn) = &m.conn {
-            conn.notify.notify_one();
+            conn.signal.frames_queued();
         }
         let edge_last = m.inbox.last_received();
         if !took_over {
@@ -658,7 +662,7 @@ impl Shared {
             return;
         };
         match &m.conn {
-            Some(conn) => conn.cancel.cancel(),
+            Some(conn) => conn.signal.superseded(),
             None => st.lingering = st.lingering.saturating_sub(1),
         }
         let mut others = Vec::new();

@@ -19,12 +19,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use cloudproxy_proto::frame::{ErrorFrame, Frame, Join, Joined, Media, Member, Message};
-use cloudproxy_proto::reliable::{Inbox, Received};
+use cloudproxy_proto::reliable::{Inbox, Outbox, Received};
 use cloudproxy_proto::{AppId, ChannelName, ErrorCode};
 
 use super::config::EdgeConfig;
 use super::conn::Lost;
-use super::outbox::RecipientOutbox;
 use super::stats::{Counters, add, bump, set};
 
 /// Most frames moved from `pending` into one write batch, by encoded size.
@@ -77,8 +76,8 @@ struct MemberState {
     media_token: u64,
     /// Messages from this member's client.
     inbox: Inbox,
-    /// Messages to this member's client.
-    outbox: RecipientOutbox,
+    /// Messages to this member's client, each with its sender's id.
+    outbox: Outbox,
     /// `None` while the member lingers.
     conn: Option<ConnSlot>,
     /// Frames the current connection still has to write, in order.
@@ -299,7 +298,7 @@ impl Shared {
             resume_token,
             media_token,
             inbox: Inbox::new(),
-            outbox: RecipientOutbox::new(),
+            outbox: Outbox::new(0),
             conn: Some(slot),
             pending: VecDeque::new(),
             announced: HashMap::new(),
@@ -415,11 +414,7 @@ impl Shared {
             }));
             m.announced.insert(id, uid);
         }
-        let resend: Vec<Message> = m
-            .outbox
-            .resend_after(resume.last_received)
-            .cloned()
-            .collect();
+        let resend: Vec<Message> = m.outbox.resend_after(resume.last_received).collect();
         let resent = resend.len();
         m.pending.extend(resend.into_iter().map(Frame::Message));
         let gone: Vec<(u32, u32)> = m
@@ -596,11 +591,11 @@ impl Shared {
             let Some(r) = st.members.get_mut(&rid) else {
                 continue;
             };
-            let msg = r.outbox.push(sender, payload.clone());
+            let msg = r.outbox.push_from(sender, payload.clone());
             r.counts.messages_out += 1;
             delivered += 1;
-            let over = r.outbox.len() > self.config.max_unacked_messages
-                || r.outbox.bytes() > self.config.max_unacked_bytes;
+            let over = r.outbox.unacked() > self.config.max_unacked_messages
+                || r.outbox.unacked_bytes() > self.config.max_unacked_bytes;
             if over || !r.enqueue(Frame::Message(msg), max_queued) {
                 evict.push(rid);
             }
@@ -623,7 +618,7 @@ impl Shared {
         let generation = m.linger_gen;
         tracing::info!(app = %m.key.app, channel = %m.key.channel, member_id = m.member_id,
             user_id = m.user_id, %reason, linger_ms = self.config.member_linger_ms,
-            unacked_to_client = m.outbox.len(), "member connection lost; lingering");
+            unacked_to_client = m.outbox.unacked(), "member connection lost; lingering");
         st.lingering += 1;
         self.update_gauges(&st);
         Some(generation)
@@ -694,7 +689,7 @@ impl Shared {
         tracing::info!(app = %m.key.app, channel = %m.key.channel, member_id, user_id = m.user_id,
             messages_in = m.counts.messages_in, messages_out = m.counts.messages_out,
             media_in = m.counts.media_in, media_out = m.counts.media_out,
-            unacked_to_client = m.outbox.len(),
+            unacked_to_client = m.outbox.unacked(),
             duration_ms = m.joined_at.elapsed().as_millis() as u64, reason, "member left");
         for id in evict {
             self.remove_member(st, id, "connection not draining (queue full)");

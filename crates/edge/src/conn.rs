@@ -1,80 +1,63 @@
-//! One message-channel TCP connection: handshake (`Join`), then a reader and
-//! a writer running side by side until the connection ends.
+//! One message-channel TCP connection: proto's `EdgeSession` machine run by
+//! the one `Driver`, `select!`-ed against the member's pending frames, its
+//! replacement and the edge's shutdown.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use cloudproxy_proto::CodecError;
 use cloudproxy_proto::ErrorCode;
-use cloudproxy_proto::codec::FrameCodec;
 use cloudproxy_proto::frame::{ErrorFrame, Frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use cloudproxy_proto::session::{EdgeEvent, EdgeSession, EdgeSessionConfig, HandshakeFailure};
+use cloudproxy_transport::driver::{Driver, Next};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio_util::codec::Decoder;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-use super::state::{ConnHandle, Flow, Shared};
+use super::state::{ConnHandle, ConnSignal, Flow, Shared};
 use super::stats::bump;
 use cloudproxy_transport::lifecycle::Lifecycle;
 
-/// Largest frame body before `Join` (`docs/protocol.md` §3.1).
-const HANDSHAKE_MAX_BODY: usize = 2048;
 /// How long a last frame (an `Error`, `JoinRefused`) may take to write before
 /// the connection is dropped anyway.
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Spare room kept in the read buffer before each read.
-const READ_CHUNK: usize = 8 * 1024;
-/// A write buffer that grew past this is released after use.
-const WRITE_BUF_KEEP: usize = 512 * 1024;
 
-/// Frames from the read half, decoded with [`FrameCodec`].
-struct FrameReader {
-    rd: OwnedReadHalf,
-    buf: BytesMut,
-    codec: FrameCodec,
+type Channel = Driver<EdgeSession, TcpStream>;
+
+/// What the membership table signals to this connection's task.
+#[derive(Debug, Default)]
+struct Signal {
+    queued: Notify,
+    superseded: CancellationToken,
 }
 
-enum ReadError {
-    Codec(CodecError),
+impl ConnSignal for Signal {
+    fn frames_queued(&self) {
+        self.queued.notify_one();
+    }
+
+    fn superseded(&self) {
+        self.superseded.cancel();
+    }
+}
+
+/// Why a member's connection was lost (the member lingers).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Lost {
+    /// Nothing arrived for the idle timeout.
+    #[error("no frame for {} ms", .0.as_millis())]
+    Idle(Duration),
+    /// Reading or writing failed.
+    #[error("connection failed: {0}")]
     Io(std::io::Error),
-}
-
-impl FrameReader {
-    fn new(rd: OwnedReadHalf, max_body: usize) -> Self {
-        Self {
-            rd,
-            buf: BytesMut::new(),
-            codec: FrameCodec::with_max_payload(max_body),
-        }
-    }
-
-    /// Reads more bytes; `Ok(0)` at end of stream.
-    async fn fill(&mut self) -> std::io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK {
-            self.buf.reserve(READ_CHUNK);
-        }
-        self.rd.read_buf(&mut self.buf).await
-    }
-
-    /// The next complete frame already buffered, if any.
-    fn decode(&mut self) -> Result<Option<Frame>, CodecError> {
-        self.codec.decode(&mut self.buf)
-    }
-
-    /// The next frame, reading as needed; `None` at a clean end of stream.
-    async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
-        loop {
-            if let Some(f) = self.decode().map_err(ReadError::Codec)? {
-                return Ok(Some(f));
-            }
-            if self.fill().await.map_err(ReadError::Io)? == 0 {
-                return Ok(None);
-            }
-        }
-    }
+    /// The client closed the connection between frames.
+    #[error("connection closed")]
+    Closed,
+    /// The client closed the connection in the middle of a frame.
+    #[error("connection closed inside a frame")]
+    ClosedInsideFrame,
 }
 
 /// How a joined connection ended.
@@ -82,7 +65,7 @@ enum End {
     /// `Leave`: remove the member.
     Leave,
     /// Transport loss (close, reset, idle): the member lingers.
-    Lost(String),
+    Lost(Lost),
     /// Protocol violation: answer with this error, remove the member.
     Protocol(ErrorFrame),
     /// The client sent an `Error`: remove the member.
@@ -93,18 +76,15 @@ enum End {
     Shutdown,
 }
 
-/// Writes one last frame, bounded in time, then closes the write side.
-async fn write_final(wr: &mut OwnedWriteHalf, frame: &Frame) {
-    let bytes = frame.to_bytes();
+/// Writes what the machine still has queued, bounded in time, then closes
+/// the write side.
+async fn finish(mut channel: Channel) {
     let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, async {
-        wr.write_all(&bytes).await?;
-        wr.shutdown().await
+        channel.flush().await?;
+        let (_, mut stream) = channel.into_parts();
+        stream.shutdown().await
     })
     .await;
-}
-
-fn error_frame(code: ErrorCode, message: impl Into<String>) -> Frame {
-    Frame::Error(ErrorFrame::with_message(code, message))
 }
 
 /// Serves one accepted TCP connection until it ends.
@@ -115,69 +95,71 @@ pub(crate) async fn serve(
     peer: SocketAddr,
 ) {
     bump(&shared.counters.connections);
-    let (rd, mut wr) = stream.into_split();
-    let mut reader = FrameReader::new(rd, HANDSHAKE_MAX_BODY);
+    let config = EdgeSessionConfig {
+        handshake_timeout: shared.config.handshake_timeout(),
+        idle_timeout: shared.config.idle_timeout(),
+        max_frame_len: shared.config.max_frame_len,
+    };
+    let mut channel = Driver::new(EdgeSession::new(config, Instant::now()), stream);
     let force_closed = lifecycle.force_closed();
     tokio::pin!(force_closed);
 
-    let handshake = shared.config.handshake_timeout();
-    let first = tokio::select! {
-        () = &mut force_closed => return,
-        r = tokio::time::timeout(handshake, reader.next()) => r,
-    };
-    let join = match first {
-        Ok(Ok(Some(Frame::Join(join)))) => join,
-        Ok(Ok(Some(other))) => {
-            bump(&shared.counters.protocol_errors);
-            tracing::debug!(%peer, frame = %other.frame_type(), "first frame is not Join");
-            let msg = format!("the first frame must be Join, got {}", other.frame_type());
-            write_final(&mut wr, &error_frame(ErrorCode::NOT_JOINED, msg)).await;
-            return;
-        }
-        Ok(Ok(None)) => {
-            tracing::debug!(%peer, "connection closed before Join");
-            return;
-        }
-        Ok(Err(ReadError::Codec(e))) => {
-            bump(&shared.counters.protocol_errors);
-            tracing::debug!(%peer, error = %e, "malformed frame before Join");
-            write_final(&mut wr, &error_frame(e.wire_code(), e.to_string())).await;
-            return;
-        }
-        Ok(Err(ReadError::Io(e))) => {
-            tracing::debug!(%peer, error = %e, "connection failed before Join");
-            return;
-        }
-        Err(_elapsed) => {
-            bump(&shared.counters.handshake_timeouts);
-            tracing::debug!(%peer, "no Join within the handshake deadline");
-            let msg = format!("no Join within {} ms", handshake.as_millis());
-            write_final(&mut wr, &error_frame(ErrorCode::HANDSHAKE_TIMEOUT, msg)).await;
-            return;
+    let join = loop {
+        let next = tokio::select! {
+            () = &mut force_closed => return,
+            next = channel.next_event() => next,
+        };
+        match next {
+            Next::Event(EdgeEvent::Join(join)) => break join,
+            Next::Event(EdgeEvent::HandshakeFailed(failure)) => {
+                match failure {
+                    HandshakeFailure::Timeout(_) => {
+                        bump(&shared.counters.handshake_timeouts);
+                        tracing::debug!(%peer, "no Join within the handshake deadline");
+                    }
+                    HandshakeFailure::NotJoin(found) => {
+                        bump(&shared.counters.protocol_errors);
+                        tracing::debug!(%peer, frame = %found, "first frame is not Join");
+                    }
+                    HandshakeFailure::Malformed(e) => {
+                        bump(&shared.counters.protocol_errors);
+                        tracing::debug!(%peer, error = %e, "malformed frame before Join");
+                    }
+                    _ => {}
+                }
+                finish(channel).await;
+                return;
+            }
+            Next::Event(_) => {}
+            Next::PeerClosed => {
+                tracing::debug!(%peer, "connection closed before Join");
+                return;
+            }
+            Next::Io(e) => {
+                tracing::debug!(%peer, error = %e, "connection failed before Join");
+                return;
+            }
         }
     };
 
-    let handle = match shared.join(&join, peer) {
+    let signal = Arc::new(Signal::default());
+    let handle = match shared.join(&join, peer, signal.clone()) {
         Ok(handle) => handle,
         Err(refusal) => {
-            write_final(&mut wr, &Frame::JoinRefused(refusal)).await;
+            channel.machine_mut().refuse(refusal);
+            finish(channel).await;
             return;
         }
     };
-    reader.codec = FrameCodec::with_max_payload(shared.config.max_frame_len);
+    channel.machine_mut().accept(Instant::now());
 
-    let end = tokio::select! {
-        biased;
-        () = &mut force_closed => End::Shutdown,
-        () = handle.cancel.cancelled() => End::Replaced,
-        end = read_loop(&shared, &handle, &mut reader) => end,
-        end = write_loop(&shared, &handle, &mut wr) => end,
-    };
+    let end = run(&shared, &handle, &signal, &mut channel, &mut force_closed).await;
 
     match end {
         End::Leave => {
             shared.remove(&handle, "left");
-            let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, wr.shutdown()).await;
+            channel.machine_mut().close();
+            finish(channel).await;
         }
         End::Lost(reason) => {
             if let Some(generation) = shared.connection_lost(&handle, &reason) {
@@ -196,7 +178,8 @@ pub(crate) async fn serve(
         End::Protocol(err) => {
             bump(&shared.counters.protocol_errors);
             shared.remove(&handle, &format!("protocol error: {}", err.message));
-            write_final(&mut wr, &Frame::Error(err)).await;
+            channel.machine_mut().close_with(&Frame::Error(err));
+            finish(channel).await;
         }
         End::PeerError(err) => {
             let reason = format!("client sent error {}: {}", err.code, err.message);
@@ -207,76 +190,61 @@ pub(crate) async fn serve(
         }
         End::Shutdown => {
             let msg = "the media edge is shutting down";
-            write_final(&mut wr, &error_frame(ErrorCode::SERVER_BUSY, msg)).await;
+            let error = ErrorFrame::with_message(ErrorCode::SERVER_BUSY, msg);
+            channel.machine_mut().close_with(&Frame::Error(error));
+            finish(channel).await;
         }
     }
 }
 
-/// Reads frames until the connection ends or the member's state says stop.
-async fn read_loop(shared: &Shared, handle: &ConnHandle, reader: &mut FrameReader) -> End {
-    let idle = shared.config.idle_timeout();
-    let mut frames = Vec::new();
-    loop {
-        // Everything complete in the buffer is handled as one batch (one
-        // lock, one Ack), then the first decode error if there was one.
-        let mut error = None;
-        loop {
-            match reader.decode() {
-                Ok(Some(frame)) => frames.push(frame),
-                Ok(None) => break,
-                Err(e) => {
-                    error = Some(e);
-                    break;
-                }
-            }
-        }
-        if !frames.is_empty() {
-            match shared.on_frames(handle, &mut frames) {
-                Flow::Continue => {}
-                Flow::Leave => return End::Leave,
-                Flow::Gone => return End::Replaced,
-                Flow::Protocol(e) => return End::Protocol(e),
-                Flow::PeerError(e) => return End::PeerError(e),
-            }
-        }
-        if let Some(e) = error {
-            return End::Protocol(ErrorFrame::with_message(e.wire_code(), e.to_string()));
-        }
-        match tokio::time::timeout(idle, reader.fill()).await {
-            Err(_) => return End::Lost(format!("no frame for {} ms", idle.as_millis())),
-            Ok(Err(e)) => return End::Lost(format!("read failed: {e}")),
-            Ok(Ok(0)) if reader.buf.is_empty() => return End::Lost("connection closed".into()),
-            Ok(Ok(0)) => return End::Lost("connection closed inside a frame".into()),
-            Ok(Ok(_)) => {}
-        }
-    }
-}
-
-/// Writes whatever the member's pending queue holds, in order.
-async fn write_loop(shared: &Shared, handle: &ConnHandle, wr: &mut OwnedWriteHalf) -> End {
+/// Runs a joined connection: hands the member's pending frames to the
+/// machine one batch at a time (the next once the last is written), and
+/// applies the frames it reads to the shared state.
+async fn run(
+    shared: &Shared,
+    handle: &ConnHandle,
+    signal: &Signal,
+    channel: &mut Channel,
+    force_closed: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> End {
     let mut batch = VecDeque::new();
-    let mut buf = BytesMut::new();
     loop {
-        if !shared.take_pending(handle, &mut batch) {
-            return End::Replaced;
-        }
-        if batch.is_empty() {
-            handle.notify.notified().await;
-            continue;
-        }
-        buf.clear();
-        for frame in batch.drain(..) {
-            // Every frame the edge builds is within limits; a message is no
-            // larger than the one the sender's connection accepted.
-            if frame.validate().is_ok() {
-                frame.encode(&mut buf);
+        let drained = channel.machine().is_drained();
+        if drained {
+            if !shared.take_pending(handle, &mut batch) {
+                return End::Replaced;
+            }
+            if !batch.is_empty() {
+                channel.machine_mut().send(batch.drain(..));
+                continue;
             }
         }
-        if let Err(e) = wr.write_all(&buf).await {
-            return End::Lost(format!("write failed: {e}"));
-        }
-        if buf.capacity() > WRITE_BUF_KEEP {
-            buf = BytesMut::new();
+        tokio::select! {
+            biased;
+            () = force_closed.as_mut() => return End::Shutdown,
+            () = signal.superseded.cancelled() => return End::Replaced,
+            () = signal.queued.notified(), if drained => {}
+            next = channel.next_event() => match next {
+                Next::Event(EdgeEvent::Frames(mut frames)) => {
+                    match shared.on_frames(handle, &mut frames) {
+                        Flow::Continue => {}
+                        Flow::Leave => return End::Leave,
+                        Flow::Gone => return End::Replaced,
+                        Flow::Protocol(e) => return End::Protocol(e),
+                        Flow::PeerError(e) => return End::PeerError(e),
+                    }
+                }
+                Next::Event(EdgeEvent::Malformed(e)) => {
+                    return End::Protocol(ErrorFrame::with_message(e.wire_code(), e.to_string()));
+                }
+                Next::Event(EdgeEvent::Idle(after)) => return End::Lost(Lost::Idle(after)),
+                Next::Event(_) => {}
+                Next::PeerClosed if channel.machine().is_mid_frame() => {
+                    return End::Lost(Lost::ClosedInsideFrame);
+                }
+                Next::PeerClosed => return End::Lost(Lost::Closed),
+                Next::Io(e) => return End::Lost(Lost::Io(e)),
+            },
         }
     }
 }

@@ -90,7 +90,6 @@ mod config;
 mod conn;
 mod error;
 mod media;
-mod outbox;
 mod state;
 mod stats;
 

@@ -6,6 +6,9 @@
 //! the media path once per datagram. Everything a connection writes goes
 //! through its member's `pending` queue, in order, so a `MemberLeft` never
 //! overtakes the messages its member sent before leaving.
+//!
+//! The table holds no runtime types: it reaches a connection's task through
+//! [`ConnSignal`], and each connection's protocol is proto's `EdgeSession`.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -16,13 +19,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use cloudproxy_proto::frame::{ErrorFrame, Frame, Join, Joined, Media, Member, Message};
-use cloudproxy_proto::reliable::{Inbox, Received};
+use cloudproxy_proto::reliable::{Inbox, Outbox, Received};
 use cloudproxy_proto::{AppId, ChannelName, ErrorCode};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use super::config::EdgeConfig;
-use super::outbox::RecipientOutbox;
+use super::conn::Lost;
 use super::stats::{Counters, add, bump, set};
 
 /// Most frames moved from `pending` into one write batch, by encoded size.
@@ -41,12 +42,21 @@ struct Channel {
     members: Vec<u32>,
 }
 
+/// How the membership table reaches the task serving a connection, without
+/// knowing the runtime it runs on (no tokio types in the table).
+pub(crate) trait ConnSignal: Send + Sync + std::fmt::Debug {
+    /// Frames were queued for the connection to write.
+    fn frames_queued(&self);
+    /// The connection no longer serves its member (another took over, or
+    /// the member was removed).
+    fn superseded(&self);
+}
+
 /// The connection currently serving a member.
 #[derive(Debug)]
 struct ConnSlot {
     id: u64,
-    notify: Arc<Notify>,
-    cancel: CancellationToken,
+    signal: Arc<dyn ConnSignal>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -66,8 +76,8 @@ struct MemberState {
     media_token: u64,
     /// Messages from this member's client.
     inbox: Inbox,
-    /// Messages to this member's client.
-    outbox: RecipientOutbox,
+    /// Messages to this member's client, each with its sender's id.
+    outbox: Outbox,
     /// `None` while the member lingers.
     conn: Option<ConnSlot>,
     /// Frames the current connection still has to write, in order.
@@ -96,7 +106,7 @@ impl MemberState {
             return false;
         }
         self.pending.push_back(frame);
-        conn.notify.notify_one();
+        conn.signal.frames_queued();
         true
     }
 }
@@ -113,8 +123,6 @@ struct State {
 pub(crate) struct ConnHandle {
     pub(crate) member_id: u32,
     pub(crate) conn_id: u64,
-    pub(crate) notify: Arc<Notify>,
-    pub(crate) cancel: CancellationToken,
 }
 
 /// What the reader does after a batch of frames.
@@ -198,29 +206,25 @@ impl Shared {
         set(&self.counters.members_lingering, st.lingering);
     }
 
-    fn new_slot(&self) -> (ConnSlot, ConnHandle) {
+    fn new_slot(&self, signal: Arc<dyn ConnSignal>, member_id: u32) -> (ConnSlot, ConnHandle) {
         let id = self.next_conn_id.fetch_add(1, Relaxed);
-        let notify = Arc::new(Notify::new());
-        let cancel = CancellationToken::new();
-        let slot = ConnSlot {
-            id,
-            notify: notify.clone(),
-            cancel: cancel.clone(),
-        };
         (
-            slot,
+            ConnSlot { id, signal },
             ConnHandle {
-                member_id: 0,
+                member_id,
                 conn_id: id,
-                notify,
-                cancel,
             },
         )
     }
 
     /// Handles a `Join` (fresh or resume). On success the member's pending
     /// queue already holds `Joined` and the notices that follow it.
-    pub(crate) fn join(&self, join: &Join, peer: SocketAddr) -> Result<ConnHandle, ErrorFrame> {
+    pub(crate) fn join(
+        &self,
+        join: &Join,
+        peer: SocketAddr,
+        signal: Arc<dyn ConnSignal>,
+    ) -> Result<ConnHandle, ErrorFrame> {
         if let Some(apps) = &self.app_ids {
             if !apps.contains(&join.app_id) {
                 bump(&self.counters.joins_refused);
@@ -238,8 +242,8 @@ impl Shared {
         };
         let mut st = self.lock();
         let result = match join.resume {
-            Some(resume) => self.resume(&mut st, &key, join.user_id, resume, peer),
-            None => self.fresh_join(&mut st, key, join.user_id, peer),
+            Some(resume) => self.resume(&mut st, &key, join.user_id, resume, peer, signal),
+            None => self.fresh_join(&mut st, key, join.user_id, peer, signal),
         };
         if result.is_err() {
             bump(&self.counters.joins_refused);
@@ -254,6 +258,7 @@ impl Shared {
         key: ChannelKey,
         user_id: u32,
         peer: SocketAddr,
+        signal: Arc<dyn ConnSignal>,
     ) -> Result<ConnHandle, ErrorFrame> {
         let refuse = |why: String| {
             tracing::info!(app = %key.app, channel = %key.channel, user_id, %peer,
@@ -283,8 +288,7 @@ impl Shared {
         };
         let resume_token = random_nonzero_u64()?;
         let media_token = random_nonzero_u64()?;
-        let (slot, mut handle) = self.new_slot();
-        handle.member_id = member_id;
+        let (slot, handle) = self.new_slot(signal, member_id);
         let max_queued = self.config.max_queued_frames;
 
         let mut member = MemberState {
@@ -294,7 +298,7 @@ impl Shared {
             resume_token,
             media_token,
             inbox: Inbox::new(),
-            outbox: RecipientOutbox::new(),
+            outbox: Outbox::new(0),
             conn: Some(slot),
             pending: VecDeque::new(),
             announced: HashMap::new(),
@@ -351,6 +355,7 @@ impl Shared {
         user_id: u32,
         resume: cloudproxy_proto::frame::Resume,
         peer: SocketAddr,
+        signal: Arc<dyn ConnSignal>,
     ) -> Result<ConnHandle, ErrorFrame> {
         let member_id = resume.member_id;
         let valid = st.members.get(&member_id).is_some_and(|m| {
@@ -366,8 +371,7 @@ impl Shared {
                 "no membership to resume with this member id and token",
             ));
         }
-        let (slot, mut handle) = self.new_slot();
-        handle.member_id = member_id;
+        let (slot, handle) = self.new_slot(signal, member_id);
 
         // Snapshot of the other members, for the notices below.
         let present: Vec<(u32, u32)> = st
@@ -389,7 +393,7 @@ impl Shared {
             Some(old) => {
                 // The old connection is still open (its loss not noticed
                 // yet): the new one takes over and the old one is closed.
-                old.cancel.cancel();
+                old.signal.superseded();
                 true
             }
             None => false,
@@ -410,11 +414,7 @@ impl Shared {
             }));
             m.announced.insert(id, uid);
         }
-        let resend: Vec<Message> = m
-            .outbox
-            .resend_after(resume.last_received)
-            .cloned()
-            .collect();
+        let resend: Vec<Message> = m.outbox.resend_after(resume.last_received).collect();
         let resent = resend.len();
         m.pending.extend(resend.into_iter().map(Frame::Message));
         let gone: Vec<(u32, u32)> = m
@@ -431,7 +431,7 @@ impl Shared {
             }));
         }
         if let Some(conn) = &m.conn {
-            conn.notify.notify_one();
+            conn.signal.frames_queued();
         }
         let edge_last = m.inbox.last_received();
         if !took_over {
@@ -591,11 +591,11 @@ impl Shared {
             let Some(r) = st.members.get_mut(&rid) else {
                 continue;
             };
-            let msg = r.outbox.push(sender, payload.clone());
+            let msg = r.outbox.push_from(sender, payload.clone());
             r.counts.messages_out += 1;
             delivered += 1;
-            let over = r.outbox.len() > self.config.max_unacked_messages
-                || r.outbox.bytes() > self.config.max_unacked_bytes;
+            let over = r.outbox.unacked() > self.config.max_unacked_messages
+                || r.outbox.unacked_bytes() > self.config.max_unacked_bytes;
             if over || !r.enqueue(Frame::Message(msg), max_queued) {
                 evict.push(rid);
             }
@@ -606,7 +606,7 @@ impl Shared {
     /// The member's connection ended without `Leave`: it lingers. Returns the
     /// linger generation to arm the removal timer with, or `None` when this
     /// connection no longer served the member.
-    pub(crate) fn connection_lost(&self, h: &ConnHandle, reason: &str) -> Option<u64> {
+    pub(crate) fn connection_lost(&self, h: &ConnHandle, reason: &Lost) -> Option<u64> {
         let mut st = self.lock();
         let m = st.members.get_mut(&h.member_id)?;
         if m.conn.as_ref().map(|c| c.id) != Some(h.conn_id) {
@@ -617,8 +617,8 @@ impl Shared {
         m.linger_gen += 1;
         let generation = m.linger_gen;
         tracing::info!(app = %m.key.app, channel = %m.key.channel, member_id = m.member_id,
-            user_id = m.user_id, reason, linger_ms = self.config.member_linger_ms,
-            unacked_to_client = m.outbox.len(), "member connection lost; lingering");
+            user_id = m.user_id, %reason, linger_ms = self.config.member_linger_ms,
+            unacked_to_client = m.outbox.unacked(), "member connection lost; lingering");
         st.lingering += 1;
         self.update_gauges(&st);
         Some(generation)
@@ -657,7 +657,7 @@ impl Shared {
             return;
         };
         match &m.conn {
-            Some(conn) => conn.cancel.cancel(),
+            Some(conn) => conn.signal.superseded(),
             None => st.lingering = st.lingering.saturating_sub(1),
         }
         let mut others = Vec::new();
@@ -689,7 +689,7 @@ impl Shared {
         tracing::info!(app = %m.key.app, channel = %m.key.channel, member_id, user_id = m.user_id,
             messages_in = m.counts.messages_in, messages_out = m.counts.messages_out,
             media_in = m.counts.media_in, media_out = m.counts.media_out,
-            unacked_to_client = m.outbox.len(),
+            unacked_to_client = m.outbox.unacked(),
             duration_ms = m.joined_at.elapsed().as_millis() as u64, reason, "member left");
         for id in evict {
             self.remove_member(st, id, "connection not draining (queue full)");

@@ -13,10 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, EngineBuilder};
 use crate::credential::Credential;
-use crate::error::EngineError;
+use crate::error::{Disconnect, EngineError};
 use crate::event::{ConnectionState, Event, Events, IncomingMedia, IncomingMessage, StateReason};
 use crate::link::connect;
-use crate::session::{Command, Outputs, Session, SessionBase};
+use crate::session::{Command, Outputs, Session, SessionBase, new_machine};
 use crate::settings::{ProxyMode, Settings};
 
 /// The largest reliable message payload: a `Message` frame body holds a
@@ -334,7 +334,12 @@ impl Engine {
             user_id: uid,
             resume: None,
         };
-        let link = match connect(&self.inner.config, &settings, join.clone(), &out.events).await {
+        let machine = new_machine(&self.inner.config, join);
+        let join = crate::link::Join {
+            session: &machine,
+            resume: false,
+        };
+        let link = match connect(&self.inner.config, &settings, join, &out.events).await {
             Ok(link) => link,
             Err(e) => {
                 drop(guard);
@@ -354,7 +359,7 @@ impl Engine {
             generation,
             shutdown: self.inner.shutdown.clone(),
         };
-        let session = Session::new(base, join, link.joined);
+        let session = Session::new(base, &link);
         {
             let mut phase = self.phase();
             *phase = Phase::InChannel {
@@ -439,7 +444,7 @@ impl Engine {
         let (commands, _) = self.session("send_message")?;
         commands
             .send(Command::Message(payload))
-            .map_err(|_| EngineError::Disconnected("the channel session has ended".into()))
+            .map_err(|_| EngineError::Disconnected(Disconnect::SessionEnded))
     }
 
     /// Sends a media datagram (unreliable: it may be lost, and is dropped
@@ -467,9 +472,9 @@ impl Engine {
         let (_, media) = self.session("send_media")?;
         match media.try_send(payload) {
             Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(EngineError::Disconnected(
-                "the channel session has ended".into(),
-            )),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(EngineError::Disconnected(Disconnect::SessionEnded))
+            }
         }
     }
 

@@ -99,13 +99,13 @@ pub enum EngineError {
         /// media path was not confirmed.
         addr: SocketAddr,
         /// What failed.
-        reason: String,
+        reason: DirectFailure,
     },
     /// `ProxyMode::Auto`: the direct path and the proxy both failed.
     #[error("the direct path failed ({direct}), and so did the proxy: {proxy}")]
     AutoFailed {
         /// Why the direct path failed.
-        direct: String,
+        direct: Box<Self>,
         /// Why the proxy failed.
         proxy: Box<Self>,
     },
@@ -145,7 +145,58 @@ pub enum EngineError {
     },
     /// The connection to the channel was lost and could not be re-established.
     #[error("the channel connection was lost: {0}")]
-    Disconnected(String),
+    Disconnected(Disconnect),
+}
+
+/// Why the direct path to the media network failed
+/// ([`EngineError::Direct`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DirectFailure {
+    /// The TCP connection was not established.
+    #[error("{0}")]
+    Connect(std::io::Error),
+    /// Joining took longer than the direct timeout.
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+    /// The media network never confirmed the UDP media path.
+    #[error("the media path (UDP) was not confirmed within {after:?}: {why}; UDP may be blocked")]
+    MediaUnconfirmed {
+        /// The direct timeout.
+        after: Duration,
+        /// What the media path did meanwhile.
+        why: MediaUnconfirmed,
+    },
+}
+
+/// Why a media path's registration was not confirmed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MediaUnconfirmed {
+    /// The deadline passed with no confirmation.
+    #[error("no confirmation of the media registration")]
+    NoConfirmation,
+    /// The media path closed first.
+    #[error(transparent)]
+    Closed(MediaClosed),
+}
+
+/// The media path through the proxy closed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the media path closed: {}", reason.as_deref().unwrap_or("no reason given"))]
+pub struct MediaClosed {
+    /// Why, as the tunnel reported it.
+    pub reason: Option<String>,
+}
+
+/// Why an engine call found no channel session ([`EngineError::Disconnected`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Disconnect {
+    /// The session task ended (it left, failed to reconnect, or the engine
+    /// shut down) while the call was made.
+    #[error("the channel session has ended")]
+    SessionEnded,
 }
 
 impl From<cloudproxy_params::ParamError> for EngineError {

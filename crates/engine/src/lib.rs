@@ -82,7 +82,7 @@ mod settings;
 pub use config::EngineBuilder;
 pub use credential::{Credential, CredentialError};
 pub use engine::{Engine, MAX_MEDIA_LEN, MAX_MESSAGE_LEN};
-pub use error::EngineError;
+pub use error::{DirectFailure, Disconnect, EngineError, MediaClosed, MediaUnconfirmed};
 pub use event::{
     ConnectionState, Event, Events, IncomingMedia, IncomingMessage, ProxyType, StateReason,
 };

@@ -5,74 +5,36 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use cloudproxy_proto::client::ClientConfig;
-use cloudproxy_proto::codec::FrameCodec;
-use cloudproxy_proto::frame::{Frame, Join, Joined, Media};
-use cloudproxy_proto::{Address, ErrorCode, Timebase};
+use cloudproxy_proto::frame::{Frame, Joined, Media, Member};
+use cloudproxy_proto::session::{ClientEvent, ClientSession, ClientSessionConfig};
+use cloudproxy_proto::{Address, ErrorCode, Machine, Timebase};
+use cloudproxy_transport::driver::{Driver, Next};
 use cloudproxy_transport::resolve::candidates;
 use cloudproxy_transport::tunnel::{
     MediaPath, MediaPathKind, MediaPolicy, MediaTransport, TunnelError, allocate, open_media,
     open_stream,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::broadcast;
-use tokio_util::codec::Decoder;
 
 use crate::config::Config;
 use crate::credential::Credential;
-use crate::error::EngineError;
+use crate::error::{DirectFailure, EngineError, MediaClosed, MediaUnconfirmed};
 use crate::event::{ConnectionState, Event, ProxyType, StateReason};
 use crate::settings::{ProxyMode, Settings};
 
-/// The framed message channel (TCP, direct or a relay's stream pipe).
-#[derive(Debug)]
-pub(crate) struct Conn {
-    stream: TcpStream,
-    rbuf: BytesMut,
-    codec: FrameCodec,
-}
+/// The message channel: the member's session machine driven over the TCP
+/// stream (direct, or a relay's stream pipe).
+pub(crate) type Channel = Driver<ClientSession, TcpStream>;
 
-impl Conn {
-    fn new(stream: TcpStream, early: &[u8]) -> Self {
-        let mut rbuf = BytesMut::with_capacity(16 * 1024);
-        rbuf.extend_from_slice(early);
-        Self {
-            stream,
-            rbuf,
-            codec: FrameCodec::new(),
-        }
-    }
-
-    /// The next frame; `Ok(None)` at end of stream. Cancel-safe: a frame is
-    /// taken from the buffer only when it is returned.
-    pub(crate) async fn read_frame(&mut self) -> Result<Option<Frame>, String> {
-        loop {
-            match self.codec.decode(&mut self.rbuf) {
-                Ok(Some(frame)) => return Ok(Some(frame)),
-                Ok(None) => {}
-                Err(e) => return Err(format!("malformed data from the media network: {e}")),
-            }
-            match self.stream.read_buf(&mut self.rbuf).await {
-                Ok(0) => return Ok(None),
-                Ok(_) => {}
-                Err(e) => return Err(format!("reading the message channel: {e}")),
-            }
-        }
-    }
-
-    /// Whether a whole frame or part of one is already buffered.
-    pub(crate) fn has_buffered(&self) -> bool {
-        !self.rbuf.is_empty()
-    }
-
-    pub(crate) async fn write_frame(&mut self, frame: &Frame) -> io::Result<()> {
-        self.stream.write_all(&frame.to_bytes()).await
-    }
-
-    pub(crate) async fn shutdown(&mut self) {
-        let _ = self.stream.shutdown().await;
+/// The session machine's timers, from the engine's configuration.
+pub(crate) fn session_config(config: &Config) -> ClientSessionConfig {
+    ClientSessionConfig {
+        keepalive_interval: config.keepalive_interval,
+        keepalive_timeout: config.keepalive_timeout,
+        ..ClientSessionConfig::default()
     }
 }
 
@@ -102,7 +64,7 @@ impl MediaLink {
 
     /// The next datagram; `Err` with the reason once the path has closed.
     /// Cancel-safe.
-    pub(crate) async fn recv(&mut self, buf: &mut [u8]) -> Result<Bytes, String> {
+    pub(crate) async fn recv(&mut self, buf: &mut [u8]) -> Result<Bytes, MediaClosed> {
         match self {
             Self::Direct(socket) => loop {
                 // ICMP errors (nothing listening yet) are not fatal for UDP.
@@ -112,11 +74,9 @@ impl MediaLink {
             },
             Self::Relay(path) => match path.recv().await {
                 Some(datagram) => Ok(datagram),
-                None => Err(format!(
-                    "the media path closed: {}",
-                    path.closed_reason()
-                        .unwrap_or_else(|| "no reason given".into())
-                )),
+                None => Err(MediaClosed {
+                    reason: path.closed_reason(),
+                }),
             },
         }
     }
@@ -132,9 +92,13 @@ pub(crate) enum Route {
 /// A joined connection, its media path confirmed by the media network.
 #[derive(Debug)]
 pub(crate) struct Link {
-    pub(crate) conn: Conn,
+    pub(crate) channel: Channel,
     pub(crate) media: MediaLink,
     pub(crate) joined: Joined,
+    /// Whether the membership was resumed (false: a new one).
+    pub(crate) resumed: bool,
+    /// Members of the earlier membership that a new one forgot.
+    pub(crate) forgotten: Vec<Member>,
     pub(crate) route: Route,
     /// Media from other members that arrived while the registration was
     /// being confirmed; delivered first.
@@ -154,7 +118,7 @@ async fn confirm_media(
     media: &mut MediaLink,
     joined: &Joined,
     deadline: tokio::time::Instant,
-) -> Result<Vec<Bytes>, String> {
+) -> Result<Vec<Bytes>, MediaUnconfirmed> {
     let registration = Frame::Media(Media {
         member_id: joined.member_id,
         token: joined.media_token,
@@ -169,7 +133,7 @@ async fn confirm_media(
     loop {
         let now = tokio::time::Instant::now();
         if now >= deadline {
-            return Err("no confirmation of the media registration".into());
+            return Err(MediaUnconfirmed::NoConfirmation);
         }
         media.send(registration.clone()).await;
         let resend_at = (now + retry).min(deadline);
@@ -177,7 +141,7 @@ async fn confirm_media(
         loop {
             tokio::select! {
                 datagram = media.recv(&mut buf) => {
-                    let datagram = datagram?;
+                    let datagram = datagram.map_err(MediaUnconfirmed::Closed)?;
                     match Frame::decode(datagram.clone()) {
                         // The confirmation: our own empty registration back.
                         Ok(Frame::Media(m))
@@ -204,18 +168,19 @@ async fn confirm_media(
 pub(crate) async fn connect(
     config: &Config,
     settings: &Settings,
-    join: Join,
+    join: Join<'_>,
     events: &broadcast::Sender<Event>,
 ) -> Result<Link, EngineError> {
     let started = Instant::now();
     match settings.mode {
         ProxyMode::Off => direct(config, join).await,
-        ProxyMode::Auto => match direct(config, join.clone()).await {
+        ProxyMode::Auto => match direct(config, join).await {
             Ok(link) => Ok(link),
             // The media network answered: the path works, the join did not.
             Err(e @ EngineError::JoinRefused { .. }) => Err(e),
             Err(direct_error) => {
                 let why = direct_error.to_string();
+                let direct = Box::new(direct_error);
                 tracing::info!(%why, "direct path failed; trying the proxy");
                 let _ = events.send(Event::DirectPathFailed { why: why.clone() });
                 proxy(
@@ -230,7 +195,7 @@ pub(crate) async fn connect(
                 .map_err(|proxy| match proxy {
                     e @ EngineError::JoinRefused { .. } => e,
                     proxy => EngineError::AutoFailed {
-                        direct: why,
+                        direct,
                         proxy: Box::new(proxy),
                     },
                 })
@@ -274,7 +239,7 @@ pub(crate) async fn connect(
 
 /// Straight to the media network, bounded by `direct_timeout` as a whole
 /// (joining and confirming the media path).
-async fn direct(config: &Config, join: Join) -> Result<Link, EngineError> {
+async fn direct(config: &Config, join: Join<'_>) -> Result<Link, EngineError> {
     let addr = config.edge_tcp;
     let deadline = tokio::time::Instant::now() + config.direct_timeout;
     let attempt = async {
@@ -282,42 +247,45 @@ async fn direct(config: &Config, join: Join) -> Result<Link, EngineError> {
             .await
             .map_err(|e| EngineError::Direct {
                 addr,
-                reason: e.to_string(),
+                reason: DirectFailure::Connect(e),
             })?;
         let _ = stream.set_nodelay(true);
-        let mut conn = Conn::new(stream, &[]);
-        let joined = handshake(&mut conn, join).await?;
+        let mut channel = join.channel(stream, &[]);
+        let joined = handshake(&mut channel).await?;
         let socket = udp_to(config.edge_udp)
             .await
             .map_err(|cause| EngineError::Io {
                 what: "opening the direct media socket",
                 cause,
             })?;
-        Ok::<_, EngineError>((conn, joined, socket))
+        Ok::<_, EngineError>((channel, joined, socket))
     };
-    let (conn, joined, socket) = match tokio::time::timeout_at(deadline, attempt).await {
-        Ok(result) => result?,
-        Err(_) => {
-            return Err(EngineError::Direct {
-                addr,
-                reason: format!("no answer within {:?}", config.direct_timeout),
-            });
-        }
-    };
+    let (channel, (joined, resumed, forgotten), socket) =
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(EngineError::Direct {
+                    addr,
+                    reason: DirectFailure::NoAnswer(config.direct_timeout),
+                });
+            }
+        };
     let mut media = MediaLink::Direct(socket);
     let early_media = confirm_media(&mut media, &joined, deadline)
         .await
         .map_err(|why| EngineError::Direct {
             addr: config.edge_udp,
-            reason: format!(
-                "the media path (UDP) was not confirmed within {:?}: {why}; UDP may be blocked",
-                config.direct_timeout
-            ),
+            reason: DirectFailure::MediaUnconfirmed {
+                after: config.direct_timeout,
+                why,
+            },
         })?;
     Ok(Link {
-        conn,
+        channel,
         media,
         joined,
+        resumed,
+        forgotten,
         route: Route::Direct,
         early_media,
     })
@@ -340,7 +308,7 @@ async fn proxy(
     config: &Config,
     settings: &Settings,
     transport: MediaTransport,
-    join: Join,
+    join: Join<'_>,
     events: &broadcast::Sender<Event>,
     started: Instant,
 ) -> Result<Link, EngineError> {
@@ -390,10 +358,10 @@ async fn proxy(
         &config.dial,
     )
     .await?;
-    let mut conn = Conn::new(stream, &early);
+    let mut channel = join.channel(stream, &early);
     // The join and the media path's confirmation share one deadline.
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
-    let joined = tokio::time::timeout_at(deadline, handshake(&mut conn, join))
+    let (joined, resumed, forgotten) = tokio::time::timeout_at(deadline, handshake(&mut channel))
         .await
         .map_err(|_| EngineError::Timeout {
             what: "joining the channel through the proxy",
@@ -422,9 +390,11 @@ async fn proxy(
         elapsed: started.elapsed(),
     });
     Ok(Link {
-        conn,
+        channel,
         media,
         joined,
+        resumed,
+        forgotten,
         route: Route::Proxy(proxy_type),
         early_media,
     })
@@ -458,47 +428,62 @@ fn client_config(config: &Config) -> ClientConfig {
     client
 }
 
-/// Sends `join` and waits for `Joined`.
-async fn handshake(conn: &mut Conn, join: Join) -> Result<Joined, EngineError> {
+/// What a connection attempt joins with: a copy of the member's session
+/// machine (so an attempt that fails or is abandoned leaves the session
+/// as it was), fresh or resuming.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Join<'a> {
+    pub(crate) session: &'a ClientSession,
+    pub(crate) resume: bool,
+}
+
+impl Join<'_> {
+    /// The message channel over `stream`, `Join` queued, with the bytes
+    /// that arrived with the stream's opening already fed in.
+    fn channel(self, stream: TcpStream, early: &[u8]) -> Channel {
+        let mut session = self.session.clone();
+        let now = Instant::now();
+        session.connect(now, self.resume);
+        if !early.is_empty() {
+            session.handle_input(now, early);
+        }
+        Driver::new(session, stream)
+    }
+}
+
+/// Runs the channel until the edge answers the queued `Join`: the
+/// membership, whether it was resumed, and the members a new membership
+/// forgot.
+async fn handshake(channel: &mut Channel) -> Result<(Joined, bool, Vec<Member>), EngineError> {
     let what = "joining the channel";
-    conn.write_frame(&Frame::Join(join))
-        .await
-        .map_err(|cause| EngineError::Io { what, cause })?;
+    let expected = "Joined or JoinRefused";
     loop {
-        let frame = conn
-            .read_frame()
-            .await
-            .map_err(|found| EngineError::Protocol {
-                what,
-                expected: "Joined or JoinRefused",
-                found,
-            })?;
-        match frame {
-            Some(Frame::Joined(joined)) => return Ok(joined),
-            Some(Frame::JoinRefused(e) | Frame::Error(e)) => {
-                return Err(EngineError::JoinRefused {
-                    code: e.code,
-                    message: e.message.as_str().to_owned(),
-                });
+        match channel.next_event().await {
+            Next::Event(ClientEvent::Joined {
+                joined,
+                resumed,
+                forgotten,
+            }) => return Ok((joined, resumed, forgotten)),
+            Next::Event(ClientEvent::Refused { code, message }) => {
+                return Err(EngineError::JoinRefused { code, message });
             }
-            Some(Frame::Ping(v)) => conn
-                .write_frame(&Frame::Pong(v))
-                .await
-                .map_err(|cause| EngineError::Io { what, cause })?,
-            Some(other) => {
+            Next::Event(ClientEvent::Lost(e)) => {
                 return Err(EngineError::Protocol {
                     what,
-                    expected: "Joined or JoinRefused",
-                    found: format!("{other:?}"),
+                    expected,
+                    found: e.to_string(),
                 });
             }
-            None => {
+            // Nothing else comes before `Joined`.
+            Next::Event(_) => {}
+            Next::PeerClosed => {
                 return Err(EngineError::Protocol {
                     what,
-                    expected: "Joined or JoinRefused",
+                    expected,
                     found: "the connection closed".into(),
                 });
             }
+            Next::Io(cause) => return Err(EngineError::Io { what, cause }),
         }
     }
 }

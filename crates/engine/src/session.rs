@@ -1,22 +1,26 @@
-//! The task that runs a joined channel: reads and writes the message
-//! channel, moves media, keeps the connection alive, and re-establishes it
-//! (resuming the membership) when it is lost.
+//! The task that runs a joined channel: drives the member's session machine
+//! (`cloudproxy_proto::session::ClientSession`: messages, acks, keepalive)
+//! over the message channel against the app's commands, moves media, and
+//! re-establishes the connection (resuming the membership) when it is lost.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cloudproxy_proto::frame::{Frame, Join, Joined, Media, Resume};
-use cloudproxy_proto::reliable::{Inbox, Outbox, Received};
+use cloudproxy_proto::SessionError;
+use cloudproxy_proto::frame::{Frame, Joined, Media};
+use cloudproxy_proto::session::{ClientEvent, ClientSession};
+use cloudproxy_transport::driver::Next;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::engine::Phase;
+use crate::error::MediaClosed;
 use crate::event::{ConnectionState, Event, IncomingMedia, IncomingMessage, StateReason};
-use crate::link::{Link, attempt_bound, connect, is_resume_refused};
+use crate::link::{Join, Link, attempt_bound, connect, is_resume_refused};
 use crate::settings::Settings;
 
 /// What the application asks of a running session.
@@ -43,10 +47,39 @@ impl Outputs {
     }
 }
 
-/// Why [`Session::drive`] stopped.
+/// Why a channel connection was lost.
+#[derive(Debug, thiserror::Error)]
+enum Lost {
+    /// The edge closed the message channel.
+    #[error("the message channel closed")]
+    Closed,
+    /// Reading or writing the message channel failed.
+    #[error("the message channel failed: {0}")]
+    Io(std::io::Error),
+    /// The session machine gave up on the connection (keepalive deadline,
+    /// an `Error` from the edge, a protocol violation).
+    #[error("{0}")]
+    Session(SessionError),
+    /// The media path through the proxy closed.
+    #[error(transparent)]
+    Media(MediaClosed),
+}
+
+impl Lost {
+    fn reason(&self) -> StateReason {
+        match self {
+            Self::Session(SessionError::Timeout { .. }) => StateReason::KeepaliveTimeout,
+            _ => StateReason::Interrupted,
+        }
+    }
+}
+
+/// Why [`Session::drive`] or [`Session::reconnect`] stopped.
 enum End {
     Leave(Option<oneshot::Sender<()>>),
-    Lost(StateReason, String),
+    Lost(Lost),
+    /// The reconnect window closed.
+    GaveUp,
 }
 
 /// What a session shares with its engine.
@@ -60,23 +93,19 @@ pub(crate) struct SessionBase {
 }
 
 pub(crate) struct Session {
-    pub(crate) config: Arc<Config>,
-    pub(crate) settings: Settings,
-    pub(crate) out: Outputs,
-    pub(crate) phase: Arc<Mutex<Phase>>,
-    pub(crate) generation: u64,
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) join: Join,
-    pub(crate) joined: Joined,
-    pub(crate) outbox: Outbox,
-    pub(crate) inbox: Inbox,
-    pub(crate) members: HashMap<u32, u32>,
-    pub(crate) ping_value: u64,
+    config: Arc<Config>,
+    settings: Settings,
+    out: Outputs,
+    phase: Arc<Mutex<Phase>>,
+    generation: u64,
+    shutdown: CancellationToken,
+    /// The membership's media address and token.
+    joined: Joined,
 }
 
 impl Session {
-    /// A session for a fresh membership.
-    pub(crate) fn new(base: SessionBase, join: Join, joined: Joined) -> Self {
+    /// A session for the membership `link` joined.
+    pub(crate) fn new(base: SessionBase, link: &Link) -> Self {
         let SessionBase {
             config,
             settings,
@@ -92,12 +121,7 @@ impl Session {
             phase,
             generation,
             shutdown,
-            join,
-            outbox: Outbox::new(joined.member_id),
-            joined,
-            inbox: Inbox::new(),
-            members: HashMap::new(),
-            ping_value: 0,
+            joined: link.joined,
         }
     }
 
@@ -113,26 +137,28 @@ impl Session {
         loop {
             match self.drive(&mut link, &mut commands, &mut media).await {
                 End::Leave(ack) => {
+                    link.channel.machine_mut().leave();
                     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                        let _ = link.conn.write_frame(&Frame::Leave).await;
-                        link.conn.shutdown().await;
+                        let _ = link.channel.flush().await;
+                        let (_, mut stream) = link.channel.into_parts();
+                        let _ = stream.shutdown().await;
                     })
                     .await;
-                    drop(link);
                     self.finish(ConnectionState::Disconnected, StateReason::Left, ack);
                     return;
                 }
-                End::Lost(reason, detail) => {
-                    tracing::warn!(%detail, ?reason, "channel connection lost; re-establishing");
-                    drop(link);
+                End::Lost(lost) => {
+                    let reason = lost.reason();
+                    tracing::warn!(detail = %lost, ?reason, "channel connection lost; re-establishing");
+                    let (machine, _) = link.channel.into_parts();
                     self.out.state(ConnectionState::Reconnecting, reason);
-                    match self.reconnect(&mut commands).await {
+                    match self.reconnect(machine, &mut commands).await {
                         Ok(new_link) => link = new_link,
                         Err(End::Leave(ack)) => {
                             self.finish(ConnectionState::Disconnected, StateReason::Left, ack);
                             return;
                         }
-                        Err(End::Lost(..)) => {
+                        Err(End::Lost(_) | End::GaveUp) => {
                             self.finish(
                                 ConnectionState::Failed,
                                 StateReason::ReconnectFailed,
@@ -141,6 +167,10 @@ impl Session {
                             return;
                         }
                     }
+                }
+                End::GaveUp => {
+                    self.finish(ConnectionState::Failed, StateReason::ReconnectFailed, None);
+                    return;
                 }
             }
         }
@@ -186,127 +216,74 @@ impl Session {
         commands: &mut mpsc::UnboundedReceiver<Command>,
         media: &mut mpsc::Receiver<Bytes>,
     ) -> End {
-        let mut last_tx = Instant::now();
-        let mut last_rx = Instant::now();
         let mut buf = vec![0u8; 2048];
         for datagram in std::mem::take(&mut link.early_media) {
-            self.on_media(&datagram);
+            self.on_media(link, &datagram);
         }
         loop {
-            let ping_at = last_tx + self.config.keepalive_interval;
-            let dead_at = last_rx + self.config.keepalive_timeout;
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return End::Leave(None),
-                frame = link.conn.read_frame() => {
-                    let frame = match frame {
-                        Ok(Some(frame)) => frame,
-                        Ok(None) => return End::Lost(StateReason::Interrupted, "the message channel closed".into()),
-                        Err(e) => return End::Lost(StateReason::Interrupted, e),
-                    };
-                    last_rx = Instant::now();
-                    if let Err(e) = self.on_frame(link, frame).await {
-                        return End::Lost(StateReason::Interrupted, e);
-                    }
-                    if self.inbox.has_unacked() && (self.inbox.ack_due() || !link.conn.has_buffered()) {
-                        let ack = Frame::Ack(self.inbox.ack());
-                        if let Err(e) = link.conn.write_frame(&ack).await {
-                            return End::Lost(StateReason::Interrupted, format!("writing an ack: {e}"));
+                next = link.channel.next_event() => match next {
+                    Next::Event(event) => {
+                        if let Some(end) = self.on_event(link, event).await {
+                            return end;
                         }
-                        last_tx = Instant::now();
                     }
-                }
+                    Next::PeerClosed => return End::Lost(Lost::Closed),
+                    Next::Io(e) => return End::Lost(Lost::Io(e)),
+                },
                 command = commands.recv() => match command {
                     Some(Command::Message(payload)) => {
-                        let message = self.outbox.push(payload);
-                        if let Err(e) = link.conn.write_frame(&Frame::Message(message)).await {
-                            return End::Lost(StateReason::Interrupted, format!("writing a message: {e}"));
-                        }
-                        last_tx = Instant::now();
+                        link.channel.machine_mut().send(payload);
                     }
                     Some(Command::Leave(ack)) => return End::Leave(Some(ack)),
                     None => return End::Leave(None),
                 },
                 Some(payload) = media.recv() => link.media.send(self.media_frame(payload)).await,
                 datagram = link.media.recv(&mut buf) => match datagram {
-                    Ok(datagram) => self.on_media(&datagram),
-                    Err(e) => return End::Lost(StateReason::Interrupted, e),
+                    Ok(datagram) => self.on_media(link, &datagram),
+                    Err(e) => return End::Lost(Lost::Media(e)),
                 },
-                () = tokio::time::sleep_until(ping_at.min(dead_at)) => {
-                    let now = Instant::now();
-                    if now >= dead_at {
-                        return End::Lost(
-                            StateReason::KeepaliveTimeout,
-                            format!("nothing received for {:?}", self.config.keepalive_timeout),
-                        );
-                    }
-                    self.ping_value += 1;
-                    if let Err(e) = link.conn.write_frame(&Frame::Ping(self.ping_value)).await {
-                        return End::Lost(StateReason::Interrupted, format!("writing a ping: {e}"));
-                    }
-                    self.register_media(link).await;
-                    last_tx = now;
-                }
             }
         }
     }
 
-    async fn on_frame(&mut self, link: &mut Link, frame: Frame) -> Result<(), String> {
-        match frame {
-            Frame::Message(message) => match self.inbox.receive(&message) {
-                Received::Deliver => {
-                    let _ = self.out.messages.send(IncomingMessage {
-                        uid: self.members.get(&message.from).copied(),
-                        member_id: message.from,
-                        payload: message.payload,
-                    });
-                }
-                Received::Duplicate => {}
-                Received::Gap => {
-                    tracing::debug!(seq = message.seq, "message beyond a gap dropped");
-                }
-            },
-            Frame::Ack(seq) => self.outbox.acknowledge(seq),
-            Frame::Ping(v) => link
-                .conn
-                .write_frame(&Frame::Pong(v))
-                .await
-                .map_err(|e| format!("writing a pong: {e}"))?,
-            Frame::Pong(_) => {}
-            Frame::MemberJoined(m) => {
-                if self.members.insert(m.member_id, m.user_id).is_none() {
-                    let _ = self.out.events.send(Event::UserJoined {
-                        uid: m.user_id,
-                        member_id: m.member_id,
-                    });
-                }
+    async fn on_event(&mut self, link: &Link, event: ClientEvent) -> Option<End> {
+        match event {
+            ClientEvent::Message(message) => {
+                let _ = self.out.messages.send(IncomingMessage {
+                    uid: link.channel.machine().user_id(message.from),
+                    member_id: message.from,
+                    payload: message.payload,
+                });
             }
-            Frame::MemberLeft(m) => {
-                if self.members.remove(&m.member_id).is_some() {
-                    let _ = self.out.events.send(Event::UserLeft {
-                        uid: m.user_id,
-                        member_id: m.member_id,
-                    });
-                }
+            ClientEvent::MemberJoined(m) => {
+                let _ = self.out.events.send(Event::UserJoined {
+                    uid: m.user_id,
+                    member_id: m.member_id,
+                });
             }
-            Frame::Error(e) => {
-                return Err(format!("the media network closed the channel: {}", e.code));
+            ClientEvent::MemberLeft(m) => {
+                let _ = self.out.events.send(Event::UserLeft {
+                    uid: m.user_id,
+                    member_id: m.member_id,
+                });
             }
-            other => {
-                return Err(format!(
-                    "unexpected {other:?} from the media network while in the channel"
-                ));
-            }
+            ClientEvent::KeepaliveSent => self.register_media(link).await,
+            ClientEvent::Lost(e) => return Some(End::Lost(Lost::Session(e))),
+            // Answers to a `Join`: `connect` consumed them.
+            ClientEvent::Joined { .. } | ClientEvent::Refused { .. } => {}
         }
-        Ok(())
+        None
     }
 
-    fn on_media(&self, datagram: &Bytes) {
+    fn on_media(&self, link: &Link, datagram: &Bytes) {
         match Frame::decode(datagram.clone()) {
             // Empty payloads are address registrations, not media.
             Ok(Frame::Media(media)) if !media.payload.is_empty() => {
                 let _ = self.out.media.try_send(IncomingMedia {
-                    uid: self.members.get(&media.member_id).copied(),
+                    uid: link.channel.machine().user_id(media.member_id),
                     member_id: media.member_id,
                     payload: media.payload,
                 });
@@ -316,31 +293,31 @@ impl Session {
         }
     }
 
-    /// Re-establishes the connection, resuming the membership, until the
-    /// reconnect window closes. Messages sent meanwhile are queued. `Err`:
-    /// the app left (or dropped the engine) meanwhile, or the window closed.
+    /// Re-establishes the connection, resuming the membership of `machine`,
+    /// until the reconnect window closes. Messages sent meanwhile are queued.
+    /// `Err`: the app left (or dropped the engine) meanwhile, or the window
+    /// closed.
     async fn reconnect(
         &mut self,
+        machine: ClientSession,
         commands: &mut mpsc::UnboundedReceiver<Command>,
     ) -> Result<Link, End> {
         let give_up = Instant::now() + self.config.reconnect_timeout;
         let mut backoff = Duration::from_millis(100);
         let mut resume = true;
+        // Sent after the resume, numbered after what the edge still lacks.
+        let mut queued = Vec::new();
         loop {
-            let mut join = self.join.clone();
-            if resume {
-                join.resume = Some(Resume {
-                    member_id: self.joined.member_id,
-                    resume_token: self.joined.resume_token,
-                    last_received: self.inbox.last_received(),
-                });
-            }
             let (config, settings, events) = (
                 self.config.clone(),
                 self.settings.clone(),
                 self.out.events.clone(),
             );
             let bound = attempt_bound(&config);
+            let join = Join {
+                session: &machine,
+                resume,
+            };
             let attempt = async move {
                 tokio::time::timeout(bound, connect(&config, &settings, join, &events)).await
             };
@@ -350,8 +327,7 @@ impl Session {
                     biased;
                     () = self.shutdown.cancelled() => return Err(End::Leave(None)),
                     command = commands.recv() => match command {
-                        // Queued: numbered now, sent after the resume.
-                        Some(Command::Message(payload)) => { self.outbox.push(payload); }
+                        Some(Command::Message(payload)) => queued.push(payload),
                         Some(Command::Leave(ack)) => return Err(End::Leave(Some(ack))),
                         None => return Err(End::Leave(None)),
                     },
@@ -359,12 +335,13 @@ impl Session {
                 }
             };
             match result {
-                Ok(Ok(mut link)) => match self.resumed(&mut link, resume).await {
-                    Ok(()) => return Ok(link),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "connection lost right after re-establishing it")
+                Ok(Ok(mut link)) => {
+                    for payload in queued {
+                        link.channel.machine_mut().send(payload);
                     }
-                },
+                    self.resumed(&mut link);
+                    return Ok(link);
+                }
                 Ok(Err(e)) if resume && is_resume_refused(&e) => {
                     tracing::warn!(error = %e, "membership could not be resumed; joining afresh");
                     resume = false;
@@ -376,7 +353,7 @@ impl Session {
                 }
             }
             if Instant::now() + backoff >= give_up {
-                return Err(End::Lost(StateReason::ReconnectFailed, "gave up".into()));
+                return Err(End::GaveUp);
             }
             tokio::select! {
                 () = self.shutdown.cancelled() => return Err(End::Leave(None)),
@@ -386,37 +363,32 @@ impl Session {
         }
     }
 
-    /// After a successful (re)join: resend what the edge is missing.
-    async fn resumed(&mut self, link: &mut Link, resume: bool) -> Result<(), String> {
-        let joined = link.joined;
-        let reason = if resume && joined.resumed {
+    /// After a successful (re)join: report the state. The session machine
+    /// already queued what the edge is missing.
+    fn resumed(&mut self, link: &mut Link) {
+        let reason = if link.resumed {
             StateReason::Resumed
         } else {
-            // A fresh membership: new numbering on both sides.
-            let pending: Vec<Bytes> = self.outbox.resend_after(0).map(|m| m.payload).collect();
-            self.outbox = Outbox::new(joined.member_id);
-            for payload in pending {
-                self.outbox.push(payload);
-            }
-            self.inbox = Inbox::new();
-            for (member_id, uid) in self.members.drain() {
-                let _ = self.out.events.send(Event::UserLeft { uid, member_id });
+            // A new membership: the members of the old one are gone.
+            for m in std::mem::take(&mut link.forgotten) {
+                let _ = self.out.events.send(Event::UserLeft {
+                    uid: m.user_id,
+                    member_id: m.member_id,
+                });
             }
             StateReason::Rejoined
         };
-        self.joined = joined;
-        let resend: Vec<_> = self
-            .outbox
-            .resend_after(self.joined.last_received)
-            .collect();
-        for message in resend {
-            link.conn
-                .write_frame(&Frame::Message(message))
-                .await
-                .map_err(|e| format!("resending a message: {e}"))?;
-        }
+        self.joined = link.joined;
         // The media path was confirmed by `connect`.
         self.out.state(ConnectionState::Connected, reason);
-        Ok(())
     }
+}
+
+/// A session for the first membership: its machine, ready to connect.
+pub(crate) fn new_machine(config: &Config, join: cloudproxy_proto::frame::Join) -> ClientSession {
+    ClientSession::new(
+        crate::link::session_config(config),
+        join,
+        std::time::Instant::now(),
+    )
 }

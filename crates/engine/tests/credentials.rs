@@ -253,7 +253,13 @@ fn errors_print_their_cause_once() {
     printed_once(&params, &inner);
 
     let auto = EngineError::AutoFailed {
-        direct: "connection refused".into(),
+        direct: Box::new(EngineError::Direct {
+            addr: "127.0.0.1:9".parse().unwrap(),
+            reason: cloudproxy_engine::DirectFailure::Connect(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "connection refused",
+            )),
+        }),
         proxy: Box::new(io),
     };
     printed_once(&auto, "connection reset by peer");

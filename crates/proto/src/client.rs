@@ -244,7 +244,7 @@ impl Allocator {
                 match self.codec.decode(&mut self.buf) {
                     Ok(Some(f)) => f,
                     Ok(None) => return,
-                    Err(e) => return self.fail(SessionError::protocol(&e)),
+                    Err(e) => return self.fail(SessionError::protocol(e)),
                 }
             }
         };
@@ -505,7 +505,7 @@ impl RelayBinding {
                         Err(e) => {
                             let code = e.wire_code();
                             self.queue_frame(&Frame::Error(ErrorFrame::new(code)));
-                            return self.close_with(SessionError::protocol(&e));
+                            return self.close_with(SessionError::protocol(e));
                         }
                     }
                 }
@@ -554,10 +554,12 @@ impl RelayBinding {
         match (&mut self.state, frame) {
             (BindState::Binding { .. }, Frame::BindOk(ok)) => {
                 if ok.mode != self.mode {
-                    return self.close_with(SessionError::Protocol(format!(
-                        "BindOk mode {:?} differs from requested {:?}",
-                        ok.mode, self.mode
-                    )));
+                    return self.close_with(SessionError::Protocol(
+                        crate::error::PeerMisbehaved::BindModeMismatch {
+                            requested: self.mode,
+                            found: ok.mode,
+                        },
+                    ));
                 }
                 self.last_recv = now;
                 if ok.keepalive_secs > 0 {

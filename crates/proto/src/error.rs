@@ -291,9 +291,10 @@ pub enum SessionError {
         /// The peer's human-readable message (may be empty).
         message: String,
     },
-    /// The peer's bytes did not parse.
+    /// The peer broke the protocol: its bytes did not parse, or a field
+    /// contradicts what was asked.
     #[error("protocol error from peer: {0}")]
-    Protocol(String),
+    Protocol(PeerMisbehaved),
     /// A valid frame arrived where the state machine does not allow it.
     #[error("unexpected {found} frame while {state}")]
     UnexpectedFrame {
@@ -328,7 +329,48 @@ pub enum SessionError {
 }
 
 impl SessionError {
-    pub(crate) fn protocol(e: &CodecError) -> Self {
-        Self::Protocol(e.to_string())
+    pub(crate) fn protocol(e: CodecError) -> Self {
+        Self::Protocol(PeerMisbehaved::Malformed(std::sync::Arc::new(e)))
     }
 }
+
+/// How a peer broke the protocol ([`SessionError::Protocol`]), after rustls'
+/// `PeerMisbehaved`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerMisbehaved {
+    /// Its bytes did not decode (shared: a session error is cloned to every
+    /// observer).
+    #[error("{0}")]
+    Malformed(std::sync::Arc<CodecError>),
+    /// `BindOk` names another relay mode than the `Bind` asked for.
+    #[error("BindOk mode {found:?} differs from requested {requested:?}")]
+    BindModeMismatch {
+        /// The mode the client asked for.
+        requested: crate::frame::BindMode,
+        /// The mode the relay answered with.
+        found: crate::frame::BindMode,
+    },
+}
+
+impl PartialEq for PeerMisbehaved {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            // `CodecError` has no equality of its own: the same decode error
+            // prints the same located message.
+            (Self::Malformed(a), Self::Malformed(b)) => {
+                std::sync::Arc::ptr_eq(a, b) || a.to_string() == b.to_string()
+            }
+            (
+                Self::BindModeMismatch { requested, found },
+                Self::BindModeMismatch {
+                    requested: r,
+                    found: f,
+                },
+            ) => requested == r && found == f,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for PeerMisbehaved {}

@@ -12,6 +12,7 @@
 //! * [`ticket`]: HMAC-SHA256 tickets with key ids, and credential proofs;
 //! * [`reliable`]: sequence numbers, cumulative acks and resume for the
 //!   client ↔ edge message channel (exactly once across a relay failover);
+//! * [`session`]: the client ↔ media edge message channel's two sides;
 //! * [`client`] and [`server`]: sans-I/O state machines — time comes in as
 //!   an argument, outputs are polled (`poll_transmit`, `poll_timeout`,
 //!   `poll_event`); every machine implements [`Machine`], so one driver runs
@@ -39,6 +40,7 @@ pub mod frame;
 mod machine;
 pub mod reliable;
 pub mod server;
+pub mod session;
 pub mod ticket;
 mod time;
 mod types;
@@ -48,7 +50,7 @@ mod wire;
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use error::{CodecError, ErrorCode, SessionError, TicketError};
+pub use error::{CodecError, ErrorCode, PeerMisbehaved, SessionError, TicketError};
 pub use machine::Machine;
 pub use time::Timebase;
 pub use types::{

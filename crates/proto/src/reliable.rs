@@ -34,11 +34,17 @@ use bytes::Bytes;
 use crate::frame::Message;
 
 /// The sending half: numbers messages from 1 and keeps them until acknowledged.
+///
+/// A client stamps its own member id on everything it sends ([`push`](Self::push));
+/// the edge relays many senders to one recipient in the recipient's own
+/// sequence space ([`push_from`](Self::push_from)).
 #[derive(Debug, Clone)]
 pub struct Outbox {
     from: u32,
     next_seq: u64,
     unacked: VecDeque<Message>,
+    /// Payload bytes not yet acknowledged (the edge's memory limit).
+    bytes: usize,
 }
 
 impl Outbox {
@@ -49,17 +55,25 @@ impl Outbox {
             from,
             next_seq: 1,
             unacked: VecDeque::new(),
+            bytes: 0,
         }
     }
 
     /// Numbers `payload` and keeps it until acknowledged; returns the message to send.
     pub fn push(&mut self, payload: Bytes) -> Message {
+        self.push_from(self.from, payload)
+    }
+
+    /// Like [`push`](Self::push), for a message from member `from` (a relay
+    /// forwarding other members' messages).
+    pub fn push_from(&mut self, from: u32, payload: Bytes) -> Message {
         let m = Message {
             seq: self.next_seq,
-            from: self.from,
+            from,
             payload,
         };
         self.next_seq += 1;
+        self.bytes += m.payload.len();
         self.unacked.push_back(m.clone());
         m
     }
@@ -68,7 +82,8 @@ impl Outbox {
     /// Acknowledgements for messages never sent are ignored.
     pub fn acknowledge(&mut self, seq: u64) {
         let seq = seq.min(self.next_seq - 1);
-        while self.unacked.front().is_some_and(|m| m.seq <= seq) {
+        while let Some(m) = self.unacked.front().filter(|m| m.seq <= seq) {
+            self.bytes -= m.payload.len();
             self.unacked.pop_front();
         }
     }
@@ -84,6 +99,12 @@ impl Outbox {
     #[must_use]
     pub fn unacked(&self) -> usize {
         self.unacked.len()
+    }
+
+    /// Payload bytes sent and not yet acknowledged.
+    #[must_use]
+    pub fn unacked_bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The sequence number the next message gets.
@@ -162,5 +183,28 @@ impl Inbox {
     pub fn ack(&mut self) -> u64 {
         self.unacked_deliveries = 0;
         self.last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relay_outbox_numbers_acks_and_resends_with_per_message_sender() {
+        let mut out = Outbox::new(0);
+        let a = out.push_from(10, Bytes::from_static(b"a"));
+        let b = out.push_from(20, Bytes::from_static(b"bb"));
+        let c = out.push_from(10, Bytes::from_static(b"ccc"));
+        assert_eq!((a.seq, b.seq, c.seq), (1, 2, 3));
+        assert_eq!((a.from, b.from, c.from), (10, 20, 10));
+        assert_eq!((out.unacked(), out.unacked_bytes()), (3, 6));
+        out.acknowledge(1);
+        assert_eq!((out.unacked(), out.unacked_bytes()), (2, 5));
+        let resent: Vec<_> = out.resend_after(2).collect();
+        assert_eq!(resent, vec![c]);
+        out.acknowledge(u64::MAX); // clamped, not a panic
+        assert_eq!((out.unacked(), out.unacked_bytes()), (0, 0));
+        assert_eq!(out.push_from(20, Bytes::new()).seq, 4);
     }
 }

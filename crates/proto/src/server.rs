@@ -815,7 +815,7 @@ impl Connection {
                     return self.fail(
                         e.wire_code(),
                         Some(&e.to_string()),
-                        SessionError::protocol(&e),
+                        SessionError::protocol(e),
                     );
                 }
             }

@@ -176,9 +176,15 @@ impl CloudProxyEngine {
         Ok(handle.block_on(engine.leave_channel())?)
     }
 
-    /// Leaves any channel, stops the runtime, delivers the events still
-    /// queued and ends the event thread (waiting for it unless called from
-    /// a callback). Idempotent; also done when the engine is dropped.
+    /// The guide's `destroy`: leaves any channel, stops the runtime,
+    /// delivers the events still queued and ends the event thread (waiting
+    /// for it unless called from a callback). Idempotent; also done when the
+    /// engine is dropped.
+    ///
+    /// Exported to Kotlin, Swift and Python as `release()`: UniFFI's Kotlin
+    /// objects already have a `destroy()` (and `close()`), which free the
+    /// object and so do the same.
+    #[uniffi::method(name = "release")]
     pub fn destroy(&self) {
         let live = self
             .live

@@ -127,10 +127,10 @@ def main():
     bob.leave_channel()
     a.wait_for("bob leaving", lambda e: e == ("user_left", 2))
     alice.leave_channel()
-    alice.destroy()
-    bob.destroy()
+    alice.release()
+    bob.release()
     left = ("state", ConnectionState.DISCONNECTED, StateReason.LEFT)
-    assert left in a.seen and left in b.seen, "Disconnected/Left delivered before destroy returned"
+    assert left in a.seen and left in b.seen, "Disconnected/Left delivered before release returned"
     try:
         alice.send_message(b"late")
         raise AssertionError("a destroyed engine accepted a call")

@@ -10,6 +10,7 @@
 //! Windows it is also linked, with Debian's mingw-w64 as the linker, into
 //! the DLL an app ships (`cloudproxy_ffi.dll`).
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use crate::provision::apt_install;
@@ -29,7 +30,7 @@ const CLIENT_PACKAGES: [&str; 2] = ["cloudproxy-engine", "cloudproxy-ffi"];
 /// The Windows target the SDK's DLL is linked for.
 const WINDOWS_TARGET: &str = "x86_64-pc-windows-gnu";
 /// Debian's mingw-w64 C compiler for it, used as the linker.
-const MINGW_LINKER: &str = "x86_64-w64-mingw32-gcc";
+pub(crate) const MINGW_LINKER: &str = "x86_64-w64-mingw32-gcc";
 /// The Debian package that provides it.
 const MINGW_PACKAGE: &str = "gcc-mingw-w64-x86-64";
 
@@ -69,12 +70,13 @@ pub(crate) fn check() -> Result {
             )?;
         }
     }
-    windows_dll()
+    windows_dll().map(drop)
 }
 
-/// Links the SDK into `cloudproxy_ffi.dll` (and its static library) for
-/// Windows with mingw-w64, installed when missing.
-fn windows_dll() -> Result {
+/// Links the SDK into `cloudproxy_ffi.dll` (with its import library
+/// `libcloudproxy_ffi.dll.a`) for Windows with mingw-w64, installed when
+/// missing; returns the directory holding them.
+pub(crate) fn windows_dll() -> Result<PathBuf> {
     let have_linker = Command::new(MINGW_LINKER)
         .arg("--version")
         .output()
@@ -92,12 +94,11 @@ fn windows_dll() -> Result {
             .args(["--target", WINDOWS_TARGET])
             .env("CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER", MINGW_LINKER),
     )?;
-    let dll = target_dir()
-        .join(WINDOWS_TARGET)
-        .join("debug/cloudproxy_ffi.dll");
+    let dir = target_dir().join(WINDOWS_TARGET).join("debug");
+    let dll = dir.join("cloudproxy_ffi.dll");
     let size = std::fs::metadata(&dll)
         .map_err(|e| format!("the Windows build wrote no {}: {e}", dll.display()))?
         .len();
     println!("==> {}: {size} bytes", dll.display());
-    Ok(())
+    Ok(dir)
 }

@@ -5,9 +5,11 @@
 //! 2. against a proxy node and media edge on loopback (the `loopback_rig`
 //!    example, stopped by its PID), the guide's flow from C (gcc, under
 //!    valgrind: no errors, no leaks), Python (the generated ctypes module)
-//!    and Kotlin on the JVM (`kotlinc` from npm, JNA from Debian).
+//!    and Kotlin on the JVM (`kotlinc` from npm, JNA from Debian);
+//! 3. the same C program built for Windows with mingw-w64 against the SDK's
+//!    DLL, run by Debian's wine against the same rig.
 //!
-//! Tools: gcc, valgrind, a JDK, JNA and npm from Debian (installed with
+//! Tools: gcc, valgrind, a JDK, JNA, npm, mingw-w64 and wine from Debian (installed with
 //! apt-get when running as root; otherwise the step stops with the command
 //! to run), `kotlinc` from the npm package `kotlin-compiler` under
 //! `target/sdk-tools/npm`, and the two generators built from the workspace
@@ -22,6 +24,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use std::{env, fs, thread};
 
+use crate::platforms::{MINGW_LINKER, windows_dll};
 use crate::provision::apt_install;
 use crate::{Result, cargo, project_root, target_dir};
 
@@ -39,13 +42,21 @@ const RIG_START_LIMIT: Duration = Duration::from_secs(60);
 
 /// Debian tools the SDK tests run: (file that must exist or binary on
 /// PATH, package).
-const DEBIAN_TOOLS: [(&str, &str); 5] = [
+const DEBIAN_TOOLS: [(&str, &str); 7] = [
     ("gcc", "gcc"),
     ("valgrind", "valgrind"),
     ("java", "default-jdk-headless"),
     (JNA_JAR, "libjna-java"),
     ("npm", "npm"),
+    (MINGW_LINKER, "gcc-mingw-w64-x86-64"),
+    (WINE, "wine64"),
 ];
+
+/// Debian's 64-bit wine loader and its server (not on PATH).
+const WINE: &str = "/usr/lib/wine/wine64";
+const WINESERVER: &str = "/usr/lib/wine/wineserver64";
+/// mingw-w64's POSIX threads DLL, which the Windows C test links.
+const WINPTHREAD_DLL: &str = "/usr/x86_64-w64-mingw32/lib/libwinpthread-1.dll";
 
 /// The whole SDK step.
 pub(crate) fn check() -> Result {
@@ -159,6 +170,7 @@ pub(crate) fn check() -> Result {
     // The generated module loads the library from its own directory.
     copy(&library, &python_dir.join("libcloudproxy_ffi.so"))?;
     let jar = kotlin_jar(&kotlinc, &fresh, &ffi, &work.join("kotlin"))?;
+    let windows_program = windows_c(&ffi, &work.join("c-windows"))?;
 
     // 3. The guide's flow from each language, against one rig.
     let rig = Rig::start(&debug.join("examples/loopback_rig"))?;
@@ -169,7 +181,6 @@ pub(crate) fn check() -> Result {
                 "--error-exitcode=99",
                 "--leak-check=full",
                 "--errors-for-leak-kinds=definite,possible",
-                "--quiet",
             ]))
             .arg(&c_program),
             RUN_LIMIT,
@@ -189,12 +200,13 @@ pub(crate) fn check() -> Result {
                 .arg(format!("{}:{JNA_JAR}", jar.display()))
                 .arg("GuideKt"),
             RUN_LIMIT,
-        )
+        )?;
+        run_under_wine(&rig, &windows_program)
     })();
     rig.stop()?;
     runs?;
     println!(
-        "==> sdk: C (valgrind), Python and Kotlin passed; SDK step took {:.1?}",
+        "==> sdk: C (valgrind), Python, Kotlin and C on Windows (wine) passed; SDK step took {:.1?}",
         started.elapsed()
     );
     Ok(())
@@ -281,6 +293,72 @@ fn kotlin_jar(kotlinc: &Path, generated: &Path, ffi: &Path, dir: &Path) -> Resul
         TOOL_LIMIT,
     )?;
     Ok(jar)
+}
+
+/// The C test built for Windows against the SDK's DLL, in `dir` with every
+/// DLL it loads.
+fn windows_c(ffi: &Path, dir: &Path) -> Result<PathBuf> {
+    let dll_dir = windows_dll()?;
+    fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let program = dir.join("guide.exe");
+    bounded(
+        "sdk: compile the C test for Windows with mingw-w64",
+        Command::new(MINGW_LINKER)
+            .args(["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-g", "-I"])
+            .arg(ffi.join("include"))
+            .arg(ffi.join("tests/c/guide.c"))
+            .arg("-o")
+            .arg(&program)
+            .arg("-L")
+            .arg(&dll_dir)
+            .args(["-l:libcloudproxy_ffi.dll.a", "-lpthread"]),
+        TOOL_LIMIT,
+    )?;
+    bounded(
+        "sdk: compile wine's missing bcryptprimitives.dll",
+        Command::new(MINGW_LINKER)
+            .args(["-shared", "-O2", "-Wall", "-Werror", "-o"])
+            .arg(dir.join("bcryptprimitives.dll"))
+            .arg(ffi.join("tests/c/wine/bcryptprimitives.c"))
+            .arg("-ladvapi32"),
+        TOOL_LIMIT,
+    )?;
+    copy(
+        &dll_dir.join("cloudproxy_ffi.dll"),
+        &dir.join("cloudproxy_ffi.dll"),
+    )?;
+    copy(Path::new(WINPTHREAD_DLL), &dir.join("libwinpthread-1.dll"))?;
+    Ok(program)
+}
+
+/// Runs the Windows C test under wine in a prefix under `target/`, then
+/// stops that prefix's wineserver.
+fn run_under_wine(rig: &Rig, program: &Path) -> Result {
+    let prefix = target_dir().join("sdk-tools/wine");
+    let wine = |cmd: &mut Command| {
+        cmd.env("WINEPREFIX", &prefix)
+            .env("WINEDEBUG", "-all")
+            // No Mono or Gecko downloads: a console program needs neither.
+            .env("WINEDLLOVERRIDES", "mscoree,mshtml=");
+    };
+    let result = (|| {
+        if !prefix.join("system.reg").is_file() {
+            let mut boot = Command::new(WINE);
+            boot.args(["wineboot", "--init"]);
+            wine(&mut boot);
+            bounded("sdk: create the wine prefix", &mut boot, TOOL_LIMIT)?;
+        }
+        let mut run = Command::new(WINE);
+        run.arg(program);
+        wine(&mut run);
+        bounded("sdk: C on Windows (wine)", rig.env(&mut run), RUN_LIMIT)
+    })();
+    let mut stop = Command::new(WINESERVER);
+    stop.arg("-k");
+    wine(&mut stop);
+    // Nothing to stop is fine (the server may have exited already).
+    let _ = bounded("sdk: stop this prefix's wineserver", &mut stop, TOOL_LIMIT);
+    result
 }
 
 /// The `loopback_rig` example: a proxy node and media edge on 127.0.0.1.

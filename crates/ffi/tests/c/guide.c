@@ -49,11 +49,17 @@ typedef struct {
 /* Every callback: the event thread, never the caller's, always the same. */
 static void on_event_thread(App *app) {
     pthread_t self = pthread_self();
-    char name[16] = {0};
-    pthread_getname_np(self, name, sizeof name);
-    if (pthread_equal(self, app->caller) || strncmp(name, "cloudproxy-ev", 13) != 0) {
+    if (pthread_equal(self, app->caller)) {
         app->misplaced++;
     }
+#ifdef __linux__
+    /* Linux keeps 15 bytes of "cloudproxy-events". */
+    char name[16] = {0};
+    pthread_getname_np(self, name, sizeof name);
+    if (strncmp(name, "cloudproxy-ev", 13) != 0) {
+        app->misplaced++;
+    }
+#endif
     if (!app->event_thread_known) {
         app->event_thread = self;
         app->event_thread_known = 1;

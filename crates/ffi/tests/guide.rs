@@ -238,3 +238,79 @@ fn errors_are_typed_codes_with_messages() {
     engine.destroy();
     runtime.block_on(rig.shutdown());
 }
+
+/// Destroys the engine it is given from its first `on_message`, as an app
+/// whose handler holds its own engine may.
+#[derive(Debug)]
+struct DestroyOnMessage {
+    recorder: Box<Recorder>,
+    engine: std::sync::Arc<Mutex<Option<std::sync::Arc<CloudProxyEngine>>>>,
+}
+
+impl EngineEventHandler for DestroyOnMessage {
+    fn on_connection_state_changed(&self, state: ConnectionState, reason: StateReason) {
+        self.recorder.on_connection_state_changed(state, reason);
+    }
+    fn on_proxy_connected(&self, proxy_type: ProxyType, elapsed_ms: u64) {
+        self.recorder.on_proxy_connected(proxy_type, elapsed_ms);
+    }
+    fn on_user_joined(&self, uid: u32) {
+        self.recorder.on_user_joined(uid);
+    }
+    fn on_user_left(&self, uid: u32) {
+        self.recorder.on_user_left(uid);
+    }
+    fn on_message(&self, uid: Option<u32>, payload: Vec<u8>) {
+        self.recorder.on_message(uid, payload);
+        // Taken out first: the engine's last reference must not be dropped
+        // while the lock is held.
+        let engine = self.engine.lock().expect("engine slot").take();
+        if let Some(engine) = engine {
+            engine.destroy();
+        }
+    }
+    fn on_media(&self, uid: Option<u32>, payload: Vec<u8>) {
+        self.recorder.on_media(uid, payload);
+    }
+    fn on_warning(&self, kind: WarningKind, message: String) {
+        self.recorder.on_warning(kind, message);
+    }
+}
+
+#[test]
+fn a_callback_may_destroy_its_engine() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let rig = runtime.block_on(Rig::start());
+    let (alice, alice_rx) = proxied(&rig);
+    let (recorder, bob_rx) = Recorder::new();
+    let slot = std::sync::Arc::new(Mutex::new(None));
+    let handler = DestroyOnMessage {
+        recorder,
+        engine: slot.clone(),
+    };
+    let bob = std::sync::Arc::new(
+        CloudProxyEngine::new(config(&rig), Box::new(handler)).expect("engine"),
+    );
+    bob.set_cloud_proxy(ProxyMode::On).expect("proxy on");
+    bob.set_parameters(rig.proxy_server_param())
+        .expect("server");
+    *slot.lock().expect("slot") = Some(bob.clone());
+
+    alice
+        .join_channel("callbacks".into(), 1)
+        .expect("alice joins");
+    bob.join_channel("callbacks".into(), 2).expect("bob joins");
+    wait_for(&alice_rx, "bob joining", |s| *s == Seen::UserJoined(2));
+    alice.send_message(b"please leave".to_vec()).expect("send");
+
+    // Bob's handler destroyed bob: it left (alice sees it), its own
+    // `Left` was still delivered, and bob refuses calls now.
+    wait_for(&bob_rx, "bob's Left", |s| {
+        *s == Seen::State(ConnectionState::Disconnected, StateReason::Left)
+    });
+    wait_for(&alice_rx, "bob leaving", |s| *s == Seen::UserLeft(2));
+    let refused = bob.send_message(b"x".to_vec()).expect_err("destroyed");
+    assert_eq!(refused.code(), ErrorCode::Destroyed, "{refused}");
+    alice.destroy();
+    runtime.block_on(rig.shutdown());
+}

@@ -10,6 +10,7 @@ mod deploy;
 mod e2e;
 mod platforms;
 mod provision;
+mod sdk;
 
 use std::env;
 use std::ffi::OsString;
@@ -143,6 +144,7 @@ fn ci() -> Result {
         ]),
     )?;
     platforms::check()?;
+    sdk::check()?;
     checks::package()?;
     deploy::check()?;
     println!("\nci: all steps passed in {:.1?}", started.elapsed());

@@ -14,7 +14,6 @@ use cloudproxy_proto::frame::{ErrorFrame, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio_util::codec::Decoder;
 
 use super::state::{ConnHandle, Flow, Shared};
 use super::stats::bump;

@@ -18,7 +18,6 @@ use cloudproxy_transport::tunnel::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::broadcast;
-use tokio_util::codec::Decoder;
 
 use crate::config::Config;
 use crate::credential::Credential;

@@ -8,7 +8,7 @@ use cloudproxy_proto::frame::*;
 use cloudproxy_proto::udp::{UDP_HEADER_LEN, UdpHeader, UdpKind};
 use cloudproxy_proto::*;
 use proptest::prelude::*;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Encoder;
 
 fn encode(f: &Frame) -> BytesMut {
     let mut buf = BytesMut::new();
@@ -158,7 +158,7 @@ fn one_byte_over_the_maximum_is_rejected_before_any_allocation() {
         payload: Bytes::from(vec![0; MAX_PAYLOAD - 11]),
     });
     assert!(matches!(
-        codec.encode(&f, &mut BytesMut::new()),
+        codec.encode_checked(&f, &mut BytesMut::new()),
         Err(CodecError::TooLarge { .. })
     ));
 }
@@ -468,7 +468,9 @@ fn zero_copy_decode_shares_the_buffer() {
 #[test]
 fn codec_error_io_prints_its_cause_once() {
     // The rule in docs/decisions.md, "Error causes are printed once".
-    let err = cloudproxy_proto::CodecError::from(std::io::Error::other("connection reset by peer"));
+    let err = cloudproxy_proto::codec::FrameCodecError::from(std::io::Error::other(
+        "connection reset by peer",
+    ));
     let shown = err.to_string();
     assert!(shown.contains("connection reset by peer"), "{shown}");
     let mut next = std::error::Error::source(&err);
@@ -496,4 +498,37 @@ fn frame_types_display_their_protocol_name_and_byte() {
         unexpected.to_string(),
         "unexpected Ping (0x13) frame while waiting for the first request"
     );
+}
+
+#[test]
+fn tokio_util_impls_frame_like_the_inherent_codec() {
+    use cloudproxy_proto::codec::FrameCodecError;
+    use tokio_util::codec::Decoder;
+
+    let mut codec = FrameCodec::new();
+    let mut buf = BytesMut::new();
+    Encoder::encode(&mut codec, Frame::Ping(9), &mut buf).unwrap();
+    Encoder::encode(&mut codec, &Frame::Close, &mut buf).unwrap();
+    assert_eq!(
+        Decoder::decode(&mut codec, &mut buf).unwrap(),
+        Some(Frame::Ping(9))
+    );
+    assert_eq!(
+        Decoder::decode(&mut codec, &mut buf).unwrap(),
+        Some(Frame::Close)
+    );
+    assert_eq!(Decoder::decode(&mut codec, &mut buf).unwrap(), None);
+
+    let mut garbage = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
+    let err = Decoder::decode(&mut codec, &mut garbage).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FrameCodecError::Codec(CodecError::BadMagic { found: 0x4745, .. })
+        ),
+        "{err}"
+    );
+    // Transparent: the peer sees the parse error's own text and code.
+    assert!(err.to_string().starts_with("bad magic at byte 0"), "{err}");
+    assert_eq!(err.wire_code(), ErrorCode::MALFORMED_FRAME);
 }

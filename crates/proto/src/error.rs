@@ -140,8 +140,9 @@ pub enum FoundValue {
     Char(char),
     /// Bytes that are not UTF-8.
     NotUtf8(std::str::Utf8Error),
-    /// A host name that breaks the rule in `expected` (lossily decoded).
-    HostName(String),
+    /// The bytes of a host name that breaks the rule in `expected` (printed
+    /// as text, invalid UTF-8 replaced).
+    HostName(Vec<u8>),
     /// A domain name where only an IP address is allowed.
     DomainName,
 }
@@ -155,7 +156,7 @@ impl fmt::Display for FoundValue {
             Self::ByteAt { byte, position } => write!(f, "byte {byte:#04x} at position {position}"),
             Self::Char(c) => write!(f, "{c:?}"),
             Self::NotUtf8(e) => write!(f, "{e}"),
-            Self::HostName(name) => f.write_str(name),
+            Self::HostName(name) => f.write_str(&String::from_utf8_lossy(name)),
             Self::DomainName => f.write_str("a domain name"),
         }
     }

@@ -281,7 +281,7 @@ impl DomainName {
                 "destination.domain",
                 offset,
                 why,
-                FoundValue::HostName(String::from_utf8_lossy(b).into_owned()),
+                FoundValue::HostName(b.to_vec()),
             )
         };
         if b.is_empty() || b.len() > MAX_DOMAIN_LEN {

@@ -532,3 +532,93 @@ fn tokio_util_impls_frame_like_the_inherent_codec() {
     assert!(err.to_string().starts_with("bad magic at byte 0"), "{err}");
     assert_eq!(err.wire_code(), ErrorCode::MALFORMED_FRAME);
 }
+
+#[test]
+fn invalid_values_are_typed_and_print_as_before() {
+    // Non-zero padding: the byte, in hex, at its own offset.
+    let mut b = encode(&Frame::Refresh(Refresh {
+        ticket: SealedTicket::new(Bytes::from_static(b"t")).unwrap(),
+        padding: 4,
+    }))
+    .to_vec();
+    *b.last_mut().unwrap() = 1;
+    let err = Frame::parse(&b).unwrap_err();
+    assert_eq!(
+        err,
+        CodecError::Invalid {
+            field: "padding",
+            offset: 13,
+            expected: "zero bytes",
+            found: FoundValue::Byte(1),
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "invalid padding at byte 13: expected zero bytes, found 0x01"
+    );
+
+    // A bad app id byte: which byte, where.
+    let err = AppId::new("a b").unwrap_err();
+    assert!(matches!(
+        err,
+        CodecError::Invalid {
+            found: FoundValue::ByteAt {
+                byte: b' ',
+                position: 1
+            },
+            ..
+        }
+    ));
+    assert_eq!(
+        err.to_string(),
+        "invalid app_id at byte 0: expected printable ASCII without spaces, found byte 0x20 at position 1"
+    );
+
+    // Lengths, characters and host names.
+    assert_eq!(
+        SealedTicket::new(Bytes::new()).unwrap_err().to_string(),
+        "invalid ticket at byte 0: expected 1 to 255 bytes, found 0 bytes"
+    );
+    assert_eq!(
+        ChannelName::new("a\u{7}").unwrap_err().to_string(),
+        "invalid channel at byte 0: expected no control characters, found '\\u{7}'"
+    );
+    let err = DomainName::new("-bad.example").unwrap_err();
+    assert!(matches!(
+        &err,
+        CodecError::Invalid { found: FoundValue::HostName(name), .. } if name == b"-bad.example"
+    ));
+    assert_eq!(
+        err.to_string(),
+        "invalid destination.domain at byte 0: expected labels not starting or ending with '-', found -bad.example"
+    );
+
+    // A bad enum byte, in decimal.
+    let mut b = encode(&Frame::BindOk(BindOk {
+        binding_id: 1,
+        binding_token: 2,
+        mode: BindMode::Stream,
+        keepalive_secs: 3,
+        idle_timeout_secs: 4,
+    }))
+    .to_vec();
+    b[HEADER_LEN + 12] = 9;
+    assert_eq!(
+        Frame::parse(&b).unwrap_err().to_string(),
+        "invalid mode at byte 20: expected 1 (stream) or 2 (datagram), found 9"
+    );
+
+    // A malformed ticket keeps the parse error as data.
+    let ring = cloudproxy_proto::ticket::TicketKeyRing::new(1, vec![7; 32]);
+    // Version 1, then nothing.
+    let sealed = SealedTicket::new(Bytes::from_static(b"\x01")).unwrap();
+    let err = ring.open(&sealed, 0).unwrap_err();
+    assert!(
+        matches!(err, TicketError::Malformed(CodecError::Truncated { .. })),
+        "{err}"
+    );
+    assert!(
+        err.to_string().starts_with("malformed ticket: truncated "),
+        "{err}"
+    );
+}

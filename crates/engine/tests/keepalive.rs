@@ -13,7 +13,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
-use tokio_util::codec::Decoder;
 
 /// A media network that answers the first `Join` and then says nothing
 /// more (not even `Pong`), and answers a resume normally. Records what each

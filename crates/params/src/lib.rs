@@ -98,7 +98,7 @@
 
 mod de;
 mod error;
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod parser;
 mod proxy;

@@ -14,7 +14,7 @@ use cloudproxy_proto::codec::FrameCodec;
 use cloudproxy_proto::frame::{Frame, Message};
 use cloudproxy_proto::udp::{UdpHeader, UdpKind};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Encoder;
 
 /// Frames decoded per measured batch (one read buffer holding them all).
 const BATCH: usize = 256;

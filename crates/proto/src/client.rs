@@ -39,7 +39,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio_util::codec::Decoder;
 
 use crate::codec::FrameCodec;
 use crate::error::{ErrorCode, SessionError};

@@ -1,21 +1,26 @@
-//! `tokio_util::codec` adapters over [`Frame`]: thin wrappers around
-//! [`FrameHeader::parse`], [`Frame::decode`] and [`Frame::encode`].
+//! Frames over a byte stream (TCP): [`FrameCodec`], a thin wrapper around
+//! [`FrameHeader::parse`] and [`Frame::decode`].
 //!
 //! The decoder checks the declared length against the limit *before* it
 //! reserves anything, returns `Ok(None)` until a whole frame is buffered, and
 //! hands out payloads as zero-copy `Bytes` (`split_to(..).freeze()`).
 //! Frames of an unknown type whose header has [`FLAG_IGNORABLE`] are skipped.
 //!
+//! With the `codec` feature, [`FrameCodec`] also implements
+//! `tokio_util::codec::{Decoder, Encoder}`, whose error type
+//! `FrameCodecError` adds the I/O variant `tokio_util` requires. Without it
+//! the crate does not depend on `tokio-util`, and [`FrameCodec::decode`]
+//! fails only with a [`CodecError`]: decoding bytes in memory does no I/O.
+//!
 //! ```
 //! use bytes::BytesMut;
 //! use cloudproxy_proto::codec::FrameCodec;
 //! use cloudproxy_proto::frame::Frame;
-//! use tokio_util::codec::{Decoder, Encoder};
 //!
 //! let mut codec = FrameCodec::new();
 //! let mut buf = BytesMut::new();
-//! codec.encode(Frame::Ping(1), &mut buf).unwrap();
-//! codec.encode(Frame::Datagram(bytes::Bytes::from_static(b"rtp")), &mut buf).unwrap();
+//! Frame::Ping(1).encode(&mut buf);
+//! Frame::Datagram(bytes::Bytes::from_static(b"rtp")).encode(&mut buf);
 //!
 //! // Half of the first frame: nothing yet.
 //! let mut input = buf.split_to(5);
@@ -27,12 +32,16 @@
 //! ```
 
 use bytes::BytesMut;
-use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::CodecError;
 use crate::frame::{
     FLAG_IGNORABLE, Frame, FrameHeader, FrameType, HEADER_LEN, MAX_PAYLOAD, check_magic,
 };
+
+#[cfg(feature = "codec")]
+mod tokio_codec;
+#[cfg(feature = "codec")]
+pub use tokio_codec::FrameCodecError;
 
 /// Frames over a byte stream (TCP).
 #[derive(Clone, Copy, Debug)]
@@ -78,13 +87,14 @@ impl FrameCodec {
     pub fn skipped(&self) -> u64 {
         self.skipped
     }
-}
 
-impl Decoder for FrameCodec {
-    type Item = Frame;
-    type Error = CodecError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+    /// Removes the next whole frame from `src` and returns it; `Ok(None)`
+    /// until one is complete.
+    ///
+    /// Inherent, so the sans-I/O machines and callers that read the stream
+    /// themselves need neither `tokio-util` nor a trait import; the
+    /// `tokio_util` `Decoder` impl (feature `codec`) calls this.
+    pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         loop {
             if src.len() < HEADER_LEN {
                 // Refuse garbage as soon as the magic is visible.
@@ -108,20 +118,10 @@ impl Decoder for FrameCodec {
             return Frame::decode(frame).map(Some);
         }
     }
-}
 
-impl Encoder<Frame> for FrameCodec {
-    type Error = CodecError;
-
-    fn encode(&mut self, item: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
-        Encoder::<&Frame>::encode(self, &item, dst)
-    }
-}
-
-impl Encoder<&Frame> for FrameCodec {
-    type Error = CodecError;
-
-    fn encode(&mut self, item: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+    /// Checks `item` against the protocol's limits and this codec's body
+    /// limit, then appends it to `dst`.
+    pub fn encode_checked(&self, item: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
         item.validate()?;
         let len = item.encoded_len();
         if len - HEADER_LEN > self.max_payload {

@@ -11,7 +11,9 @@ use crate::frame::FrameType;
 ///
 /// Every variant names the field (as it is called in `docs/protocol.md`), the
 /// byte offset where the problem is, what was expected and what was found.
-#[derive(Debug, thiserror::Error)]
+/// Decoding works on bytes already in memory, so there is no I/O variant: the
+/// `tokio_util` codec wraps this in its own error (feature `codec`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CodecError {
     /// The first bytes are not the protocol's magic number.
@@ -72,12 +74,12 @@ pub enum CodecError {
     Invalid {
         /// The field that is wrong.
         field: &'static str,
-        /// Byte offset where the field starts.
+        /// Byte offset where the field starts (or of the offending byte).
         offset: usize,
         /// What the protocol allows.
         expected: &'static str,
-        /// What was found, rendered for humans.
-        found: String,
+        /// What was found.
+        found: FoundValue,
     },
     /// A frame body is longer than its fields.
     #[error("{extra} unexpected trailing bytes at byte {offset} after the {what}")]
@@ -89,19 +91,6 @@ pub enum CodecError {
         /// How many bytes were left over.
         extra: usize,
     },
-    /// An I/O error reported by the transport while decoding
-    /// (required by `tokio_util::codec`). Printed in the message, so not
-    /// also `source()` (see `docs/decisions.md`, "Error causes are printed
-    /// once").
-    #[error("i/o error while framing: {0}")]
-    Io(std::io::Error),
-}
-
-/// What `tokio_util::codec` requires of a codec's error.
-impl From<std::io::Error> for CodecError {
-    fn from(e: std::io::Error) -> Self {
-        Self::Io(e)
-    }
 }
 
 impl CodecError {
@@ -118,14 +107,70 @@ impl CodecError {
         field: &'static str,
         offset: usize,
         expected: &'static str,
-        found: impl fmt::Display,
+        found: impl Into<FoundValue>,
     ) -> Self {
         Self::Invalid {
             field,
             offset,
             expected,
-            found: found.to_string(),
+            found: found.into(),
         }
+    }
+}
+
+/// The value a [`CodecError::Invalid`] found, as data (printed the way
+/// `docs/protocol.md` shows it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FoundValue {
+    /// A number out of its allowed set (an enum byte, a flag), in decimal.
+    Value(u64),
+    /// A byte that must be zero (padding, reserved flags), in hex.
+    Byte(u8),
+    /// A length in bytes.
+    Len(usize),
+    /// A byte not allowed at `position` within the field, in hex.
+    ByteAt {
+        /// The byte.
+        byte: u8,
+        /// Its index within the field's value.
+        position: usize,
+    },
+    /// A character not allowed in the field.
+    Char(char),
+    /// Bytes that are not UTF-8.
+    NotUtf8(std::str::Utf8Error),
+    /// The bytes of a host name that breaks the rule in `expected` (printed
+    /// as text, invalid UTF-8 replaced).
+    HostName(Vec<u8>),
+    /// A domain name where only an IP address is allowed.
+    DomainName,
+}
+
+impl fmt::Display for FoundValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Value(v) => write!(f, "{v}"),
+            Self::Byte(b) => write!(f, "{b:#04x}"),
+            Self::Len(n) => write!(f, "{n} bytes"),
+            Self::ByteAt { byte, position } => write!(f, "byte {byte:#04x} at position {position}"),
+            Self::Char(c) => write!(f, "{c:?}"),
+            Self::NotUtf8(e) => write!(f, "{e}"),
+            Self::HostName(name) => f.write_str(&String::from_utf8_lossy(name)),
+            Self::DomainName => f.write_str("a domain name"),
+        }
+    }
+}
+
+impl From<u8> for FoundValue {
+    fn from(v: u8) -> Self {
+        Self::Value(v.into())
+    }
+}
+
+impl From<std::str::Utf8Error> for FoundValue {
+    fn from(e: std::str::Utf8Error) -> Self {
+        Self::NotUtf8(e)
     }
 }
 
@@ -249,9 +294,10 @@ impl fmt::Display for ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TicketError {
-    /// The ticket's bytes do not parse.
+    /// The ticket's bytes do not parse. Printed in the message, so not also
+    /// `source()` (`docs/decisions.md`, "Error causes are printed once").
     #[error("malformed ticket: {0}")]
-    Malformed(String),
+    Malformed(CodecError),
     /// The ticket names a key id this node does not hold.
     #[error("ticket signed with unknown key id {0}")]
     UnknownKey(u32),

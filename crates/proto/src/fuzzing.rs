@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio_util::codec::Decoder;
 
 use crate::client::{Allocator, BindingEvent, ClientConfig, RelayBinding};
 use crate::codec::FrameCodec;

@@ -7,7 +7,8 @@
 //! * [`frame`]: the 8-byte frame header and every frame (allocation, relay
 //!   binding, UDP-over-TCP datagrams, client ↔ media edge messages), with
 //!   `parse` / `decode` / `encode` / `encoded_len`;
-//! * [`codec`]: `tokio_util::codec` framing for TCP, zero-copy payloads;
+//! * [`codec`]: framing over a byte stream (TCP), zero-copy payloads; with
+//!   the `codec` feature also as a `tokio_util::codec` `Decoder`/`Encoder`;
 //! * [`udp`]: the 16-byte header of media datagrams on the UDP relay;
 //! * [`ticket`]: HMAC-SHA256 tickets with key ids, and credential proofs;
 //! * [`reliable`]: sequence numbers, cumulative acks and resume for the
@@ -47,10 +48,10 @@ mod types;
 pub mod udp;
 mod wire;
 
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 
-pub use error::{CodecError, ErrorCode, PeerMisbehaved, SessionError, TicketError};
+pub use error::{CodecError, ErrorCode, FoundValue, PeerMisbehaved, SessionError, TicketError};
 pub use machine::Machine;
 pub use time::Timebase;
 pub use types::{

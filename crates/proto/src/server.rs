@@ -58,7 +58,6 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio_util::codec::Decoder;
 
 use crate::Path;
 use crate::codec::FrameCodec;

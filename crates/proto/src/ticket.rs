@@ -249,8 +249,7 @@ impl TicketKeyRing {
     /// constant time, then checks `expires_at > now_unix`.
     pub fn open(&self, sealed: &SealedTicket, now_unix: u64) -> Result<Ticket, TicketError> {
         let data = sealed.as_bytes();
-        let (ticket, mac) =
-            Ticket::parse_unverified(data).map_err(|e| TicketError::Malformed(e.to_string()))?;
+        let (ticket, mac) = Ticket::parse_unverified(data).map_err(TicketError::Malformed)?;
         let key = self
             .key(ticket.key_id)
             .ok_or(TicketError::UnknownKey(ticket.key_id))?;

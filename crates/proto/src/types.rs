@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::{BufMut, Bytes};
 
-use crate::error::CodecError;
+use crate::error::{CodecError, FoundValue};
 use crate::wire::Reader;
 
 /// Longest [`AppId`], in bytes.
@@ -48,7 +48,7 @@ impl AppId {
                 "app_id",
                 offset,
                 "1 to 64 bytes",
-                format!("{} bytes", b.len()),
+                FoundValue::Len(b.len()),
             ));
         }
         if let Some(i) = b.iter().position(|c| !c.is_ascii_graphic()) {
@@ -56,7 +56,10 @@ impl AppId {
                 "app_id",
                 offset,
                 "printable ASCII without spaces",
-                format!("byte {:#04x} at position {i}", b[i]),
+                FoundValue::ByteAt {
+                    byte: b[i],
+                    position: i,
+                },
             ));
         }
         Ok(())
@@ -116,7 +119,7 @@ impl ChannelName {
                 "channel",
                 offset,
                 "1 to 64 bytes",
-                format!("{} bytes", s.len()),
+                FoundValue::Len(s.len()),
             ));
         }
         if let Some(c) = s.chars().find(|c| c.is_control()) {
@@ -124,7 +127,7 @@ impl ChannelName {
                 "channel",
                 offset,
                 "no control characters",
-                format!("{c:?}"),
+                FoundValue::Char(c),
             ));
         }
         Ok(())
@@ -278,7 +281,7 @@ impl DomainName {
                 "destination.domain",
                 offset,
                 why,
-                String::from_utf8_lossy(b),
+                FoundValue::HostName(b.to_vec()),
             )
         };
         if b.is_empty() || b.len() > MAX_DOMAIN_LEN {
@@ -459,7 +462,7 @@ pub(crate) fn read_socket_addr(
             field,
             offset,
             "an IP address (type 1 or 4)",
-            "a domain name",
+            FoundValue::DomainName,
         )),
     }
 }
@@ -576,7 +579,7 @@ impl SealedTicket {
                 "ticket",
                 0,
                 "1 to 255 bytes",
-                format!("{} bytes", b.len()),
+                FoundValue::Len(b.len()),
             ));
         }
         Ok(Self(b))
@@ -596,7 +599,7 @@ impl SealedTicket {
                 "ticket",
                 offset,
                 "1 to 255 bytes",
-                "0 bytes",
+                FoundValue::Len(0),
             ));
         }
         Ok(Self(Bytes::copy_from_slice(b)))

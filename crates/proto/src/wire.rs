@@ -45,6 +45,13 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    /// Everything left; the reader is then at the end.
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        let s = &self.buf[self.pos..];
+        self.pos = self.buf.len();
+        s
+    }
+
     pub(crate) fn array<const N: usize>(
         &mut self,
         field: &'static str,

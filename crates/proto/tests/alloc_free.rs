@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 use cloudproxy_proto::codec::FrameCodec;
 use cloudproxy_proto::frame::{Frame, HEADER_LEN};
 use cloudproxy_proto::udp::UdpHeader;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Encoder;
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;

@@ -8,7 +8,7 @@ use cloudproxy_proto::frame::*;
 use cloudproxy_proto::udp::{UDP_HEADER_LEN, UdpHeader, UdpKind};
 use cloudproxy_proto::*;
 use proptest::prelude::*;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Encoder;
 
 fn encode(f: &Frame) -> BytesMut {
     let mut buf = BytesMut::new();
@@ -158,7 +158,7 @@ fn one_byte_over_the_maximum_is_rejected_before_any_allocation() {
         payload: Bytes::from(vec![0; MAX_PAYLOAD - 11]),
     });
     assert!(matches!(
-        codec.encode(&f, &mut BytesMut::new()),
+        codec.encode_checked(&f, &mut BytesMut::new()),
         Err(CodecError::TooLarge { .. })
     ));
 }
@@ -468,7 +468,9 @@ fn zero_copy_decode_shares_the_buffer() {
 #[test]
 fn codec_error_io_prints_its_cause_once() {
     // The rule in docs/decisions.md, "Error causes are printed once".
-    let err = cloudproxy_proto::CodecError::from(std::io::Error::other("connection reset by peer"));
+    let err = cloudproxy_proto::codec::FrameCodecError::from(std::io::Error::other(
+        "connection reset by peer",
+    ));
     let shown = err.to_string();
     assert!(shown.contains("connection reset by peer"), "{shown}");
     let mut next = std::error::Error::source(&err);
@@ -495,5 +497,128 @@ fn frame_types_display_their_protocol_name_and_byte() {
     assert_eq!(
         unexpected.to_string(),
         "unexpected Ping (0x13) frame while waiting for the first request"
+    );
+}
+
+#[test]
+fn tokio_util_impls_frame_like_the_inherent_codec() {
+    use cloudproxy_proto::codec::FrameCodecError;
+    use tokio_util::codec::Decoder;
+
+    let mut codec = FrameCodec::new();
+    let mut buf = BytesMut::new();
+    Encoder::encode(&mut codec, Frame::Ping(9), &mut buf).unwrap();
+    Encoder::encode(&mut codec, &Frame::Close, &mut buf).unwrap();
+    assert_eq!(
+        Decoder::decode(&mut codec, &mut buf).unwrap(),
+        Some(Frame::Ping(9))
+    );
+    assert_eq!(
+        Decoder::decode(&mut codec, &mut buf).unwrap(),
+        Some(Frame::Close)
+    );
+    assert_eq!(Decoder::decode(&mut codec, &mut buf).unwrap(), None);
+
+    let mut garbage = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
+    let err = Decoder::decode(&mut codec, &mut garbage).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FrameCodecError::Codec(CodecError::BadMagic { found: 0x4745, .. })
+        ),
+        "{err}"
+    );
+    // Transparent: the peer sees the parse error's own text and code.
+    assert!(err.to_string().starts_with("bad magic at byte 0"), "{err}");
+    assert_eq!(err.wire_code(), ErrorCode::MALFORMED_FRAME);
+}
+
+#[test]
+fn invalid_values_are_typed_and_print_as_before() {
+    // Non-zero padding: the byte, in hex, at its own offset.
+    let mut b = encode(&Frame::Refresh(Refresh {
+        ticket: SealedTicket::new(Bytes::from_static(b"t")).unwrap(),
+        padding: 4,
+    }))
+    .to_vec();
+    *b.last_mut().unwrap() = 1;
+    let err = Frame::parse(&b).unwrap_err();
+    assert_eq!(
+        err,
+        CodecError::Invalid {
+            field: "padding",
+            offset: 13,
+            expected: "zero bytes",
+            found: FoundValue::Byte(1),
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "invalid padding at byte 13: expected zero bytes, found 0x01"
+    );
+
+    // A bad app id byte: which byte, where.
+    let err = AppId::new("a b").unwrap_err();
+    assert!(matches!(
+        err,
+        CodecError::Invalid {
+            found: FoundValue::ByteAt {
+                byte: b' ',
+                position: 1
+            },
+            ..
+        }
+    ));
+    assert_eq!(
+        err.to_string(),
+        "invalid app_id at byte 0: expected printable ASCII without spaces, found byte 0x20 at position 1"
+    );
+
+    // Lengths, characters and host names.
+    assert_eq!(
+        SealedTicket::new(Bytes::new()).unwrap_err().to_string(),
+        "invalid ticket at byte 0: expected 1 to 255 bytes, found 0 bytes"
+    );
+    assert_eq!(
+        ChannelName::new("a\u{7}").unwrap_err().to_string(),
+        "invalid channel at byte 0: expected no control characters, found '\\u{7}'"
+    );
+    let err = DomainName::new("-bad.example").unwrap_err();
+    assert!(matches!(
+        &err,
+        CodecError::Invalid { found: FoundValue::HostName(name), .. } if name == b"-bad.example"
+    ));
+    assert_eq!(
+        err.to_string(),
+        "invalid destination.domain at byte 0: expected labels not starting or ending with '-', found -bad.example"
+    );
+
+    // A bad enum byte, in decimal.
+    let mut b = encode(&Frame::BindOk(BindOk {
+        binding_id: 1,
+        binding_token: 2,
+        mode: BindMode::Stream,
+        keepalive_secs: 3,
+        idle_timeout_secs: 4,
+    }))
+    .to_vec();
+    b[HEADER_LEN + 12] = 9;
+    assert_eq!(
+        Frame::parse(&b).unwrap_err().to_string(),
+        "invalid mode at byte 20: expected 1 (stream) or 2 (datagram), found 9"
+    );
+
+    // A malformed ticket keeps the parse error as data.
+    let ring = cloudproxy_proto::ticket::TicketKeyRing::new(1, vec![7; 32]);
+    // Version 1, then nothing.
+    let sealed = SealedTicket::new(Bytes::from_static(b"\x01")).unwrap();
+    let err = ring.open(&sealed, 0).unwrap_err();
+    assert!(
+        matches!(err, TicketError::Malformed(CodecError::Truncated { .. })),
+        "{err}"
+    );
+    assert!(
+        err.to_string().starts_with("malformed ticket: truncated "),
+        "{err}"
     );
 }

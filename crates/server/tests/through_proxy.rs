@@ -20,7 +20,7 @@ use cloudproxy_transport::tunnel::{
 use proxy_support::{APP, Rig, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Encoder;
 
 /// A member's message channel: frames over the relayed TCP stream.
 struct Channel {

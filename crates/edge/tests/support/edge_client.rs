@@ -15,7 +15,7 @@ use cloudproxy_proto::reliable::{Inbox, Outbox, Received};
 use cloudproxy_proto::{AppId, ChannelName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Encoder;
 
 /// Safety net for every wait.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);

@@ -5,7 +5,8 @@
 //! machine has an event for its owner. It is generic over any
 //! `AsyncRead + AsyncWrite` stream, so a TCP socket, a TLS session or an
 //! HTTP CONNECT tunnel all use the same loop (quinn's `ConnectionDriver` is
-//! the model).
+//! the model). [`DatagramDriver`] is its counterpart over a connected UDP
+//! socket, with the same [`Next`] contract.
 //!
 //! Writing and reading happen in the same poll, so a peer that sends while
 //! our own writes wait for room is still read: neither side can deadlock
@@ -56,6 +57,10 @@ use cloudproxy_proto::Machine;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+mod datagram;
+
+pub use datagram::DatagramDriver;
+
 /// The read buffer: one read feeds the machine up to this many bytes.
 const READ_BUF: usize = 16 * 1024;
 
@@ -83,22 +88,28 @@ pub struct Driver<M, S> {
     /// The stream reached its end.
     eof: bool,
     read_buf: Box<[u8]>,
-    /// The machine's timer, re-armed when its deadline moves.
-    timer: Option<(Instant, Pin<Box<Sleep>>)>,
+    timer: Timer,
 }
 
 impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
     /// A driver for `machine` over `stream`. Nothing happens until it is
     /// polled ([`next_event`](Self::next_event), [`flush`](Self::flush)).
     pub fn new(machine: M, stream: S) -> Self {
+        Self::with_read_buf(machine, stream, READ_BUF)
+    }
+
+    /// A driver whose reads feed the machine at most `read_buf` bytes at a
+    /// time (at least one): small for a handshake whose machine buffers
+    /// little, large for a bulk relay.
+    pub fn with_read_buf(machine: M, stream: S, read_buf: usize) -> Self {
         Self {
             machine,
             stream,
             pending: Bytes::new(),
             unflushed: false,
             eof: false,
-            read_buf: vec![0; READ_BUF].into_boxed_slice(),
-            timer: None,
+            read_buf: vec![0; read_buf.max(1)].into_boxed_slice(),
+            timer: Timer::default(),
         }
     }
 
@@ -160,8 +171,8 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
             if let Some(event) = self.machine.poll_event() {
                 return Poll::Ready(Next::Event(event));
             }
-            if self.poll_timer(cx).is_ready() {
-                self.machine.handle_timeout(Instant::now());
+            if self.timer.poll(cx, self.machine.poll_timeout()).is_ready() {
+                self.machine.handle_timeout(now());
                 continue;
             }
             if self.eof {
@@ -176,8 +187,7 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
                 }
                 Poll::Ready(Ok(())) => {
                     let n = buf.filled().len();
-                    self.machine
-                        .handle_input(Instant::now(), &self.read_buf[..n]);
+                    self.machine.handle_input(now(), &self.read_buf[..n]);
                 }
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Next::Io(e)),
@@ -209,16 +219,27 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
         }
         Poll::Ready(Ok(()))
     }
+}
 
-    /// Ready when the machine's deadline has passed; re-arms the timer when
-    /// the deadline moved.
-    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(deadline) = self.machine.poll_timeout() else {
-            self.timer = None;
+/// The time handed to a machine: tokio's clock, so a test with a paused
+/// clock moves the machine's time with the driver's timers.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// A machine's timer, re-armed when its deadline moves.
+#[derive(Debug, Default)]
+struct Timer(Option<(Instant, Pin<Box<Sleep>>)>);
+
+impl Timer {
+    /// Ready when `deadline` has passed; `None` disarms the timer.
+    fn poll(&mut self, cx: &mut Context<'_>, deadline: Option<Instant>) -> Poll<()> {
+        let Some(deadline) = deadline else {
+            self.0 = None;
             return Poll::Pending;
         };
         let at = tokio::time::Instant::from_std(deadline);
-        match &mut self.timer {
+        match &mut self.0 {
             Some((armed, sleep)) if *armed == deadline => sleep.as_mut().poll(cx),
             Some((armed, sleep)) => {
                 *armed = deadline;
@@ -228,7 +249,7 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
             None => {
                 let mut sleep = Box::pin(tokio::time::sleep_until(at));
                 let polled = sleep.as_mut().poll(cx);
-                self.timer = Some((deadline, sleep));
+                self.0 = Some((deadline, sleep));
                 polled
             }
         }

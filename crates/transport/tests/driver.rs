@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cloudproxy_proto::Machine;
-use cloudproxy_transport::driver::{Driver, Next};
+use cloudproxy_transport::driver::{DatagramDriver, Driver, Next};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UdpSocket;
 
 /// Queues whatever the test asks to send, reports each read as an event
 /// (an empty one for each timer firing at the deadlines it is given).
@@ -146,6 +147,52 @@ async fn next_event_is_cancel_safe_mid_write() {
     });
     driver.flush().await.unwrap();
     assert_eq!(reader.await.unwrap(), data);
+}
+
+/// Two UDP sockets on 127.0.0.1, connected to each other.
+async fn udp_pair() -> (UdpSocket, UdpSocket) {
+    let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    a.connect(b.local_addr().unwrap()).await.unwrap();
+    b.connect(a.local_addr().unwrap()).await.unwrap();
+    (a, b)
+}
+
+/// Over datagrams, each transmit is one datagram and each datagram one
+/// input, never merged.
+#[tokio::test]
+async fn datagram_driver_keeps_datagram_boundaries() {
+    let (ours, theirs) = udp_pair().await;
+    let mut driver = DatagramDriver::new(Probe::default(), ours);
+    driver
+        .machine_mut()
+        .out
+        .push_back(Bytes::from_static(b"abc"));
+    driver
+        .machine_mut()
+        .out
+        .push_back(Bytes::from_static(b"de"));
+    driver.flush().await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = theirs.recv(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"abc");
+    let n = theirs.recv(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"de");
+    theirs.send(b"xyz").await.unwrap();
+    theirs.send(b"w").await.unwrap();
+    assert_eq!(driver.next_event().await.event(), Ev::Read(b"xyz".to_vec()));
+    assert_eq!(driver.next_event().await.event(), Ev::Read(b"w".to_vec()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn datagram_driver_runs_the_machines_timers() {
+    let (ours, _theirs) = udp_pair().await;
+    let mut probe = Probe::default();
+    let now = tokio::time::Instant::now().into_std();
+    probe.deadlines.push_back(now + Duration::from_secs(10));
+    let mut driver = DatagramDriver::new(probe, ours);
+    assert_eq!(driver.next_event().await.event(), Ev::Read(Vec::new()));
+    assert_eq!(driver.machine().fired, 1);
 }
 
 trait EventOf<E> {

@@ -10,7 +10,8 @@ use std::time::Instant;
 use bytes::{Buf, Bytes};
 use cloudproxy_proto::frame::{BindMode, MAX_DATAGRAM_PAYLOAD};
 use cloudproxy_proto::server::{BindRequest, Connection, Role, ServerEvent};
-use cloudproxy_proto::{Address, ErrorCode, SessionError};
+use cloudproxy_proto::{Address, ErrorCode, Machine, SessionError};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::admission::{
@@ -18,7 +19,8 @@ use crate::admission::{
     quota_code, source_allowed,
 };
 use crate::conn::{
-    Bounds, CLOSING_FLUSH, Cut, Next, close_after_refusal, closing_flush, flush, next_event,
+    Bounds, CLOSING_FLUSH, Cut, Next, close_stream_after_refusal, closing_flush, flush, handshake,
+    next_event,
 };
 use crate::destination::{Destination, DestinationError};
 use crate::node::Shared;
@@ -26,13 +28,24 @@ use crate::pump::{LiveTotals, PumpOptions, pump_with_totals};
 use crate::quota::QuotaGuard;
 use crate::stats::{Active, Stats};
 use cloudproxy_transport::dial::{DialError, DialPolicy, Outcome, race};
-use cloudproxy_transport::net::{connected_udp, sleep_until_opt, write_all};
+use cloudproxy_transport::net::{connected_udp, sleep_until_opt};
+
+/// A native connection's byte stream up to its session: TCP today, any
+/// stream (TLS) later. Only a stream-mode session needs the TCP socket
+/// itself, for the splice pump.
+pub(crate) trait NativeStream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> NativeStream for S {}
 
 /// Refuses a connection from a source over its login-failure limit before
 /// its request is looked at: one `Error` frame, then a close that lets the
-/// frame arrive ([`close_after_refusal`]), within [`CLOSING_FLUSH`] and
-/// shutdown.
-async fn refuse_limited_source(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> bool {
+/// frame arrive ([`close_stream_after_refusal`]), within [`CLOSING_FLUSH`]
+/// and shutdown.
+async fn refuse_limited_source<S: NativeStream>(
+    shared: &Shared,
+    stream: &mut S,
+    peer: SocketAddr,
+) -> bool {
     if source_allowed(shared, Channel::Tcp, peer) {
         return false;
     }
@@ -45,11 +58,11 @@ async fn refuse_limited_source(shared: &Shared, stream: &TcpStream, peer: Socket
             "too many failed logins from this address; retry later",
         ));
     let refuse = async {
-        if tokio::time::timeout(CLOSING_FLUSH, write_all(stream, &frame.to_bytes()))
+        if tokio::time::timeout(CLOSING_FLUSH, stream.write_all(&frame.to_bytes()))
             .await
             .is_ok_and(|written| written.is_ok())
         {
-            close_after_refusal(stream).await;
+            close_stream_after_refusal(stream).await;
         }
     };
     tokio::select! {
@@ -97,15 +110,20 @@ fn note_refusal(shared: &Shared, conn: &Connection, peer: SocketAddr, reason: &S
 
 /// One connection on an allocation port: `AllocateRequest` or `Refresh` in,
 /// `AllocateOk` or `Error` out, then close.
-pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    if refuse_limited_source(&shared, &stream, peer).await {
+pub(crate) async fn allocation<S: NativeStream>(
+    shared: Arc<Shared>,
+    mut stream: S,
+    peer: SocketAddr,
+) {
+    if refuse_limited_source(&shared, &mut stream, peer).await {
         return;
     }
-    let mut conn = Connection::new(Arc::clone(&shared.proto), Role::Allocation, Instant::now());
-    let mut requested = None;
+    let conn = Connection::new(Arc::clone(&shared.proto), Role::Allocation, Instant::now());
     let bounds = handshake_bounds(&shared, &conn);
+    let mut driver = handshake(conn, stream);
+    let mut requested = None;
     loop {
-        match next_event(&stream, &mut conn, &bounds).await {
+        match next_event(&mut driver, &bounds).await {
             Next::Event(ServerEvent::AllocationRequested(request)) => {
                 requested = Some(Instant::now());
                 let room = if request.refresh {
@@ -116,11 +134,15 @@ pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: Soc
                 match room {
                     Ok(()) => {
                         // Only fails when nothing is pending, which the event rules out.
-                        let _ = conn.accept_allocation(Instant::now());
+                        let _ = driver.machine_mut().accept_allocation(Instant::now());
                     }
                     Err(e) => {
                         shared.stats.note_quota(&e);
-                        conn.reject(Instant::now(), quota_code(&e), Some(&e.to_string()));
+                        driver.machine_mut().reject(
+                            Instant::now(),
+                            quota_code(&e),
+                            Some(&e.to_string()),
+                        );
                     }
                 }
             }
@@ -136,8 +158,8 @@ pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: Soc
             }
             Next::Event(ServerEvent::Closed(reason)) => {
                 note_close(&shared.stats, &reason, true);
-                note_refusal(&shared, &conn, peer, &reason);
-                closing_flush(&stream, &mut conn, &bounds).await;
+                note_refusal(&shared, driver.machine(), peer, &reason);
+                closing_flush(&mut driver, &bounds).await;
                 break;
             }
             Next::Event(other) => {
@@ -162,7 +184,7 @@ pub(crate) async fn relay(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     // Boxed: the handshake's state (its read buffer, the state machine, the
     // connect) lives on the heap only while it runs, so an idle session's
     // task holds just what the session itself needs.
-    let Some(bound) = Box::pin(bind(&shared, &stream, peer)).await else {
+    let Some((stream, bound)) = Box::pin(bind(&shared, stream, peer)).await else {
         return;
     };
     match bound {
@@ -200,15 +222,22 @@ enum Bound {
 }
 
 /// Runs the relay handshake until a bind is accepted (and `BindOk` sent), or
-/// the connection ends; refusals are answered here.
-async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<Bound> {
-    if refuse_limited_source(shared, stream, peer).await {
+/// the connection ends; refusals are answered here. Returns the stream with
+/// the accepted bind: every byte read past the `Bind` is in the bind's
+/// early data (stream mode) or still in its connection (datagram mode).
+async fn bind<S: NativeStream>(
+    shared: &Shared,
+    mut stream: S,
+    peer: SocketAddr,
+) -> Option<(S, Bound)> {
+    if refuse_limited_source(shared, &mut stream, peer).await {
         return None;
     }
-    let mut conn = Connection::new(Arc::clone(&shared.proto), Role::Relay, Instant::now());
+    let conn = Connection::new(Arc::clone(&shared.proto), Role::Relay, Instant::now());
     let bounds = handshake_bounds(shared, &conn);
+    let mut driver = handshake(conn, stream);
     loop {
-        match next_event(stream, &mut conn, &bounds).await {
+        match next_event(&mut driver, &bounds).await {
             Next::Event(ServerEvent::BindRequested(request)) => {
                 // The checks and the connect are pre-session work too.
                 let prepared = bounds
@@ -217,39 +246,46 @@ async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<B
                     .unwrap_or_else(|cut| Err(cut_refusal(shared, cut)));
                 match prepared {
                     Ok(upstream) => {
+                        let conn = driver.machine_mut();
                         let _ = conn.accept_bind(Instant::now());
                         let early = match conn.poll_event() {
                             Some(ServerEvent::Bound { early_data, .. }) => early_data,
                             _ => bytes::Bytes::new(),
                         };
-                        if let Err(next) = flush(stream, &mut conn, &bounds).await {
+                        if let Err(next) = flush(&mut driver, &bounds).await {
                             if let Next::Cut(cut) = next {
                                 note_cut(shared, peer, cut);
                             }
                             return None;
                         }
-                        return Some(match upstream {
-                            Upstream::Stream(upstream, quota) => Bound::Stream {
-                                upstream,
-                                // A copy of just these bytes: the read buffer
-                                // behind `early` goes with the handshake.
-                                early: early.to_vec(),
-                                request,
-                                quota,
+                        let (conn, stream) = driver.into_parts();
+                        return Some((
+                            stream,
+                            match upstream {
+                                Upstream::Stream(upstream, quota) => Bound::Stream {
+                                    upstream,
+                                    // A copy of just these bytes: the read buffer
+                                    // behind `early` goes with the handshake.
+                                    early: early.to_vec(),
+                                    request,
+                                    quota,
+                                },
+                                Upstream::Datagram(upstream, quota) => Bound::Datagram {
+                                    upstream,
+                                    conn: Box::new(conn),
+                                    request,
+                                    quota,
+                                },
                             },
-                            Upstream::Datagram(upstream, quota) => Bound::Datagram {
-                                upstream,
-                                conn: Box::new(conn),
-                                request,
-                                quota,
-                            },
-                        });
+                        ));
                     }
                     Err((code, message)) => {
                         shared.refusal_log.log(|| {
                             tracing::info!(%peer, session = format_args!("{:016x}", request.session_id), app = %request.app_id, destination = %request.destination, reason = %code, %message, "bind refused");
                         });
-                        conn.reject(Instant::now(), code, Some(&message));
+                        driver
+                            .machine_mut()
+                            .reject(Instant::now(), code, Some(&message));
                     }
                 }
             }
@@ -257,9 +293,9 @@ async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<B
                 note_close(&shared.stats, &reason, false);
                 // Our own refusals (quota, destination) were logged above.
                 if !matches!(reason, SessionError::Rejected { .. }) || is_login_failure(&reason) {
-                    note_refusal(shared, &conn, peer, &reason);
+                    note_refusal(shared, driver.machine(), peer, &reason);
                 }
-                closing_flush(stream, &mut conn, &bounds).await;
+                closing_flush(&mut driver, &bounds).await;
                 return None;
             }
             Next::Event(other) => {

@@ -144,6 +144,8 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
     /// Takes the driver apart, for a caller that hands the stream on (a
     /// relay that becomes a byte pipe). Call [`flush`](Self::flush) first:
     /// a half-written transmit is dropped.
+    /// Every byte read so far went to the machine (as a stream-mode bind's
+    /// early data, say), so nothing read is lost with the driver.
     pub fn into_parts(self) -> (M, S) {
         (self.machine, self.stream)
     }

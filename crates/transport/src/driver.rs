@@ -46,8 +46,9 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
@@ -63,6 +64,9 @@ pub use datagram::DatagramDriver;
 
 /// The read buffer: one read feeds the machine up to this many bytes.
 const READ_BUF: usize = 16 * 1024;
+
+/// Transmits gathered into one vectored write at most.
+const MAX_GATHER: usize = 64;
 
 /// What ended a wait for the machine's next event.
 #[derive(Debug)]
@@ -81,8 +85,13 @@ pub enum Next<E> {
 pub struct Driver<M, S> {
     machine: M,
     stream: S,
-    /// The transmit being written, from its first unwritten byte.
-    pending: Bytes,
+    /// Transmits taken from the machine and not yet written, the first
+    /// from its first unwritten byte.
+    outbox: VecDeque<Bytes>,
+    /// Bytes in `outbox`.
+    queued: usize,
+    /// The owner asked not to read for now.
+    reads_paused: bool,
     /// Bytes were written since the last completed `poll_flush`.
     unflushed: bool,
     /// The stream reached its end.
@@ -105,7 +114,9 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
         Self {
             machine,
             stream,
-            pending: Bytes::new(),
+            outbox: VecDeque::new(),
+            queued: 0,
+            reads_paused: false,
             unflushed: false,
             eof: false,
             read_buf: vec![0; read_buf.max(1)].into_boxed_slice(),
@@ -135,15 +146,28 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
         self.eof
     }
 
-    /// Whether a transmit is still partly unwritten (it would be lost by
+    /// Whether a transmit is still unwritten (it would be lost by
     /// [`into_parts`](Self::into_parts)).
     pub fn has_pending_write(&self) -> bool {
-        !self.pending.is_empty()
+        !self.outbox.is_empty()
+    }
+
+    /// Bytes taken from the machine and not yet written: how far a peer
+    /// that does not read is behind.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+
+    /// Stops (`true`) or resumes (`false`) reading; writes and timers go
+    /// on. For an owner whose peer is backed up: every read may queue an
+    /// answer, so a peer that does not read is not read either.
+    pub fn pause_reads(&mut self, paused: bool) {
+        self.reads_paused = paused;
     }
 
     /// Takes the driver apart, for a caller that hands the stream on (a
     /// relay that becomes a byte pipe). Call [`flush`](Self::flush) first:
-    /// a half-written transmit is dropped.
+    /// unwritten transmits are dropped.
     /// Every byte read so far went to the machine (as a stream-mode bind's
     /// early data, say), so nothing read is lost with the driver.
     pub fn into_parts(self) -> (M, S) {
@@ -160,6 +184,22 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
     /// and does not run timers. Cancel-safe.
     pub async fn flush(&mut self) -> io::Result<()> {
         poll_fn(|cx| self.poll_flush_all(cx)).await
+    }
+
+    /// Drops the first `n` written bytes from the outbox.
+    fn consume(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let Some(front) = self.outbox.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.outbox.pop_front();
+        }
     }
 
     /// The poll form of [`next_event`](Self::next_event).
@@ -180,6 +220,9 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
             if self.eof {
                 return Poll::Ready(Next::PeerClosed);
             }
+            if self.reads_paused {
+                return Poll::Pending;
+            }
             let mut buf = ReadBuf::new(&mut self.read_buf);
             match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => {
@@ -198,21 +241,31 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
         }
     }
 
-    /// Writes the pending transmit and every queued one, then flushes.
+    /// Writes every queued transmit, gathered into one system call where
+    /// the stream supports it, then flushes.
     fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            if self.pending.is_empty() {
-                match self.machine.poll_transmit() {
-                    Some(bytes) => self.pending = bytes,
-                    None => break,
-                }
-                continue;
+        while let Some(bytes) = self.machine.poll_transmit() {
+            if !bytes.is_empty() {
+                self.queued += bytes.len();
+                self.outbox.push_back(bytes);
             }
-            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.pending))?;
+        }
+        while let Some(first) = self.outbox.front() {
+            let n = if self.outbox.len() > 1 && self.stream.is_write_vectored() {
+                let mut slices = [IoSlice::new(&[]); MAX_GATHER];
+                let mut count = 0;
+                for (slot, bytes) in slices.iter_mut().zip(&self.outbox) {
+                    *slot = IoSlice::new(bytes);
+                    count += 1;
+                }
+                ready!(Pin::new(&mut self.stream).poll_write_vectored(cx, &slices[..count]))?
+            } else {
+                ready!(Pin::new(&mut self.stream).poll_write(cx, first))?
+            };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.pending.advance(n);
+            self.consume(n);
             self.unflushed = true;
         }
         if self.unflushed {

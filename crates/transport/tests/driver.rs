@@ -149,6 +149,60 @@ async fn next_event_is_cancel_safe_mid_write() {
     assert_eq!(reader.await.unwrap(), data);
 }
 
+/// Paused reads leave the peer's bytes unread while writes and timers go
+/// on; the queue shows how far the peer is behind.
+#[tokio::test(start_paused = true)]
+async fn paused_reads_still_write_and_run_timers() {
+    let (ours, mut theirs) = tokio::io::duplex(1024);
+    let mut probe = Probe::default();
+    probe
+        .deadlines
+        .push_back(tokio::time::Instant::now().into_std() + Duration::from_secs(1));
+    probe.out.push_back(Bytes::from_static(b"abc"));
+    probe.out.push_back(Bytes::from_static(b"de"));
+    let mut driver = Driver::new(probe, ours);
+    driver.pause_reads(true);
+    theirs.write_all(b"unread").await.unwrap();
+    assert_eq!(driver.next_event().await.event(), Ev::Read(Vec::new()));
+    assert_eq!(driver.queued_bytes(), 0);
+    let mut got = [0u8; 5];
+    theirs.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"abcde");
+    driver.pause_reads(false);
+    assert_eq!(
+        driver.next_event().await.event(),
+        Ev::Read(b"unread".to_vec())
+    );
+}
+
+/// Transmits the stream does not take yet are counted until written.
+#[tokio::test]
+async fn queued_bytes_count_what_the_peer_has_not_taken() {
+    let (ours, mut theirs) = tokio::io::duplex(8);
+    let mut driver = Driver::new(Probe::default(), ours);
+    driver
+        .machine_mut()
+        .out
+        .push_back(Bytes::from(vec![1u8; 20]));
+    driver
+        .machine_mut()
+        .out
+        .push_back(Bytes::from(vec![2u8; 10]));
+    let waited = tokio::time::timeout(Duration::ZERO, driver.next_event()).await;
+    assert!(waited.is_err(), "nothing to read yet");
+    assert_eq!(driver.queued_bytes(), 30 - 8);
+    let reader = tokio::spawn(async move {
+        let mut got = vec![0u8; 30];
+        theirs.read_exact(&mut got).await.unwrap();
+        got
+    });
+    driver.flush().await.unwrap();
+    assert_eq!(driver.queued_bytes(), 0);
+    let mut want = vec![1u8; 20];
+    want.extend([2u8; 10]);
+    assert_eq!(reader.await.unwrap(), want);
+}
+
 /// Two UDP sockets on 127.0.0.1, connected to each other.
 async fn udp_pair() -> (UdpSocket, UdpSocket) {
     let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();

@@ -1,13 +1,11 @@
 //! The TCP side of a node: the allocation service and the relay (stream mode
 //! and UDP-over-TCP).
 
-use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Buf, Bytes};
 use cloudproxy_proto::frame::{BindMode, MAX_DATAGRAM_PAYLOAD};
 use cloudproxy_proto::server::{BindRequest, Connection, Role, ServerEvent};
 use cloudproxy_proto::{Address, ErrorCode, Machine, SessionError};
@@ -28,7 +26,8 @@ use crate::pump::{LiveTotals, PumpOptions, pump_with_totals};
 use crate::quota::QuotaGuard;
 use crate::stats::{Active, Stats};
 use cloudproxy_transport::dial::{DialError, DialPolicy, Outcome, race};
-use cloudproxy_transport::net::{connected_udp, sleep_until_opt};
+use cloudproxy_transport::driver::{self, Driver};
+use cloudproxy_transport::net::connected_udp;
 
 /// A native connection's byte stream up to its session: TCP today, any
 /// stream (TLS) later. Only a stream-mode session needs the TCP socket
@@ -199,7 +198,7 @@ pub(crate) async fn relay(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
             conn,
             request,
             quota,
-        } => datagram_session(&shared, &stream, *conn, &upstream, &request, peer, quota).await,
+        } => datagram_session(&shared, stream, *conn, &upstream, &request, peer, quota).await,
     }
 }
 
@@ -579,89 +578,19 @@ pub(crate) fn session_deadline(shared: &Shared, unix_deadline: u64) -> Instant {
 /// that does not read cannot make the relay queue without bound.
 const OUTBOX_LIMIT: usize = 64 * 1024;
 
-/// Frames for a datagram-mode client, written only as fast as the client's
-/// socket takes them, so that no write ever waits outside the session's
-/// `select!` (its timers and the forced close).
-#[derive(Default)]
-struct Outbox {
-    frames: VecDeque<Bytes>,
-    bytes: usize,
-}
-
-impl Outbox {
-    /// Takes what the state machine wants sent.
-    fn take_from(&mut self, conn: &mut Connection) {
-        while let Some(frame) = conn.poll_transmit() {
-            self.bytes += frame.len();
-            self.frames.push_back(frame);
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-    }
-
-    fn is_full(&self) -> bool {
-        self.bytes >= OUTBOX_LIMIT
-    }
-
-    /// Writes what the socket takes now, without waiting.
-    fn write_ready(&mut self, client: &TcpStream) -> io::Result<()> {
-        while !self.frames.is_empty() {
-            // Up to 64 frames per system call, gathered without allocating.
-            let mut slices = [IoSlice::new(&[]); 64];
-            let mut count = 0;
-            for (slot, frame) in slices.iter_mut().zip(&self.frames) {
-                *slot = IoSlice::new(frame);
-                count += 1;
-            }
-            match client.try_write_vectored(&slices[..count]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(mut n) => {
-                    self.bytes -= n;
-                    while n > 0 {
-                        let front = self.frames.front_mut().expect("n <= queued bytes");
-                        if n >= front.len() {
-                            n -= front.len();
-                            self.frames.pop_front();
-                        } else {
-                            front.advance(n);
-                            n = 0;
-                        }
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes everything, waiting for the socket; the caller bounds the wait.
-    async fn write_all(&mut self, client: &TcpStream) -> io::Result<()> {
-        loop {
-            self.write_ready(client)?;
-            if self.is_empty() {
-                return Ok(());
-            }
-            client.writable().await?;
-        }
-    }
-}
-
 /// UDP-over-TCP: `Datagram` frames from the client go to the destination as
 /// UDP datagrams, and the destination's datagrams come back as frames.
 ///
-/// Every wait — reading, writing, the idle timer, the session's lifetime,
-/// the forced close on shutdown — is one arm of the same `select!`: a client
-/// that stops reading holds no write open past any of them. While its
-/// frames back up beyond [`OUTBOX_LIMIT`], the client is not read (so its
-/// idle timer runs) and the destination's datagrams are dropped (counted).
-async fn datagram_session(
+/// Every wait — the client's reads and writes and the connection's idle
+/// and lifetime timers (all in the driver), the destination, the forced
+/// close on shutdown — is one arm of the same `select!`: a client that
+/// stops reading holds no write open past any of them. While its frames
+/// back up beyond [`OUTBOX_LIMIT`], the client is not read (so its idle
+/// timer runs) and the destination's datagrams are dropped (counted).
+async fn datagram_session<S: NativeStream>(
     shared: &Shared,
-    client: &TcpStream,
-    mut conn: Connection,
+    client: S,
+    conn: Connection,
     upstream: &UdpSocket,
     request: &BindRequest,
     peer: SocketAddr,
@@ -680,14 +609,17 @@ async fn datagram_session(
     let (mut packets_up, mut packets_down, mut bytes_up, mut bytes_down) = (0u64, 0u64, 0u64, 0u64);
     let force_closed = shared.lifecycle.force_closed();
     tokio::pin!(force_closed);
-    let mut read_buf = vec![0u8; 16 * 1024];
     let mut datagram = vec![0u8; MAX_DATAGRAM_PAYLOAD + 1];
-    let mut outbox = Outbox::default();
-    let reason: String = 'session: loop {
-        // Hand datagrams to the destination; stop at the close event.
-        while let Some(event) = conn.poll_event() {
-            match event {
-                ServerEvent::Datagram(payload) => match upstream.try_send(&payload) {
+    let mut driver = Driver::new(conn, client);
+    let reason: String = loop {
+        // Not while the client's frames back up: every frame read may
+        // queue an answer (a Pong).
+        let backed_up = driver.queued_bytes() >= OUTBOX_LIMIT;
+        driver.pause_reads(backed_up);
+        tokio::select! {
+            next = driver.next_event() => match next {
+                // Hand datagrams to the destination.
+                driver::Next::Event(ServerEvent::Datagram(payload)) => match upstream.try_send(&payload) {
                     Ok(_) => {
                         packets_up += 1;
                         bytes_up += payload.len() as u64;
@@ -696,60 +628,31 @@ async fn datagram_session(
                     }
                     Err(_) => Stats::bump(&shared.stats.udp_dropped),
                 },
-                ServerEvent::Closed(reason) => {
+                driver::Next::Event(ServerEvent::Closed(reason)) => {
                     // The closing frame gets a short, bounded chance to
                     // leave; shutdown cuts even that short.
-                    outbox.take_from(&mut conn);
                     tokio::select! {
-                        _ = tokio::time::timeout(CLOSING_FLUSH, outbox.write_all(client)) => {}
+                        _ = tokio::time::timeout(CLOSING_FLUSH, driver.flush()) => {}
                         () = &mut force_closed => {}
                     }
                     shared.stats.note_datagram_session_end(Some(&reason));
-                    break 'session reason.to_string();
+                    break reason.to_string();
                 }
-                _ => {}
-            }
-        }
-        outbox.take_from(&mut conn);
-        if let Err(e) = outbox.write_ready(client) {
-            shared.stats.note_datagram_session_end(None);
-            break format!("client write failed: {e}");
-        }
-        let backed_up = outbox.is_full();
-        let deadline = conn.poll_timeout().map(tokio::time::Instant::from_std);
-        tokio::select! {
-            // Not while the client's frames back up: every frame read may
-            // queue an answer (a Pong).
-            readable = client.readable(), if !backed_up => {
-                if let Err(e) = readable {
+                driver::Next::Event(_) => {}
+                driver::Next::PeerClosed => {
+                    shared
+                        .stats
+                        .note_datagram_session_end(Some(&SessionError::ClosedByPeer));
+                    break "client closed".into();
+                }
+                driver::Next::Io(e) => {
                     shared.stats.note_datagram_session_end(None);
-                    break format!("client read failed: {e}");
+                    break format!("client connection failed: {e}");
                 }
-                match client.try_read(&mut read_buf) {
-                    Ok(0) => {
-                        shared
-                            .stats
-                            .note_datagram_session_end(Some(&SessionError::ClosedByPeer));
-                        break "client closed".into();
-                    }
-                    Ok(n) => conn.handle_input(Instant::now(), &read_buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => {
-                        shared.stats.note_datagram_session_end(None);
-                        break format!("client read failed: {e}");
-                    }
-                }
-            }
-            writable = client.writable(), if !outbox.is_empty() => {
-                if let Err(e) = writable {
-                    shared.stats.note_datagram_session_end(None);
-            break format!("client write failed: {e}");
-                }
-                // The loop's top writes what now fits.
-            }
+            },
             received = upstream.recv(&mut datagram) => match received {
                 Ok(n) if n <= MAX_DATAGRAM_PAYLOAD && !backed_up => {
-                    if conn.send_datagram(&datagram[..n]).is_ok() {
+                    if driver.machine_mut().send_datagram(&datagram[..n]).is_ok() {
                         packets_down += 1;
                         bytes_down += n as u64;
                         Stats::bump(&shared.stats.udp_packets_down);
@@ -761,12 +664,11 @@ async fn datagram_session(
                 // go on.
                 Ok(_) | Err(_) => Stats::bump(&shared.stats.udp_dropped),
             },
-            () = sleep_until_opt(deadline) => conn.handle_timeout(Instant::now()),
             () = &mut force_closed => {
-                // Shutdown: a Close if the socket takes it now, no waiting.
-                conn.close();
-                outbox.take_from(&mut conn);
-                let _ = outbox.write_ready(client);
+                // Shutdown: a Close if the socket takes it now, no waiting
+                // (a zero timeout still polls the flush once).
+                driver.machine_mut().close();
+                let _ = tokio::time::timeout(std::time::Duration::ZERO, driver.flush()).await;
                 shared
                     .stats
                     .note_datagram_session_end(Some(&SessionError::ClosedLocally));

@@ -85,7 +85,7 @@ pub struct ServerConfig {
     pub max_pending_binds: usize,
     /// Largest frame body accepted on a TCP connection, bound or not
     /// (default and cap [`MAX_PAYLOAD`]); before the bind the lower
-    /// [`HANDSHAKE_MAX_PAYLOAD`] applies too. A larger frame is refused with
+    /// [`HANDSHAKE_MAX_PAYLOAD`](super::HANDSHAKE_MAX_PAYLOAD) applies too. A larger frame is refused with
     /// `Error` 100 and the connection closes, before anything is reserved
     /// for its body (`docs/protocol.md` §3.1).
     pub max_frame_len: usize,

@@ -1,6 +1,6 @@
 //! Sans-I/O server side: the allocation service and the relays' handshakes.
 //!
-//! * [`Server`] holds the configuration, the [`TicketKeyRing`], a
+//! * [`Server`] holds the configuration, the [`TicketKeyRing`](crate::ticket::TicketKeyRing), a
 //!   [`CredentialStore`] (app id → secrets) and an [`Entropy`] source. It is
 //!   shared (`Arc`) by every connection and is itself stateless per request:
 //!   it checks credential proofs and tickets and issues tickets.

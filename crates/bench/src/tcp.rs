@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cloudproxy_proto::client::{Allocation, BindingEvent, ClientConfig, RelayBinding};
 use cloudproxy_proto::frame::BindMode;
-use cloudproxy_proto::{Address, Path};
+use cloudproxy_proto::{Address, Machine, Path};
 use cloudproxy_transport::dial::DialPolicy;
+use cloudproxy_transport::driver::{Driver, Next};
 use cloudproxy_transport::tunnel::open_stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -109,19 +110,19 @@ async fn native_pipelined(
     }
     out.extend_from_slice(first);
     stream.write_all(&out).await?;
-    let mut buf = [0u8; 512];
+    let mut driver = Driver::new(binding, stream);
     loop {
-        match binding.poll_event() {
-            Some(BindingEvent::Bound { early_data, .. }) => return Ok((stream, early_data)),
-            Some(BindingEvent::Closed(reason)) => return Err(io::Error::other(reason)),
-            Some(_) => continue,
-            None => {}
+        match driver.next_event().await {
+            Next::Event(BindingEvent::Bound { early_data, .. }) => {
+                driver.flush().await?;
+                let (_, stream) = driver.into_parts();
+                return Ok((stream, early_data));
+            }
+            Next::Event(BindingEvent::Closed(reason)) => return Err(io::Error::other(reason)),
+            Next::Event(_) => {}
+            Next::PeerClosed => return Err(io::Error::other("the relay closed before BindOk")),
+            Next::Io(e) => return Err(e),
         }
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Err(io::Error::other("the relay closed before BindOk"));
-        }
-        binding.handle_input(std::time::Instant::now(), Bytes::copy_from_slice(&buf[..n]));
     }
 }
 

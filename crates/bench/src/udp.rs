@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use cloudproxy_proto::client::{Allocation, BindingEvent, ClientConfig, RelayBinding};
 use cloudproxy_proto::frame::BindMode;
-use cloudproxy_proto::{Address, Path};
+use cloudproxy_proto::{Address, Machine, Path};
+use cloudproxy_transport::driver::{DatagramDriver, Driver, Next};
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 
 /// Payload bytes of every media datagram, as seen by the destination.
@@ -335,8 +335,7 @@ fn send_separately(
     Ok(())
 }
 
-/// Bound UDP socket to cloudproxy's UDP relay, driven by hand like
-/// `tests/relay.rs`; returns the socket (connected to the relay) and the
+/// Bound UDP socket to cloudproxy's UDP relay; returns the socket (connected to the relay) and the
 /// binding's 16-byte data header.
 pub(crate) async fn cloudproxy_bind_udp(
     config: &ClientConfig,
@@ -348,7 +347,7 @@ pub(crate) async fn cloudproxy_bind_udp(
     let relay = relays[relay_index % relays.len()];
     let socket = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     socket.connect(relay).await?;
-    let mut binding = RelayBinding::new(
+    let binding = RelayBinding::new(
         config,
         allocation,
         Path::Udp,
@@ -357,41 +356,30 @@ pub(crate) async fn cloudproxy_bind_udp(
         std::time::Instant::now(),
     )
     .map_err(io::Error::other)?;
-    let mut buf = vec![0u8; 2048];
-    let work = async {
-        loop {
-            while let Some(bytes) = binding.poll_transmit() {
-                socket.send(&bytes).await?;
-            }
-            while let Some(event) = binding.poll_event() {
-                match event {
-                    BindingEvent::Bound { .. } => return Ok(()),
-                    BindingEvent::Closed(e) => return Err(io::Error::other(e.to_string())),
-                    _ => {}
-                }
-            }
-            let deadline = binding
-                .poll_timeout()
-                .map(tokio::time::Instant::from_std)
-                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
-            tokio::select! {
-                n = socket.recv(&mut buf) => {
-                    let n = n?;
-                    binding.handle_input(std::time::Instant::now(), Bytes::copy_from_slice(&buf[..n]));
-                }
-                () = tokio::time::sleep_until(deadline) => binding.handle_timeout(std::time::Instant::now()),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), work)
+    let mut driver = DatagramDriver::new(binding, socket);
+    tokio::time::timeout(Duration::from_secs(10), bound(driver.next_event()))
         .await
         .map_err(|_| io::Error::other("UDP bind timed out"))??;
+    let (binding, socket) = driver.into_parts();
     let header = binding
         .udp_header()
         .ok_or_else(|| io::Error::other("no UDP header after BindOk"))?
         .to_array()
         .to_vec();
     Ok((socket, relay, header))
+}
+
+/// Waits for `BindOk`: the first event of a bind is `Bound` or its end.
+async fn bound(next: impl Future<Output = Next<BindingEvent>>) -> io::Result<()> {
+    match next.await {
+        Next::Event(BindingEvent::Bound { .. }) => Ok(()),
+        Next::Event(BindingEvent::Closed(e)) => Err(io::Error::other(e.to_string())),
+        Next::Event(other) => Err(io::Error::other(format!(
+            "unexpected {other:?} before BindOk"
+        ))),
+        Next::PeerClosed => Err(io::Error::other("relay closed during bind")),
+        Next::Io(e) => Err(e),
+    }
 }
 
 /// The cloudproxy UDP relay as a send path.
@@ -415,7 +403,7 @@ pub(crate) async fn cloudproxy_tcp_path(
     let relay = allocation.tcp_relays[0];
     let stream = tokio::net::TcpStream::connect(relay).await?;
     stream.set_nodelay(true)?;
-    let mut binding = RelayBinding::new(
+    let binding = RelayBinding::new(
         config,
         allocation,
         Path::Tcp,
@@ -424,31 +412,15 @@ pub(crate) async fn cloudproxy_tcp_path(
         std::time::Instant::now(),
     )
     .map_err(io::Error::other)?;
-    let mut stream = stream;
+    let mut driver = Driver::new(binding, stream);
     let work = async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            while let Some(bytes) = binding.poll_transmit() {
-                stream.write_all(&bytes).await?;
-            }
-            while let Some(event) = binding.poll_event() {
-                match event {
-                    BindingEvent::Bound { .. } => return Ok(()),
-                    BindingEvent::Closed(e) => return Err(io::Error::other(e.to_string())),
-                    _ => {}
-                }
-            }
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                return Err(io::Error::other("relay closed during bind"));
-            }
-            binding.handle_input(std::time::Instant::now(), Bytes::copy_from_slice(&buf[..n]));
-        }
+        bound(driver.next_event()).await?;
+        driver.flush().await
     };
     tokio::time::timeout(Duration::from_secs(10), work)
         .await
         .map_err(|_| io::Error::other("TCP datagram bind timed out"))??;
+    let (mut binding, stream) = driver.into_parts();
     binding
         .send_datagram(std::time::Instant::now(), &[0u8; PAYLOAD])
         .map_err(io::Error::other)?;

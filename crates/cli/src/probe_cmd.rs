@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use cloudproxy_engine::Credential;
 use cloudproxy_params::ProxyServer;
 use cloudproxy_proto::client::{
@@ -13,10 +12,10 @@ use cloudproxy_proto::client::{
 };
 use cloudproxy_proto::frame::BindMode;
 use cloudproxy_proto::{Address, AppId, ErrorCode, Path, SessionError, Timebase};
-use cloudproxy_transport::net::{connected_udp, sleep_until_opt};
+use cloudproxy_transport::driver::{DatagramDriver, Driver, Next};
+use cloudproxy_transport::net::connected_udp;
 use cloudproxy_transport::resolve::candidates;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::call::{CallSpec, run as run_call};
@@ -396,25 +395,15 @@ pub(crate) async fn allocate_tcp(
 ) -> (Outcome, Option<Allocation>) {
     let started = Instant::now();
     let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.map_err(|e| io_outcome(&e))?;
-        let mut allocator = Allocator::new(config, Path::Tcp, nonce(), Instant::now());
-        let mut buf = [0u8; 4096];
+        let stream = TcpStream::connect(addr).await.map_err(|e| io_outcome(&e))?;
+        let allocator = Allocator::new(config, Path::Tcp, nonce(), Instant::now());
+        let mut driver = Driver::new(allocator, stream);
         loop {
-            while let Some(bytes) = allocator.poll_transmit() {
-                stream.write_all(&bytes).await.map_err(|e| io_outcome(&e))?;
-            }
-            match allocator.poll_event() {
-                Some(AllocatorEvent::Allocated(a)) => return Ok(a),
-                Some(AllocatorEvent::Failed(e)) => return Err(session_outcome(&e)),
+            match answer(driver.next_event().await)? {
+                AllocatorEvent::Allocated(a) => return Ok(a),
+                AllocatorEvent::Failed(e) => return Err(session_outcome(&e)),
                 _ => {}
             }
-            let n = stream.read(&mut buf).await.map_err(|e| io_outcome(&e))?;
-            if n == 0 {
-                return Err(Outcome::Blocked {
-                    reason: "closed without an answer".into(),
-                });
-            }
-            allocator.handle_input(Instant::now(), &buf[..n]);
         }
     };
     match tokio::time::timeout(timeout, exchange).await {
@@ -437,25 +426,15 @@ async fn allocate_udp(
     let started = Instant::now();
     let exchange = async {
         let socket = connected_udp(addr).await.map_err(|e| io_outcome(&e))?;
-        let mut allocator = Allocator::new(config, Path::Udp, nonce(), Instant::now());
-        let mut buf = vec![0u8; 2048];
+        let allocator = Allocator::new(config, Path::Udp, nonce(), Instant::now());
+        let mut driver = DatagramDriver::new(allocator, socket);
         loop {
-            while let Some(bytes) = allocator.poll_transmit() {
-                let _ = socket.send(&bytes).await;
-            }
-            match allocator.poll_event() {
-                Some(AllocatorEvent::Allocated(a)) => return Ok(a),
-                Some(AllocatorEvent::Failed(e)) => return Err(session_outcome(&e)),
+            // An error here is ICMP port unreachable: nothing listens, or a
+            // REJECT rule.
+            match answer(driver.next_event().await)? {
+                AllocatorEvent::Allocated(a) => return Ok(a),
+                AllocatorEvent::Failed(e) => return Err(session_outcome(&e)),
                 _ => {}
-            }
-            let deadline = allocator.poll_timeout().map(tokio::time::Instant::from_std);
-            tokio::select! {
-                received = socket.recv(&mut buf) => match received {
-                    Ok(n) => allocator.handle_input(Instant::now(), &buf[..n]),
-                    // ICMP port unreachable: nothing listens, or a REJECT rule.
-                    Err(e) => return Err(io_outcome(&e)),
-                },
-                () = sleep_until_opt(deadline) => allocator.handle_timeout(Instant::now()),
             }
         }
     };
@@ -483,7 +462,7 @@ async fn bind_check(
     let started = Instant::now();
     let never_allowed = Address::Ip(SocketAddr::from(([0, 0, 0, 0], 9)));
     let mode = BindMode::Datagram;
-    let Ok(mut binding) = RelayBinding::new(
+    let Ok(binding) = RelayBinding::new(
         config,
         allocation,
         path,
@@ -495,47 +474,17 @@ async fn bind_check(
             reason: "the allocation does not allow this transport".into(),
         };
     };
-    let exchange = async {
-        let mut buf = vec![0u8; 4096];
+    let exchange = async move {
         match path {
             Path::Tcp => {
-                let mut stream = TcpStream::connect(relay)
+                let stream = TcpStream::connect(relay)
                     .await
                     .map_err(|e| io_outcome(&e))?;
-                loop {
-                    while let Some(bytes) = binding.poll_transmit() {
-                        stream.write_all(&bytes).await.map_err(|e| io_outcome(&e))?;
-                    }
-                    if let Some(event) = binding.poll_event() {
-                        return Ok(event);
-                    }
-                    let n = stream.read(&mut buf).await.map_err(|e| io_outcome(&e))?;
-                    if n == 0 {
-                        return Err(Outcome::Blocked {
-                            reason: "closed without an answer".into(),
-                        });
-                    }
-                    binding.handle_input(Instant::now(), Bytes::copy_from_slice(&buf[..n]));
-                }
+                answer(Driver::new(binding, stream).next_event().await)
             }
             Path::Udp => {
                 let socket = connected_udp(relay).await.map_err(|e| io_outcome(&e))?;
-                loop {
-                    while let Some(bytes) = binding.poll_transmit() {
-                        let _ = socket.send(&bytes).await;
-                    }
-                    if let Some(event) = binding.poll_event() {
-                        return Ok(event);
-                    }
-                    let deadline = binding.poll_timeout().map(tokio::time::Instant::from_std);
-                    tokio::select! {
-                        received = socket.recv(&mut buf) => match received {
-                            Ok(n) => binding.handle_input(Instant::now(), Bytes::copy_from_slice(&buf[..n])),
-                            Err(e) => return Err(io_outcome(&e)),
-                        },
-                        () = sleep_until_opt(deadline) => binding.handle_timeout(Instant::now()),
-                    }
-                }
+                answer(DatagramDriver::new(binding, socket).next_event().await)
             }
         }
     };
@@ -553,6 +502,18 @@ async fn bind_check(
         },
         Ok(Err(outcome)) => outcome,
         Err(_) => Outcome::Timeout,
+    }
+}
+
+/// What a driver's wait gave, as a check sees it: the machine's event, or
+/// the outcome that ends the check.
+fn answer<E>(next: Next<E>) -> Result<E, Outcome> {
+    match next {
+        Next::Event(event) => Ok(event),
+        Next::PeerClosed => Err(Outcome::Blocked {
+            reason: "closed without an answer".into(),
+        }),
+        Next::Io(e) => Err(io_outcome(&e)),
     }
 }
 

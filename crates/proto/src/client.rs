@@ -19,7 +19,7 @@
 //! ```
 //! use std::time::Instant;
 //! use cloudproxy_proto::client::{Allocator, AllocatorEvent, ClientConfig};
-//! use cloudproxy_proto::{AppId, Path, Timebase};
+//! use cloudproxy_proto::{AppId, Machine, Path, Timebase};
 //!
 //! let now = Instant::now();
 //! let config = ClientConfig::new(
@@ -50,7 +50,7 @@ use crate::ticket::credential_proof;
 use crate::time::Timebase;
 use crate::types::{Address, AppId, Capabilities, SealedTicket, Text, Transports};
 use crate::udp::{DatagramClass, UDP_HEADER_LEN, UdpHeader, UdpKind, classify};
-use crate::{MIN_UDP_REQUEST, Path};
+use crate::{MIN_UDP_REQUEST, Machine, Path};
 
 /// Client settings shared by [`Allocator`] and [`RelayBinding`].
 #[derive(Clone, Debug)]
@@ -227,8 +227,21 @@ impl Allocator {
         }
     }
 
-    /// Feeds received bytes: for TCP any chunk of the stream, for UDP one datagram.
-    pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
+    fn fail(&mut self, e: SessionError) {
+        self.state = AllocState::Done;
+        self.events.push_back(AllocatorEvent::Failed(e));
+    }
+
+    /// True once the exchange succeeded or failed.
+    #[must_use]
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, AllocState::Done)
+    }
+}
+
+impl Machine for Allocator {
+    type Event = AllocatorEvent;
+    fn handle_input(&mut self, now: Instant, data: &[u8]) {
         if matches!(self.state, AllocState::Done) {
             return;
         }
@@ -265,20 +278,15 @@ impl Allocator {
         }
     }
 
-    fn fail(&mut self, e: SessionError) {
-        self.state = AllocState::Done;
-        self.events.push_back(AllocatorEvent::Failed(e));
-    }
-
-    /// Next bytes to send, if any.
-    #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+    fn poll_transmit(&mut self) -> Option<Bytes> {
         self.transmits.pop_front()
     }
 
-    /// When [`Allocator::handle_timeout`] must be called next.
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    fn poll_event(&mut self) -> Option<AllocatorEvent> {
+        self.events.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             AllocState::Waiting {
                 deadline,
@@ -289,8 +297,7 @@ impl Allocator {
         }
     }
 
-    /// Runs the timers: UDP retransmission (doubling interval) and the deadline.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         if let AllocState::Waiting {
             deadline,
             retransmit_at,
@@ -312,18 +319,6 @@ impl Allocator {
                 self.transmits.push_back(self.request.clone());
             }
         }
-    }
-
-    /// Next event, if any.
-    #[must_use]
-    pub fn poll_event(&mut self) -> Option<AllocatorEvent> {
-        self.events.pop_front()
-    }
-
-    /// True once the exchange succeeded or failed.
-    #[must_use]
-    pub fn is_done(&self) -> bool {
-        matches!(self.state, AllocState::Done)
     }
 }
 
@@ -485,35 +480,8 @@ impl RelayBinding {
         matches!(self.state, BindState::Closed)
     }
 
-    /// Feeds received bytes: for TCP any chunk of the stream, for UDP one datagram.
-    pub fn handle_input(&mut self, now: Instant, data: Bytes) {
-        match self.path {
-            Path::Udp => self.handle_udp(now, data),
-            Path::Tcp => {
-                if matches!(self.state, BindState::Closed | BindState::Streaming) {
-                    return;
-                }
-                self.buf.extend_from_slice(&data);
-                loop {
-                    if matches!(self.state, BindState::Closed | BindState::Streaming) {
-                        return;
-                    }
-                    match self.codec.decode(&mut self.buf) {
-                        Ok(Some(f)) => self.handle_frame(now, f),
-                        Ok(None) => return,
-                        Err(e) => {
-                            let code = e.wire_code();
-                            self.queue_frame(&Frame::Error(ErrorFrame::new(code)));
-                            return self.close_with(SessionError::protocol(e));
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn handle_udp(&mut self, now: Instant, data: Bytes) {
-        match classify(&data) {
+    fn handle_udp(&mut self, now: Instant, data: &[u8]) {
+        match classify(data) {
             DatagramClass::Relay => {
                 let BindState::Bound {
                     binding_id, token, ..
@@ -521,7 +489,7 @@ impl RelayBinding {
                 else {
                     return;
                 };
-                let Ok((h, payload)) = UdpHeader::parse(&data) else {
+                let Ok((h, payload)) = UdpHeader::parse(data) else {
                     return;
                 };
                 if h.binding_id != binding_id
@@ -532,16 +500,15 @@ impl RelayBinding {
                 self.last_recv = now;
                 match h.kind {
                     UdpKind::Data => {
-                        let start = data.len() - payload.len();
                         self.events
-                            .push_back(BindingEvent::Datagram(data.slice(start..)));
+                            .push_back(BindingEvent::Datagram(Bytes::copy_from_slice(payload)));
                     }
                     UdpKind::KeepaliveAck | UdpKind::Keepalive => {}
                     UdpKind::Close => self.close_with(SessionError::ClosedByPeer),
                 }
             }
             DatagramClass::Control => {
-                if let Ok(f) = Frame::decode(data) {
+                if let Ok(f) = Frame::parse(data) {
                     self.handle_frame(now, f);
                 }
             }
@@ -751,22 +718,45 @@ impl RelayBinding {
     fn keepalive_at(&self) -> Instant {
         self.last_sent.min(self.last_recv).max(self.last_keepalive) + self.keepalive_interval
     }
+}
 
-    /// Next bytes to send, if any.
-    #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+impl Machine for RelayBinding {
+    type Event = BindingEvent;
+    fn handle_input(&mut self, now: Instant, data: &[u8]) {
+        match self.path {
+            Path::Udp => self.handle_udp(now, data),
+            Path::Tcp => {
+                if matches!(self.state, BindState::Closed | BindState::Streaming) {
+                    return;
+                }
+                self.buf.extend_from_slice(data);
+                loop {
+                    if matches!(self.state, BindState::Closed | BindState::Streaming) {
+                        return;
+                    }
+                    match self.codec.decode(&mut self.buf) {
+                        Ok(Some(f)) => self.handle_frame(now, f),
+                        Ok(None) => return,
+                        Err(e) => {
+                            let code = e.wire_code();
+                            self.queue_frame(&Frame::Error(ErrorFrame::new(code)));
+                            return self.close_with(SessionError::protocol(e));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<Bytes> {
         self.transmits.pop_front()
     }
 
-    /// Next event, if any.
-    #[must_use]
-    pub fn poll_event(&mut self) -> Option<BindingEvent> {
+    fn poll_event(&mut self) -> Option<BindingEvent> {
         self.events.pop_front()
     }
 
-    /// When [`RelayBinding::handle_timeout`] must be called next.
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    fn poll_timeout(&self) -> Option<Instant> {
         match &self.state {
             BindState::Binding {
                 deadline,
@@ -786,9 +776,7 @@ impl RelayBinding {
         }
     }
 
-    /// Runs the timers: bind retransmission and deadline, keepalive, dead-peer
-    /// detection, re-bind retransmission.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         match &mut self.state {
             BindState::Binding {
                 deadline,

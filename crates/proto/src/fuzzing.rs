@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::Machine;
 use crate::client::{Allocator, BindingEvent, ClientConfig, RelayBinding};
 use crate::codec::FrameCodec;
 use crate::frame::{Bind, BindMode, Frame};
@@ -384,7 +385,7 @@ impl Harness {
             }
             8 => {
                 if let Some(b) = &mut self.binding {
-                    b.handle_input(now, Bytes::copy_from_slice(chunk));
+                    b.handle_input(now, chunk);
                 } else {
                     let alloc = crate::client::Allocation {
                         session_id: 99,

@@ -87,7 +87,7 @@ fn successful_session_allocate_bind_udp_and_exchange_media() {
         .encapsulate(binding_id, b"rtp-back", &mut out)
         .unwrap();
     assert_eq!(to, p.client_addr);
-    b.handle_input(p.now, Bytes::from(out));
+    b.handle_input(p.now, &out);
     assert_eq!(
         events(&mut b),
         vec![BindingEvent::Datagram(Bytes::from_static(b"rtp-back"))]
@@ -155,7 +155,7 @@ fn tcp_stream_bind_hands_over_early_data() {
     // The client receives BindOk followed by the first bytes of the edge.
     let mut back = conn.poll_transmit().unwrap().to_vec();
     back.extend_from_slice(b"JOINED");
-    b.handle_input(p.now, Bytes::from(back));
+    b.handle_input(p.now, &back);
     assert_eq!(
         events(&mut b),
         vec![BindingEvent::Bound {
@@ -801,12 +801,12 @@ fn forged_udp_error_does_not_tear_down_a_bound_binding() {
         ErrorCode::EXPIRED_TICKET,
     ))
     .to_bytes();
-    b.handle_input(p.now, forged.clone());
+    b.handle_input(p.now, &forged);
     assert!(events(&mut b).is_empty());
     assert!(b.is_bound());
     // During a re-bind the relay's Error is expected and ends the binding.
     b.rebind(p.now).unwrap();
-    b.handle_input(p.now, forged);
+    b.handle_input(p.now, &forged);
     assert_eq!(refused(&events(&mut b)[0]), Some(ErrorCode::EXPIRED_TICKET));
 }
 

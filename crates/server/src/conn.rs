@@ -1,5 +1,6 @@
-//! Drives a sans-I/O [`Connection`] over a TCP stream: feeds it what the
-//! socket reads, writes what it transmits, runs its timers.
+//! Drives a sans-I/O [`Connection`] over its stream with the transport's
+//! one [`Driver`]: feeds it what the stream reads, writes what it
+//! transmits, runs its timers.
 //!
 //! Before a connection is a session, every wait — reading, writing, and the
 //! caller's own work such as the destination check — is bounded by the
@@ -11,10 +12,10 @@ use std::io;
 use std::time::Instant;
 
 use cloudproxy_proto::server::{Connection, ServerEvent};
-use tokio::net::TcpStream;
-
+use cloudproxy_transport::driver::{self, Driver};
 use cloudproxy_transport::lifecycle::Lifecycle;
-use cloudproxy_transport::net::{sleep_until_opt, try_read_drained, write_all};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// What ended a wait for the next event.
 #[derive(Debug)]
@@ -87,49 +88,47 @@ impl Bounds {
     }
 }
 
+/// Reads fed to a connection before it is a session: handshake frames
+/// are small, and a handshake's buffer lives only while it runs.
+const HANDSHAKE_READ: usize = 4096;
+
+/// A connection's handshake: the sans-I/O [`Connection`] on its stream,
+/// which may be any byte stream (TCP today; TLS can plug in here).
+pub(crate) type Handshake<S> = Driver<Connection, S>;
+
+/// Starts driving `conn` over `stream`.
+pub(crate) fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: Connection,
+    stream: S,
+) -> Handshake<S> {
+    Driver::with_read_buf(conn, stream, HANDSHAKE_READ)
+}
+
 /// Writes every queued transmit, within `bounds`.
-pub(crate) async fn flush(
-    stream: &TcpStream,
-    conn: &mut Connection,
+pub(crate) async fn flush<S: AsyncRead + AsyncWrite + Unpin>(
+    driver: &mut Handshake<S>,
     bounds: &Bounds,
 ) -> Result<(), Next> {
-    while let Some(bytes) = conn.poll_transmit() {
-        match bounds.run(write_all(stream, &bytes)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Next::Io(e)),
-            Err(cut) => return Err(Next::Cut(cut)),
-        }
+    match bounds.run(driver.flush()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Next::Io(e)),
+        Err(cut) => Err(Next::Cut(cut)),
     }
-    Ok(())
 }
 
 /// Runs the connection until it has an event, flushing its output and
-/// honouring its timers on the way, all within `bounds`.
-pub(crate) async fn next_event(stream: &TcpStream, conn: &mut Connection, bounds: &Bounds) -> Next {
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Err(next) = flush(stream, conn, bounds).await {
-            return next;
-        }
-        if let Some(event) = conn.poll_event() {
-            return Next::Event(event);
-        }
-        let deadline = conn.poll_timeout().map(tokio::time::Instant::from_std);
-        tokio::select! {
-            readable = stream.readable() => {
-                if let Err(e) = readable {
-                    return Next::Io(e);
-                }
-                match try_read_drained(stream, &mut buf) {
-                    Ok(0) => return Next::PeerClosed,
-                    Ok(n) => conn.handle_input(Instant::now(), &buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Next::Io(e),
-                }
-            }
-            () = sleep_until_opt(deadline) => conn.handle_timeout(Instant::now()),
-            () = bounds.lifecycle.force_closed() => return Next::Cut(Cut::Shutdown),
-        }
+/// honouring its timers on the way, all within `bounds` (the driver's wait
+/// is cancel-safe, so a cut loses nothing that matters: the connection
+/// ends).
+pub(crate) async fn next_event<S: AsyncRead + AsyncWrite + Unpin>(
+    driver: &mut Handshake<S>,
+    bounds: &Bounds,
+) -> Next {
+    match bounds.run(driver.next_event()).await {
+        Ok(driver::Next::Event(event)) => Next::Event(event),
+        Ok(driver::Next::PeerClosed) => Next::PeerClosed,
+        Ok(driver::Next::Io(e)) => Next::Io(e),
+        Err(cut) => Next::Cut(cut),
     }
 }
 
@@ -139,15 +138,12 @@ pub(crate) async fn next_event(stream: &TcpStream, conn: &mut Connection, bounds
 pub(crate) const CLOSING_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Writes the closing frames, within [`CLOSING_FLUSH`] and shutdown.
-pub(crate) async fn closing_flush(stream: &TcpStream, conn: &mut Connection, bounds: &Bounds) {
-    let write = async {
-        while let Some(bytes) = conn.poll_transmit() {
-            write_all(stream, &bytes).await?;
-        }
-        io::Result::Ok(())
-    };
+pub(crate) async fn closing_flush<S: AsyncRead + AsyncWrite + Unpin>(
+    driver: &mut Handshake<S>,
+    bounds: &Bounds,
+) {
     let _ = bounds
-        .until_shutdown(tokio::time::timeout(CLOSING_FLUSH, write))
+        .until_shutdown(tokio::time::timeout(CLOSING_FLUSH, driver.flush()))
         .await;
 }
 
@@ -170,6 +166,23 @@ pub(crate) async fn close_after_refusal(stream: &TcpStream) {
                 Ok(n) => left = left.saturating_sub(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), drain).await;
+}
+
+/// [`close_after_refusal`] for any byte stream (a native connection before
+/// its handshake): the same FIN, then the same bounded drain.
+pub(crate) async fn close_stream_after_refusal<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 512];
+        let mut left = 4096usize;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
             }
         }
     };

@@ -1,16 +1,14 @@
 //! The TCP side of a node: the allocation service and the relay (stream mode
 //! and UDP-over-TCP).
 
-use std::collections::VecDeque;
-use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Buf, Bytes};
 use cloudproxy_proto::frame::{BindMode, MAX_DATAGRAM_PAYLOAD};
 use cloudproxy_proto::server::{BindRequest, Connection, Role, ServerEvent};
-use cloudproxy_proto::{ErrorCode, SessionError};
+use cloudproxy_proto::{ErrorCode, Machine, SessionError};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::admission::{
@@ -18,20 +16,33 @@ use crate::admission::{
     quota_code, source_allowed,
 };
 use crate::conn::{
-    Bounds, CLOSING_FLUSH, Cut, Next, close_after_refusal, closing_flush, flush, next_event,
+    Bounds, CLOSING_FLUSH, Cut, Next, close_stream_after_refusal, closing_flush, flush, handshake,
+    next_event,
 };
 use crate::quota::QuotaGuard;
 use crate::relay_session::{StreamSession, relay_stream};
 use crate::shared::Shared;
 use crate::stats::{Active, Stats};
 use crate::upstream::{check_destination, connect_upstream, upstream_socket_failure};
-use cloudproxy_transport::net::{connected_udp, sleep_until_opt, write_all};
+use cloudproxy_transport::driver::{self, Driver};
+use cloudproxy_transport::net::connected_udp;
+
+/// A native connection's byte stream up to its session: TCP today, any
+/// stream (TLS) later. Only a stream-mode session needs the TCP socket
+/// itself, for the splice pump.
+pub(crate) trait NativeStream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> NativeStream for S {}
 
 /// Refuses a connection from a source over its login-failure limit before
 /// its request is looked at: one `Error` frame, then a close that lets the
-/// frame arrive ([`close_after_refusal`]), within [`CLOSING_FLUSH`] and
-/// shutdown.
-async fn refuse_limited_source(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> bool {
+/// frame arrive ([`close_stream_after_refusal`]), within [`CLOSING_FLUSH`]
+/// and shutdown.
+async fn refuse_limited_source<S: NativeStream>(
+    shared: &Shared,
+    stream: &mut S,
+    peer: SocketAddr,
+) -> bool {
     if source_allowed(shared, Channel::Tcp, peer) {
         return false;
     }
@@ -44,11 +55,11 @@ async fn refuse_limited_source(shared: &Shared, stream: &TcpStream, peer: Socket
             "too many failed logins from this address; retry later",
         ));
     let refuse = async {
-        if tokio::time::timeout(CLOSING_FLUSH, write_all(stream, &frame.to_bytes()))
+        if tokio::time::timeout(CLOSING_FLUSH, stream.write_all(&frame.to_bytes()))
             .await
             .is_ok_and(|written| written.is_ok())
         {
-            close_after_refusal(stream).await;
+            close_stream_after_refusal(stream).await;
         }
     };
     tokio::select! {
@@ -96,15 +107,20 @@ fn note_refusal(shared: &Shared, conn: &Connection, peer: SocketAddr, reason: &S
 
 /// One connection on an allocation port: `AllocateRequest` or `Refresh` in,
 /// `AllocateOk` or `Error` out, then close.
-pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    if refuse_limited_source(&shared, &stream, peer).await {
+pub(crate) async fn allocation<S: NativeStream>(
+    shared: Arc<Shared>,
+    mut stream: S,
+    peer: SocketAddr,
+) {
+    if refuse_limited_source(&shared, &mut stream, peer).await {
         return;
     }
-    let mut conn = Connection::new(Arc::clone(&shared.proto), Role::Allocation, Instant::now());
-    let mut requested = None;
+    let conn = Connection::new(Arc::clone(&shared.proto), Role::Allocation, Instant::now());
     let bounds = handshake_bounds(&shared, &conn);
+    let mut driver = handshake(conn, stream);
+    let mut requested = None;
     loop {
-        match next_event(&stream, &mut conn, &bounds).await {
+        match next_event(&mut driver, &bounds).await {
             Next::Event(ServerEvent::AllocationRequested(request)) => {
                 requested = Some(Instant::now());
                 let room = if request.refresh {
@@ -115,11 +131,15 @@ pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: Soc
                 match room {
                     Ok(()) => {
                         // Only fails when nothing is pending, which the event rules out.
-                        let _ = conn.accept_allocation(Instant::now());
+                        let _ = driver.machine_mut().accept_allocation(Instant::now());
                     }
                     Err(e) => {
                         shared.stats.note_quota(&e);
-                        conn.reject(Instant::now(), quota_code(&e), Some(&e.to_string()));
+                        driver.machine_mut().reject(
+                            Instant::now(),
+                            quota_code(&e),
+                            Some(&e.to_string()),
+                        );
                     }
                 }
             }
@@ -135,8 +155,8 @@ pub(crate) async fn allocation(shared: Arc<Shared>, stream: TcpStream, peer: Soc
             }
             Next::Event(ServerEvent::Closed(reason)) => {
                 note_close(&shared.stats, &reason, true);
-                note_refusal(&shared, &conn, peer, &reason);
-                closing_flush(&stream, &mut conn, &bounds).await;
+                note_refusal(&shared, driver.machine(), peer, &reason);
+                closing_flush(&mut driver, &bounds).await;
                 break;
             }
             Next::Event(other) => {
@@ -161,7 +181,7 @@ pub(crate) async fn relay(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     // Boxed: the handshake's state (its read buffer, the state machine, the
     // connect) lives on the heap only while it runs, so an idle session's
     // task holds just what the session itself needs.
-    let Some(bound) = Box::pin(bind(&shared, &stream, peer)).await else {
+    let Some((stream, bound)) = Box::pin(bind(&shared, stream, peer)).await else {
         return;
     };
     match bound {
@@ -186,7 +206,7 @@ pub(crate) async fn relay(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
             conn,
             request,
             quota,
-        } => datagram_session(&shared, &stream, *conn, &upstream, &request, peer, quota).await,
+        } => datagram_session(&shared, stream, *conn, &upstream, &request, peer, quota).await,
     }
 }
 
@@ -209,15 +229,22 @@ enum Bound {
 }
 
 /// Runs the relay handshake until a bind is accepted (and `BindOk` sent), or
-/// the connection ends; refusals are answered here.
-async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<Bound> {
-    if refuse_limited_source(shared, stream, peer).await {
+/// the connection ends; refusals are answered here. Returns the stream with
+/// the accepted bind: every byte read past the `Bind` is in the bind's
+/// early data (stream mode) or still in its connection (datagram mode).
+async fn bind<S: NativeStream>(
+    shared: &Shared,
+    mut stream: S,
+    peer: SocketAddr,
+) -> Option<(S, Bound)> {
+    if refuse_limited_source(shared, &mut stream, peer).await {
         return None;
     }
-    let mut conn = Connection::new(Arc::clone(&shared.proto), Role::Relay, Instant::now());
+    let conn = Connection::new(Arc::clone(&shared.proto), Role::Relay, Instant::now());
     let bounds = handshake_bounds(shared, &conn);
+    let mut driver = handshake(conn, stream);
     loop {
-        match next_event(stream, &mut conn, &bounds).await {
+        match next_event(&mut driver, &bounds).await {
             Next::Event(ServerEvent::BindRequested(request)) => {
                 // The checks and the connect are pre-session work too.
                 let prepared = bounds
@@ -226,39 +253,46 @@ async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<B
                     .unwrap_or_else(|cut| Err(cut_refusal(shared, cut)));
                 match prepared {
                     Ok(upstream) => {
+                        let conn = driver.machine_mut();
                         let _ = conn.accept_bind(Instant::now());
                         let early = match conn.poll_event() {
                             Some(ServerEvent::Bound { early_data, .. }) => early_data,
                             _ => bytes::Bytes::new(),
                         };
-                        if let Err(next) = flush(stream, &mut conn, &bounds).await {
+                        if let Err(next) = flush(&mut driver, &bounds).await {
                             if let Next::Cut(cut) = next {
                                 note_cut(shared, peer, cut);
                             }
                             return None;
                         }
-                        return Some(match upstream {
-                            Upstream::Stream(upstream, quota) => Bound::Stream {
-                                upstream,
-                                // A copy of just these bytes: the read buffer
-                                // behind `early` goes with the handshake.
-                                early: early.to_vec(),
-                                request,
-                                quota,
+                        let (conn, stream) = driver.into_parts();
+                        return Some((
+                            stream,
+                            match upstream {
+                                Upstream::Stream(upstream, quota) => Bound::Stream {
+                                    upstream,
+                                    // A copy of just these bytes: the read buffer
+                                    // behind `early` goes with the handshake.
+                                    early: early.to_vec(),
+                                    request,
+                                    quota,
+                                },
+                                Upstream::Datagram(upstream, quota) => Bound::Datagram {
+                                    upstream,
+                                    conn: Box::new(conn),
+                                    request,
+                                    quota,
+                                },
                             },
-                            Upstream::Datagram(upstream, quota) => Bound::Datagram {
-                                upstream,
-                                conn: Box::new(conn),
-                                request,
-                                quota,
-                            },
-                        });
+                        ));
                     }
                     Err((code, message)) => {
                         shared.refusal_log.log(|| {
                             tracing::info!(%peer, session = format_args!("{:016x}", request.session_id), app = %request.app_id, destination = %request.destination, reason = %code, %message, "bind refused");
                         });
-                        conn.reject(Instant::now(), code, Some(&message));
+                        driver
+                            .machine_mut()
+                            .reject(Instant::now(), code, Some(&message));
                     }
                 }
             }
@@ -266,9 +300,9 @@ async fn bind(shared: &Shared, stream: &TcpStream, peer: SocketAddr) -> Option<B
                 note_close(&shared.stats, &reason, false);
                 // Our own refusals (quota, destination) were logged above.
                 if !matches!(reason, SessionError::Rejected { .. }) || is_login_failure(&reason) {
-                    note_refusal(shared, &conn, peer, &reason);
+                    note_refusal(shared, driver.machine(), peer, &reason);
                 }
-                closing_flush(stream, &mut conn, &bounds).await;
+                closing_flush(&mut driver, &bounds).await;
                 return None;
             }
             Next::Event(other) => {
@@ -353,89 +387,19 @@ async fn prepare(shared: &Shared, request: &BindRequest) -> Result<Upstream, (Er
 /// that does not read cannot make the relay queue without bound.
 const OUTBOX_LIMIT: usize = 64 * 1024;
 
-/// Frames for a datagram-mode client, written only as fast as the client's
-/// socket takes them, so that no write ever waits outside the session's
-/// `select!` (its timers and the forced close).
-#[derive(Default)]
-struct Outbox {
-    frames: VecDeque<Bytes>,
-    bytes: usize,
-}
-
-impl Outbox {
-    /// Takes what the state machine wants sent.
-    fn take_from(&mut self, conn: &mut Connection) {
-        while let Some(frame) = conn.poll_transmit() {
-            self.bytes += frame.len();
-            self.frames.push_back(frame);
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-    }
-
-    fn is_full(&self) -> bool {
-        self.bytes >= OUTBOX_LIMIT
-    }
-
-    /// Writes what the socket takes now, without waiting.
-    fn write_ready(&mut self, client: &TcpStream) -> io::Result<()> {
-        while !self.frames.is_empty() {
-            // Up to 64 frames per system call, gathered without allocating.
-            let mut slices = [IoSlice::new(&[]); 64];
-            let mut count = 0;
-            for (slot, frame) in slices.iter_mut().zip(&self.frames) {
-                *slot = IoSlice::new(frame);
-                count += 1;
-            }
-            match client.try_write_vectored(&slices[..count]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(mut n) => {
-                    self.bytes -= n;
-                    while n > 0 {
-                        let front = self.frames.front_mut().expect("n <= queued bytes");
-                        if n >= front.len() {
-                            n -= front.len();
-                            self.frames.pop_front();
-                        } else {
-                            front.advance(n);
-                            n = 0;
-                        }
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes everything, waiting for the socket; the caller bounds the wait.
-    async fn write_all(&mut self, client: &TcpStream) -> io::Result<()> {
-        loop {
-            self.write_ready(client)?;
-            if self.is_empty() {
-                return Ok(());
-            }
-            client.writable().await?;
-        }
-    }
-}
-
 /// UDP-over-TCP: `Datagram` frames from the client go to the destination as
 /// UDP datagrams, and the destination's datagrams come back as frames.
 ///
-/// Every wait — reading, writing, the idle timer, the session's lifetime,
-/// the forced close on shutdown — is one arm of the same `select!`: a client
-/// that stops reading holds no write open past any of them. While its
-/// frames back up beyond [`OUTBOX_LIMIT`], the client is not read (so its
-/// idle timer runs) and the destination's datagrams are dropped (counted).
-async fn datagram_session(
+/// Every wait — the client's reads and writes and the connection's idle
+/// and lifetime timers (all in the driver), the destination, the forced
+/// close on shutdown — is one arm of the same `select!`: a client that
+/// stops reading holds no write open past any of them. While its frames
+/// back up beyond [`OUTBOX_LIMIT`], the client is not read (so its idle
+/// timer runs) and the destination's datagrams are dropped (counted).
+async fn datagram_session<S: NativeStream>(
     shared: &Shared,
-    client: &TcpStream,
-    mut conn: Connection,
+    client: S,
+    conn: Connection,
     upstream: &UdpSocket,
     request: &BindRequest,
     peer: SocketAddr,
@@ -454,14 +418,17 @@ async fn datagram_session(
     let (mut packets_up, mut packets_down, mut bytes_up, mut bytes_down) = (0u64, 0u64, 0u64, 0u64);
     let force_closed = shared.lifecycle.force_closed();
     tokio::pin!(force_closed);
-    let mut read_buf = vec![0u8; 16 * 1024];
     let mut datagram = vec![0u8; MAX_DATAGRAM_PAYLOAD + 1];
-    let mut outbox = Outbox::default();
-    let reason: String = 'session: loop {
-        // Hand datagrams to the destination; stop at the close event.
-        while let Some(event) = conn.poll_event() {
-            match event {
-                ServerEvent::Datagram(payload) => match upstream.try_send(&payload) {
+    let mut driver = Driver::new(conn, client);
+    let reason: String = loop {
+        // Not while the client's frames back up: every frame read may
+        // queue an answer (a Pong).
+        let backed_up = driver.queued_bytes() >= OUTBOX_LIMIT;
+        driver.pause_reads(backed_up);
+        tokio::select! {
+            next = driver.next_event() => match next {
+                // Hand datagrams to the destination.
+                driver::Next::Event(ServerEvent::Datagram(payload)) => match upstream.try_send(&payload) {
                     Ok(_) => {
                         packets_up += 1;
                         bytes_up += payload.len() as u64;
@@ -470,60 +437,31 @@ async fn datagram_session(
                     }
                     Err(_) => Stats::bump(&shared.stats.udp_dropped),
                 },
-                ServerEvent::Closed(reason) => {
+                driver::Next::Event(ServerEvent::Closed(reason)) => {
                     // The closing frame gets a short, bounded chance to
                     // leave; shutdown cuts even that short.
-                    outbox.take_from(&mut conn);
                     tokio::select! {
-                        _ = tokio::time::timeout(CLOSING_FLUSH, outbox.write_all(client)) => {}
+                        _ = tokio::time::timeout(CLOSING_FLUSH, driver.flush()) => {}
                         () = &mut force_closed => {}
                     }
                     shared.stats.note_datagram_session_end(Some(&reason));
-                    break 'session reason.to_string();
+                    break reason.to_string();
                 }
-                _ => {}
-            }
-        }
-        outbox.take_from(&mut conn);
-        if let Err(e) = outbox.write_ready(client) {
-            shared.stats.note_datagram_session_end(None);
-            break format!("client write failed: {e}");
-        }
-        let backed_up = outbox.is_full();
-        let deadline = conn.poll_timeout().map(tokio::time::Instant::from_std);
-        tokio::select! {
-            // Not while the client's frames back up: every frame read may
-            // queue an answer (a Pong).
-            readable = client.readable(), if !backed_up => {
-                if let Err(e) = readable {
+                driver::Next::Event(_) => {}
+                driver::Next::PeerClosed => {
+                    shared
+                        .stats
+                        .note_datagram_session_end(Some(&SessionError::ClosedByPeer));
+                    break "client closed".into();
+                }
+                driver::Next::Io(e) => {
                     shared.stats.note_datagram_session_end(None);
-                    break format!("client read failed: {e}");
+                    break format!("client connection failed: {e}");
                 }
-                match client.try_read(&mut read_buf) {
-                    Ok(0) => {
-                        shared
-                            .stats
-                            .note_datagram_session_end(Some(&SessionError::ClosedByPeer));
-                        break "client closed".into();
-                    }
-                    Ok(n) => conn.handle_input(Instant::now(), &read_buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => {
-                        shared.stats.note_datagram_session_end(None);
-                        break format!("client read failed: {e}");
-                    }
-                }
-            }
-            writable = client.writable(), if !outbox.is_empty() => {
-                if let Err(e) = writable {
-                    shared.stats.note_datagram_session_end(None);
-            break format!("client write failed: {e}");
-                }
-                // The loop's top writes what now fits.
-            }
+            },
             received = upstream.recv(&mut datagram) => match received {
                 Ok(n) if n <= MAX_DATAGRAM_PAYLOAD && !backed_up => {
-                    if conn.send_datagram(&datagram[..n]).is_ok() {
+                    if driver.machine_mut().send_datagram(&datagram[..n]).is_ok() {
                         packets_down += 1;
                         bytes_down += n as u64;
                         Stats::bump(&shared.stats.udp_packets_down);
@@ -535,12 +473,11 @@ async fn datagram_session(
                 // go on.
                 Ok(_) | Err(_) => Stats::bump(&shared.stats.udp_dropped),
             },
-            () = sleep_until_opt(deadline) => conn.handle_timeout(Instant::now()),
             () = &mut force_closed => {
-                // Shutdown: a Close if the socket takes it now, no waiting.
-                conn.close();
-                outbox.take_from(&mut conn);
-                let _ = outbox.write_ready(client);
+                // Shutdown: a Close if the socket takes it now, no waiting
+                // (a zero timeout still polls the flush once).
+                driver.machine_mut().close();
+                let _ = tokio::time::timeout(std::time::Duration::ZERO, driver.flush()).await;
                 shared
                     .stats
                     .note_datagram_session_end(Some(&SessionError::ClosedLocally));

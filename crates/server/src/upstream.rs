@@ -21,7 +21,7 @@ pub(crate) enum ConnectError {
     /// Every address failed or timed out; `last` is the kind of the last
     /// failure that had one (none when every attempt timed out).
     Dial {
-        error: DialError,
+        error: DialError<io::Error>,
         last: Option<io::ErrorKind>,
     },
     /// Shutdown's force-close came first.
@@ -62,7 +62,7 @@ impl ConnectError {
     }
 }
 
-fn timed_out(e: &DialError) -> bool {
+fn timed_out(e: &DialError<io::Error>) -> bool {
     e.attempts
         .iter()
         .all(|(_, o)| !matches!(o, Outcome::Failed(_)))

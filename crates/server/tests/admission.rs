@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use cloudproxy_proto::Machine;
 use cloudproxy_proto::client::{Allocation, Allocator, AllocatorEvent, ClientConfig};
 use cloudproxy_proto::frame::BindMode;
 use cloudproxy_proto::ticket::{Ticket, TicketKeyRing};

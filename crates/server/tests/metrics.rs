@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use cloudproxy_proto::Machine;
 use cloudproxy_proto::client::Allocator;
 use cloudproxy_proto::frame::BindMode;
 use cloudproxy_proto::{Address, AppId, Path};

@@ -6,6 +6,7 @@ mod proxy_support;
 use std::time::Instant;
 
 use bytes::Bytes;
+use cloudproxy_proto::Machine;
 use cloudproxy_proto::client::{BindingEvent, RelayBinding};
 use cloudproxy_proto::frame::BindMode;
 use cloudproxy_proto::{Address, Path};
@@ -82,7 +83,7 @@ async fn bytes_pipelined_behind_the_bind_reach_the_destination() {
     while !binding.is_bound() {
         let n = within("BindOk", stream.read(&mut buf)).await.unwrap();
         assert_ne!(n, 0, "the relay closed before BindOk");
-        binding.handle_input(Instant::now(), Bytes::copy_from_slice(&buf[..n]));
+        binding.handle_input(Instant::now(), &buf[..n]);
         match binding.poll_event() {
             Some(BindingEvent::Bound { early_data, .. }) => echoed.extend_from_slice(&early_data),
             Some(BindingEvent::Closed(reason)) => panic!("bind refused: {reason}"),
@@ -218,7 +219,7 @@ async fn pump_until(
             }
             let deadline = binding.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
-                n = socket.recv(buf) => binding.handle_input(Instant::now(), Bytes::copy_from_slice(&buf[..n.unwrap()])),
+                n = socket.recv(buf) => binding.handle_input(Instant::now(), &buf[..n.unwrap()]),
                 () = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                     binding.handle_timeout(Instant::now());
                 }

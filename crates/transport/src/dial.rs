@@ -36,11 +36,13 @@ impl Default for DialPolicy {
     }
 }
 
-/// What became of one candidate.
+/// What became of one candidate whose attempts fail with `E`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Outcome<E> {
     /// The attempt failed with this error.
-    Failed(String),
+    Failed(E),
+    /// The attempt panicked (a bug; the panic itself went to the panic hook).
+    Panicked,
     /// The attempt did not finish within the per-attempt timeout.
     TimedOut(Duration),
     /// The overall deadline passed while the attempt was still running.
@@ -49,10 +51,11 @@ pub enum Outcome {
     NotTried,
 }
 
-impl fmt::Display for Outcome {
+impl<E: fmt::Display> fmt::Display for Outcome<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Failed(e) => write!(f, "failed: {e}"),
+            Self::Panicked => f.write_str("failed: attempt panicked"),
             Self::TimedOut(after) => write!(f, "no answer within {after:?}"),
             Self::Abandoned => f.write_str("still pending at the overall deadline"),
             Self::NotTried => f.write_str("not tried before the overall deadline"),
@@ -60,16 +63,18 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// Every candidate failed; says what happened to each.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct DialError {
+/// Every candidate failed; says what happened to each (its attempts
+/// failing with `E`). The outcomes are part of the message, so there is no
+/// separate [`source`](std::error::Error::source).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialError<E> {
     /// Each candidate, in the order given, with its outcome.
-    pub attempts: Vec<(SocketAddr, Outcome)>,
+    pub attempts: Vec<(SocketAddr, Outcome<E>)>,
     /// How long the dial took before giving up.
     pub elapsed: Duration,
 }
 
-impl fmt::Display for DialError {
+impl<E: fmt::Display> fmt::Display for DialError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.attempts.is_empty() {
             return f.write_str("no address to try");
@@ -87,11 +92,13 @@ impl fmt::Display for DialError {
     }
 }
 
+impl<E: fmt::Debug + fmt::Display> std::error::Error for DialError<E> {}
+
 /// Races `attempt` over `candidates` under `policy`; returns the winning
 /// address with its result.
 ///
 /// ```no_run
-/// # async fn example() -> Result<(), cloudproxy_transport::dial::DialError> {
+/// # async fn example() -> Result<(), cloudproxy_transport::dial::DialError<std::io::Error>> {
 /// use cloudproxy_transport::dial::{DialPolicy, race};
 /// use tokio::net::TcpStream;
 ///
@@ -104,10 +111,10 @@ pub async fn race<T, E, F, Fut>(
     candidates: &[SocketAddr],
     policy: &DialPolicy,
     mut attempt: F,
-) -> Result<(SocketAddr, T), DialError>
+) -> Result<(SocketAddr, T), DialError<E>>
 where
     T: Send + 'static,
-    E: fmt::Display + Send + 'static,
+    E: Send + 'static,
     F: FnMut(SocketAddr) -> Fut,
     Fut: Future<Output = Result<T, E>> + Send + 'static,
 {
@@ -119,7 +126,7 @@ where
         let limit = policy.attempt_timeout.min(policy.overall_timeout);
         let outcome = match tokio::time::timeout(limit, attempt(*only)).await {
             Ok(Ok(value)) => return Ok((*only, value)),
-            Ok(Err(e)) => Outcome::Failed(e.to_string()),
+            Ok(Err(e)) => Outcome::Failed(e),
             // The same outcomes as a race would report.
             Err(_) if policy.attempt_timeout <= policy.overall_timeout => {
                 Outcome::TimedOut(policy.attempt_timeout)
@@ -132,8 +139,8 @@ where
         });
     }
     let deadline = started + policy.overall_timeout;
-    let mut outcomes: Vec<Outcome> = vec![Outcome::NotTried; candidates.len()];
-    let mut running: JoinSet<Result<T, Outcome>> = JoinSet::new();
+    let mut outcomes: Vec<Outcome<E>> = (0..candidates.len()).map(|_| Outcome::NotTried).collect();
+    let mut running: JoinSet<Result<T, Outcome<E>>> = JoinSet::new();
     // Which candidate each task is, so even a panicked task is reported
     // against the right address.
     let mut task_index: HashMap<Id, usize> = HashMap::new();
@@ -152,7 +159,7 @@ where
             let handle = running.spawn(async move {
                 match tokio::time::timeout(per_attempt, fut).await {
                     Ok(Ok(value)) => Ok(value),
-                    Ok(Err(e)) => Err(Outcome::Failed(e.to_string())),
+                    Ok(Err(e)) => Err(Outcome::Failed(e)),
                     Err(_) => Err(Outcome::TimedOut(per_attempt)),
                 }
             });
@@ -170,10 +177,7 @@ where
         };
         let finished = match timeout_at(wake, running.join_next_with_id()).await {
             Ok(Some(Ok((id, result)))) => (id, result),
-            Ok(Some(Err(join_error))) => (
-                join_error.id(),
-                Err(Outcome::Failed(format!("attempt panicked: {join_error}"))),
-            ),
+            Ok(Some(Err(join_error))) => (join_error.id(), Err(Outcome::Panicked)),
             Ok(None) => continue,
             Err(_) if Instant::now() >= deadline => break,
             Err(_) => continue, // stagger elapsed: start the next attempt
@@ -190,7 +194,7 @@ where
     }
     // Anything started but unfinished at the deadline was abandoned.
     for outcome in outcomes.iter_mut().take(next) {
-        if *outcome == Outcome::NotTried {
+        if matches!(outcome, Outcome::NotTried) {
             *outcome = Outcome::Abandoned;
         }
     }

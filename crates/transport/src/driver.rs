@@ -5,7 +5,8 @@
 //! machine has an event for its owner. It is generic over any
 //! `AsyncRead + AsyncWrite` stream, so a TCP socket, a TLS session or an
 //! HTTP CONNECT tunnel all use the same loop (quinn's `ConnectionDriver` is
-//! the model).
+//! the model). [`DatagramDriver`] is its counterpart over a connected UDP
+//! socket, with the same [`Next`] contract.
 //!
 //! Writing and reading happen in the same poll, so a peer that sends while
 //! our own writes wait for room is still read: neither side can deadlock
@@ -45,8 +46,9 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
@@ -56,8 +58,15 @@ use cloudproxy_proto::Machine;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+mod datagram;
+
+pub use datagram::DatagramDriver;
+
 /// The read buffer: one read feeds the machine up to this many bytes.
 const READ_BUF: usize = 16 * 1024;
+
+/// Transmits gathered into one vectored write at most.
+const MAX_GATHER: usize = 64;
 
 /// What ended a wait for the machine's next event.
 #[derive(Debug)]
@@ -76,29 +85,42 @@ pub enum Next<E> {
 pub struct Driver<M, S> {
     machine: M,
     stream: S,
-    /// The transmit being written, from its first unwritten byte.
-    pending: Bytes,
+    /// Transmits taken from the machine and not yet written, the first
+    /// from its first unwritten byte.
+    outbox: VecDeque<Bytes>,
+    /// Bytes in `outbox`.
+    queued: usize,
+    /// The owner asked not to read for now.
+    reads_paused: bool,
     /// Bytes were written since the last completed `poll_flush`.
     unflushed: bool,
     /// The stream reached its end.
     eof: bool,
     read_buf: Box<[u8]>,
-    /// The machine's timer, re-armed when its deadline moves.
-    timer: Option<(Instant, Pin<Box<Sleep>>)>,
+    timer: Timer,
 }
 
 impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
     /// A driver for `machine` over `stream`. Nothing happens until it is
     /// polled ([`next_event`](Self::next_event), [`flush`](Self::flush)).
     pub fn new(machine: M, stream: S) -> Self {
+        Self::with_read_buf(machine, stream, READ_BUF)
+    }
+
+    /// A driver whose reads feed the machine at most `read_buf` bytes at a
+    /// time (at least one): small for a handshake whose machine buffers
+    /// little, large for a bulk relay.
+    pub fn with_read_buf(machine: M, stream: S, read_buf: usize) -> Self {
         Self {
             machine,
             stream,
-            pending: Bytes::new(),
+            outbox: VecDeque::new(),
+            queued: 0,
+            reads_paused: false,
             unflushed: false,
             eof: false,
-            read_buf: vec![0; READ_BUF].into_boxed_slice(),
-            timer: None,
+            read_buf: vec![0; read_buf.max(1)].into_boxed_slice(),
+            timer: Timer::default(),
         }
     }
 
@@ -124,15 +146,30 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
         self.eof
     }
 
-    /// Whether a transmit is still partly unwritten (it would be lost by
+    /// Whether a transmit is still unwritten (it would be lost by
     /// [`into_parts`](Self::into_parts)).
     pub fn has_pending_write(&self) -> bool {
-        !self.pending.is_empty()
+        !self.outbox.is_empty()
+    }
+
+    /// Bytes taken from the machine and not yet written: how far a peer
+    /// that does not read is behind.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+
+    /// Stops (`true`) or resumes (`false`) reading; writes and timers go
+    /// on. For an owner whose peer is backed up: every read may queue an
+    /// answer, so a peer that does not read is not read either.
+    pub fn pause_reads(&mut self, paused: bool) {
+        self.reads_paused = paused;
     }
 
     /// Takes the driver apart, for a caller that hands the stream on (a
     /// relay that becomes a byte pipe). Call [`flush`](Self::flush) first:
-    /// a half-written transmit is dropped.
+    /// unwritten transmits are dropped.
+    /// Every byte read so far went to the machine (as a stream-mode bind's
+    /// early data, say), so nothing read is lost with the driver.
     pub fn into_parts(self) -> (M, S) {
         (self.machine, self.stream)
     }
@@ -149,6 +186,22 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
         poll_fn(|cx| self.poll_flush_all(cx)).await
     }
 
+    /// Drops the first `n` written bytes from the outbox.
+    fn consume(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let Some(front) = self.outbox.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.outbox.pop_front();
+        }
+    }
+
     /// The poll form of [`next_event`](Self::next_event).
     pub fn poll_next_event(&mut self, cx: &mut Context<'_>) -> Poll<Next<M::Event>> {
         loop {
@@ -160,12 +213,15 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
             if let Some(event) = self.machine.poll_event() {
                 return Poll::Ready(Next::Event(event));
             }
-            if self.poll_timer(cx).is_ready() {
-                self.machine.handle_timeout(Instant::now());
+            if self.timer.poll(cx, self.machine.poll_timeout()).is_ready() {
+                self.machine.handle_timeout(now());
                 continue;
             }
             if self.eof {
                 return Poll::Ready(Next::PeerClosed);
+            }
+            if self.reads_paused {
+                return Poll::Pending;
             }
             let mut buf = ReadBuf::new(&mut self.read_buf);
             match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
@@ -176,8 +232,7 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
                 }
                 Poll::Ready(Ok(())) => {
                     let n = buf.filled().len();
-                    self.machine
-                        .handle_input(Instant::now(), &self.read_buf[..n]);
+                    self.machine.handle_input(now(), &self.read_buf[..n]);
                 }
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Next::Io(e)),
@@ -186,21 +241,31 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
         }
     }
 
-    /// Writes the pending transmit and every queued one, then flushes.
+    /// Writes every queued transmit, gathered into one system call where
+    /// the stream supports it, then flushes.
     fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            if self.pending.is_empty() {
-                match self.machine.poll_transmit() {
-                    Some(bytes) => self.pending = bytes,
-                    None => break,
-                }
-                continue;
+        while let Some(bytes) = self.machine.poll_transmit() {
+            if !bytes.is_empty() {
+                self.queued += bytes.len();
+                self.outbox.push_back(bytes);
             }
-            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.pending))?;
+        }
+        while let Some(first) = self.outbox.front() {
+            let n = if self.outbox.len() > 1 && self.stream.is_write_vectored() {
+                let mut slices = [IoSlice::new(&[]); MAX_GATHER];
+                let mut count = 0;
+                for (slot, bytes) in slices.iter_mut().zip(&self.outbox) {
+                    *slot = IoSlice::new(bytes);
+                    count += 1;
+                }
+                ready!(Pin::new(&mut self.stream).poll_write_vectored(cx, &slices[..count]))?
+            } else {
+                ready!(Pin::new(&mut self.stream).poll_write(cx, first))?
+            };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.pending.advance(n);
+            self.consume(n);
             self.unflushed = true;
         }
         if self.unflushed {
@@ -209,16 +274,27 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
         }
         Poll::Ready(Ok(()))
     }
+}
 
-    /// Ready when the machine's deadline has passed; re-arms the timer when
-    /// the deadline moved.
-    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(deadline) = self.machine.poll_timeout() else {
-            self.timer = None;
+/// The time handed to a machine: tokio's clock, so a test with a paused
+/// clock moves the machine's time with the driver's timers.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// A machine's timer, re-armed when its deadline moves.
+#[derive(Debug, Default)]
+struct Timer(Option<(Instant, Pin<Box<Sleep>>)>);
+
+impl Timer {
+    /// Ready when `deadline` has passed; `None` disarms the timer.
+    fn poll(&mut self, cx: &mut Context<'_>, deadline: Option<Instant>) -> Poll<()> {
+        let Some(deadline) = deadline else {
+            self.0 = None;
             return Poll::Pending;
         };
         let at = tokio::time::Instant::from_std(deadline);
-        match &mut self.timer {
+        match &mut self.0 {
             Some((armed, sleep)) if *armed == deadline => sleep.as_mut().poll(cx),
             Some((armed, sleep)) => {
                 *armed = deadline;
@@ -228,7 +304,7 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
             None => {
                 let mut sleep = Box::pin(tokio::time::sleep_until(at));
                 let polled = sleep.as_mut().poll(cx);
-                self.timer = Some((deadline, sleep));
+                self.0 = Some((deadline, sleep));
                 polled
             }
         }

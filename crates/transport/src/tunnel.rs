@@ -33,12 +33,13 @@ use cloudproxy_proto::client::{
 };
 use cloudproxy_proto::frame::BindMode;
 use cloudproxy_proto::{Address, ErrorCode, Path, SessionError};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::dial::{DialError, DialPolicy, Outcome, race};
-use crate::net::{connected_udp, sleep_until_opt, write_all};
+use crate::driver::{DatagramDriver, Driver, Next};
+use crate::net::connected_udp;
 
 /// A tunnel step failed. Each message says what happened once: a variant's
 /// `Display` includes its cause, so none returns that cause again as
@@ -52,7 +53,7 @@ pub enum TunnelError {
         /// Which step.
         what: &'static str,
         /// Every attempt and how it ended.
-        cause: DialError,
+        cause: DialError<AttemptError>,
     },
     /// A proxy was reached and refused the step with an error code (a
     /// wrong app id or credential, a quota, …).
@@ -113,23 +114,22 @@ struct FirstRefusal(Arc<Mutex<Option<(SocketAddr, ErrorCode, String)>>>);
 
 impl FirstRefusal {
     /// The attempt at `addr` ended with `reason`: remember it if it is a
-    /// refusal, and give the attempt's line.
+    /// refusal, and give the attempt's error.
     fn note(&self, addr: SocketAddr, reason: SessionError) -> AttemptError {
         match reason {
             SessionError::Refused { code, message } => {
-                let line = attempt_error(format!("refused: {}", refusal_text(code, &message)));
                 self.0
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .get_or_insert((addr, code, message));
-                line
+                    .get_or_insert((addr, code, message.clone()));
+                AttemptError::Refused { code, message }
             }
-            other => attempt_error(other),
+            other => AttemptError::Session(other),
         }
     }
 
     /// The race failed: a refusal if there was one, else `Dial`.
-    fn error(&self, what: &'static str, cause: DialError) -> TunnelError {
+    fn error(&self, what: &'static str, cause: DialError<AttemptError>) -> TunnelError {
         match self.0.lock().unwrap_or_else(PoisonError::into_inner).take() {
             Some((proxy, code, message)) => TunnelError::Refused {
                 what,
@@ -142,18 +142,35 @@ impl FirstRefusal {
     }
 }
 
-/// An error of one attempt, shown in a [`DialError`] line.
-#[derive(Debug)]
-struct AttemptError(String);
-
-impl std::fmt::Display for AttemptError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-fn attempt_error(e: impl std::fmt::Display) -> AttemptError {
-    AttemptError(e.to_string())
+/// Why one attempt of a race (one allocation service, one relay) failed,
+/// shown in its [`DialError`] line. Each message includes its cause, so
+/// none is returned again as [`std::error::Error::source`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttemptError {
+    /// Connecting, reading or writing failed.
+    #[error("{0}")]
+    Io(io::Error),
+    /// No random nonce for the request.
+    #[error("{0}")]
+    Entropy(getrandom::Error),
+    /// The proxy answered with a refusal.
+    #[error("refused: {}", refusal_text(*code, message))]
+    Refused {
+        /// The code it sent.
+        code: ErrorCode,
+        /// Its explanation.
+        message: String,
+    },
+    /// The exchange broke off (timeout, protocol error, close).
+    #[error("{0}")]
+    Session(SessionError),
+    /// The allocation service closed the connection before answering.
+    #[error("the service closed the connection")]
+    ServiceClosed,
+    /// The relay closed the connection before answering.
+    #[error("the relay closed the connection")]
+    RelayClosed,
 }
 
 /// Allocates a session from the first allocation service that answers among
@@ -170,12 +187,14 @@ pub async fn allocate(
     race(candidates, policy, move |addr| {
         let (config, seen) = (config.clone(), seen.clone());
         async move {
-            let mut stream = TcpStream::connect(addr).await.map_err(attempt_error)?;
+            let stream = TcpStream::connect(addr).await.map_err(AttemptError::Io)?;
             let _ = stream.set_nodelay(true);
             let mut nonce = [0u8; 16];
-            getrandom::fill(&mut nonce).map_err(attempt_error)?;
-            let mut allocator = Allocator::new(&config, Path::Tcp, nonce, Instant::now());
-            let result = drive_allocator(&mut stream, &mut allocator, addr, &seen).await;
+            getrandom::fill(&mut nonce).map_err(AttemptError::Entropy)?;
+            let allocator = Allocator::new(&config, Path::Tcp, nonce, Instant::now());
+            let mut driver = Driver::new(allocator, stream);
+            let result = drive_allocator(&mut driver, addr, &seen).await;
+            let (_, mut stream) = driver.into_parts();
             let _ = stream.shutdown().await;
             result
         }
@@ -184,34 +203,20 @@ pub async fn allocate(
     .map_err(|cause| refusal.error("allocating a proxy session", cause))
 }
 
-async fn drive_allocator(
-    stream: &mut TcpStream,
-    allocator: &mut Allocator,
+/// Runs an allocation until the service answers; a refusal is noted in
+/// `refusal`.
+async fn drive_allocator<S: AsyncRead + AsyncWrite + Unpin>(
+    driver: &mut Driver<Allocator, S>,
     addr: SocketAddr,
     refusal: &FirstRefusal,
 ) -> Result<Allocation, AttemptError> {
-    let mut buf = [0u8; 4096];
     loop {
-        while let Some(bytes) = allocator.poll_transmit() {
-            stream.write_all(&bytes).await.map_err(attempt_error)?;
-        }
-        match allocator.poll_event() {
-            Some(AllocatorEvent::Allocated(allocation)) => return Ok(allocation),
-            Some(AllocatorEvent::Failed(reason)) => return Err(refusal.note(addr, reason)),
-            _ => {}
-        }
-        let deadline = allocator.poll_timeout().map(tokio::time::Instant::from_std);
-        tokio::select! {
-            readable = stream.readable() => {
-                readable.map_err(attempt_error)?;
-                match stream.try_read(&mut buf) {
-                    Ok(0) => return Err(attempt_error("the service closed the connection")),
-                    Ok(n) => allocator.handle_input(Instant::now(), &buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(attempt_error(e)),
-                }
-            }
-            () = sleep_until_opt(deadline) => allocator.handle_timeout(Instant::now()),
+        match driver.next_event().await {
+            Next::Event(AllocatorEvent::Allocated(allocation)) => return Ok(allocation),
+            Next::Event(AllocatorEvent::Failed(reason)) => return Err(refusal.note(addr, reason)),
+            Next::Event(_) => {}
+            Next::PeerClosed => return Err(AttemptError::ServiceClosed),
+            Next::Io(e) => return Err(AttemptError::Io(e)),
         }
     }
 }
@@ -237,9 +242,9 @@ pub async fn open_stream(
             seen.clone(),
         );
         async move {
-            let stream = TcpStream::connect(addr).await.map_err(attempt_error)?;
+            let stream = TcpStream::connect(addr).await.map_err(AttemptError::Io)?;
             let _ = stream.set_nodelay(true);
-            let mut binding = RelayBinding::new(
+            let binding = RelayBinding::new(
                 &config,
                 &allocation,
                 Path::Tcp,
@@ -247,11 +252,14 @@ pub async fn open_stream(
                 destination,
                 Instant::now(),
             )
-            .map_err(attempt_error)?;
-            match drive_tcp_bind(&stream, &mut binding, addr, &seen).await? {
-                BindingEvent::Bound { early_data, .. } => Ok((stream, early_data)),
-                other => Err(attempt_error(format!("unexpected {other:?}"))),
-            }
+            .map_err(AttemptError::Session)?;
+            let mut driver = Driver::new(binding, stream);
+            let early = drive_tcp_bind(&mut driver, addr, &seen).await?;
+            // `Bound` comes after the last transmit of the bind was written:
+            // nothing is left half-written, and every byte read past
+            // `BindOk` is in `early`.
+            let (_, stream) = driver.into_parts();
+            Ok((stream, early))
         }
     })
     .await
@@ -259,36 +267,23 @@ pub async fn open_stream(
     Ok(opened)
 }
 
-/// Runs a TCP bind to the relay at `addr` until `Bound` (returned) or
-/// failure (a refusal is noted in `refusal`).
-async fn drive_tcp_bind(
-    stream: &TcpStream,
-    binding: &mut RelayBinding,
+/// Runs a TCP bind to the relay at `addr` until `Bound` (its early data
+/// returned) or failure (a refusal is noted in `refusal`).
+async fn drive_tcp_bind<S: AsyncRead + AsyncWrite + Unpin>(
+    driver: &mut Driver<RelayBinding, S>,
     addr: SocketAddr,
     refusal: &FirstRefusal,
-) -> Result<BindingEvent, AttemptError> {
-    let mut buf = vec![0u8; 16 * 1024];
+) -> Result<Bytes, AttemptError> {
     loop {
-        while let Some(bytes) = binding.poll_transmit() {
-            write_all(stream, &bytes).await.map_err(attempt_error)?;
-        }
-        match binding.poll_event() {
-            Some(event @ BindingEvent::Bound { .. }) => return Ok(event),
-            Some(BindingEvent::Closed(reason)) => return Err(refusal.note(addr, reason)),
-            _ => {}
-        }
-        let deadline = binding.poll_timeout().map(tokio::time::Instant::from_std);
-        tokio::select! {
-            readable = stream.readable() => {
-                readable.map_err(attempt_error)?;
-                match stream.try_read(&mut buf) {
-                    Ok(0) => return Err(attempt_error("the relay closed the connection")),
-                    Ok(n) => binding.handle_input(Instant::now(), Bytes::copy_from_slice(&buf[..n])),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(attempt_error(e)),
-                }
+        match driver.next_event().await {
+            Next::Event(BindingEvent::Bound { early_data, .. }) => {
+                driver.flush().await.map_err(AttemptError::Io)?;
+                return Ok(early_data);
             }
-            () = sleep_until_opt(deadline) => binding.handle_timeout(Instant::now()),
+            Next::Event(BindingEvent::Closed(reason)) => return Err(refusal.note(addr, reason)),
+            Next::Event(_) => {}
+            Next::PeerClosed => return Err(AttemptError::RelayClosed),
+            Next::Io(e) => return Err(AttemptError::Io(e)),
         }
     }
 }
@@ -461,9 +456,8 @@ async fn open_udp(
     })
     .await;
     match raced {
-        Ok((relay, (socket, binding))) => Ok(spawn_driver(
-            Driver::Udp(socket),
-            binding,
+        Ok((relay, driver)) => Ok(spawn_media(
+            MediaDriver::Udp(driver),
             MediaPathKind::Udp,
             relay,
             policy.queue_len,
@@ -488,9 +482,9 @@ async fn bind_udp(
     allocation: &Allocation,
     destination: Address,
     refusal: &FirstRefusal,
-) -> Result<(UdpSocket, RelayBinding), AttemptError> {
-    let socket = connected_udp(relay).await.map_err(attempt_error)?;
-    let mut binding = RelayBinding::new(
+) -> Result<DatagramDriver<RelayBinding>, AttemptError> {
+    let socket = connected_udp(relay).await.map_err(AttemptError::Io)?;
+    let binding = RelayBinding::new(
         config,
         allocation,
         Path::Udp,
@@ -498,27 +492,15 @@ async fn bind_udp(
         destination,
         Instant::now(),
     )
-    .map_err(attempt_error)?;
-    let mut buf = vec![0u8; 2048];
+    .map_err(AttemptError::Session)?;
+    let mut driver = DatagramDriver::new(binding, socket);
     loop {
-        while let Some(bytes) = binding.poll_transmit() {
-            let _ = socket.send(&bytes).await;
-        }
-        match binding.poll_event() {
-            Some(BindingEvent::Bound { .. }) => return Ok((socket, binding)),
-            Some(BindingEvent::Closed(reason)) => return Err(refusal.note(relay, reason)),
-            _ => {}
-        }
-        let deadline = binding.poll_timeout().map(tokio::time::Instant::from_std);
-        tokio::select! {
-            received = socket.recv(&mut buf) => {
-                // ICMP port unreachable and the like surface as errors: keep
-                // waiting, as a firewall that drops would make us.
-                if let Ok(n) = received {
-                    binding.handle_input(Instant::now(), Bytes::copy_from_slice(&buf[..n]));
-                }
-            }
-            () = sleep_until_opt(deadline) => binding.handle_timeout(Instant::now()),
+        match driver.next_event().await {
+            Next::Event(BindingEvent::Bound { .. }) => return Ok(driver),
+            Next::Event(BindingEvent::Closed(reason)) => return Err(refusal.note(relay, reason)),
+            // ICMP port unreachable and the like: keep waiting, as a
+            // firewall that drops would make us.
+            Next::Event(_) | Next::Io(_) | Next::PeerClosed => {}
         }
     }
 }
@@ -532,7 +514,7 @@ async fn open_udp_over_tcp(
     let (config, allocation_c) = (config.clone(), allocation.clone());
     let refusal = FirstRefusal::default();
     let seen = refusal.clone();
-    let (relay, (stream, binding)) = race(&allocation.tcp_relays, &policy.tcp_dial, move |addr| {
+    let (relay, driver) = race(&allocation.tcp_relays, &policy.tcp_dial, move |addr| {
         let (config, allocation, destination, seen) = (
             config.clone(),
             allocation_c.clone(),
@@ -540,9 +522,9 @@ async fn open_udp_over_tcp(
             seen.clone(),
         );
         async move {
-            let stream = TcpStream::connect(addr).await.map_err(attempt_error)?;
+            let stream = TcpStream::connect(addr).await.map_err(AttemptError::Io)?;
             let _ = stream.set_nodelay(true);
-            let mut binding = RelayBinding::new(
+            let binding = RelayBinding::new(
                 &config,
                 &allocation,
                 Path::Tcp,
@@ -550,30 +532,54 @@ async fn open_udp_over_tcp(
                 destination,
                 Instant::now(),
             )
-            .map_err(attempt_error)?;
-            drive_tcp_bind(&stream, &mut binding, addr, &seen).await?;
-            Ok::<_, AttemptError>((stream, binding))
+            .map_err(AttemptError::Session)?;
+            let mut driver = Driver::new(binding, stream);
+            drive_tcp_bind(&mut driver, addr, &seen).await?;
+            Ok::<_, AttemptError>(driver)
         }
     })
     .await
     .map_err(|cause| refusal.error("opening the UDP-over-TCP media path", cause))?;
-    Ok(spawn_driver(
-        Driver::Tcp(stream),
-        binding,
+    Ok(spawn_media(
+        MediaDriver::Tcp(driver),
         MediaPathKind::UdpOverTcp,
         relay,
         policy.queue_len,
     ))
 }
 
-enum Driver {
-    Udp(UdpSocket),
-    Tcp(TcpStream),
+/// A bound media binding on its transport.
+enum MediaDriver {
+    Udp(DatagramDriver<RelayBinding>),
+    Tcp(Driver<RelayBinding, TcpStream>),
 }
 
-fn spawn_driver(
-    driver: Driver,
-    binding: RelayBinding,
+impl MediaDriver {
+    fn binding(&mut self) -> &mut RelayBinding {
+        match self {
+            Self::Udp(d) => d.machine_mut(),
+            Self::Tcp(d) => d.machine_mut(),
+        }
+    }
+
+    async fn next_event(&mut self) -> Next<BindingEvent> {
+        match self {
+            Self::Udp(d) => d.next_event().await,
+            Self::Tcp(d) => d.next_event().await,
+        }
+    }
+
+    /// Sends what the binding queued (its `Close`).
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Udp(d) => d.flush().await,
+            Self::Tcp(d) => d.flush().await,
+        }
+    }
+}
+
+fn spawn_media(
+    driver: MediaDriver,
     kind: MediaPathKind,
     relay: SocketAddr,
     queue_len: usize,
@@ -582,7 +588,7 @@ fn spawn_driver(
     let (in_tx, in_rx) = mpsc::channel(queue_len);
     let (closed_tx, closed_rx) = watch::channel(None);
     tokio::spawn(async move {
-        let reason = drive_media(driver, binding, out_rx, in_tx).await;
+        let reason = drive_media(driver, out_rx, in_tx).await;
         let _ = closed_tx.send(Some(reason));
     });
     MediaPath {
@@ -598,79 +604,36 @@ fn spawn_driver(
 /// Keeps a bound media binding going until it closes or the app drops the
 /// path; returns why it ended.
 async fn drive_media(
-    driver: Driver,
-    mut binding: RelayBinding,
+    mut driver: MediaDriver,
     mut outgoing: mpsc::Receiver<Bytes>,
     incoming: mpsc::Sender<Bytes>,
 ) -> String {
-    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        while let Some(bytes) = binding.poll_transmit() {
-            let sent = match &driver {
-                Driver::Udp(socket) => socket.send(&bytes).await.map(|_| ()),
-                Driver::Tcp(stream) => write_all(stream, &bytes).await,
-            };
-            if let Err(e) = sent {
-                if matches!(driver, Driver::Tcp(_)) {
-                    return format!("writing to the relay failed: {e}");
-                }
-            }
-        }
-        while let Some(event) = binding.poll_event() {
-            match event {
+        tokio::select! {
+            next = driver.next_event() => match next {
                 // A full queue means the app is not reading: drop, as UDP would.
-                BindingEvent::Datagram(datagram) => {
+                Next::Event(BindingEvent::Datagram(datagram)) => {
                     let _ = incoming.try_send(datagram);
                 }
-                BindingEvent::Closed(reason) => return reason.to_string(),
-                _ => {}
-            }
-        }
-        let deadline = binding.poll_timeout().map(tokio::time::Instant::from_std);
-        tokio::select! {
+                Next::Event(BindingEvent::Closed(reason)) => return reason.to_string(),
+                Next::Event(_) => {}
+                Next::PeerClosed => return "the relay closed the connection".into(),
+                // A datagram socket's errors are per datagram (ICMP): go on.
+                Next::Io(_) if matches!(driver, MediaDriver::Udp(_)) => {}
+                Next::Io(e) => return format!("the relay connection failed: {e}"),
+            },
             to_send = outgoing.recv() => match to_send {
                 Some(datagram) => {
-                    if let Err(e) = binding.send_datagram(Instant::now(), &datagram) {
+                    if let Err(e) = driver.binding().send_datagram(Instant::now(), &datagram) {
                         tracing::debug!(error = %e, "media datagram not sent");
                     }
                 }
                 None => {
-                    binding.close(Instant::now());
-                    while let Some(bytes) = binding.poll_transmit() {
-                        let _ = match &driver {
-                            Driver::Udp(socket) => socket.send(&bytes).await.map(|_| ()),
-                            Driver::Tcp(stream) => write_all(stream, &bytes).await,
-                        };
-                    }
+                    driver.binding().close(Instant::now());
+                    let _ = driver.flush().await;
                     return "closed by the application".into();
                 }
             },
-            received = read_driver(&driver, &mut buf) => match received {
-                Ok(Some(n)) => binding.handle_input(Instant::now(), Bytes::copy_from_slice(&buf[..n])),
-                Ok(None) => return "the relay closed the connection".into(),
-                Err(e) => {
-                    if matches!(driver, Driver::Tcp(_)) {
-                        return format!("reading from the relay failed: {e}");
-                    }
-                }
-            },
-            () = sleep_until_opt(deadline) => binding.handle_timeout(Instant::now()),
         }
-    }
-}
-
-/// One read: a datagram, or a chunk of the TCP stream; `None` at EOF.
-async fn read_driver(driver: &Driver, buf: &mut [u8]) -> io::Result<Option<usize>> {
-    match driver {
-        Driver::Udp(socket) => socket.recv(buf).await.map(Some),
-        Driver::Tcp(stream) => loop {
-            stream.readable().await?;
-            match stream.try_read(buf) {
-                Ok(0) => return Ok(None),
-                Ok(n) => return Ok(Some(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        },
     }
 }

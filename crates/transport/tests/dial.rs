@@ -88,7 +88,7 @@ async fn a_single_candidate_reports_like_a_race() {
     .unwrap_err();
     assert_eq!(
         refused.attempts,
-        vec![(only[0], Outcome::Failed("connection refused".into()))]
+        vec![(only[0], Outcome::Failed("connection refused"))]
     );
 
     let hang = |_| std::future::pending::<Result<(), String>>();

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cloudproxy_proto::Machine;
-use cloudproxy_transport::driver::{Driver, Next};
+use cloudproxy_transport::driver::{DatagramDriver, Driver, Next};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UdpSocket;
 
 /// Queues whatever the test asks to send, reports each read as an event
 /// (an empty one for each timer firing at the deadlines it is given).
@@ -146,6 +147,106 @@ async fn next_event_is_cancel_safe_mid_write() {
     });
     driver.flush().await.unwrap();
     assert_eq!(reader.await.unwrap(), data);
+}
+
+/// Paused reads leave the peer's bytes unread while writes and timers go
+/// on; the queue shows how far the peer is behind.
+#[tokio::test(start_paused = true)]
+async fn paused_reads_still_write_and_run_timers() {
+    let (ours, mut theirs) = tokio::io::duplex(1024);
+    let mut probe = Probe::default();
+    probe
+        .deadlines
+        .push_back(tokio::time::Instant::now().into_std() + Duration::from_secs(1));
+    probe.out.push_back(Bytes::from_static(b"abc"));
+    probe.out.push_back(Bytes::from_static(b"de"));
+    let mut driver = Driver::new(probe, ours);
+    driver.pause_reads(true);
+    theirs.write_all(b"unread").await.unwrap();
+    assert_eq!(driver.next_event().await.event(), Ev::Read(Vec::new()));
+    assert_eq!(driver.queued_bytes(), 0);
+    let mut got = [0u8; 5];
+    theirs.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"abcde");
+    driver.pause_reads(false);
+    assert_eq!(
+        driver.next_event().await.event(),
+        Ev::Read(b"unread".to_vec())
+    );
+}
+
+/// Transmits the stream does not take yet are counted until written.
+#[tokio::test]
+async fn queued_bytes_count_what_the_peer_has_not_taken() {
+    let (ours, mut theirs) = tokio::io::duplex(8);
+    let mut driver = Driver::new(Probe::default(), ours);
+    driver
+        .machine_mut()
+        .out
+        .push_back(Bytes::from(vec![1u8; 20]));
+    driver
+        .machine_mut()
+        .out
+        .push_back(Bytes::from(vec![2u8; 10]));
+    let waited = tokio::time::timeout(Duration::ZERO, driver.next_event()).await;
+    assert!(waited.is_err(), "nothing to read yet");
+    assert_eq!(driver.queued_bytes(), 30 - 8);
+    let reader = tokio::spawn(async move {
+        let mut got = vec![0u8; 30];
+        theirs.read_exact(&mut got).await.unwrap();
+        got
+    });
+    driver.flush().await.unwrap();
+    assert_eq!(driver.queued_bytes(), 0);
+    let mut want = vec![1u8; 20];
+    want.extend([2u8; 10]);
+    assert_eq!(reader.await.unwrap(), want);
+}
+
+/// Two UDP sockets on 127.0.0.1, connected to each other.
+async fn udp_pair() -> (UdpSocket, UdpSocket) {
+    let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    a.connect(b.local_addr().unwrap()).await.unwrap();
+    b.connect(a.local_addr().unwrap()).await.unwrap();
+    (a, b)
+}
+
+/// Over datagrams, each transmit is one datagram and each datagram one
+/// input, never merged.
+#[tokio::test]
+async fn datagram_driver_keeps_datagram_boundaries() {
+    let (ours, theirs) = udp_pair().await;
+    let mut driver = DatagramDriver::new(Probe::default(), ours);
+    driver
+        .machine_mut()
+        .out
+        .push_back(Bytes::from_static(b"abc"));
+    driver
+        .machine_mut()
+        .out
+        .push_back(Bytes::from_static(b"de"));
+    driver.flush().await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = theirs.recv(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"abc");
+    let n = theirs.recv(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"de");
+    theirs.send(b"xyz").await.unwrap();
+    theirs.send(b"w").await.unwrap();
+    assert_eq!(driver.next_event().await.event(), Ev::Read(b"xyz".to_vec()));
+    assert_eq!(driver.next_event().await.event(), Ev::Read(b"w".to_vec()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn datagram_driver_runs_the_machines_timers() {
+    let (ours, _theirs) = udp_pair().await;
+    let mut probe = Probe::default();
+    let now = tokio::time::Instant::now().into_std();
+    probe.deadlines.push_back(now + Duration::from_secs(10));
+    let mut driver = DatagramDriver::new(probe, ours);
+    assert_eq!(driver.next_event().await.event(), Ev::Read(Vec::new()));
+    assert_eq!(driver.machine().fired, 1);
 }
 
 trait EventOf<E> {

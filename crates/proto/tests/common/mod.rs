@@ -389,7 +389,7 @@ impl Pair {
                     );
                     self.udp_replies.push((t.destination, t.contents.clone()));
                     if self.deliver_to_client && t.destination == self.client_addr {
-                        b.handle_input(self.now, t.contents);
+                        b.handle_input(self.now, &t.contents);
                     }
                 }
             }
@@ -486,7 +486,7 @@ impl TcpClient for RelayBinding {
         self.poll_transmit()
     }
     fn input(&mut self, now: Instant, data: Bytes) {
-        self.handle_input(now, data);
+        self.handle_input(now, &data);
     }
 }
 

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cloudproxy_proto::Machine;
 use cloudproxy_proto::client::{Allocation, ClientConfig};
 use cloudproxy_proto::{AppId, Timebase};
 use cloudproxy_server::ProxyNode;
@@ -190,7 +191,6 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
         .unwrap_or_else(|_| panic!("{what} did not finish within 30 s"))
 }
 
-use bytes::Bytes;
 use cloudproxy_proto::client::{Allocator, AllocatorEvent, BindingEvent, RelayBinding};
 use cloudproxy_proto::frame::BindMode;
 use cloudproxy_proto::{Address, ErrorCode, Path, SessionError};
@@ -263,7 +263,7 @@ pub async fn bind_tcp_raw(
             if n == 0 {
                 return Err(SessionError::ClosedByPeer);
             }
-            binding.handle_input(Instant::now(), Bytes::copy_from_slice(&buf[..n]));
+            binding.handle_input(Instant::now(), &buf[..n]);
         }
     })
     .await?;
@@ -301,7 +301,7 @@ pub async fn bind_udp_raw(
             }
             let deadline = binding.poll_timeout().map(tokio::time::Instant::from_std).unwrap();
             tokio::select! {
-                n = socket.recv(&mut buf) => binding.handle_input(Instant::now(), Bytes::copy_from_slice(&buf[..n.unwrap()])),
+                n = socket.recv(&mut buf) => binding.handle_input(Instant::now(), &buf[..n.unwrap()]),
                 () = tokio::time::sleep_until(deadline) => binding.handle_timeout(Instant::now()),
             }
         }

@@ -93,6 +93,7 @@ pub use cloudproxy_params::{
     DEFAULT_PORTS, DEFAULT_PROXY_DOMAIN, ParamError, ParamWarning, ProxyKind, ProxyServer,
 };
 pub use cloudproxy_proto::ErrorCode;
+pub use cloudproxy_proto::session::SilenceDetection;
 pub use cloudproxy_transport::dial::{DialError, DialPolicy};
 pub use cloudproxy_transport::resolve::ResolveError;
 pub use cloudproxy_transport::tunnel::TunnelError;

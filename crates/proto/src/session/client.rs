@@ -474,7 +474,8 @@ impl crate::Machine for ClientSession {
         [self.ack_at, self.suspect_at(), self.probe_deadline]
             .into_iter()
             .flatten()
-            .fold(Some(ping_at.min(dead_at)), |t, d| t.map(|t| t.min(d)))
+            .chain([ping_at, dead_at])
+            .min()
     }
 
     fn handle_timeout(&mut self, now: Instant) {

@@ -209,14 +209,14 @@ fn report(results: &[(&Scenario, Outcome, Duration)]) -> usize {
         let (number, title) = (scenario.number, scenario.title);
         match outcome {
             Ok(timings) => println!(
-                "  {number}. PASS  {title:<42} {:>5.1} s  {}",
+                " {number:>2}. PASS  {title:<42} {:>5.1} s  {}",
                 took.as_secs_f64(),
                 timings.join(", ")
             ),
             Err(_) => {
                 failed += 1;
                 println!(
-                    "  {number}. FAIL  {title:<42} {:>5.1} s",
+                    " {number:>2}. FAIL  {title:<42} {:>5.1} s",
                     took.as_secs_f64()
                 );
             }

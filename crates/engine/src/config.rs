@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use cloudproxy_params::ProxyServer;
 use cloudproxy_proto::AppId;
+use cloudproxy_proto::session::SilenceDetection;
 use cloudproxy_transport::dial::DialPolicy;
 
 use crate::credential::Credential;
@@ -24,6 +25,7 @@ pub(crate) struct Config {
     pub(crate) keepalive_interval: Duration,
     pub(crate) keepalive_timeout: Duration,
     pub(crate) reconnect_timeout: Duration,
+    pub(crate) silence: Option<SilenceDetection>,
     pub(crate) dial: DialPolicy,
     pub(crate) dns_timeout: Duration,
     pub(crate) udp_probe_timeout: Duration,
@@ -58,6 +60,7 @@ pub struct EngineBuilder {
     handshake_timeout: Duration,
     keepalive: (Duration, Duration),
     reconnect_timeout: Duration,
+    silence: Option<SilenceDetection>,
     dial: DialPolicy,
     dns_timeout: Duration,
     udp_probe_timeout: Duration,
@@ -75,6 +78,7 @@ impl EngineBuilder {
             handshake_timeout: Duration::from_secs(10),
             keepalive: (Duration::from_secs(15), Duration::from_secs(45)),
             reconnect_timeout: Duration::from_secs(30),
+            silence: Some(SilenceDetection::default()),
             dial: DialPolicy::default(),
             dns_timeout: Duration::from_secs(2),
             udp_probe_timeout: Duration::from_secs(2),
@@ -119,6 +123,24 @@ impl EngineBuilder {
     /// (`docs/protocol.md` §9.5); `interval` must be shorter than `timeout`.
     pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.keepalive = (interval, timeout);
+        self
+    }
+
+    /// Early detection of a relay or edge that goes silent mid-call without
+    /// closing (black-holed, crashed host, dead route): the silence is
+    /// suspected after `suspect_after` when the edge should have spoken (a
+    /// message sent waits for its acknowledgement, or the edge had been
+    /// talking often), confirmed by a `Ping` that gets no answer within
+    /// `probe_timeout`, and the connection is re-established through the
+    /// next node ([`StateReason::RelaySilent`](crate::StateReason::RelaySilent)).
+    /// An idle call is never suspected: it stays on the keepalive timeout.
+    /// `None` turns it off. Default
+    /// [`SilenceDetection::SUSPECT_AFTER`] (700 ms) and
+    /// [`SilenceDetection::PROBE_TIMEOUT`] (800 ms): a silent node is left
+    /// 1.5 s after its last word, plus the reconnect. Shorter thresholds
+    /// detect sooner but mistake a congested path for a dead one more often.
+    pub fn silence_detection(mut self, detection: Option<SilenceDetection>) -> Self {
+        self.silence = detection;
         self
     }
 
@@ -207,6 +229,7 @@ impl EngineBuilder {
             keepalive_interval,
             keepalive_timeout,
             reconnect_timeout: self.reconnect_timeout,
+            silence: self.silence,
             dial: self.dial,
             dns_timeout: self.dns_timeout,
             udp_probe_timeout: self.udp_probe_timeout,

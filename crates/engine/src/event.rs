@@ -38,6 +38,11 @@ pub enum StateReason {
     Interrupted,
     /// Nothing arrived on the message channel for the keepalive timeout.
     KeepaliveTimeout,
+    /// The relay (or the edge) went silent mid-call without closing: the
+    /// edge should have answered (a message waited for its acknowledgement,
+    /// or it had been talking often), and a probe got no answer either
+    /// ([`EngineBuilder::silence_detection`](crate::EngineBuilder::silence_detection)).
+    RelaySilent,
     /// The connection was re-established and the membership resumed: no
     /// message was lost or duplicated.
     Resumed,

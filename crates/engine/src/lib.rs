@@ -59,8 +59,12 @@
 //! [`Event::ProxyConnected`] says which transport media took and how long it
 //! took.
 //!
-//! **Failover**: when the message channel closes or is reset, or nothing
-//! arrives for the keepalive timeout (45 s; pings every 15 s), the engine
+//! **Failover**: when the message channel closes or is reset, goes silent
+//! mid-call (a message waits for its acknowledgement, or an edge that was
+//! talking goes quiet, for 700 ms, and a probe `Ping` gets no answer within
+//! 800 ms: [`StateReason::RelaySilent`], see
+//! [`EngineBuilder::silence_detection`]), or nothing arrives for the
+//! keepalive timeout (45 s; pings every 15 s; an idle call), the engine
 //! reports `Reconnecting`, re-establishes the whole path (a new allocation
 //! through the first proxy address that answers, so a dead node is skipped)
 //! and resumes the membership at the media network. Both sides resend only
@@ -93,6 +97,7 @@ pub use cloudproxy_params::{
     DEFAULT_PORTS, DEFAULT_PROXY_DOMAIN, ParamError, ParamWarning, ProxyKind, ProxyServer,
 };
 pub use cloudproxy_proto::ErrorCode;
+pub use cloudproxy_proto::session::SilenceDetection;
 pub use cloudproxy_transport::dial::{DialError, DialPolicy};
 pub use cloudproxy_transport::resolve::ResolveError;
 pub use cloudproxy_transport::tunnel::TunnelError;

@@ -34,6 +34,7 @@ pub(crate) fn session_config(config: &Config) -> ClientSessionConfig {
     ClientSessionConfig {
         keepalive_interval: config.keepalive_interval,
         keepalive_timeout: config.keepalive_timeout,
+        silence: config.silence,
         ..ClientSessionConfig::default()
     }
 }

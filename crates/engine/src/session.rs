@@ -57,7 +57,8 @@ enum Lost {
     #[error("the message channel failed: {0}")]
     Io(std::io::Error),
     /// The session machine gave up on the connection (keepalive deadline,
-    /// an `Error` from the edge, a protocol violation).
+    /// the edge gone silent, an `Error` from the edge, a protocol
+    /// violation).
     #[error("{0}")]
     Session(SessionError),
     /// The media path through the proxy closed.
@@ -69,6 +70,7 @@ impl Lost {
     fn reason(&self) -> StateReason {
         match self {
             Self::Session(SessionError::Timeout { .. }) => StateReason::KeepaliveTimeout,
+            Self::Session(SessionError::Silent { .. }) => StateReason::RelaySilent,
             _ => StateReason::Interrupted,
         }
     }
@@ -235,7 +237,7 @@ impl Session {
                 },
                 command = commands.recv() => match command {
                     Some(Command::Message(payload)) => {
-                        link.channel.machine_mut().send(payload);
+                        link.channel.machine_mut().send(std::time::Instant::now(), payload);
                     }
                     Some(Command::Leave(ack)) => return End::Leave(Some(ack)),
                     None => return End::Leave(None),
@@ -337,7 +339,9 @@ impl Session {
             match result {
                 Ok(Ok(mut link)) => {
                     for payload in queued {
-                        link.channel.machine_mut().send(payload);
+                        link.channel
+                            .machine_mut()
+                            .send(std::time::Instant::now(), payload);
                     }
                     self.resumed(&mut link);
                     return Ok(link);

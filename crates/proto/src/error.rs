@@ -372,6 +372,16 @@ pub enum SessionError {
     /// This side closed the session.
     #[error("closed locally")]
     ClosedLocally,
+    /// The peer went silent while it should have spoken (a message waiting
+    /// for its acknowledgement, or a peer that had been talking often), and
+    /// a probe got no answer either.
+    #[error("peer silent for {after:?} (no answer to a probe within {probe:?})")]
+    Silent {
+        /// How long nothing had arrived when the connection was given up.
+        after: Duration,
+        /// The probe's deadline.
+        probe: Duration,
+    },
 }
 
 impl SessionError {

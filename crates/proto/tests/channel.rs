@@ -10,7 +10,7 @@ use cloudproxy_proto::frame::{ErrorFrame, Frame, Join, Joined, Member};
 use cloudproxy_proto::reliable::{Inbox, Outbox, Received};
 use cloudproxy_proto::session::{
     ClientEvent, ClientSession, ClientSessionConfig, EdgeEvent, EdgeSession, EdgeSessionConfig,
-    HandshakeFailure,
+    HandshakeFailure, SilenceDetection,
 };
 use cloudproxy_proto::{AppId, ChannelName, ErrorCode, Machine, SessionError};
 use proptest::prelude::*;
@@ -19,6 +19,7 @@ const CLIENT: ClientSessionConfig = ClientSessionConfig {
     keepalive_interval: Duration::from_secs(5),
     keepalive_timeout: Duration::from_secs(15),
     ack_delay: Duration::from_millis(200),
+    silence: None,
 };
 
 const EDGE: EdgeSessionConfig = EdgeSessionConfig {
@@ -73,12 +74,12 @@ struct Net {
 }
 
 impl Net {
-    fn new(clients: usize) -> Self {
+    fn with_config(clients: usize, config: ClientSessionConfig) -> Self {
         let now = Instant::now();
         Self {
             now,
             clients: (0..clients)
-                .map(|i| ClientSession::new(CLIENT, join(100 + i as u32), now))
+                .map(|i| ClientSession::new(config, join(100 + i as u32), now))
                 .collect(),
             current: vec![None; clients],
             conns: Vec::new(),
@@ -357,7 +358,11 @@ fn payload(client: usize, i: usize) -> Bytes {
 
 /// Two members joined, each on its first connection.
 fn joined_pair() -> Net {
-    let mut net = Net::new(2);
+    joined_pair_with(CLIENT)
+}
+
+fn joined_pair_with(config: ClientSessionConfig) -> Net {
+    let mut net = Net::with_config(2, config);
     net.connect(0, false);
     net.run(usize::MAX);
     net.connect(1, false);
@@ -448,14 +453,14 @@ fn resume_resends_only_what_the_edge_lacks_and_reports_last_received() {
     let mut net = joined_pair();
     // Client 1 sends two messages that reach client 0.
     for i in 0..2 {
-        net.clients[1].send(payload(1, i));
+        net.clients[1].send(net.now, payload(1, i));
     }
     net.run(usize::MAX);
     assert_eq!(net.delivered[0].len(), 2);
     // Client 0 sends three; only the first reaches the edge before its
     // connection breaks.
     for i in 0..3 {
-        net.clients[0].send(payload(0, i));
+        net.clients[0].send(net.now, payload(0, i));
     }
     let old = net.current[0].unwrap();
     net.clients[0].poll_event();
@@ -490,8 +495,8 @@ fn failover(count: usize, drop_after: usize, resend_at: usize) {
     let me = net.member_of(0).unwrap();
     let peer = net.member_of(1).unwrap();
     for i in 0..count {
-        net.clients[0].send(payload(0, i));
-        net.clients[1].send(payload(1, i));
+        net.clients[0].send(net.now, payload(0, i));
+        net.clients[1].send(net.now, payload(1, i));
         if i == resend_at {
             net.run(drop_after);
             let old = net.current[0].unwrap();
@@ -545,7 +550,7 @@ proptest! {
 #[test]
 fn a_refused_resume_reports_the_code_and_a_fresh_join_renumbers() {
     let mut net = joined_pair();
-    net.clients[0].send(payload(0, 0));
+    net.clients[0].send(net.now, payload(0, 0));
     let old = net.current[0].unwrap();
     net.kill(old);
     // The edge forgot the membership.
@@ -611,4 +616,130 @@ fn the_edge_side_times_out_the_handshake_and_an_idle_connection() {
     assert_eq!(edge.poll_timeout(), Some(t + EDGE.idle_timeout));
     edge.handle_timeout(t + EDGE.idle_timeout);
     assert!(matches!(edge.poll_event(), Some(EdgeEvent::Idle(_))));
+}
+
+const SILENCE: SilenceDetection = SilenceDetection {
+    suspect_after: SilenceDetection::SUSPECT_AFTER,
+    probe_timeout: SilenceDetection::PROBE_TIMEOUT,
+};
+
+const WATCHFUL: ClientSessionConfig = ClientSessionConfig {
+    silence: Some(SILENCE),
+    ..CLIENT
+};
+
+/// Whether client `c` reported its connection lost to silence.
+fn lost_to_silence(net: &Net, c: usize) -> bool {
+    net.events[c]
+        .iter()
+        .any(|e| matches!(e, ClientEvent::Lost(SessionError::Silent { .. })))
+}
+
+fn lost(net: &Net, c: usize) -> bool {
+    net.events[c]
+        .iter()
+        .any(|e| matches!(e, ClientEvent::Lost(_)))
+}
+
+/// The edge goes silent (no close) under client 0 mid-stream, with
+/// unacknowledged messages both ways: suspicion at `suspect_after`, the
+/// probe times out, `Lost(Silent)` exactly at the machine's bound; the
+/// resume on a second connection delivers every message once, in order.
+#[test]
+fn a_silent_edge_is_lost_at_the_bound_and_the_resume_delivers_exactly_once() {
+    let mut net = joined_pair_with(WATCHFUL);
+    let count = 30;
+    for i in 0..count / 2 {
+        net.clients[0].send(net.now, payload(0, i));
+        net.clients[1].send(net.now, payload(1, i));
+    }
+    // Part of it moves, then the edge goes silent for client 0: bytes in
+    // flight are lost both ways and nothing tells the client.
+    net.run(9);
+    let silent_at = net.now;
+    let old = net.current[0].unwrap();
+    net.kill(old);
+    assert!(
+        net.clients[0].unacked() > 0,
+        "messages of client 0 in flight"
+    );
+    // Both keep sending; client 0's messages go nowhere.
+    for i in count / 2..count {
+        net.clients[0].send(net.now, payload(0, i));
+        net.clients[1].send(net.now, payload(1, i));
+    }
+    net.run(usize::MAX);
+
+    net.advance_to(silent_at + SILENCE.bound() - Duration::from_millis(1));
+    assert!(!lost(&net, 0), "lost before the bound: {:?}", net.events[0]);
+    net.advance_to(silent_at + SILENCE.bound());
+    assert!(lost_to_silence(&net, 0), "{:?}", net.events[0]);
+
+    net.connect(0, true);
+    net.run(usize::MAX);
+    net.advance_to(net.now + Duration::from_secs(1));
+    let payloads =
+        |c: usize| -> Vec<Bytes> { net.delivered[c].iter().map(|(_, p)| p.clone()).collect() };
+    let expect = |c: usize| (0..count).map(|i| payload(c, i)).collect::<Vec<_>>();
+    assert_eq!(payloads(0), expect(1));
+    assert_eq!(payloads(1), expect(0));
+    assert_eq!((net.clients[0].unacked(), net.clients[1].unacked()), (0, 0));
+    assert!(!lost(&net, 1), "{:?}", net.events[1]);
+}
+
+/// A member that only receives: the edge had been talking every 20 ms,
+/// then nothing; the silence is suspected and confirmed the same way.
+#[test]
+fn a_receiver_notices_an_edge_that_stopped_talking() {
+    let mut net = joined_pair_with(WATCHFUL);
+    for i in 0..10 {
+        net.clients[1].send(net.now, payload(1, i));
+        net.run(usize::MAX);
+        net.advance_to(net.now + Duration::from_millis(20));
+    }
+    let silent_at = net.now - Duration::from_millis(20);
+    let old = net.current[0].unwrap();
+    net.kill(old);
+    net.advance_to(silent_at + SILENCE.bound() - Duration::from_millis(1));
+    assert!(!lost(&net, 0), "{:?}", net.events[0]);
+    net.advance_to(silent_at + SILENCE.bound());
+    assert!(lost_to_silence(&net, 0), "{:?}", net.events[0]);
+}
+
+/// An idle call (nothing sent, nothing expected) is not declared dead
+/// early: only the keepalive timeout ends it.
+#[test]
+fn an_idle_call_waits_for_the_keepalive_timeout() {
+    let mut net = joined_pair_with(WATCHFUL);
+    // The join's notices may cost one probe, answered while the edge lives.
+    net.advance_to(net.now + Duration::from_secs(2));
+    assert!(!lost(&net, 0), "{:?}", net.events[0]);
+    let last_rx = net.now;
+    let old = net.current[0].unwrap();
+    net.kill(old);
+    net.advance_to(last_rx + CLIENT.keepalive_timeout - Duration::from_secs(3));
+    assert!(!lost(&net, 0), "{:?}", net.events[0]);
+    net.advance_to(net.now + Duration::from_secs(5));
+    assert!(
+        lost(&net, 0) && !lost_to_silence(&net, 0),
+        "{:?}",
+        net.events[0]
+    );
+}
+
+/// A live edge answers the probe: a false suspicion costs one `Ping`.
+#[test]
+fn a_live_edge_answers_the_probe_and_the_call_goes_on() {
+    let mut net = joined_pair_with(WATCHFUL);
+    for i in 0..10 {
+        net.clients[1].send(net.now, payload(1, i));
+        net.run(usize::MAX);
+        net.advance_to(net.now + Duration::from_millis(20));
+    }
+    // The sender pauses: the receiver suspects, probes, gets its pong.
+    net.advance_to(net.now + Duration::from_secs(10));
+    assert!(!lost(&net, 0) && !lost(&net, 1), "{:?}", net.events);
+    net.clients[1].send(net.now, payload(1, 10));
+    net.run(usize::MAX);
+    assert_eq!(net.delivered[0].len(), 11);
 }

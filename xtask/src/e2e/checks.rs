@@ -10,6 +10,9 @@ pub(super) const DIRECT_TIMEOUT_MS: f64 = 3000.0;
 pub(super) const STAGGER_MS: f64 = 250.0;
 pub(super) const UDP_PROBE_MS: f64 = 2000.0;
 pub(super) const RECONNECT_WINDOW_MS: f64 = 30_000.0;
+/// Issue 16: a node gone silent mid-call is left within this (silence
+/// suspected after 700 ms, a probe of 800 ms, then the reconnect).
+pub(super) const SILENT_FAILOVER_MS: f64 = 3000.0;
 /// What a loaded CI machine may add on top of a documented bound.
 pub(super) const SLACK_MS: f64 = 2000.0;
 

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use super::bed::{ALLOCATION_PORTS, NODE_A, NODE_B, PROXY_NAME};
 use super::checks::{
-    Checks, DIRECT_TIMEOUT_MS, RECONNECT_WINDOW_MS, SLACK_MS, STAGGER_MS, UDP_PROBE_MS, stat,
+    Checks, DIRECT_TIMEOUT_MS, RECONNECT_WINDOW_MS, SILENT_FAILOVER_MS, SLACK_MS, STAGGER_MS,
+    UDP_PROBE_MS, stat,
 };
 use super::client::{Call, RunningDemo};
 use super::firewall::{Firewall, Proto};
@@ -343,4 +344,99 @@ pub(super) fn probe_reports_open_ports(bed: &mut Bed) -> Outcome {
         );
     }
     c.done(|| dumps, timings)
+}
+
+/// 12. Two nodes, `[2, [A, B], 0]`; the node carrying the call is
+///     black-holed in both directions mid-call (nft drop: nothing closes,
+///     nothing is refused). The engines suspect the silence from the acks
+///     their messages lack, probe, and fail over to the other node within
+///     3 s of the black hole; every message exactly once, in order.
+pub(super) fn node_black_holed_mid_call(bed: &mut Bed) -> Outcome {
+    let running = bed.client.spawn_demo(&Call {
+        seconds: 12,
+        ..Call::enabled(&format!("{NODE_A},{NODE_B}"))
+    })?;
+    let mut c = Checks::new();
+    let (victim, running) = node_in_use(bed, running)?;
+    let survivor = 1 - victim;
+    // Let the call run a while, then black-hole the node under it.
+    thread::sleep(Duration::from_secs(3));
+    let engines = bed.peers.relay_connections()?[victim];
+    let holed = Instant::now();
+    let holed_at = running.started().elapsed();
+    bed.net
+        .set_firewall(&Firewall::whitelist().black_hole(Peers::node_addr(victim)))?;
+    println!(
+        "    black-holed {} at {:.1} s into the call ({engines} relay connections on it)",
+        Peers::node_name(victim),
+        holed_at.as_secs_f64()
+    );
+    // Failed over: the survivor carries every engine's message channel.
+    let mut moved_ms = None;
+    while holed.elapsed() < Duration::from_secs(10) {
+        if bed
+            .peers
+            .relay_connections()
+            .is_ok_and(|n| n[survivor] >= engines.max(1))
+        {
+            moved_ms = Some(holed.elapsed().as_secs_f64() * 1000.0);
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let d = running.finish()?;
+    c.call(&d);
+    c.check(
+        moved_ms.is_some_and(|ms| ms <= SILENT_FAILOVER_MS),
+        format!(
+            "{} carries all {engines} engines {moved_ms:?} ms after the black hole (bound {SILENT_FAILOVER_MS} ms)",
+            Peers::node_name(survivor)
+        ),
+    );
+    let failovers = d.summary.failovers;
+    let failover_ms = &d.summary.failover_ms;
+    c.check(
+        failovers >= engines.max(1) as u64,
+        format!("failovers reported: {failovers}"),
+    );
+    let silent = d
+        .summary
+        .events
+        .iter()
+        .filter(|e| e.contains("Reconnecting") && e.contains("RelaySilent"))
+        .count();
+    c.check(
+        silent >= 1,
+        format!("the loss is reported as RelaySilent ({silent} engines), not a keepalive timeout"),
+    );
+    c.check(
+        failover_ms.iter().all(|&ms| ms <= SILENT_FAILOVER_MS),
+        format!("reconnects {failover_ms:?} ms within {SILENT_FAILOVER_MS} ms"),
+    );
+    let log = bed.peers.stop_node(survivor)?;
+    let stats = log
+        .lines()
+        .find(|l| l.contains("proxy node stopped"))
+        .unwrap_or("")
+        .to_owned();
+    let up = stat(&stats, "udp_packets_up");
+    let down = stat(&stats, "udp_packets_down");
+    c.check(
+        up.is_some_and(|n| n > 0) && down.is_some_and(|n| n > 0),
+        format!(
+            "media resumed through {}: udp_packets_up {up:?}, udp_packets_down {down:?}",
+            Peers::node_name(survivor)
+        ),
+    );
+    bed.net.set_firewall(&Firewall::whitelist())?;
+    bed.peers.restart_nodes()?;
+    let timings = vec![
+        format!("connect {:.0} ms", d.connect_ms()),
+        format!(
+            "black hole to failover {}",
+            moved_ms.map_or("—".to_owned(), |ms| format!("{ms:.0} ms"))
+        ),
+        format!("reconnect {failover_ms:?} ms"),
+    ];
+    c.done(|| format!("{}\nsurvivor stats: {stats}", d.dump()), timings)
 }

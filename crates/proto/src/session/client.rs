@@ -7,6 +7,11 @@
 //! connection (a fresh `Join` or a resume carrying `last_received`), and
 //! what the edge did not acknowledge is resent after its `Joined`, so every
 //! message arrives exactly once and in order.
+//!
+//! A connection whose edge stops answering without closing (black-holed,
+//! crashed host, dead route) is noticed within about a second when there is
+//! evidence that the edge should have spoken (see [`SilenceDetection`]), not
+//! only at the keepalive timeout.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -29,6 +34,55 @@ pub struct ClientSessionConfig {
     /// Longest an in-order delivery waits for its `Ack` (`docs/protocol.md`
     /// §9.2: at most 200 ms).
     pub ack_delay: Duration,
+    /// Early detection of an edge gone silent; `None`: only the keepalive
+    /// timeout ends a silent connection.
+    pub silence: Option<SilenceDetection>,
+}
+
+/// Early detection of an edge that stopped answering without closing.
+///
+/// Silence is *suspected* only with evidence that the edge should have
+/// spoken: a message we sent has been waiting for its `Ack` (the edge acks
+/// within 200 ms, `docs/protocol.md` §9.2) for `suspect_after` with nothing
+/// arriving, or the edge had been talking at least every `suspect_after / 2`
+/// and then nothing arrived for `suspect_after`. An idle connection (nothing
+/// sent, nothing expected) is never suspected; keepalive pings are not
+/// evidence either, so idle stays on the keepalive timeout. A suspicion is
+/// confirmed by a probe: a `Ping` right away; when nothing at all arrives
+/// within `probe_timeout`, the connection is [`Lost`](ClientEvent::Lost)
+/// with [`SessionError::Silent`]. Anything arriving clears the suspicion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SilenceDetection {
+    /// Silence this long with evidence makes the edge suspect.
+    pub suspect_after: Duration,
+    /// How long the probe waits for anything from the edge.
+    pub probe_timeout: Duration,
+}
+
+impl SilenceDetection {
+    /// The default suspicion threshold: 3.5× the edge's longest ack delay,
+    /// so a slow ack plus a few hundred ms of round trip is not suspected.
+    pub const SUSPECT_AFTER: Duration = Duration::from_millis(700);
+    /// The default probe deadline: a live edge answers a `Ping` at once;
+    /// 800 ms tolerates a congested path, and leaves room to fail over
+    /// within 3 s of the silence.
+    pub const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+
+    /// Longest time from the last frame received to the connection being
+    /// declared lost, when there is evidence from the start.
+    #[must_use]
+    pub fn bound(&self) -> Duration {
+        self.suspect_after + self.probe_timeout
+    }
+}
+
+impl Default for SilenceDetection {
+    fn default() -> Self {
+        Self {
+            suspect_after: Self::SUSPECT_AFTER,
+            probe_timeout: Self::PROBE_TIMEOUT,
+        }
+    }
 }
 
 impl Default for ClientSessionConfig {
@@ -37,6 +91,7 @@ impl Default for ClientSessionConfig {
             keepalive_interval: Duration::from_secs(5),
             keepalive_timeout: Duration::from_secs(15),
             ack_delay: Duration::from_millis(200),
+            silence: Some(SilenceDetection::default()),
         }
     }
 }
@@ -115,6 +170,14 @@ pub struct ClientSession {
     last_rx: Instant,
     /// When an unacknowledged delivery must be acked at the latest.
     ack_at: Option<Instant>,
+    /// Since when we wait for the edge to acknowledge a message (reset by
+    /// every frame that arrives while messages remain unacknowledged).
+    awaiting_ack_since: Option<Instant>,
+    /// Whether the edge has been talking often (its last frame came within
+    /// half the suspicion threshold of the one before).
+    edge_chatty: bool,
+    /// The deadline of the probe sent on suspicion of silence.
+    probe_deadline: Option<Instant>,
 }
 
 impl ClientSession {
@@ -140,6 +203,9 @@ impl ClientSession {
             last_tx: now,
             last_rx: now,
             ack_at: None,
+            awaiting_ack_since: None,
+            edge_chatty: false,
+            probe_deadline: None,
         }
     }
 
@@ -150,6 +216,7 @@ impl ClientSession {
         self.reader.clear();
         self.transmits.clear();
         self.ack_at = None;
+        self.clear_silence();
         let mut join = self.join.clone();
         self.resuming = false;
         if let (true, Some(joined)) = (resume, &self.joined) {
@@ -168,11 +235,12 @@ impl ClientSession {
 
     /// Sends a message to the channel (numbered now; queued until the next
     /// `Joined` when not connected). Returns its sequence number.
-    pub fn send(&mut self, payload: Bytes) -> u64 {
+    pub fn send(&mut self, now: Instant, payload: Bytes) -> u64 {
         let message = self.outbox.push(payload);
         let seq = message.seq;
         if self.phase == Phase::Joined {
             self.queue(&Frame::Message(message));
+            self.awaiting_ack_since.get_or_insert(now);
         }
         seq
     }
@@ -230,7 +298,31 @@ impl ClientSession {
         self.phase = Phase::Closed;
         self.transmits.clear();
         self.ack_at = None;
+        self.clear_silence();
         self.events.push_back(ClientEvent::Lost(error));
+    }
+
+    fn clear_silence(&mut self) {
+        self.awaiting_ack_since = None;
+        self.edge_chatty = false;
+        self.probe_deadline = None;
+    }
+
+    /// When silence becomes suspect (`None`: no evidence, or a probe is
+    /// already out).
+    fn suspect_at(&self) -> Option<Instant> {
+        let silence = self.config.silence?;
+        if self.probe_deadline.is_some() {
+            return None;
+        }
+        let quiet = self
+            .edge_chatty
+            .then(|| self.last_rx + silence.suspect_after);
+        let unacked = self.awaiting_ack_since.map(|t| t + silence.suspect_after);
+        match (quiet, unacked) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn send_ack(&mut self, now: Instant) {
@@ -263,6 +355,7 @@ impl ClientSession {
         let resend: Vec<Message> = self.outbox.resend_after(joined.last_received).collect();
         for message in resend {
             self.queue_now(now, &Frame::Message(message));
+            self.awaiting_ack_since.get_or_insert(now);
         }
         self.events.push_back(ClientEvent::Joined {
             joined,
@@ -332,15 +425,30 @@ impl crate::Machine for ClientSession {
             return;
         }
         self.reader.extend(data);
+        let previous_rx = self.last_rx;
+        // The join's answer does not count as the edge talking often.
+        let was_joined = self.phase == Phase::Joined;
+        let mut arrived = false;
         while matches!(self.phase, Phase::Joining | Phase::Joined) {
             match self.reader.next_frame() {
                 Ok(Some(frame)) => {
                     self.last_rx = now;
+                    arrived = true;
                     self.on_frame(now, frame);
                 }
                 Ok(None) => break,
                 Err(e) => return self.lose(SessionError::protocol(e)),
             }
+        }
+        if arrived && self.phase == Phase::Joined {
+            // The edge is alive: the suspicion (if any) is over, and what we
+            // still wait for is waited for from now.
+            self.probe_deadline = None;
+            self.edge_chatty = was_joined
+                && self.config.silence.is_some_and(|s| {
+                    now.saturating_duration_since(previous_rx) <= s.suspect_after / 2
+                });
+            self.awaiting_ack_since = (self.outbox.unacked() > 0).then_some(now);
         }
         // Everything that arrived is handled: acknowledge it now, unless a
         // frame is half-read (its rest is likely close behind).
@@ -363,7 +471,11 @@ impl crate::Machine for ClientSession {
         }
         let ping_at = self.last_tx + self.config.keepalive_interval;
         let dead_at = self.last_rx + self.config.keepalive_timeout;
-        Some(self.ack_at.map_or(ping_at, |a| a.min(ping_at)).min(dead_at))
+        [self.ack_at, self.suspect_at(), self.probe_deadline]
+            .into_iter()
+            .flatten()
+            .chain([ping_at, dead_at])
+            .min()
     }
 
     fn handle_timeout(&mut self, now: Instant) {
@@ -375,6 +487,22 @@ impl crate::Machine for ClientSession {
                 which: "keepalive",
                 after: self.config.keepalive_timeout,
             });
+        }
+        if let (Some(at), Some(silence)) = (self.probe_deadline, self.config.silence) {
+            if now >= at {
+                return self.lose(SessionError::Silent {
+                    after: now.saturating_duration_since(self.last_rx),
+                    probe: silence.probe_timeout,
+                });
+            }
+        }
+        if let (Some(at), Some(silence)) = (self.suspect_at(), self.config.silence) {
+            if now >= at {
+                // Suspected: probe at once with a short deadline.
+                self.ping_value += 1;
+                self.queue_now(now, &Frame::Ping(self.ping_value));
+                self.probe_deadline = Some(now + silence.probe_timeout);
+            }
         }
         if self.ack_at.is_some_and(|at| now >= at) {
             self.send_ack(now);

@@ -8,5 +8,5 @@ pub mod client;
 pub mod edge;
 mod reader;
 
-pub use client::{ClientEvent, ClientSession, ClientSessionConfig};
+pub use client::{ClientEvent, ClientSession, ClientSessionConfig, SilenceDetection};
 pub use edge::{EdgeEvent, EdgeSession, EdgeSessionConfig, HandshakeFailure};

@@ -127,6 +127,9 @@ enum CpStateReason
   CP_STATE_REASON_RECONNECT_FAILED = 9,
   // `leaveChannel` was called.
   CP_STATE_REASON_LEFT = 10,
+  // The relay went silent mid-call without closing (no answer to a
+  // probe); the engine is failing over.
+  CP_STATE_REASON_RELAY_SILENT = 11,
   // A reason this SDK version does not know yet.
   CP_STATE_REASON_UNKNOWN = 99,
 };

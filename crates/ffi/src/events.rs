@@ -150,6 +150,9 @@ pub enum StateReason {
     ReconnectFailed = 9,
     /// `leaveChannel` was called.
     Left = 10,
+    /// The relay went silent mid-call without closing (no answer to a
+    /// probe); the engine is failing over.
+    RelaySilent = 11,
     /// A reason this SDK version does not know yet.
     Unknown = 99,
 }
@@ -167,6 +170,7 @@ impl From<engine::StateReason> for StateReason {
             engine::StateReason::JoinFailed => Self::JoinFailed,
             engine::StateReason::ReconnectFailed => Self::ReconnectFailed,
             engine::StateReason::Left => Self::Left,
+            engine::StateReason::RelaySilent => Self::RelaySilent,
             _ => Self::Unknown,
         }
     }

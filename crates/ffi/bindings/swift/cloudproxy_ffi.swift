@@ -1699,6 +1699,11 @@ public enum StateReason: UInt32, Equatable, Hashable {
      */
     case left = 10
     /**
+     * The relay went silent mid-call without closing (no answer to a
+     * probe); the engine is failing over.
+     */
+    case relaySilent = 11
+    /**
      * A reason this SDK version does not know yet.
      */
     case unknown = 99
@@ -1743,7 +1748,9 @@ public struct FfiConverterTypeStateReason: FfiConverterRustBuffer {
         
         case 10: return .left
         
-        case 11: return .unknown
+        case 11: return .relaySilent
+        
+        case 12: return .unknown
         
         default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -1793,8 +1800,12 @@ public struct FfiConverterTypeStateReason: FfiConverterRustBuffer {
             writeInt(&buf, Int32(10))
         
         
-        case .unknown:
+        case .relaySilent:
             writeInt(&buf, Int32(11))
+        
+        
+        case .unknown:
+            writeInt(&buf, Int32(12))
         
         }
     }

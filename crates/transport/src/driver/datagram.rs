@@ -21,9 +21,10 @@ const RECV_BUF: usize = 64 * 1024;
 
 /// Runs a [`Machine`] over a UDP socket connected to its peer.
 ///
-/// A datagram socket's errors belong to one datagram (an ICMP error for an
-/// earlier send, a route that went away): they come back as [`Next::Io`]
-/// with that datagram dropped, and the driver can go on, so each caller
+/// A datagram socket's errors belong to one datagram. A failed send drops
+/// that datagram, as the network would. A receive error (an ICMP answer to
+/// an earlier send, such as port unreachable) comes back as [`Next::Io`],
+/// and the driver can go on, so each caller
 /// decides whether an unreachable peer ends its work. [`Next::PeerClosed`]
 /// never happens: a datagram peer has no close.
 #[derive(Debug)]
@@ -113,7 +114,10 @@ impl<M: Machine> DatagramDriver<M> {
     }
 
     /// Sends the pending datagram and every queued one. A failed send
-    /// drops its datagram and returns the error.
+    /// (a local firewall's EPERM, no route yet) drops its datagram as the
+    /// network would and goes on: datagrams may be lost, and the machine's
+    /// retransmit and deadline timers already handle loss. Only receive
+    /// errors (ICMP answers from the peer's side) reach the owner.
     fn poll_send_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             let datagram = match self.pending.take() {
@@ -128,7 +132,7 @@ impl<M: Machine> DatagramDriver<M> {
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {
                     self.pending = Some(datagram);
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(_)) => {}
                 Poll::Pending => {
                     self.pending = Some(datagram);
                     return Poll::Pending;

@@ -77,11 +77,16 @@
 mod config;
 mod credential;
 mod engine;
+mod env_proxy;
 mod error;
 mod event;
+mod ladder;
 mod link;
+mod rungs;
 mod session;
 mod settings;
+mod tls_rung;
+mod trust;
 
 pub use config::EngineBuilder;
 pub use credential::{Credential, CredentialError};
@@ -91,10 +96,12 @@ pub use event::{
     ConnectionState, Event, Events, IncomingMedia, IncomingMessage, ProxyType, StateReason,
 };
 pub use settings::ProxyMode;
+pub use trust::TlsTrust;
 
 pub use bytes::Bytes;
 pub use cloudproxy_params::{
-    DEFAULT_PORTS, DEFAULT_PROXY_DOMAIN, ParamError, ParamWarning, ProxyKind, ProxyServer,
+    DEFAULT_PORTS, DEFAULT_PROXY_DOMAIN, DEFAULT_TLS_PORT, HttpProxy, ParamError, ParamWarning,
+    ProxyCredentials, ProxyKind, ProxyServer, TlsPin,
 };
 pub use cloudproxy_proto::ErrorCode;
 pub use cloudproxy_proto::session::SilenceDetection;

@@ -182,11 +182,10 @@ impl RaceLost {
     }
 }
 
-/// The winner of a [`race`]: its index and value, and the errors of the
-/// attempts that had failed before it (by index).
+/// The winner of a [`race`]: its value, and the errors of the attempts
+/// that had failed before it (by index).
 #[derive(Debug)]
 pub(crate) struct Won<T> {
-    pub(crate) index: usize,
     pub(crate) value: T,
     pub(crate) failed: Vec<Option<EngineError>>,
 }
@@ -222,9 +221,8 @@ pub(crate) async fn race<T: Send + 'static>(
         let wake = pending.peek().is_some().then_some(next_start);
         tokio::select! {
             joined = running.join_next() => match joined {
-                Some(Ok((index, Ok(value)))) => {
+                Some(Ok((_, Ok(value)))) => {
                     return Ok(Won {
-                        index,
                         value,
                         failed: errors,
                     });
@@ -307,7 +305,7 @@ mod tests {
         ])
         .await
         .unwrap();
-        assert_eq!((won.index, won.value), (1, 2));
+        assert_eq!(won.value, 2);
         assert_eq!(started.elapsed(), RUNG_STAGGER + Duration::from_millis(10));
         // The slow rung's task was aborted: what it held is dropped.
         assert!(rx.await.is_err());
@@ -328,7 +326,7 @@ mod tests {
         ])
         .await
         .unwrap();
-        assert_eq!((won.index, won.value), (1, 2));
+        assert_eq!(won.value, 2);
         assert!(won.failed[0].is_some());
         assert_eq!(started.elapsed(), Duration::from_millis(20));
     }

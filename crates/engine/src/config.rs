@@ -12,7 +12,8 @@ use crate::credential::Credential;
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::ladder::RungMemory;
-use crate::trust::TlsTrust;
+use cloudproxy_transport::http_proxy::ProxyEnv;
+use cloudproxy_transport::tls::TlsTrust;
 
 /// Everything fixed at build time.
 #[derive(Debug, Clone)]
@@ -34,10 +35,11 @@ pub(crate) struct Config {
     pub(crate) media_queue: usize,
     /// What the proxy's TLS certificate is checked against.
     pub(crate) tls_trust: TlsTrust,
-    /// The HTTP proxy of the builder, or else of the environment.
+    /// The HTTP proxy of the builder.
     pub(crate) http_proxy: Option<HttpProxy>,
-    /// `NO_PROXY` of the environment, when the HTTP proxy came from it.
-    pub(crate) no_proxy: Option<String>,
+    /// `HTTPS_PROXY` and `NO_PROXY`, read at build time (empty when the
+    /// builder said not to).
+    pub(crate) proxy_env: ProxyEnv,
     /// Which rung won last, per network (shared by the engine's joins).
     pub(crate) rungs: RungMemory,
 }
@@ -193,8 +195,9 @@ impl EngineBuilder {
 
     /// What the proxy's TLS certificate (on the TLS rungs) is checked
     /// against: the system roots by default; a pinned certificate
-    /// fingerprint or a private CA for private deployments. The parameter
-    /// `rtc.proxy_tls_pin` replaces it.
+    /// fingerprint or a private CA for private deployments
+    /// (`TlsTrust::from_pin("AB:CD:…")`, `TlsTrust::pinned_ca_pem(pem)`).
+    /// The parameter `rtc.proxy_tls_pin` replaces it.
     pub fn tls_trust(mut self, trust: TlsTrust) -> Self {
         self.tls_trust = trust;
         self
@@ -263,11 +266,20 @@ impl EngineBuilder {
                 found: format!("interval {keepalive_interval:?}, timeout {keepalive_timeout:?}"),
             });
         }
-        let (http_proxy, no_proxy) = match self.http_proxy {
-            Some(proxy) => (Some(proxy), None),
-            None if self.proxy_from_env => crate::env_proxy::proxy_from_env()?,
-            None => (None, None),
+        let proxy_env = if self.proxy_from_env {
+            ProxyEnv::from_process()
+        } else {
+            ProxyEnv::default()
         };
+        if let Some(url) = &proxy_env.https_proxy {
+            cloudproxy_transport::http_proxy::HttpProxy::parse(url).map_err(|e| {
+                EngineError::InvalidConfig {
+                    what: "HTTPS_PROXY (environment)",
+                    expected: "http://[user:password@]host:port",
+                    found: e.to_string(),
+                }
+            })?;
+        }
         Ok(Engine::from_config(Config {
             app_id,
             credential: self.credential,
@@ -285,8 +297,8 @@ impl EngineBuilder {
             udp_probe_timeout: self.udp_probe_timeout,
             media_queue: self.media_queue.max(1),
             tls_trust: self.tls_trust,
-            http_proxy,
-            no_proxy,
+            http_proxy: self.http_proxy,
+            proxy_env,
             rungs: RungMemory::default(),
         }))
     }

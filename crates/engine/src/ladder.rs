@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use cloudproxy_params::{HttpProxy, ProxyServer};
+use cloudproxy_params::ProxyServer;
 use tokio::task::JoinSet;
 
 use crate::error::EngineError;
@@ -91,7 +91,7 @@ impl NetworkKey {
     /// without DNS). Picking the local address sends nothing.
     pub(crate) fn new(
         server: &ProxyServer,
-        http_proxy: Option<&HttpProxy>,
+        http_proxy: Option<String>,
         toward: Option<SocketAddr>,
     ) -> Self {
         let local = toward.and_then(|peer| {
@@ -102,7 +102,7 @@ impl NetworkKey {
         });
         Self {
             server: server.clone(),
-            http_proxy: http_proxy.map(HttpProxy::authority),
+            http_proxy,
             local,
         }
     }

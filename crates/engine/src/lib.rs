@@ -77,7 +77,6 @@
 mod config;
 mod credential;
 mod engine;
-mod env_proxy;
 mod error;
 mod event;
 mod ladder;
@@ -86,7 +85,6 @@ mod rungs;
 mod session;
 mod settings;
 mod tls_rung;
-mod trust;
 
 pub use config::EngineBuilder;
 pub use credential::{Credential, CredentialError};
@@ -96,7 +94,6 @@ pub use event::{
     ConnectionState, Event, Events, IncomingMedia, IncomingMessage, ProxyType, StateReason,
 };
 pub use settings::ProxyMode;
-pub use trust::TlsTrust;
 
 pub use bytes::Bytes;
 pub use cloudproxy_params::{
@@ -107,4 +104,5 @@ pub use cloudproxy_proto::ErrorCode;
 pub use cloudproxy_proto::session::SilenceDetection;
 pub use cloudproxy_transport::dial::{DialError, DialPolicy};
 pub use cloudproxy_transport::resolve::ResolveError;
+pub use cloudproxy_transport::tls::{Fingerprint, TlsTrust, TrustError};
 pub use cloudproxy_transport::tunnel::TunnelError;

@@ -10,9 +10,9 @@ use cloudproxy_proto::client::ClientConfig;
 use cloudproxy_proto::frame::{Frame, Joined, Media, Member};
 use cloudproxy_proto::session::{ClientEvent, ClientSession, ClientSessionConfig};
 use cloudproxy_proto::{Address, ErrorCode, Machine, Timebase};
+use cloudproxy_transport::connector::BoxedStream;
 use cloudproxy_transport::driver::{Driver, Next};
 use cloudproxy_transport::tunnel::MediaPath;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::broadcast;
 
@@ -23,18 +23,9 @@ use crate::event::{ConnectionState, Event, ProxyType, StateReason};
 use crate::rungs::{Bound, ChannelRoute, plan, refine};
 use crate::settings::{ProxyMode, Settings};
 
-/// A byte stream the message channel can run over: TCP, or TLS (directly
-/// or through an HTTP proxy's tunnel).
-pub(crate) trait ByteStream:
-    AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt::Debug
-{
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt::Debug> ByteStream for S {}
-
 /// The message channel: the member's session machine driven over the
 /// stream (direct TCP, a relay's stream pipe over TCP or TLS).
-pub(crate) type Channel = Driver<ClientSession, Box<dyn ByteStream>>;
+pub(crate) type Channel = Driver<ClientSession, BoxedStream>;
 
 /// The session machine's timers, from the engine's configuration.
 pub(crate) fn session_config(config: &Config) -> ClientSessionConfig {
@@ -313,7 +304,7 @@ async fn proxy(
             )
             .await
             .map_err(|e| refine(config, EngineError::Tunnel(e)))?;
-            (Box::new(stream) as Box<dyn ByteStream>, early)
+            (Box::new(stream) as BoxedStream, early)
         }
         ChannelRoute::Tls(opener) => opener
             .open_stream(&client, &allocation, Address::Ip(config.edge_tcp))
@@ -399,7 +390,7 @@ pub(crate) struct Join<'a> {
 impl Join<'_> {
     /// The message channel over `stream`, `Join` queued, with the bytes
     /// that arrived with the stream's opening already fed in.
-    fn channel(self, stream: Box<dyn ByteStream>, early: &[u8]) -> Channel {
+    fn channel(self, stream: BoxedStream, early: &[u8]) -> Channel {
         let mut session = self.session.clone();
         let now = Instant::now();
         session.connect(now, self.resume);

@@ -8,9 +8,10 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use cloudproxy_params::{DEFAULT_TLS_PORT, HttpProxy};
+use cloudproxy_params::{DEFAULT_TLS_PORT, ProxyKind};
 use cloudproxy_proto::Address;
 use cloudproxy_proto::client::{Allocation, ClientConfig};
+use cloudproxy_transport::http_proxy::{BasicAuth, HttpProxy};
 use cloudproxy_transport::resolve::candidates;
 use cloudproxy_transport::tunnel::{
     MediaPath, MediaPolicy, MediaTransport, TunnelError, allocate, open_media,
@@ -21,7 +22,6 @@ use crate::error::EngineError;
 use crate::ladder::{Attempt, NetworkKey, RUNG_STAGGER, RaceLost, Rung, race, rungs};
 use crate::settings::{ProxyMode, Settings};
 use crate::tls_rung::{TlsOpener, TlsTarget, tls_rung};
-use crate::trust::TlsTrust;
 
 /// A rung that won: its media path is bound.
 #[derive(Debug)]
@@ -70,17 +70,29 @@ pub(crate) async fn plan(
         .proxy_server
         .clone()
         .unwrap_or_else(|| config.default_server.clone());
-    let http_proxy: Option<HttpProxy> = settings.http_proxy.clone().or_else(|| {
-        let exempt = config
-            .no_proxy
-            .as_deref()
-            .is_some_and(|no_proxy| crate::env_proxy::exempt(no_proxy, &server));
-        config.http_proxy.clone().filter(|_| !exempt)
-    });
-    let trust: TlsTrust = settings
-        .tls_pin
-        .clone()
-        .map_or_else(|| config.tls_trust.clone(), TlsTrust::from);
+    // The parameter, else the builder, else the environment (unless
+    // `NO_PROXY` exempts the proxy server).
+    let http_proxy: Option<HttpProxy> =
+        match settings.http_proxy.as_ref().or(config.http_proxy.as_ref()) {
+            Some(proxy) => Some(HttpProxy {
+                host: proxy.host.clone(),
+                port: proxy.port,
+                auth: proxy.credentials.as_ref().map(|c| BasicAuth {
+                    user: c.user.clone(),
+                    password: c.password.clone(),
+                }),
+            }),
+            None => {
+                let host = match server.kind() {
+                    ProxyKind::Domain(host) => host.clone(),
+                    ProxyKind::IpList(ips) => {
+                        ips.first().map(ToString::to_string).unwrap_or_default()
+                    }
+                };
+                // Checked when the engine was built.
+                config.proxy_env.proxy_for(&host).ok().flatten()
+            }
+        };
     let tls_port = settings.tls_port.unwrap_or(DEFAULT_TLS_PORT);
     let allowed = rungs(mode, http_proxy.is_some(), None);
     let addrs = match candidates(&server, config.dns_timeout).await {
@@ -93,7 +105,11 @@ pub(crate) async fn plan(
         }
         Err(e) => return Err(EngineError::Resolve(e)),
     };
-    let key = NetworkKey::new(&server, http_proxy.as_ref(), addrs.first().copied());
+    let key = NetworkKey::new(
+        &server,
+        http_proxy.as_ref().map(HttpProxy::addr),
+        addrs.first().copied(),
+    );
     let mut order = rungs(mode, http_proxy.is_some(), config.rungs.get(&key));
     if addrs.is_empty() {
         order.retain(|r| *r == Rung::HttpProxy);
@@ -101,14 +117,14 @@ pub(crate) async fn plan(
     let ips: BTreeSet<IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
     let tls = TlsTarget {
         server,
-        addrs: ips
+        endpoints: ips
             .into_iter()
             .map(|ip| SocketAddr::new(ip, tls_port))
             .collect(),
         port: tls_port,
-        trust,
+        pin: settings.tls_pin.clone(),
+        trust: config.tls_trust.clone(),
         http_proxy,
-        dial: config.dial.clone(),
     };
     Ok(Ladder {
         config: Arc::new(config.clone()),
@@ -238,6 +254,29 @@ pub(crate) fn refine(config: &Config, e: EngineError) -> EngineError {
             hint: crate::link::credential_hint(&config.credential),
         },
         EngineError::Tunnel(TunnelError::UdpBlocked(probe)) => EngineError::UdpBlocked { probe },
+        EngineError::Tunnel(TunnelError::UntrustedCertificate { addr, cause, .. }) => {
+            EngineError::UntrustedCertificate {
+                proxy: addr.to_string(),
+                detail: match *cause {
+                    cloudproxy_transport::tls::TlsError::Untrusted { server, reason } => {
+                        format!("{reason} (checked as {server})")
+                    }
+                    other => other.to_string(),
+                },
+            }
+        }
+        EngineError::Tunnel(TunnelError::ProxyAuthFailed { addr, cause, .. }) => {
+            EngineError::ProxyAuthFailed {
+                http_proxy: addr.to_string(),
+                hint: match *cause {
+                    cloudproxy_transport::http_proxy::HttpProxyError::AuthFailed {
+                        had_credentials: false,
+                        ..
+                    } => ": it wants credentials; give them as http://user:password@host:port",
+                    _ => ": check the user name and password",
+                },
+            }
+        }
         other => other,
     }
 }

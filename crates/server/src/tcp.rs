@@ -23,6 +23,7 @@ use crate::quota::QuotaGuard;
 use crate::relay_session::{StreamSession, relay_stream};
 use crate::shared::Shared;
 use crate::stats::{Active, Stats};
+use crate::udp_batch::{Tally, UpstreamRuns, with_batch};
 use crate::upstream::{check_destination, connect_upstream, upstream_socket_failure};
 use cloudproxy_transport::driver::{self, Driver};
 use cloudproxy_transport::net::connected_udp;
@@ -419,35 +420,47 @@ async fn datagram_session<S: NativeStream>(
     let force_closed = shared.lifecycle.force_closed();
     tokio::pin!(force_closed);
     let mut datagram = vec![0u8; MAX_DATAGRAM_PAYLOAD + 1];
+    // Connected when the bind was prepared; unknown only if the socket broke.
+    let destination = upstream.peer_addr().ok();
     let mut driver = Driver::new(conn, client);
     let reason: String = loop {
         // Not while the client's frames back up: every frame read may
         // queue an answer (a Pong).
         let backed_up = driver.queued_bytes() >= OUTBOX_LIMIT;
         driver.pause_reads(backed_up);
-        tokio::select! {
+        let closed = tokio::select! {
             next = driver.next_event() => match next {
-                // Hand datagrams to the destination.
-                driver::Next::Event(ServerEvent::Datagram(payload)) => match upstream.try_send(&payload) {
-                    Ok(_) => {
-                        packets_up += 1;
-                        bytes_up += payload.len() as u64;
-                        Stats::bump(&shared.stats.udp_packets_up);
-                        Stats::add(&shared.stats.udp_bytes_up, payload.len() as u64);
-                    }
-                    Err(_) => Stats::bump(&shared.stats.udp_dropped),
-                },
-                driver::Next::Event(ServerEvent::Closed(reason)) => {
-                    // The closing frame gets a short, bounded chance to
-                    // leave; shutdown cuts even that short.
-                    tokio::select! {
-                        _ = tokio::time::timeout(CLOSING_FLUSH, driver.flush()) => {}
-                        () = &mut force_closed => {}
-                    }
-                    shared.stats.note_datagram_session_end(Some(&reason));
-                    break reason.to_string();
+                driver::Next::Event(ServerEvent::Datagram(first)) => {
+                    // Every datagram the same read brought goes up now, in
+                    // GSO runs: one system call per run, not per datagram.
+                    let (tally, closed) = with_batch(|batch| {
+                        let Some(destination) = destination else {
+                            return (Tally { dropped: 1, ..Tally::default() }, None);
+                        };
+                        let mut runs = UpstreamRuns::new(upstream, destination, &mut batch.gather);
+                        runs.push(&first);
+                        let mut closed = None;
+                        while let Some(event) = driver.machine_mut().poll_event() {
+                            match event {
+                                ServerEvent::Datagram(payload) => runs.push(&payload),
+                                ServerEvent::Closed(reason) => {
+                                    closed = Some(reason);
+                                    break;
+                                }
+                                _ => {}
+                            }
+                        }
+                        (runs.finish(), closed)
+                    });
+                    packets_up += tally.packets;
+                    bytes_up += tally.bytes;
+                    Stats::add(&shared.stats.udp_packets_up, tally.packets);
+                    Stats::add(&shared.stats.udp_bytes_up, tally.bytes);
+                    Stats::add(&shared.stats.udp_dropped, tally.dropped);
+                    closed
                 }
-                driver::Next::Event(_) => {}
+                driver::Next::Event(ServerEvent::Closed(reason)) => Some(reason),
+                driver::Next::Event(_) => None,
                 driver::Next::PeerClosed => {
                     shared
                         .stats
@@ -459,20 +472,23 @@ async fn datagram_session<S: NativeStream>(
                     break format!("client connection failed: {e}");
                 }
             },
-            received = upstream.recv(&mut datagram) => match received {
-                Ok(n) if n <= MAX_DATAGRAM_PAYLOAD && !backed_up => {
-                    if driver.machine_mut().send_datagram(&datagram[..n]).is_ok() {
-                        packets_down += 1;
-                        bytes_down += n as u64;
-                        Stats::bump(&shared.stats.udp_packets_down);
-                        Stats::add(&shared.stats.udp_bytes_down, n as u64);
+            received = upstream.recv(&mut datagram) => {
+                match received {
+                    Ok(n) if n <= MAX_DATAGRAM_PAYLOAD && !backed_up => {
+                        if driver.machine_mut().send_datagram(&datagram[..n]).is_ok() {
+                            packets_down += 1;
+                            bytes_down += n as u64;
+                            Stats::bump(&shared.stats.udp_packets_down);
+                            Stats::add(&shared.stats.udp_bytes_down, n as u64);
+                        }
                     }
+                    // Too large for a Datagram frame, the client is not
+                    // keeping up (UDP may drop), or an ICMP error surfacing:
+                    // count it and go on.
+                    Ok(_) | Err(_) => Stats::bump(&shared.stats.udp_dropped),
                 }
-                // Too large for a Datagram frame, the client is not keeping
-                // up (UDP may drop), or an ICMP error surfacing: count it and
-                // go on.
-                Ok(_) | Err(_) => Stats::bump(&shared.stats.udp_dropped),
-            },
+                None
+            }
             () = &mut force_closed => {
                 // Shutdown: a Close if the socket takes it now, no waiting
                 // (a zero timeout still polls the flush once).
@@ -483,6 +499,16 @@ async fn datagram_session<S: NativeStream>(
                     .note_datagram_session_end(Some(&SessionError::ClosedLocally));
                 break "shutdown".into();
             }
+        };
+        if let Some(reason) = closed {
+            // The closing frame gets a short, bounded chance to leave;
+            // shutdown cuts even that short.
+            tokio::select! {
+                _ = tokio::time::timeout(CLOSING_FLUSH, driver.flush()) => {}
+                () = &mut force_closed => {}
+            }
+            shared.stats.note_datagram_session_end(Some(&reason));
+            break reason.to_string();
         }
     };
     shared

@@ -279,8 +279,9 @@ async fn a_client_without_alpn_is_closed_and_counted() {
 async fn a_client_with_another_alpn_fails_its_handshake() {
     let (node, _cert, _dir) = node_with_tls("wrong-alpn").await;
     let addr = node.addrs().tls.unwrap();
-    let failed = connect(addr, &[b"h2", b"http/1.1"]).await;
-    let error = failed.err().expect("the handshake fails");
+    let Err(error) = connect(addr, &[b"h2", b"http/1.1"]).await else {
+        panic!("expected the handshake to fail");
+    };
     assert!(
         error.to_string().to_lowercase().contains("application"),
         "expected the no_application_protocol alert, got {error}"

@@ -14,12 +14,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use cloudproxy_proto::client::{Allocation, Allocator, AllocatorEvent, BindingEvent, RelayBinding};
 use cloudproxy_proto::frame::BindMode;
-use cloudproxy_proto::{Address, Path};
+use cloudproxy_proto::{Address, ErrorCode, Path, SessionError};
 use cloudproxy_server::ProxyNode;
 use cloudproxy_server::config::ServerConfig;
 use cloudproxy_server::tls::{ALPN, CertificateError, Identity, SelfSigned, fingerprint};
 use cloudproxy_transport::driver::{Driver, Next};
-use proxy_support::{SECRET_HEX, client_config, config_text, tcp_echo, udp_echo, within};
+use proxy_support::{SECRET_HEX, client_config, config_text, refusal, tcp_echo, udp_echo, within};
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -54,17 +54,24 @@ fn tls_section(cert: &FsPath, key: &FsPath) -> String {
 }
 
 fn config_with_tls(cert: &FsPath, key: &FsPath) -> ServerConfig {
-    ServerConfig::from_toml_str(
-        "tls-test.toml",
-        &config_text(r#""127.0.0.1""#, 100, &tls_section(cert, key)),
-    )
-    .unwrap()
+    config_with_tls_and(cert, key, "")
+}
+
+fn config_with_tls_and(cert: &FsPath, key: &FsPath, extra: &str) -> ServerConfig {
+    let extra = format!("{}\n{extra}", tls_section(cert, key));
+    ServerConfig::from_toml_str("tls-test.toml", &config_text(r#""127.0.0.1""#, 100, &extra))
+        .unwrap()
 }
 
 async fn node_with_tls(test: &str) -> (ProxyNode, SelfSigned, PathBuf) {
+    node_with_tls_and(test, "").await
+}
+
+/// A node with the TLS port on and `extra` configuration (a `[limits]`).
+async fn node_with_tls_and(test: &str, extra: &str) -> (ProxyNode, SelfSigned, PathBuf) {
     let dir = scratch(test);
     let (made, cert, key) = write_cert(&dir, "first");
-    let node = ProxyNode::start(&config_with_tls(&cert, &key))
+    let node = ProxyNode::start(&config_with_tls_and(&cert, &key, extra))
         .await
         .unwrap();
     (node, made, dir)
@@ -154,13 +161,20 @@ async fn connect(
 
 /// An allocation over the TLS port.
 async fn allocate(addr: SocketAddr) -> Allocation {
+    allocate_with(addr, SECRET_HEX).await.unwrap()
+}
+
+/// An allocation over the TLS port proving `secret_hex`, with its typed
+/// refusal.
+async fn allocate_with(addr: SocketAddr, secret_hex: &str) -> Result<Allocation, SessionError> {
     let (stream, _) = connect(addr, &[ALPN]).await.unwrap();
-    let config = client_config(SECRET_HEX);
+    let config = client_config(secret_hex);
     let allocator = Allocator::new(&config, Path::Tcp, [7; 16], Instant::now());
     let mut driver = Driver::new(allocator, stream);
     match within("allocation over TLS", driver.next_event()).await {
-        Next::Event(AllocatorEvent::Allocated(allocation)) => allocation,
-        other => panic!("expected an allocation, got {other:?}"),
+        Next::Event(AllocatorEvent::Allocated(allocation)) => Ok(allocation),
+        Next::Event(AllocatorEvent::Failed(e)) => Err(e),
+        other => panic!("expected an allocation or a refusal, got {other:?}"),
     }
 }
 
@@ -355,4 +369,40 @@ async fn a_reload_swaps_the_certificate_for_new_connections_only() {
     let (_new, seen) = connect(addr, &[ALPN]).await.unwrap();
     assert_eq!(seen, second.fingerprint());
     echo_once(&mut old_session, b"after the reload, same session").await;
+}
+
+#[tokio::test]
+async fn failed_logins_over_tls_count_against_their_source() {
+    let (node, _cert, _dir) = node_with_tls_and(
+        "login-limit",
+        "[limits]\nlogin_failure_burst = 2\nlogin_failures_per_minute = 1\n",
+    )
+    .await;
+    let addr = node.addrs().tls.unwrap();
+    let wrong = "00112233445566778899aabbccddeeff";
+    for _ in 0..2 {
+        let error = allocate_with(addr, wrong).await.unwrap_err();
+        assert_eq!(refusal(&error), Some(ErrorCode::BAD_CREDENTIAL), "{error}");
+    }
+    // Over its limit, the source is refused even with the right secret.
+    let error = allocate_with(addr, SECRET_HEX).await.unwrap_err();
+    assert_eq!(refusal(&error), Some(ErrorCode::SERVER_BUSY), "{error}");
+    assert!(node.stats().logins_rate_limited >= 1);
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_handshake_deadline() {
+    let (node, _cert, _dir) =
+        node_with_tls_and("deadline", "[limits]\nhandshake_timeout_ms = 200\n").await;
+    let addr = node.addrs().tls.unwrap();
+    // No ClientHello at all.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = within("close", silent.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty());
+    // A handshake, then no frame.
+    let (mut quiet, _) = connect(addr, &[ALPN]).await.unwrap();
+    let _ = within("close", quiet.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty());
+    assert_eq!(node.stats().handshake_timeouts, 2);
 }

@@ -73,8 +73,12 @@ async fn open(
     let start = match LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await {
         Ok(start) => start,
         Err(e) => {
+            // Plain TCP on the TLS port (a client on the wrong rung, a
+            // scanner), or a close before any ClientHello.
             Stats::bump(&shared.stats.tls_handshake_failures);
-            tracing::debug!(%peer, error = %e, "TLS connection closed before its ClientHello");
+            shared.refusal_log.log(|| {
+                tracing::info!(%peer, error = %e, "TLS connection closed: no TLS ClientHello");
+            });
             return None;
         }
     };

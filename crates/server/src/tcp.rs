@@ -107,16 +107,19 @@ fn note_refusal(shared: &Shared, conn: &Connection, peer: SocketAddr, reason: &S
 }
 
 /// One connection on an allocation port: `AllocateRequest` or `Refresh` in,
-/// `AllocateOk` or `Error` out, then close.
+/// `AllocateOk` or `Error` out, then close. `accepted` starts the handshake
+/// deadline; `transport` (`tcp`, `tls`) is for the log.
 pub(crate) async fn allocation<S: NativeStream>(
     shared: Arc<Shared>,
     mut stream: S,
     peer: SocketAddr,
+    accepted: Instant,
+    transport: &'static str,
 ) {
     if refuse_limited_source(&shared, &mut stream, peer).await {
         return;
     }
-    let conn = Connection::new(Arc::clone(&shared.proto), Role::Allocation, Instant::now());
+    let conn = Connection::new(Arc::clone(&shared.proto), Role::Allocation, accepted);
     let bounds = handshake_bounds(&shared, &conn);
     let mut driver = handshake(conn, stream);
     let mut requested = None;
@@ -152,7 +155,7 @@ pub(crate) async fn allocation<S: NativeStream>(
                         .allocation_latency
                         .observe(requested.elapsed().as_secs_f64());
                 }
-                tracing::info!(%peer, session = format_args!("{session_id:016x}"), app = %app_id, transport = "tcp", "allocated");
+                tracing::info!(%peer, session = format_args!("{session_id:016x}"), app = %app_id, transport, "allocated");
             }
             Next::Event(ServerEvent::Closed(reason)) => {
                 note_close(&shared.stats, &reason, true);
@@ -182,7 +185,7 @@ pub(crate) async fn relay(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     // Boxed: the handshake's state (its read buffer, the state machine, the
     // connect) lives on the heap only while it runs, so an idle session's
     // task holds just what the session itself needs.
-    let Some((stream, bound)) = Box::pin(bind(&shared, stream, peer)).await else {
+    let Some((stream, bound)) = Box::pin(bind(&shared, stream, peer, Instant::now())).await else {
         return;
     };
     match bound {
@@ -207,12 +210,19 @@ pub(crate) async fn relay(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
             conn,
             request,
             quota,
-        } => datagram_session(&shared, stream, *conn, &upstream, &request, peer, quota).await,
+        } => {
+            let session = DatagramSession {
+                peer,
+                request: &request,
+                transport: "udp-over-tcp",
+            };
+            datagram_session(&shared, stream, *conn, &upstream, &session, quota).await;
+        }
     }
 }
 
 /// An accepted bind, ready for its session.
-enum Bound {
+pub(crate) enum Bound {
     Stream {
         upstream: TcpStream,
         /// Client bytes that followed the `Bind`, for the destination.
@@ -233,15 +243,17 @@ enum Bound {
 /// the connection ends; refusals are answered here. Returns the stream with
 /// the accepted bind: every byte read past the `Bind` is in the bind's
 /// early data (stream mode) or still in its connection (datagram mode).
-async fn bind<S: NativeStream>(
+/// `accepted` starts the handshake deadline.
+pub(crate) async fn bind<S: NativeStream>(
     shared: &Shared,
     mut stream: S,
     peer: SocketAddr,
+    accepted: Instant,
 ) -> Option<(S, Bound)> {
     if refuse_limited_source(shared, &mut stream, peer).await {
         return None;
     }
-    let conn = Connection::new(Arc::clone(&shared.proto), Role::Relay, Instant::now());
+    let conn = Connection::new(Arc::clone(&shared.proto), Role::Relay, accepted);
     let bounds = handshake_bounds(shared, &conn);
     let mut driver = handshake(conn, stream);
     loop {
@@ -383,6 +395,17 @@ async fn prepare(shared: &Shared, request: &BindRequest) -> Result<Upstream, (Er
     }
 }
 
+/// Who a datagram-mode session belongs to, for its log line.
+#[derive(Clone, Copy)]
+pub(crate) struct DatagramSession<'a> {
+    /// The client's address.
+    pub(crate) peer: SocketAddr,
+    /// The accepted bind.
+    pub(crate) request: &'a BindRequest,
+    /// The log's `transport` field: `udp-over-tcp` or `udp-over-tls`.
+    pub(crate) transport: &'static str,
+}
+
 /// Bytes of frames waiting for a datagram-mode client above which the relay
 /// stops reading that client and drops its destination's datagrams: a client
 /// that does not read cannot make the relay queue without bound.
@@ -397,15 +420,19 @@ const OUTBOX_LIMIT: usize = 64 * 1024;
 /// stops reading holds no write open past any of them. While its frames
 /// back up beyond [`OUTBOX_LIMIT`], the client is not read (so its idle
 /// timer runs) and the destination's datagrams are dropped (counted).
-async fn datagram_session<S: NativeStream>(
+pub(crate) async fn datagram_session<S: NativeStream>(
     shared: &Shared,
     client: S,
     conn: Connection,
     upstream: &UdpSocket,
-    request: &BindRequest,
-    peer: SocketAddr,
+    session: &DatagramSession<'_>,
     quota: QuotaGuard<u64>,
 ) {
+    let DatagramSession {
+        peer,
+        request,
+        transport,
+    } = *session;
     let _active = Active::new(
         &shared.stats,
         |s| &s.tcp_sessions_active,
@@ -519,7 +546,7 @@ async fn datagram_session<S: NativeStream>(
         %peer,
         session = format_args!("{:016x}", request.session_id),
         app = %request.app_id,
-        transport = "udp-over-tcp",
+        transport,
         destination = %request.destination,
         packets_up,
         packets_down,

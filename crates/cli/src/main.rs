@@ -5,6 +5,7 @@
 //! dispatches.
 
 mod call;
+mod cert_cmd;
 mod demo_cmd;
 mod edge_cmd;
 mod forward_cmd;
@@ -80,6 +81,14 @@ enum Command {
     /// block; --raw prints only the hex. Bytes come from the operating
     /// system's random generator.
     Keygen(keygen_cmd::Args),
+    /// Write a self-signed certificate and key for the TLS port.
+    ///
+    /// `cert --name proxy.example.com --name 203.0.113.7 --cert-out
+    /// cert.pem --key-out key.pem` writes both files (the key with mode
+    /// 0600) and prints `sha256 fingerprint: AB:CD:…`, the value clients
+    /// pin with `rtc.proxy_tls_pin`. Refuses to replace existing files
+    /// unless --force. Exit status 0, or 2 with the error on stderr.
+    Cert(cert_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +100,7 @@ fn main() -> ExitCode {
         Command::Probe(args) => probe_cmd::run(args),
         Command::Demo(args) => demo_cmd::run_cmd(args),
         Command::Keygen(args) => keygen_cmd::run(&args),
+        Command::Cert(args) => cert_cmd::run(&args),
     }
 }
 

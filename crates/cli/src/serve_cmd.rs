@@ -8,6 +8,7 @@ use cloudproxy_server::ProxyNode;
 use cloudproxy_server::admin::AdminServer;
 use cloudproxy_server::allowlist::{Allowlist, Rule};
 use cloudproxy_server::config::{ConfigDraft, ConfigError, PortRange, ServerConfig};
+use cloudproxy_server::tls::Identity;
 
 use crate::logging::LogArgs;
 use crate::runtime::{DrainSignal, ShutdownSignal, block_on};
@@ -59,6 +60,19 @@ pub(crate) struct Args {
     /// free port unless this flag says otherwise.
     #[arg(long, value_name = "ADDR")]
     admin: Option<std::net::SocketAddr>,
+    /// Serve the TLS port on ADDR (`[tls] listen`, e.g. 0.0.0.0:443):
+    /// allocation and relay behind one TLS listener. In development mode
+    /// (no --config) without --tls-cert/--tls-key, a fresh self-signed
+    /// certificate for localhost, 127.0.0.1 and ::1 is used and its
+    /// fingerprint printed.
+    #[arg(long, value_name = "ADDR")]
+    tls_bind: Option<std::net::SocketAddr>,
+    /// The TLS port's certificate chain, PEM (`[tls] cert`).
+    #[arg(long, value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS port's private key, PEM (`[tls] key`).
+    #[arg(long, value_name = "PEM")]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
     logging: LogArgs,
 }
@@ -86,6 +100,13 @@ pub(crate) fn run(args: Args) -> ExitCode {
         }
     };
     if args.check {
+        // The certificate files are read as at start, so `--check` catches them.
+        if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+            if let Err(e) = Identity::from_pem_files(cert, key) {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
         for risky in config.allowlist.allow.risky_openings() {
             eprintln!("warning: SECURITY: {risky}; make sure this is intended");
         }
@@ -188,6 +209,11 @@ fn configure(args: &Args) -> Result<(ServerConfig, Option<String>), String> {
              or give a --config for a node other hosts can reach"
         ));
     }
+    let tls = &draft.config().tls;
+    if development.is_some() && tls.listen.is_some() && tls.cert.is_none() && tls.key.is_none() {
+        // Development mode: a self-signed certificate for loopback names.
+        draft.set_by_flag("--tls-bind", "tls.cert", |c| c.tls.self_signed = true);
+    }
     if development.is_some() && draft.config().admin.bind.is_none() {
         // Development mode: the admin listener on loopback, a free port.
         draft.set_by_flag("(development mode)", "admin.bind", |c| {
@@ -249,6 +275,17 @@ fn apply_overrides(draft: &mut ConfigDraft, args: &Args) {
             c.socks5.port = port;
         });
     }
+    if let Some(addr) = args.tls_bind {
+        draft.set_by_flag("--tls-bind", "tls.listen", |c| c.tls.listen = Some(addr));
+    }
+    if let Some(cert) = &args.tls_cert {
+        draft.set_by_flag("--tls-cert", "tls.cert", |c| {
+            c.tls.cert = Some(cert.clone())
+        });
+    }
+    if let Some(key) = &args.tls_key {
+        draft.set_by_flag("--tls-key", "tls.key", |c| c.tls.key = Some(key.clone()));
+    }
     if !args.allow.is_empty() {
         draft.set_by_flag("--allow", "allowlist.allow", |c| {
             c.allowlist.allow = Allowlist::new(args.allow.clone());
@@ -276,9 +313,14 @@ fn summary(config: &ServerConfig) -> String {
     } else {
         "off".to_owned()
     };
+    let tls = config
+        .tls
+        .listen_addr(l)
+        .map(|a| format!(", TLS port {a}"))
+        .unwrap_or_default();
     format!(
         "{}, {}; listeners on {}{advertise}: allocation {allocation} (TCP and UDP), TCP relay {}, \
-         UDP relay {} ({}), SOCKS5 {socks5}; {}; admin {}; nothing was bound",
+         UDP relay {} ({}), SOCKS5 {socks5}{tls}; {}; admin {}; nothing was bound",
         plural(config.apps.len(), "app", "apps"),
         plural(config.ticket_keys.len(), "ticket key", "ticket keys"),
         l.bind,
@@ -364,6 +406,10 @@ fn print_banner(
     }
     if let Some(socks5) = addrs.socks5 {
         println!("  SOCKS5              TCP {socks5} (user = app id, password = app secret)");
+    }
+    if let (Some(tls), Some(fingerprint)) = (addrs.tls, node.tls_fingerprint()) {
+        println!("  TLS port            TCP {tls} (ALPN cloudproxy/1)");
+        println!("                      sha256 fingerprint: {fingerprint}");
     }
     if let Some(admin) = admin {
         println!("  admin               HTTP http://{admin}/metrics, /livez, /readyz, POST /drain");

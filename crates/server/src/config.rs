@@ -61,6 +61,46 @@ pub struct ServerConfig {
     pub socks5: Socks5Config,
     /// The optional admin listener (metrics, health, drain).
     pub admin: AdminConfig,
+    /// The optional TLS port (allocation and relay behind one TLS listener).
+    pub tls: TlsConfig,
+}
+
+/// The TLS port (`docs/protocol.md` §7.4): allocation, the message relay
+/// and UDP-over-TCP media behind one TLS listener, for networks that let
+/// only TLS on 443 out. On when `listen`, `cert` or `key` is set; `cert`
+/// and `key` are then required (PEM files, re-read on every reload).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Address and port to listen on; defaults to `listeners.bind` port
+    /// [`TlsConfig::DEFAULT_PORT`].
+    pub listen: Option<std::net::SocketAddr>,
+    /// The certificate chain, PEM, leaf first.
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// Serve a fresh self-signed certificate for `localhost`, `127.0.0.1`
+    /// and `::1` when `cert` and `key` are unset: `cloudproxy serve`'s
+    /// development mode sets it. Not a file key.
+    #[serde(skip)]
+    pub self_signed: bool,
+}
+
+impl TlsConfig {
+    /// The TLS port's default port.
+    pub const DEFAULT_PORT: u16 = 443;
+
+    /// Where the TLS port listens, or `None` when it is off.
+    #[must_use]
+    pub fn listen_addr(&self, listeners: &Listeners) -> Option<std::net::SocketAddr> {
+        let on = self.listen.is_some() || self.cert.is_some() || self.key.is_some();
+        on.then(|| {
+            self.listen.unwrap_or(std::net::SocketAddr::new(
+                listeners.bind,
+                Self::DEFAULT_PORT,
+            ))
+        })
+    }
 }
 
 /// The admin listener: `/metrics`, `/livez`, `/readyz` and `POST /drain`
@@ -855,10 +895,76 @@ impl ServerConfig {
                 ));
             }
         }
+        self.validate_tls(origins)?;
         if !self.apps.is_empty() && self.ticket_keys.is_empty() {
             return Err(invalid(
                 "ticket_keys",
                 "apps are configured but no ticket key is; add a [[ticket_keys]] entry".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ServerConfig {
+    fn validate_tls(&self, origins: &Origins<'_>) -> Result<(), ConfigError> {
+        let tls = &self.tls;
+        let Some(listen) = tls.listen_addr(&self.listeners) else {
+            return Ok(());
+        };
+        match (&tls.cert, &tls.key) {
+            (Some(_), Some(_)) => {}
+            (None, None) if tls.self_signed => {}
+            (Some(_), None) => {
+                return Err(origins.invalid(
+                    &["tls.key", "tls.cert"],
+                    "tls.cert is set but not its private key; set tls.key to the key's PEM file"
+                        .into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(origins.invalid(
+                    &["tls.cert", "tls.key"],
+                    "tls.key is set but not its certificate; set tls.cert to the certificate chain's PEM file".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(origins.invalid(
+                    &["tls.cert", "tls.listen"],
+                    format!(
+                        "the TLS port ({listen}) needs a certificate and key: set tls.cert and tls.key to PEM files (`cloudproxy cert` makes a self-signed pair)"
+                    ),
+                ));
+            }
+        }
+        let port = listen.port();
+        let listeners = &self.listeners;
+        let same_host = listen.ip() == listeners.bind
+            || listen.ip().is_unspecified()
+            || listeners.bind.is_unspecified();
+        let clash = if port == 0 || !same_host {
+            None
+        } else if listeners.allocation_ports.contains(&port) {
+            Some("an allocation port")
+        } else if port == listeners.tcp_relay_port {
+            Some("the TCP relay port")
+        } else if self.socks5.enabled && port == self.socks5.port {
+            Some("the SOCKS5 port")
+        } else if self.admin.bind.is_some_and(|a| a.port() == port) {
+            Some("the admin port")
+        } else {
+            None
+        };
+        if let Some(what) = clash {
+            return Err(origins.invalid(
+                &[
+                    "tls.listen",
+                    "listeners.allocation_ports",
+                    "listeners.tcp_relay_port",
+                    "socks5.port",
+                    "admin.bind",
+                ],
+                format!("{listen}: port {port} is also {what}; the TLS port needs a port of its own, such as 443"),
             ));
         }
         Ok(())

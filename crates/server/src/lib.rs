@@ -1,6 +1,6 @@
 //! The proxy service that operators run: allocation service, TCP relay and
-//! UDP relay, the optional SOCKS5 listener, and the admin listener
-//! (metrics, health, drain).
+//! UDP relay, the optional TLS port and SOCKS5 listener, and the admin
+//! listener (metrics, health, drain).
 
 pub mod admin;
 mod admission;
@@ -8,6 +8,7 @@ pub mod allowlist;
 mod bucket;
 pub mod config;
 mod conn;
+mod copy_pump;
 mod descriptors;
 pub mod destination;
 mod entropy;
@@ -26,6 +27,7 @@ mod shared;
 mod socks5;
 pub mod stats;
 mod tcp;
+pub mod tls;
 mod udp;
 mod udp_batch;
 mod upstream;

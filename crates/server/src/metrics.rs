@@ -342,6 +342,16 @@ impl Collector for NodeCollector {
         )?;
         counter(
             &mut e,
+            "tls_handshakes",
+            "TLS connections on the TLS port, by outcome: completed with ALPN cloudproxy/1, failed, or refused for their ALPN (none offered, or another protocol)",
+            &[
+                (&[("outcome", "completed")], s.tls_handshakes),
+                (&[("outcome", "failed")], s.tls_handshake_failures),
+                (&[("outcome", "alpn_refused")], s.tls_alpn_refused),
+            ],
+        )?;
+        counter(
+            &mut e,
             "media_fallbacks",
             "UDP-over-TCP datagram sessions opened: media that fell back to TCP",
             &[(&[], s.media_fallbacks)],

@@ -22,7 +22,8 @@ use crate::reload::{ReloadError, ReloadSummary, Reloader, app_limits, credential
 use crate::resolver::DnsResolver;
 use crate::shared::Shared;
 use crate::stats::{Stats, StatsSnapshot, Timings};
-use crate::{socks5, tcp, udp};
+use crate::tls::{CertificateError, Identity, SelfSigned, TlsPort};
+use crate::{socks5, tcp, tls, udp};
 use cloudproxy_transport::lifecycle::{DrainOutcome, Lifecycle, accept_tcp};
 
 /// The proxy service could not start.
@@ -44,6 +45,9 @@ pub enum ServeError {
     /// cannot carry).
     #[error("invalid configuration: {0}")]
     Config(UnusableConfig),
+    /// The TLS port's certificate or key cannot be used.
+    #[error("the TLS port cannot start: {0}")]
+    Tls(CertificateError),
 }
 
 /// The addresses a node actually listens on (port 0 resolved).
@@ -59,6 +63,8 @@ pub struct BoundAddrs {
     pub udp_relays: Vec<SocketAddr>,
     /// The SOCKS5 listener, when enabled.
     pub socks5: Option<SocketAddr>,
+    /// The TLS port, when enabled.
+    pub tls: Option<SocketAddr>,
 }
 
 impl fmt::Display for BoundAddrs {
@@ -81,6 +87,9 @@ impl fmt::Display for BoundAddrs {
         )?;
         if let Some(socks5) = self.socks5 {
             write!(f, " socks5={socks5}")?;
+        }
+        if let Some(tls) = self.tls {
+            write!(f, " tls={tls}")?;
         }
         Ok(())
     }
@@ -136,6 +145,7 @@ impl ProxyNode {
             tcp_relay: SocketAddr::new(bind, listeners.tcp_relay_port),
             udp_relays: Vec::new(),
             socks5: None,
+            tls: None,
         };
         let mut allocation_tcp = Vec::new();
         let mut allocation_udp = Vec::new();
@@ -160,6 +170,15 @@ impl ProxyNode {
             Some(listener)
         } else {
             None
+        };
+        let tls = match config.tls.listen_addr(listeners) {
+            Some(addr) => {
+                let port = TlsPort::new(tls_identity(config)?);
+                let (listener, local) = bind_tcp(addr).await?;
+                addrs.tls = Some(local);
+                Some((port, listener))
+            }
+            None => None,
         };
         let mut udp_relays = Vec::new();
         for port in ports {
@@ -216,6 +235,7 @@ impl ProxyNode {
             logins: LoginLimiter::new(login_limits),
             udp_logins: LoginLimiter::new(login_limits),
             refusal_log: LogLimiter::new(Instant::now()),
+            tls: tls.as_ref().map(|(port, _)| port.clone()),
         });
 
         for risky in config.allowlist.allow.risky_openings() {
@@ -228,7 +248,9 @@ impl ProxyNode {
             lifecycle.spawn(accept_tcp(
                 listener,
                 lifecycle.clone(),
-                move |stream, peer| tcp::allocation(Arc::clone(&s), stream, peer),
+                move |stream, peer| {
+                    tcp::allocation(Arc::clone(&s), stream, peer, Instant::now(), "tcp")
+                },
             ));
         }
         let s = Arc::clone(&shared);
@@ -244,6 +266,23 @@ impl ProxyNode {
                 lifecycle.clone(),
                 move |stream, peer| socks5::connection(Arc::clone(&s), stream, peer),
             ));
+        }
+        if let Some((port, listener)) = tls {
+            let s = Arc::clone(&shared);
+            let config = Arc::clone(port.config());
+            lifecycle.spawn(accept_tcp(
+                listener,
+                lifecycle.clone(),
+                move |stream, peer| {
+                    tls::connection(Arc::clone(&s), Arc::clone(&config), stream, peer)
+                },
+            ));
+            tracing::info!(
+                listen = %addrs.tls.map_or_else(String::new, |a| a.to_string()),
+                alpn = "cloudproxy/1",
+                "TLS port: sha256 fingerprint: {}",
+                port.fingerprint()
+            );
         }
         for socket in allocation_udp {
             lifecycle.spawn(udp::allocation(Arc::clone(&shared), socket));
@@ -290,6 +329,13 @@ impl ProxyNode {
     #[must_use]
     pub fn addrs(&self) -> &BoundAddrs {
         &self.addrs
+    }
+
+    /// The SHA-256 fingerprint (`AB:CD:…`) of the certificate the TLS port
+    /// serves to new handshakes, when the port is on.
+    #[must_use]
+    pub fn tls_fingerprint(&self) -> Option<String> {
+        self.shared.tls.as_ref().map(TlsPort::fingerprint)
     }
 
     /// The node's counters now.
@@ -388,6 +434,18 @@ fn proto_server(
         Arc::new(apps),
         Arc::new(OsEntropy),
     ))
+}
+
+/// The TLS port's certificate: the configured PEM files, or a fresh
+/// self-signed one in development mode.
+fn tls_identity(config: &ServerConfig) -> Result<Identity, ServeError> {
+    let tls = &config.tls;
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => Identity::from_pem_files(cert, key).map_err(ServeError::Tls),
+        _ => SelfSigned::development()
+            .and_then(|made| made.identity())
+            .map_err(ServeError::Tls),
+    }
 }
 
 fn bind_error(protocol: &'static str, addr: SocketAddr, cause: io::Error) -> ServeError {

@@ -4,12 +4,15 @@
 //! (bounded by the idle timer, the session's lifetime and shutdown), and the
 //! one `session ended` log line.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::pump::{LiveTotals, PumpOptions, pump_with_totals};
+use crate::copy_pump::copy_pump;
+use crate::pump::{LiveTotals, PumpOptions, PumpReport, pump_with_totals};
 use crate::quota::QuotaGuard;
 use crate::shared::Shared;
 use crate::stats::Active;
@@ -23,7 +26,7 @@ pub(crate) struct StreamSession<'a> {
     pub(crate) session: u64,
     /// The app the session counts against.
     pub(crate) app: &'a str,
-    /// The log's `transport` field: `tcp` or `socks5-tcp`.
+    /// The log's `transport` field: `tcp`, `tls` or `socks5-tcp`.
     pub(crate) transport: &'static str,
     /// The destination as the client named it.
     pub(crate) destination: &'a (dyn std::fmt::Display + Sync),
@@ -44,6 +47,56 @@ pub(crate) async fn relay_stream(
     session: &StreamSession<'_>,
     quota: QuotaGuard<u64>,
 ) {
+    run_session(shared, session, quota, |options, totals| async move {
+        pump_with_totals(
+            client,
+            upstream,
+            early,
+            &options,
+            shared.lifecycle.force_closed(),
+            Some(totals),
+        )
+        .await
+    })
+    .await;
+}
+
+/// [`relay_stream`] for a client stream the splice pump cannot serve (a TLS
+/// session): the same session, copied through user space
+/// ([`copy_pump`]).
+pub(crate) async fn relay_copied<C: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    client: &mut C,
+    upstream: &mut TcpStream,
+    early: &[u8],
+    session: &StreamSession<'_>,
+    quota: QuotaGuard<u64>,
+) {
+    run_session(shared, session, quota, |options, totals| async move {
+        copy_pump(
+            client,
+            upstream,
+            early,
+            &options,
+            shared.lifecycle.force_closed(),
+            Some(totals),
+        )
+        .await
+    })
+    .await;
+}
+
+/// What every stream session shares around its pump: the session gauge,
+/// the quota held for its length, its limits, its counts and its log line.
+async fn run_session<'a, P, F>(
+    shared: &'a Shared,
+    session: &StreamSession<'_>,
+    quota: QuotaGuard<u64>,
+    pump: P,
+) where
+    P: FnOnce(PumpOptions, LiveTotals<'a>) -> F,
+    F: Future<Output = PumpReport>,
+{
     let _active = Active::new(
         &shared.stats,
         |s| &s.tcp_sessions_active,
@@ -59,16 +112,12 @@ pub(crate) async fn relay_stream(
         splice: shared.limits.relay_splice,
         deadline: Some(shared.session_deadline(session.deadline)),
     };
-    let report = pump_with_totals(
-        client,
-        upstream,
-        early,
-        &options,
-        shared.lifecycle.force_closed(),
-        Some(LiveTotals {
+    let report = pump(
+        options,
+        LiveTotals {
             client_to_upstream: &shared.stats.tcp_bytes_up,
             upstream_to_client: &shared.stats.tcp_bytes_down,
-        }),
+        },
     )
     .await;
     shared.stats.note_pump_end(&report.end);

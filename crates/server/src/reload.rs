@@ -21,9 +21,12 @@
 //! Admitted work is never revisited: a running binding keeps its relay, its
 //! quota place and its destination whatever the new configuration says.
 //!
-//! TLS (issue 16) hooks in here: its certificates and keys are read with the
-//! rest of the configuration and swapped in [`apply`] with the credentials,
-//! so `systemctl reload` renews them too.
+//! - the TLS port's certificate and key (`tls.cert`, `tls.key`): the files
+//!   are read again on every reload, before anything changes, and the
+//!   identity is swapped in [`apply`] with the credentials, so
+//!   `systemctl reload` renews them; new handshakes get the new
+//!   certificate, established TLS sessions keep theirs. A file that cannot
+//!   be used refuses the whole reload ([`ReloadError::Tls`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -40,6 +43,7 @@ use crate::entropy::OsEntropy;
 use crate::policy::Policy;
 use crate::quota::AppLimits;
 use crate::shared::Shared;
+use crate::tls::{CertificateError, Identity};
 
 /// The apps' credentials as the proto server looks them up.
 pub(crate) fn credentials(
@@ -135,8 +139,19 @@ impl Reloader {
             return Err(ReloadError::Fixed { changes });
         }
         let credentials = credentials(config).map_err(ReloadError::Invalid)?;
-        let summary = ReloadSummary::between(&running, config);
-        apply(shared, config, credentials, self.node_sockets);
+        let identity = match (&shared.tls, &config.tls.cert, &config.tls.key) {
+            (Some(_), Some(cert), Some(key)) => {
+                Some(Identity::from_pem_files(cert, key).map_err(ReloadError::Tls)?)
+            }
+            _ => None,
+        };
+        let mut summary = ReloadSummary::between(&running, config);
+        if let (Some(port), Some(identity)) = (&shared.tls, &identity) {
+            if port.fingerprint() != identity.fingerprint() {
+                summary.tls_certificate = Some(identity.fingerprint().to_owned());
+            }
+        }
+        apply(shared, config, credentials, identity, self.node_sockets);
         if summary.allowlist_changed {
             for risky in config.allowlist.allow.risky_openings() {
                 tracing::warn!("SECURITY: {risky}; make sure this is intended");
@@ -154,6 +169,7 @@ fn apply(
     shared: &Shared,
     config: &ServerConfig,
     credentials: HashMap<AppId, Arc<AppCredentials>>,
+    identity: Option<Identity>,
     node_sockets: u64,
 ) {
     // Quotas first: an app being added has its place before a client can
@@ -168,7 +184,9 @@ fn apply(
         .proto
         .replace_credentials(ticket_ring(config), Arc::new(credentials));
     shared.policy.store(Policy::from_config(config));
-    // TLS (issue 16): certificates and their keys are swapped here.
+    if let (Some(port), Some(identity)) = (&shared.tls, identity) {
+        port.replace(identity);
+    }
 }
 
 /// A setting that cannot change while the node runs, changed by the new
@@ -219,6 +237,10 @@ pub enum ReloadError {
     /// the protocol cannot carry).
     #[error("invalid configuration: {0}")]
     Invalid(UnusableConfig),
+    /// The TLS port's new certificate or key cannot be used; the port keeps
+    /// serving the one it has.
+    #[error("the TLS certificate was not replaced: {0}")]
+    Tls(CertificateError),
 }
 
 /// The fixed settings `new` changes: `admin.bind`, then the others in file
@@ -244,7 +266,13 @@ fn fixed_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<FixedChange>
         limits: _,      // mostly fixed: checked field by field below
         socks5: _,      // partly fixed: checked field by field below
         admin,
+        tls: _, // partly fixed: the listener below; cert and key reload
     } = running;
+    check(
+        "tls.listen",
+        optional(running.tls.listen_addr(&running.listeners).as_ref()),
+        optional(new.tls.listen_addr(&new.listeners).as_ref()),
+    );
     // The admin listener is bound once at start.
     let AdminConfig { bind: admin_bind } = admin;
     check(
@@ -364,6 +392,9 @@ pub struct ReloadSummary {
     /// `limits.max_upstream_sockets_per_app` or `socks5.no_auth_app`
     /// changed.
     pub other_changed: bool,
+    /// The fingerprint of the TLS port's new certificate, when the reload
+    /// replaced it with another.
+    pub tls_certificate: Option<String>,
 }
 
 impl ReloadSummary {
@@ -421,6 +452,7 @@ impl ReloadSummary {
                 || old.limits.max_upstream_sockets_per_app
                     != new.limits.max_upstream_sockets_per_app
                 || old.socks5.no_auth_app != new.socks5.no_auth_app,
+            tls_certificate: None,
         }
     }
 
@@ -442,6 +474,7 @@ impl ReloadSummary {
             && self.signing_key.is_none()
             && !self.allowlist_changed
             && !self.other_changed
+            && self.tls_certificate.is_none()
     }
 }
 
@@ -487,6 +520,12 @@ impl fmt::Display for ReloadSummary {
         )?;
         if self.other_changed {
             f.write_str("; session limits or socks5.no_auth_app changed")?;
+        }
+        if let Some(fingerprint) = &self.tls_certificate {
+            write!(
+                f,
+                "; TLS certificate replaced, sha256 fingerprint: {fingerprint}"
+            )?;
         }
         Ok(())
     }

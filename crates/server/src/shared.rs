@@ -15,6 +15,7 @@ use crate::lookups::Lookups;
 use crate::policy::PolicyCell;
 use crate::quota::Quotas;
 use crate::stats::{Stats, Timings};
+use crate::tls::TlsPort;
 
 /// The state every task of a node shares.
 pub(crate) struct Shared {
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) udp_logins: LoginLimiter,
     /// The budget of refusal log lines (failed logins, malformed input).
     pub(crate) refusal_log: LogLimiter,
+    /// The TLS port's configuration and certificate, when it is on.
+    pub(crate) tls: Option<TlsPort>,
 }
 
 impl Shared {

@@ -140,6 +140,14 @@ counters! {
     udp_sessions_lifetime,
     /// UDP bindings closed by the node (shutdown, or an error on its side).
     udp_sessions_shutdown,
+    /// TLS handshakes completed with ALPN `cloudproxy/1` on the TLS port.
+    tls_handshakes,
+    /// TLS handshakes that failed (a client that does not trust the
+    /// certificate, a scanner, a timeout), ALPN refusals aside.
+    tls_handshake_failures,
+    /// TLS connections refused for their ALPN: none offered, or not
+    /// `cloudproxy/1`.
+    tls_alpn_refused,
 }
 
 impl Stats {

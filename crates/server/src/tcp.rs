@@ -23,6 +23,7 @@ use crate::quota::QuotaGuard;
 use crate::relay_session::{StreamSession, relay_stream};
 use crate::shared::Shared;
 use crate::stats::{Active, Stats};
+use crate::udp_batch::{Tally, UpstreamRuns, with_batch};
 use crate::upstream::{check_destination, connect_upstream, upstream_socket_failure};
 use cloudproxy_transport::driver::{self, Driver};
 use cloudproxy_transport::net::connected_udp;
@@ -106,16 +107,19 @@ fn note_refusal(shared: &Shared, conn: &Connection, peer: SocketAddr, reason: &S
 }
 
 /// One connection on an allocation port: `AllocateRequest` or `Refresh` in,
-/// `AllocateOk` or `Error` out, then close.
+/// `AllocateOk` or `Error` out, then close. `accepted` starts the handshake
+/// deadline; `transport` (`tcp`, `tls`) is for the log.
 pub(crate) async fn allocation<S: NativeStream>(
     shared: Arc<Shared>,
     mut stream: S,
     peer: SocketAddr,
+    accepted: Instant,
+    transport: &'static str,
 ) {
     if refuse_limited_source(&shared, &mut stream, peer).await {
         return;
     }
-    let conn = Connection::new(Arc::clone(&shared.proto), Role::Allocation, Instant::now());
+    let conn = Connection::new(Arc::clone(&shared.proto), Role::Allocation, accepted);
     let bounds = handshake_bounds(&shared, &conn);
     let mut driver = handshake(conn, stream);
     let mut requested = None;
@@ -151,7 +155,7 @@ pub(crate) async fn allocation<S: NativeStream>(
                         .allocation_latency
                         .observe(requested.elapsed().as_secs_f64());
                 }
-                tracing::info!(%peer, session = format_args!("{session_id:016x}"), app = %app_id, transport = "tcp", "allocated");
+                tracing::info!(%peer, session = format_args!("{session_id:016x}"), app = %app_id, transport, "allocated");
             }
             Next::Event(ServerEvent::Closed(reason)) => {
                 note_close(&shared.stats, &reason, true);
@@ -181,7 +185,7 @@ pub(crate) async fn relay(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     // Boxed: the handshake's state (its read buffer, the state machine, the
     // connect) lives on the heap only while it runs, so an idle session's
     // task holds just what the session itself needs.
-    let Some((stream, bound)) = Box::pin(bind(&shared, stream, peer)).await else {
+    let Some((stream, bound)) = Box::pin(bind(&shared, stream, peer, Instant::now())).await else {
         return;
     };
     match bound {
@@ -206,12 +210,19 @@ pub(crate) async fn relay(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
             conn,
             request,
             quota,
-        } => datagram_session(&shared, stream, *conn, &upstream, &request, peer, quota).await,
+        } => {
+            let session = DatagramSession {
+                peer,
+                request: &request,
+                transport: "udp-over-tcp",
+            };
+            datagram_session(&shared, stream, *conn, &upstream, &session, quota).await;
+        }
     }
 }
 
 /// An accepted bind, ready for its session.
-enum Bound {
+pub(crate) enum Bound {
     Stream {
         upstream: TcpStream,
         /// Client bytes that followed the `Bind`, for the destination.
@@ -232,15 +243,17 @@ enum Bound {
 /// the connection ends; refusals are answered here. Returns the stream with
 /// the accepted bind: every byte read past the `Bind` is in the bind's
 /// early data (stream mode) or still in its connection (datagram mode).
-async fn bind<S: NativeStream>(
+/// `accepted` starts the handshake deadline.
+pub(crate) async fn bind<S: NativeStream>(
     shared: &Shared,
     mut stream: S,
     peer: SocketAddr,
+    accepted: Instant,
 ) -> Option<(S, Bound)> {
     if refuse_limited_source(shared, &mut stream, peer).await {
         return None;
     }
-    let conn = Connection::new(Arc::clone(&shared.proto), Role::Relay, Instant::now());
+    let conn = Connection::new(Arc::clone(&shared.proto), Role::Relay, accepted);
     let bounds = handshake_bounds(shared, &conn);
     let mut driver = handshake(conn, stream);
     loop {
@@ -382,6 +395,17 @@ async fn prepare(shared: &Shared, request: &BindRequest) -> Result<Upstream, (Er
     }
 }
 
+/// Who a datagram-mode session belongs to, for its log line.
+#[derive(Clone, Copy)]
+pub(crate) struct DatagramSession<'a> {
+    /// The client's address.
+    pub(crate) peer: SocketAddr,
+    /// The accepted bind.
+    pub(crate) request: &'a BindRequest,
+    /// The log's `transport` field: `udp-over-tcp` or `udp-over-tls`.
+    pub(crate) transport: &'static str,
+}
+
 /// Bytes of frames waiting for a datagram-mode client above which the relay
 /// stops reading that client and drops its destination's datagrams: a client
 /// that does not read cannot make the relay queue without bound.
@@ -396,15 +420,19 @@ const OUTBOX_LIMIT: usize = 64 * 1024;
 /// stops reading holds no write open past any of them. While its frames
 /// back up beyond [`OUTBOX_LIMIT`], the client is not read (so its idle
 /// timer runs) and the destination's datagrams are dropped (counted).
-async fn datagram_session<S: NativeStream>(
+pub(crate) async fn datagram_session<S: NativeStream>(
     shared: &Shared,
     client: S,
     conn: Connection,
     upstream: &UdpSocket,
-    request: &BindRequest,
-    peer: SocketAddr,
+    session: &DatagramSession<'_>,
     quota: QuotaGuard<u64>,
 ) {
+    let DatagramSession {
+        peer,
+        request,
+        transport,
+    } = *session;
     let _active = Active::new(
         &shared.stats,
         |s| &s.tcp_sessions_active,
@@ -419,35 +447,47 @@ async fn datagram_session<S: NativeStream>(
     let force_closed = shared.lifecycle.force_closed();
     tokio::pin!(force_closed);
     let mut datagram = vec![0u8; MAX_DATAGRAM_PAYLOAD + 1];
+    // Connected when the bind was prepared; unknown only if the socket broke.
+    let destination = upstream.peer_addr().ok();
     let mut driver = Driver::new(conn, client);
     let reason: String = loop {
         // Not while the client's frames back up: every frame read may
         // queue an answer (a Pong).
         let backed_up = driver.queued_bytes() >= OUTBOX_LIMIT;
         driver.pause_reads(backed_up);
-        tokio::select! {
+        let closed = tokio::select! {
             next = driver.next_event() => match next {
-                // Hand datagrams to the destination.
-                driver::Next::Event(ServerEvent::Datagram(payload)) => match upstream.try_send(&payload) {
-                    Ok(_) => {
-                        packets_up += 1;
-                        bytes_up += payload.len() as u64;
-                        Stats::bump(&shared.stats.udp_packets_up);
-                        Stats::add(&shared.stats.udp_bytes_up, payload.len() as u64);
-                    }
-                    Err(_) => Stats::bump(&shared.stats.udp_dropped),
-                },
-                driver::Next::Event(ServerEvent::Closed(reason)) => {
-                    // The closing frame gets a short, bounded chance to
-                    // leave; shutdown cuts even that short.
-                    tokio::select! {
-                        _ = tokio::time::timeout(CLOSING_FLUSH, driver.flush()) => {}
-                        () = &mut force_closed => {}
-                    }
-                    shared.stats.note_datagram_session_end(Some(&reason));
-                    break reason.to_string();
+                driver::Next::Event(ServerEvent::Datagram(first)) => {
+                    // Every datagram the same read brought goes up now, in
+                    // GSO runs: one system call per run, not per datagram.
+                    let (tally, closed) = with_batch(|batch| {
+                        let Some(destination) = destination else {
+                            return (Tally { dropped: 1, ..Tally::default() }, None);
+                        };
+                        let mut runs = UpstreamRuns::new(upstream, destination, &mut batch.gather);
+                        runs.push(&first);
+                        let mut closed = None;
+                        while let Some(event) = driver.machine_mut().poll_event() {
+                            match event {
+                                ServerEvent::Datagram(payload) => runs.push(&payload),
+                                ServerEvent::Closed(reason) => {
+                                    closed = Some(reason);
+                                    break;
+                                }
+                                _ => {}
+                            }
+                        }
+                        (runs.finish(), closed)
+                    });
+                    packets_up += tally.packets;
+                    bytes_up += tally.bytes;
+                    Stats::add(&shared.stats.udp_packets_up, tally.packets);
+                    Stats::add(&shared.stats.udp_bytes_up, tally.bytes);
+                    Stats::add(&shared.stats.udp_dropped, tally.dropped);
+                    closed
                 }
-                driver::Next::Event(_) => {}
+                driver::Next::Event(ServerEvent::Closed(reason)) => Some(reason),
+                driver::Next::Event(_) => None,
                 driver::Next::PeerClosed => {
                     shared
                         .stats
@@ -459,20 +499,23 @@ async fn datagram_session<S: NativeStream>(
                     break format!("client connection failed: {e}");
                 }
             },
-            received = upstream.recv(&mut datagram) => match received {
-                Ok(n) if n <= MAX_DATAGRAM_PAYLOAD && !backed_up => {
-                    if driver.machine_mut().send_datagram(&datagram[..n]).is_ok() {
-                        packets_down += 1;
-                        bytes_down += n as u64;
-                        Stats::bump(&shared.stats.udp_packets_down);
-                        Stats::add(&shared.stats.udp_bytes_down, n as u64);
+            received = upstream.recv(&mut datagram) => {
+                match received {
+                    Ok(n) if n <= MAX_DATAGRAM_PAYLOAD && !backed_up => {
+                        if driver.machine_mut().send_datagram(&datagram[..n]).is_ok() {
+                            packets_down += 1;
+                            bytes_down += n as u64;
+                            Stats::bump(&shared.stats.udp_packets_down);
+                            Stats::add(&shared.stats.udp_bytes_down, n as u64);
+                        }
                     }
+                    // Too large for a Datagram frame, the client is not
+                    // keeping up (UDP may drop), or an ICMP error surfacing:
+                    // count it and go on.
+                    Ok(_) | Err(_) => Stats::bump(&shared.stats.udp_dropped),
                 }
-                // Too large for a Datagram frame, the client is not keeping
-                // up (UDP may drop), or an ICMP error surfacing: count it and
-                // go on.
-                Ok(_) | Err(_) => Stats::bump(&shared.stats.udp_dropped),
-            },
+                None
+            }
             () = &mut force_closed => {
                 // Shutdown: a Close if the socket takes it now, no waiting
                 // (a zero timeout still polls the flush once).
@@ -483,6 +526,16 @@ async fn datagram_session<S: NativeStream>(
                     .note_datagram_session_end(Some(&SessionError::ClosedLocally));
                 break "shutdown".into();
             }
+        };
+        if let Some(reason) = closed {
+            // The closing frame gets a short, bounded chance to leave;
+            // shutdown cuts even that short.
+            tokio::select! {
+                _ = tokio::time::timeout(CLOSING_FLUSH, driver.flush()) => {}
+                () = &mut force_closed => {}
+            }
+            shared.stats.note_datagram_session_end(Some(&reason));
+            break reason.to_string();
         }
     };
     shared
@@ -493,7 +546,7 @@ async fn datagram_session<S: NativeStream>(
         %peer,
         session = format_args!("{:016x}", request.session_id),
         app = %request.app_id,
-        transport = "udp-over-tcp",
+        transport,
         destination = %request.destination,
         packets_up,
         packets_down,

@@ -155,6 +155,28 @@ async fn bindings_interleaved_in_one_batch_keep_their_own_order() {
     assert_eq!(rig.node.stats().udp_packets_up, 3 * u64::from(per_binding));
 }
 
+/// An empty payload right behind equal-sized ones of the same binding (so
+/// they may share one GSO run upstream) still arrives as its own empty
+/// datagram, and the run after it is whole.
+#[tokio::test]
+async fn an_empty_payload_after_a_run_is_not_swallowed() {
+    let rig = Rig::loopback().await;
+    let allocation = rig.allocate().await;
+    let dest = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (client, header) = bound(&rig, &allocation, dest.local_addr().unwrap()).await;
+    let lens = [100, 100, 100, 0, 100, 100];
+    for (i, len) in lens.iter().enumerate() {
+        client
+            .try_send(&datagram(&header, &numbered(i as u16, *len)))
+            .unwrap();
+    }
+    for (i, len) in lens.iter().enumerate() {
+        let (got, _) = recv(&dest).await;
+        assert_eq!(got, numbered(i as u16, *len), "datagram {i}");
+    }
+    assert_eq!(rig.node.stats().udp_packets_up, lens.len() as u64);
+}
+
 /// More answers than one binding reads per turn, for two bindings at once:
 /// all reach their own client, in order, behind the right header.
 #[tokio::test]

@@ -278,6 +278,7 @@ impl Relay {
         let len = payload.len();
         let fits = run.binding_id == binding_id
             && !run.closed
+            && len > 0
             && len <= run.segment
             && run.count < self.state.max_gso_segments()
             && gather.len() + len <= GSO_MAX_BYTES;

@@ -216,6 +216,7 @@ impl Ladder {
             let fallback = match (rung, udp_index) {
                 (Rung::Tcp, Some(udp)) => Some(match &won.failed[udp] {
                     Some(why) => why.to_string(),
+                    None if udp > 0 => "UDP did not get through on this network last time, so the TCP relay was tried first".to_owned(),
                     None => format!(
                         "the UDP relay had not answered when the TCP relay was bound, {RUNG_STAGGER:?} later (UDP blocked or slow?)"
                     ),

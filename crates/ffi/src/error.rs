@@ -263,7 +263,10 @@ mod tests {
         });
         assert_eq!(untrusted.code(), ErrorCode::UntrustedCertificate);
         assert_eq!(untrusted.code() as i32, 20);
-        assert!(untrusted.to_string().contains("TLS-intercepting"), "{untrusted}");
+        assert!(
+            untrusted.to_string().contains("TLS-intercepting"),
+            "{untrusted}"
+        );
         let auth = CloudProxyError::from(EngineError::ProxyAuthFailed {
             http_proxy: "http://u:***@127.0.0.1:3128".into(),
             hint: "",

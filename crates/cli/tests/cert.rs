@@ -152,3 +152,17 @@ fn write_config(dir: &std::path::Path) -> PathBuf {
     std::fs::write(&path, "[listeners]\nbind = \"127.0.0.1\"\n").unwrap();
     path
 }
+
+#[test]
+fn development_mode_keeps_the_tls_port_on_loopback() {
+    let output = cloudproxy()
+        .args(["serve", "--check", "--tls-bind", "0.0.0.0:8443"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("--tls-bind 0.0.0.0:8443") && stderr.contains("loopback"),
+        "{stderr}"
+    );
+}

@@ -92,9 +92,7 @@ async fn serve(mut client: TcpStream, answer: Answer) {
             if request_line != format!("CONNECT {target} HTTP/1.1")
                 || headers.get("host") != Some(&target)
             {
-                let _ = client
-                    .write_all(b"HTTP/1.1 403 Forbidden\r\n\r\n")
-                    .await;
+                let _ = client.write_all(b"HTTP/1.1 403 Forbidden\r\n\r\n").await;
                 return;
             }
             let Ok(mut server) = TcpStream::connect(upstream).await else {
@@ -336,7 +334,9 @@ async fn an_intercepting_proxy_fails_the_tunnel_as_untrusted() {
     .unwrap_err();
     assert!(err.is_untrusted_certificate(), "{err}");
     match err {
-        TunnelError::UntrustedCertificate { addr: at, cause, .. } => {
+        TunnelError::UntrustedCertificate {
+            addr: at, cause, ..
+        } => {
             assert_eq!(at, addr);
             assert!(matches!(*cause, TlsError::Untrusted { .. }));
         }
@@ -384,13 +384,10 @@ async fn a_silent_proxy_is_bounded_by_the_attempt_timeout() {
         attempt_timeout: Duration::from_millis(200),
         ..DialPolicy::default()
     };
-    let err = tokio::time::timeout(
-        BOUND,
-        allocate_via(&client_config(), &connector, &policy),
-    )
-    .await
-    .expect("bounded by the attempt timeout")
-    .unwrap_err();
+    let err = tokio::time::timeout(BOUND, allocate_via(&client_config(), &connector, &policy))
+        .await
+        .expect("bounded by the attempt timeout")
+        .unwrap_err();
     assert!(matches!(err, TunnelError::Dial { .. }), "{err}");
     assert!(err.to_string().contains("no answer within 200ms"), "{err}");
 }
@@ -413,7 +410,10 @@ async fn connect_errors_name_the_failing_layer() {
 #[test]
 fn proxy_urls_parse() {
     let p = HttpProxy::parse("http://proxy.corp:3128").unwrap();
-    assert_eq!((p.host.as_str(), p.port, p.auth), ("proxy.corp", 3128, None));
+    assert_eq!(
+        (p.host.as_str(), p.port, p.auth),
+        ("proxy.corp", 3128, None)
+    );
     let p = HttpProxy::parse("HTTP://user%40corp:p%3Ass%20w@10.0.0.1:8080/").unwrap();
     assert_eq!(p.host, "10.0.0.1");
     assert_eq!(
@@ -424,7 +424,10 @@ fn proxy_urls_parse() {
         })
     );
     let p = HttpProxy::parse("[2001:db8::1]:3128").unwrap();
-    assert_eq!((p.host.as_str(), p.addr()), ("2001:db8::1", "[2001:db8::1]:3128".into()));
+    assert_eq!(
+        (p.host.as_str(), p.addr()),
+        ("2001:db8::1", "[2001:db8::1]:3128".into())
+    );
     let p = HttpProxy::parse("http://u@proxy:1").unwrap();
     assert_eq!(p.auth.unwrap().password, "");
 
@@ -436,7 +439,9 @@ fn proxy_urls_parse() {
 #[test]
 fn bad_proxy_urls_say_what_is_wrong() {
     let err = HttpProxy::parse("https://proxy:443").unwrap_err();
-    assert!(matches!(err, ProxyUrlError::UnsupportedScheme { ref scheme, .. } if scheme == "https"));
+    assert!(
+        matches!(err, ProxyUrlError::UnsupportedScheme { ref scheme, .. } if scheme == "https")
+    );
     assert!(err.to_string().contains("only http://"), "{err}");
     assert!(matches!(
         HttpProxy::parse("socks5://proxy:1080"),
@@ -467,7 +472,10 @@ fn bad_proxy_urls_say_what_is_wrong() {
         Err(ProxyUrlError::BadPercentEncoding { .. })
     ));
     let err = HttpProxy::parse("http://u:a%0d%0aX:%20y@proxy:3128").unwrap_err();
-    assert!(matches!(err, ProxyUrlError::ControlCharacter { .. }), "{err}");
+    assert!(
+        matches!(err, ProxyUrlError::ControlCharacter { .. }),
+        "{err}"
+    );
     // Messages never repeat the credentials.
     assert!(!err.to_string().contains("u:a"), "{err}");
 }
@@ -508,7 +516,9 @@ fn the_environment_convention_picks_lowercase_first_and_honours_no_proxy() {
 
 #[test]
 fn no_proxy_entries_match_names_suffixes_ips_and_cidrs() {
-    let list = NoProxy::parse(".corp.example, localhost:8080 10.0.0.0/8,192.0.2.7, [2001:db8::1]:443 *.wild.test");
+    let list = NoProxy::parse(
+        ".corp.example, localhost:8080 10.0.0.0/8,192.0.2.7, [2001:db8::1]:443 *.wild.test",
+    );
     for direct in [
         "corp.example",
         "a.corp.example",

@@ -150,6 +150,16 @@ async fn a_pinned_ca_checks_the_host_name_but_not_an_ip() {
 }
 
 #[tokio::test]
+async fn an_expired_certificate_says_so() {
+    let ca = Ca::new("test CA");
+    let leaf = ca.issue_expired(&["proxy.test"]);
+    let trust = TlsTrust::PinnedCa(vec![ca.der.clone()]);
+    let reason = untrusted_reason(&trust, Some("proxy.test"), &leaf).await;
+    assert_eq!(reason, UntrustedReason::Expired);
+    assert!(reason.to_string().contains("expired"), "{reason}");
+}
+
+#[tokio::test]
 async fn a_peer_that_is_not_tls_fails_as_a_handshake_error() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -210,6 +210,17 @@ fn configure(args: &Args) -> Result<(ServerConfig, Option<String>), String> {
         ));
     }
     let tls = &draft.config().tls;
+    if let Some(listen) = tls
+        .listen
+        .filter(|l| development.is_some() && !l.ip().is_loopback())
+    {
+        // The same reason as for --bind: the development node is loopback only.
+        return Err(format!(
+            "--tls-bind {listen}: development mode (no --config) serves loopback only, because \
+             its credentials are printed; bind 127.0.0.1 or ::1, or give a --config for a TLS \
+             port other hosts can reach"
+        ));
+    }
     if development.is_some() && tls.listen.is_some() && tls.cert.is_none() && tls.key.is_none() {
         // Development mode: a self-signed certificate for loopback names.
         draft.set_by_flag("--tls-bind", "tls.cert", |c| c.tls.self_signed = true);

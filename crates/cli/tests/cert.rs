@@ -114,3 +114,55 @@ fn development_serve_with_tls_bind_prints_the_self_signed_fingerprint() {
     let printed = printed_fingerprint(&banner);
     assert_eq!(printed.len(), 95, "{banner}");
 }
+
+#[test]
+fn serve_check_reads_the_tls_files() {
+    let dir = scratch("check");
+    let missing = dir.join("missing.pem");
+    let output = cloudproxy()
+        .args(["serve", "--check", "--tls-bind", "127.0.0.1:8443"])
+        .arg("--tls-cert")
+        .arg(&missing)
+        .arg("--tls-key")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("missing.pem"), "{stderr}");
+
+    // A certificate without its key is a configuration error naming the flag.
+    let output = cloudproxy()
+        .args(["serve", "--check", "--config"])
+        .arg(write_config(&dir))
+        .args(["--tls-bind", "127.0.0.1:8443"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("--tls-bind") && stderr.contains("tls.cert"),
+        "{stderr}"
+    );
+}
+
+/// A minimal node configuration file in `dir`.
+fn write_config(dir: &std::path::Path) -> PathBuf {
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, "[listeners]\nbind = \"127.0.0.1\"\n").unwrap();
+    path
+}
+
+#[test]
+fn development_mode_keeps_the_tls_port_on_loopback() {
+    let output = cloudproxy()
+        .args(["serve", "--check", "--tls-bind", "0.0.0.0:8443"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("--tls-bind 0.0.0.0:8443") && stderr.contains("loopback"),
+        "{stderr}"
+    );
+}

@@ -79,7 +79,10 @@ async fn a_pinned_fingerprint_accepts_that_certificate_whatever_its_name() {
     let addr = tls_echo_server(&leaf, b"hi").await;
     let pin = Fingerprint::of(&leaf.der).to_string();
     let trust = TlsTrust::from_pin(&pin.to_lowercase()).unwrap();
-    assert_eq!(trust, TlsTrust::PinnedFingerprint(Fingerprint::of(&leaf.der)));
+    assert_eq!(
+        trust,
+        TlsTrust::PinnedFingerprint(Fingerprint::of(&leaf.der))
+    );
 
     for host in [Some("proxy.test"), None] {
         let mut stream = connect(&trust, host, addr).await.unwrap();
@@ -144,6 +147,16 @@ async fn a_pinned_ca_checks_the_host_name_but_not_an_ip() {
     let mut stream = connect(&trust, None, addr).await.unwrap();
     let mut greeting = [0u8; 2];
     stream.read_exact(&mut greeting).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_expired_certificate_says_so() {
+    let ca = Ca::new("test CA");
+    let leaf = ca.issue_expired(&["proxy.test"]);
+    let trust = TlsTrust::PinnedCa(vec![ca.der.clone()]);
+    let reason = untrusted_reason(&trust, Some("proxy.test"), &leaf).await;
+    assert_eq!(reason, UntrustedReason::Expired);
+    assert!(reason.to_string().contains("expired"), "{reason}");
 }
 
 #[tokio::test]

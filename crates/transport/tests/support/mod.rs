@@ -35,10 +35,23 @@ impl Ca {
 
     /// A leaf certificate for `names` issued by this CA.
     pub fn issue(&self, names: &[&str]) -> Leaf {
+        self.issue_with(names, |_| {})
+    }
+
+    /// A leaf certificate for `names` that expired in 2001.
+    pub fn issue_expired(&self, names: &[&str]) -> Leaf {
+        self.issue_with(names, |params| {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        })
+    }
+
+    fn issue_with(&self, names: &[&str], adjust: impl FnOnce(&mut CertificateParams)) -> Leaf {
         let key = KeyPair::generate().unwrap();
-        let params =
+        let mut params =
             CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
                 .unwrap();
+        adjust(&mut params);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf {
             der: cert.der().clone(),

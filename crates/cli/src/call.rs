@@ -10,7 +10,9 @@ use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use cloudproxy_engine::{Bytes, ConnectionState, Credential, Engine, Event, ProxyMode, ProxyType};
+use cloudproxy_engine::{
+    Bytes, ConnectionState, Credential, Engine, EngineError, Event, ProxyMode, ProxyType,
+};
 use serde::Serialize;
 
 /// What the call needs.
@@ -36,9 +38,14 @@ pub(crate) struct CallSpec {
 pub(crate) struct Summary {
     pub(crate) ok: bool,
     pub(crate) error: Option<String>,
+    /// A stable name for the failures a script acts on:
+    /// `untrusted_certificate` (a TLS-intercepting proxy?) and
+    /// `proxy_auth_failed` (the HTTP proxy answered 407). Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error_kind: Option<&'static str>,
     /// From `join_channel` to joined, the slower of the two engines.
     pub(crate) connect_ms: Option<f64>,
-    /// "udp" or "tcp" through the proxy, or "direct".
+    /// "udp", "tcp", "tls" or "http-proxy" through the proxy, or "direct".
     pub(crate) path: Option<String>,
     pub(crate) fallback_reason: Option<String>,
     pub(crate) messages_sent: u64,
@@ -123,6 +130,17 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0
 }
 
+/// The stable `error_kind` of a join error, for the failures a script
+/// tells apart.
+fn error_kind(e: &EngineError) -> Option<&'static str> {
+    match e {
+        EngineError::UntrustedCertificate { .. } => Some("untrusted_certificate"),
+        EngineError::ProxyAuthFailed { .. } => Some("proxy_auth_failed"),
+        EngineError::AutoFailed { proxy, .. } => error_kind(proxy),
+        _ => None,
+    }
+}
+
 fn engine(spec: &CallSpec) -> Result<Engine, String> {
     let engine = Engine::builder(spec.app_id.clone(), spec.credential.clone())
         .media_network(spec.edge_tcp, spec.edge_udp)
@@ -186,8 +204,12 @@ async fn call(spec: &CallSpec, summary: &mut Summary) -> Result<(), String> {
     );
     let (a_time, a) = a;
     let (b_time, b) = b;
-    a.map_err(|e| format!("alice could not join: {e}"))?;
-    b.map_err(|e| format!("bob could not join: {e}"))?;
+    for (who, result) in [("alice", a), ("bob", b)] {
+        if let Err(e) = result {
+            summary.error_kind = error_kind(&e);
+            return Err(format!("{who} could not join: {e}"));
+        }
+    }
     summary.connect_ms = Some(ms(a_time.max(b_time)));
     if direct {
         summary.path = Some("direct".into());
@@ -316,6 +338,8 @@ impl EventTracker {
                     match proxy_type {
                         ProxyType::Udp => "udp",
                         ProxyType::Tcp => "tcp",
+                        ProxyType::Tls => "tls",
+                        ProxyType::HttpProxy => "http-proxy",
                     }
                     .into(),
                 );

@@ -30,6 +30,9 @@ enum Mode {
     ForceUdp,
     /// Always the proxy; everything over TCP.
     ForceTcp,
+    /// Always the proxy; everything over TLS to its TLS port (directly or
+    /// through the HTTP proxy).
+    ForceTls,
 }
 
 impl From<Mode> for ProxyMode {
@@ -40,6 +43,7 @@ impl From<Mode> for ProxyMode {
             Mode::On => Self::On,
             Mode::ForceUdp => Self::ForceUdp,
             Mode::ForceTcp => Self::ForceTcp,
+            Mode::ForceTls => Self::ForceTls,
         }
     }
 }
@@ -253,6 +257,10 @@ fn report(summary: &Summary, json: bool) {
         match summary.path.as_deref() {
             Some("udp") => "proxy, media over the UDP relay".to_owned(),
             Some("tcp") => "proxy, media over the TCP relay".to_owned(),
+            Some("tls") => "proxy, everything over TLS to its TLS port".to_owned(),
+            Some("http-proxy") => {
+                "proxy, everything over TLS through the HTTP proxy".to_owned()
+            }
             Some("direct") => "direct, no proxy".to_owned(),
             other => other.unwrap_or("unknown").to_owned(),
         }

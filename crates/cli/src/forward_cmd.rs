@@ -183,7 +183,9 @@ async fn first_allocation(
                 ));
             }
             (Outcome::Timeout, None) => failures.push(format!("{target}: no answer")),
-            (Outcome::Blocked { reason }, None) => failures.push(format!("{target}: {reason}")),
+            (Outcome::Blocked { reason } | Outcome::Untrusted { reason }, None) => {
+                failures.push(format!("{target}: {reason}"));
+            }
             (Outcome::Open { .. }, None) => failures.push(format!("{target}: no allocation")),
         }
     }

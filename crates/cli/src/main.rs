@@ -13,6 +13,7 @@ mod keygen_cmd;
 mod logging;
 mod params_cmd;
 mod probe_cmd;
+mod probe_tls;
 mod runtime;
 mod serve_cmd;
 mod serve_reload;

@@ -43,6 +43,21 @@ pub(crate) struct Args {
     /// relay.
     #[arg(long, value_name = "TCP,UDP", value_parser = parse_edge)]
     edge: Option<(SocketAddr, SocketAddr)>,
+    /// Also check the proxy's TLS port (443 when only `--tls-pin` or an
+    /// HTTP proxy is given) with a TLS handshake agreeing on ALPN
+    /// `cloudproxy/1`: `open`, `blocked`, `timeout` or `untrusted` (a
+    /// TLS-intercepting device?).
+    #[arg(long, value_name = "PORT")]
+    tls_port: Option<u16>,
+    /// What the TLS port's certificate must match, as `rtc.proxy_tls_pin`:
+    /// a SHA-256 fingerprint or a PEM CA file (default: the system roots).
+    #[arg(long, value_name = "PIN")]
+    tls_pin: Option<String>,
+    /// Also check the TLS port through this HTTP proxy
+    /// (`http://[user:password@]host:port`; default: `HTTPS_PROXY`, unless
+    /// `NO_PROXY` exempts the server).
+    #[arg(long, value_name = "URL")]
+    http_proxy: Option<String>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -73,6 +88,12 @@ pub(crate) enum Outcome {
     },
     /// No answer within the timeout (a firewall that drops).
     Timeout,
+    /// The TLS port answered with a certificate that is not trusted: most
+    /// often a TLS-intercepting proxy or firewall on the way.
+    Untrusted {
+        /// What the certificate check found.
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -104,6 +125,10 @@ pub(crate) enum Verdict {
     WorksOverUdp,
     /// Messages and media over the TCP relay only.
     WorksOnlyOverTcp,
+    /// Only the TLS port gets through: everything over TLS.
+    WorksOverTls,
+    /// Only the TLS port through the HTTP proxy gets through.
+    WorksOverHttpProxy,
     /// Every port that answered refused the app id or secret: the network
     /// is not the problem, the credential is.
     CredentialRefused,
@@ -164,7 +189,10 @@ pub(crate) fn run(args: Args) -> ExitCode {
             print!("{}", render(&report));
         }
         match report.verdict {
-            Verdict::WorksOverUdp | Verdict::WorksOnlyOverTcp => ExitCode::SUCCESS,
+            Verdict::WorksOverUdp
+            | Verdict::WorksOnlyOverTcp
+            | Verdict::WorksOverTls
+            | Verdict::WorksOverHttpProxy => ExitCode::SUCCESS,
             Verdict::CredentialRefused | Verdict::ProxyRefused | Verdict::DoesNotWork => {
                 ExitCode::FAILURE
             }
@@ -187,10 +215,13 @@ async fn probe(args: &Args, config: &ClientConfig, timeout: Duration) -> Result<
         tasks.spawn(async move { (index * 2, allocate_tcp(addr, &c1, timeout).await) });
         tasks.spawn(async move { (index * 2 + 1, allocate_udp(addr, &c2, timeout).await) });
     }
+    // The TLS port of every address, and through the HTTP proxy, meanwhile.
+    let tls_checks = tls_checks(args, server, &targets, timeout);
     let mut results = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         results.push(joined.map_err(|e| format!("a check failed: {e}"))?);
     }
+    let tls_checks = tls_checks.await?;
     results.sort_by_key(|(index, _)| *index);
     for (index, (outcome, granted)) in results {
         if allocation.is_none() {
@@ -227,6 +258,8 @@ async fn probe(args: &Args, config: &ClientConfig, timeout: Duration) -> Result<
             });
         }
     }
+
+    checks.extend(tls_checks);
 
     // The echo: a short call through the proxy to the media network.
     let mut echo_error = None;
@@ -296,6 +329,10 @@ async fn probe(args: &Args, config: &ClientConfig, timeout: Duration) -> Result<
         Verdict::WorksOverUdp
     } else if allocated && open("TCP", "message relay") {
         Verdict::WorksOnlyOverTcp
+    } else if open("TLS", TLS_PORT) {
+        Verdict::WorksOverTls
+    } else if open("TLS", TLS_VIA_HTTP_PROXY) {
+        Verdict::WorksOverHttpProxy
     } else {
         Verdict::DoesNotWork
     };
@@ -306,14 +343,20 @@ async fn probe(args: &Args, config: &ClientConfig, timeout: Duration) -> Result<
     let missing_rules = checks
         .iter()
         .filter(|c| !c.outcome.is_reachable() && !c.role.starts_with("echo"))
-        .map(|c| {
-            format!(
+        .map(|c| match &c.outcome {
+            Outcome::Untrusted { .. } => format!(
+                "exempt {} port {} from TLS inspection ({}: its certificate was replaced or is not trusted)",
+                c.address.ip(),
+                c.address.port(),
+                c.role
+            ),
+            _ => format!(
                 "allow {} to {} port {} ({})",
                 c.protocol,
                 c.address.ip(),
                 c.address.port(),
                 c.role
-            )
+            ),
         })
         .collect();
     let relays_not_checked = match verdict {
@@ -337,6 +380,106 @@ async fn probe(args: &Args, config: &ClientConfig, timeout: Duration) -> Result<
         missing_rules,
         relays_not_checked,
     })
+}
+
+/// The role of the direct TLS port check.
+const TLS_PORT: &str = "tls port";
+/// The role of the TLS port check through the HTTP proxy.
+const TLS_VIA_HTTP_PROXY: &str = "tls port via http proxy";
+
+/// The TLS port of each address of `server` and, with an HTTP proxy (the
+/// flag, else the environment), the same through it; all at once.
+async fn tls_checks(
+    args: &Args,
+    server: &ProxyServer,
+    targets: &[SocketAddr],
+    timeout: Duration,
+) -> Result<Vec<Check>, String> {
+    use cloudproxy_transport::http_proxy::HttpProxy;
+    use cloudproxy_transport::tls::{TlsClient, TlsTrust};
+
+    let proxy_env = cloudproxy_transport::http_proxy::ProxyEnv::from_process();
+    let wanted = args.tls_port.is_some()
+        || args.tls_pin.is_some()
+        || args.http_proxy.is_some()
+        || proxy_env.https_proxy.is_some();
+    if !wanted {
+        return Ok(Vec::new());
+    }
+    let tls_port = args.tls_port.unwrap_or(cloudproxy_params::DEFAULT_TLS_PORT);
+    let trust = match &args.tls_pin {
+        Some(pin) => TlsTrust::from_pin(pin).map_err(|e| format!("--tls-pin: {e}"))?,
+        None => TlsTrust::SystemRoots,
+    };
+    let tls = TlsClient::new(&trust).map_err(|e| format!("--tls-pin: {e}"))?;
+    let mut ips: Vec<std::net::IpAddr> = targets.iter().map(SocketAddr::ip).collect();
+    ips.dedup();
+    let endpoints: Vec<SocketAddr> = ips
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, tls_port))
+        .collect();
+    let proxy: Option<HttpProxy> = match &args.http_proxy {
+        Some(url) => Some(HttpProxy::parse(url).map_err(|e| format!("--http-proxy: {e}"))?),
+        None => {
+            let host = endpoints
+                .first()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let host = match server.kind() {
+                cloudproxy_params::ProxyKind::Domain(name) => name.clone(),
+                cloudproxy_params::ProxyKind::IpList(_) => host,
+            };
+            proxy_env
+                .proxy_for(&host)
+                .map_err(|e| format!("HTTPS_PROXY: {e}"))?
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, &addr) in endpoints.iter().enumerate() {
+        let (server, tls) = (server.clone(), tls.clone());
+        tasks.spawn(async move {
+            let outcome = crate::probe_tls::tls_check(&server, addr, &tls, timeout).await;
+            (
+                index,
+                Check {
+                    protocol: "TLS",
+                    role: TLS_PORT,
+                    address: addr,
+                    outcome,
+                },
+            )
+        });
+    }
+    if let (Some(proxy), Some(&target)) = (proxy, endpoints.first()) {
+        let proxy_addrs =
+            cloudproxy_transport::resolve::host_endpoints(&proxy.host, proxy.port, timeout)
+                .await
+                .map_err(|e| format!("the HTTP proxy {proxy}: {e}"))?;
+        if let Some(&proxy_addr) = proxy_addrs.first() {
+            let (server, tls) = (server.clone(), tls.clone());
+            tasks.spawn(async move {
+                let outcome = crate::probe_tls::http_proxy_check(
+                    &server, target, &proxy, proxy_addr, &tls, timeout,
+                )
+                .await;
+                (
+                    usize::MAX,
+                    Check {
+                        protocol: "TLS",
+                        role: TLS_VIA_HTTP_PROXY,
+                        address: proxy_addr,
+                        outcome,
+                    },
+                )
+            });
+        }
+    }
+    let mut checks = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        checks.push(joined.map_err(|e| format!("a check failed: {e}"))?);
+    }
+    checks.sort_by_key(|(index, _)| *index);
+    Ok(checks.into_iter().map(|(_, check)| check).collect())
 }
 
 /// A one-second call through the proxy to the media network.
@@ -539,6 +682,7 @@ fn render(report: &Report) -> String {
             Outcome::Blocked { reason } => ("blocked", reason.clone()),
             Outcome::Refused { reason, .. } => ("refused", format!("the proxy answered: {reason}")),
             Outcome::Timeout => ("timeout", "no answer".into()),
+            Outcome::Untrusted { reason } => ("untrusted", reason.clone()),
         };
         let _ = writeln!(
             out,
@@ -554,6 +698,12 @@ fn render(report: &Report) -> String {
         Verdict::WorksOverUdp => "a call will work: messages over the TCP relay, media over UDP",
         Verdict::WorksOnlyOverTcp => {
             "a call will work only over TCP: media falls back to the TCP relay (UDP is blocked)"
+        }
+        Verdict::WorksOverTls => {
+            "a call will work only over TLS: everything through the proxy's TLS port (ProxyMode::On finds it; ProxyMode::ForceTls goes straight to it)"
+        }
+        Verdict::WorksOverHttpProxy => {
+            "a call will work only through the HTTP proxy: everything over TLS through CONNECT"
         }
         Verdict::CredentialRefused => {
             "a call will not work: the proxy refused the credential (the ports are reachable; check the app id and secret)"

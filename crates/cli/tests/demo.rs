@@ -180,3 +180,44 @@ fn a_failed_demo_prints_its_error_and_no_table_of_zeros() {
         assert!(!stdout.contains(table_line), "{table_line:?} in:\n{stdout}");
     }
 }
+
+/// An HTTP proxy that answers every request with `407`.
+fn proxy_demanding_credentials() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read_exact(&mut byte).is_ok() {
+                head.push(byte[0]);
+            }
+            let _ = stream.write_all(
+                b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"corp\"\r\nContent-Length: 0\r\n\r\n",
+            );
+        }
+    });
+    addr.to_string()
+}
+
+#[test]
+fn force_tls_through_a_proxy_that_refuses_the_credentials_fails_with_a_stable_kind() {
+    let proxy = proxy_demanding_credentials();
+    let params = format!(r#"{{"rtc.http_proxy":"http://user:wrong@{proxy}"}}"#);
+    let (output, summary) = demo(&[
+        "--seconds",
+        "1",
+        "--mode",
+        "force-tls",
+        "--params",
+        r#"{"rtc.enable_proxy":true}"#,
+        "--params",
+        &params,
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{summary:#}");
+    assert_eq!(summary["ok"], false);
+    assert_eq!(summary["error_kind"], "proxy_auth_failed", "{summary:#}");
+    let error = summary["error"].as_str().unwrap();
+    assert!(error.contains("407"), "{error}");
+}

@@ -256,3 +256,69 @@ fn probe_reports_a_bad_credential_with_the_typed_credential_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_tls_port_is_checked_with_alpn_and_an_untrusted_certificate_is_named() {
+    let mut args = common::LOCAL_SERVE.to_vec();
+    args.extend_from_slice(&["--log", "warn", "--tls-bind", "127.0.0.1:0"]);
+    let (_process, mut out) = common::spawn(&args);
+    let banner = common::read_until(&mut out, "press Ctrl-C");
+    let server = common::field(&banner, "allocation service  TCP").to_owned();
+    let secret = common::field(&banner, "app secret").to_owned();
+    let tls = common::field(&banner, "TLS port            TCP")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let port = tls.rsplit_once(':').unwrap().1.to_owned();
+    let fingerprint = common::field(&banner, "sha256 fingerprint:").to_owned();
+    let base = [
+        "--server",
+        server.as_str(),
+        "--app-id",
+        "dev-app",
+        "--credential",
+        secret.as_str(),
+        "--tls-port",
+        port.as_str(),
+        "--json",
+    ];
+
+    let mut pinned = base.to_vec();
+    pinned.extend_from_slice(&["--tls-pin", fingerprint.as_str()]);
+    let output = probe(&pinned);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let tls_check = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["role"] == "tls port")
+        .unwrap_or_else(|| panic!("no TLS check: {json:#}"));
+    assert_eq!(tls_check["protocol"], "TLS");
+    assert_eq!(tls_check["state"], "open", "{json:#}");
+    assert_eq!(json["verdict"], "works_over_udp");
+
+    // The system roots do not know the development certificate: as behind
+    // a TLS-intercepting proxy, the port answers with an untrusted one.
+    let output = probe(&base);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let tls_check = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["role"] == "tls port")
+        .unwrap();
+    assert_eq!(tls_check["state"], "untrusted", "{json:#}");
+    let missing: Vec<&str> = json["missing_rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    assert!(
+        missing
+            .iter()
+            .any(|r| r.starts_with("exempt 127.0.0.1 port") && r.contains("TLS inspection")),
+        "{missing:?}"
+    );
+}

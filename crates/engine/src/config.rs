@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cloudproxy_params::ProxyServer;
+use cloudproxy_params::{HttpProxy, ProxyServer};
 use cloudproxy_proto::AppId;
 use cloudproxy_proto::session::SilenceDetection;
 use cloudproxy_transport::dial::DialPolicy;
@@ -11,6 +11,9 @@ use cloudproxy_transport::dial::DialPolicy;
 use crate::credential::Credential;
 use crate::engine::Engine;
 use crate::error::EngineError;
+use crate::ladder::RungMemory;
+use cloudproxy_transport::http_proxy::ProxyEnv;
+use cloudproxy_transport::tls::TlsTrust;
 
 /// Everything fixed at build time.
 #[derive(Debug, Clone)]
@@ -30,6 +33,15 @@ pub(crate) struct Config {
     pub(crate) dns_timeout: Duration,
     pub(crate) udp_probe_timeout: Duration,
     pub(crate) media_queue: usize,
+    /// What the proxy's TLS certificate is checked against.
+    pub(crate) tls_trust: TlsTrust,
+    /// The HTTP proxy of the builder.
+    pub(crate) http_proxy: Option<HttpProxy>,
+    /// `HTTPS_PROXY` and `NO_PROXY`, read at build time (empty when the
+    /// builder said not to).
+    pub(crate) proxy_env: ProxyEnv,
+    /// Which rung won last, per network (shared by the engine's joins).
+    pub(crate) rungs: RungMemory,
 }
 
 /// Builds an [`Engine`]: the app id and credential the proxy knows the app
@@ -65,6 +77,9 @@ pub struct EngineBuilder {
     dns_timeout: Duration,
     udp_probe_timeout: Duration,
     media_queue: usize,
+    tls_trust: TlsTrust,
+    http_proxy: Option<HttpProxy>,
+    proxy_from_env: bool,
 }
 
 impl EngineBuilder {
@@ -83,6 +98,9 @@ impl EngineBuilder {
             dns_timeout: Duration::from_secs(2),
             udp_probe_timeout: Duration::from_secs(2),
             media_queue: 256,
+            tls_trust: TlsTrust::default(),
+            http_proxy: None,
+            proxy_from_env: true,
         }
     }
 
@@ -175,6 +193,35 @@ impl EngineBuilder {
         self
     }
 
+    /// What the proxy's TLS certificate (on the TLS rungs) is checked
+    /// against: the system roots by default; a pinned certificate
+    /// fingerprint or a private CA for private deployments
+    /// (`TlsTrust::from_pin("AB:CD:…")`, `TlsTrust::pinned_ca_pem(pem)`).
+    /// The parameter `rtc.proxy_tls_pin` replaces it.
+    pub fn tls_trust(mut self, trust: TlsTrust) -> Self {
+        self.tls_trust = trust;
+        self
+    }
+
+    /// An explicit HTTP proxy for the last rung of the ladder (TLS through
+    /// `CONNECT`), e.g. `HttpProxy::parse("http://user:pw@proxy:3128")`.
+    /// Without it the engine uses `HTTPS_PROXY` / `https_proxy` unless the
+    /// proxy server matches `NO_PROXY` (see
+    /// [`EngineBuilder::http_proxy_from_env`]). The parameter
+    /// `rtc.http_proxy` replaces it.
+    pub fn http_proxy(mut self, proxy: HttpProxy) -> Self {
+        self.http_proxy = Some(proxy);
+        self
+    }
+
+    /// Whether `HTTPS_PROXY` / `https_proxy` and `NO_PROXY` / `no_proxy` are
+    /// read at [`build`](Self::build) when no HTTP proxy is given. Default
+    /// true.
+    pub fn http_proxy_from_env(mut self, read: bool) -> Self {
+        self.proxy_from_env = read;
+        self
+    }
+
     /// Checks the settings and builds the engine. Needs no runtime; the
     /// engine's calls must run inside a tokio runtime.
     ///
@@ -182,7 +229,8 @@ impl EngineBuilder {
     /// [`EngineError::InvalidConfig`] naming the setting: an app id the
     /// protocol cannot carry (1–64 printable ASCII characters, no space), an
     /// empty credential, no media network, an invalid default domain, or a
-    /// keepalive interval not shorter than its timeout.
+    /// keepalive interval not shorter than its timeout, or an `HTTPS_PROXY`
+    /// that is not an `http://[user:password@]host:port` URL.
     pub fn build(self) -> Result<Engine, EngineError> {
         let app_id = AppId::new(self.app_id.clone()).map_err(|e| EngineError::InvalidConfig {
             what: "app_id",
@@ -218,6 +266,20 @@ impl EngineBuilder {
                 found: format!("interval {keepalive_interval:?}, timeout {keepalive_timeout:?}"),
             });
         }
+        let proxy_env = if self.proxy_from_env {
+            ProxyEnv::from_process()
+        } else {
+            ProxyEnv::default()
+        };
+        if let Some(url) = &proxy_env.https_proxy {
+            cloudproxy_transport::http_proxy::HttpProxy::parse(url).map_err(|e| {
+                EngineError::InvalidConfig {
+                    what: "HTTPS_PROXY (environment)",
+                    expected: "http://[user:password@]host:port",
+                    found: e.to_string(),
+                }
+            })?;
+        }
         Ok(Engine::from_config(Config {
             app_id,
             credential: self.credential,
@@ -234,6 +296,10 @@ impl EngineBuilder {
             dns_timeout: self.dns_timeout,
             udp_probe_timeout: self.udp_probe_timeout,
             media_queue: self.media_queue.max(1),
+            tls_trust: self.tls_trust,
+            http_proxy: self.http_proxy,
+            proxy_env,
+            rungs: RungMemory::default(),
         }))
     }
 }

@@ -83,6 +83,31 @@ pub enum EngineError {
         /// otherwise).
         hint: String,
     },
+    /// The proxy's TLS certificate is not one the engine trusts (neither the
+    /// system roots nor the configured pin vouch for it): most often a
+    /// TLS-intercepting proxy or firewall on the way. The join fails at
+    /// once, without trying further rungs.
+    #[error(
+        "the proxy's TLS certificate is not trusted (at {proxy}): {detail}; is a TLS-intercepting proxy or firewall on the way? Trust the proxy's own CA or pin its certificate (EngineBuilder::tls_trust or rtc.proxy_tls_pin)"
+    )]
+    UntrustedCertificate {
+        /// The TLS address (or HTTP proxy target) that presented it.
+        proxy: String,
+        /// What the certificate check found.
+        detail: String,
+    },
+    /// The HTTP proxy answered `CONNECT` with `407 Proxy Authentication
+    /// Required`: the credentials were refused (or none were given). The
+    /// join fails at once.
+    #[error(
+        "the HTTP proxy {http_proxy} refused the credentials (407 Proxy Authentication Required){hint}"
+    )]
+    ProxyAuthFailed {
+        /// The HTTP proxy (password hidden).
+        http_proxy: String,
+        /// What to check.
+        hint: &'static str,
+    },
     /// `ProxyMode::ForceUdp` and the proxy's UDP relay did not answer.
     #[error(
         "ProxyMode::ForceUdp requires media over UDP, but the proxy's UDP relay did not answer within {probe:?}: UDP looks blocked on this network; use ProxyMode::On or ProxyMode::ForceTcp to carry media over TCP"

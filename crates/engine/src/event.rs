@@ -58,13 +58,19 @@ pub enum StateReason {
     Left,
 }
 
-/// Which transport the proxy carries media on.
+/// Which rung of the transport ladder carries the call through the proxy
+/// (see [`ProxyMode`](crate::ProxyMode)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProxyType {
-    /// Media over the UDP relay.
+    /// Media over the UDP relay; messages over the TCP relay.
     Udp,
-    /// Media over the TCP relay (UDP-over-TCP).
+    /// Media over the TCP relay (UDP-over-TCP); messages over the TCP relay.
     Tcp,
+    /// Everything over TLS to the proxy's TLS port (443 by default).
+    Tls,
+    /// Everything over TLS to the proxy's TLS port, through an HTTP proxy
+    /// (`CONNECT`).
+    HttpProxy,
 }
 
 impl fmt::Display for ProxyType {
@@ -72,6 +78,8 @@ impl fmt::Display for ProxyType {
         f.write_str(match self {
             Self::Udp => "UDP",
             Self::Tcp => "TCP",
+            Self::Tls => "TLS",
+            Self::HttpProxy => "TLS through an HTTP proxy",
         })
     }
 }

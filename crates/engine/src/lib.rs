@@ -79,9 +79,12 @@ mod credential;
 mod engine;
 mod error;
 mod event;
+mod ladder;
 mod link;
+mod rungs;
 mod session;
 mod settings;
+mod tls_rung;
 
 pub use config::EngineBuilder;
 pub use credential::{Credential, CredentialError};
@@ -94,10 +97,12 @@ pub use settings::ProxyMode;
 
 pub use bytes::Bytes;
 pub use cloudproxy_params::{
-    DEFAULT_PORTS, DEFAULT_PROXY_DOMAIN, ParamError, ParamWarning, ProxyKind, ProxyServer,
+    DEFAULT_PORTS, DEFAULT_PROXY_DOMAIN, DEFAULT_TLS_PORT, HttpProxy, ParamError, ParamWarning,
+    ProxyCredentials, ProxyKind, ProxyServer, TlsPin,
 };
 pub use cloudproxy_proto::ErrorCode;
 pub use cloudproxy_proto::session::SilenceDetection;
 pub use cloudproxy_transport::dial::{DialError, DialPolicy};
 pub use cloudproxy_transport::resolve::ResolveError;
+pub use cloudproxy_transport::tls::{Fingerprint, TlsTrust, TrustError};
 pub use cloudproxy_transport::tunnel::TunnelError;

@@ -10,12 +10,9 @@ use cloudproxy_proto::client::ClientConfig;
 use cloudproxy_proto::frame::{Frame, Joined, Media, Member};
 use cloudproxy_proto::session::{ClientEvent, ClientSession, ClientSessionConfig};
 use cloudproxy_proto::{Address, ErrorCode, Machine, Timebase};
+use cloudproxy_transport::connector::BoxedStream;
 use cloudproxy_transport::driver::{Driver, Next};
-use cloudproxy_transport::resolve::candidates;
-use cloudproxy_transport::tunnel::{
-    MediaPath, MediaPathKind, MediaPolicy, MediaTransport, TunnelError, allocate, open_media,
-    open_stream,
-};
+use cloudproxy_transport::tunnel::MediaPath;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::broadcast;
 
@@ -23,11 +20,12 @@ use crate::config::Config;
 use crate::credential::Credential;
 use crate::error::{DirectFailure, EngineError, MediaClosed, MediaUnconfirmed};
 use crate::event::{ConnectionState, Event, ProxyType, StateReason};
+use crate::rungs::{Bound, ChannelRoute, plan, refine};
 use crate::settings::{ProxyMode, Settings};
 
-/// The message channel: the member's session machine driven over the TCP
-/// stream (direct, or a relay's stream pipe).
-pub(crate) type Channel = Driver<ClientSession, TcpStream>;
+/// The message channel: the member's session machine driven over the
+/// stream (direct TCP, a relay's stream pipe over TCP or TLS).
+pub(crate) type Channel = Driver<ClientSession, BoxedStream>;
 
 /// The session machine's timers, from the engine's configuration.
 pub(crate) fn session_config(config: &Config) -> ClientSessionConfig {
@@ -184,56 +182,20 @@ pub(crate) async fn connect(
                 let direct = Box::new(direct_error);
                 tracing::info!(%why, "direct path failed; trying the proxy");
                 let _ = events.send(Event::DirectPathFailed { why: why.clone() });
-                proxy(
-                    config,
-                    settings,
-                    MediaTransport::Auto,
-                    join,
-                    events,
-                    started,
-                )
-                .await
-                .map_err(|proxy| match proxy {
-                    e @ EngineError::JoinRefused { .. } => e,
-                    proxy => EngineError::AutoFailed {
-                        direct,
-                        proxy: Box::new(proxy),
-                    },
-                })
+                proxy(config, settings, ProxyMode::On, join, events, started)
+                    .await
+                    .map_err(|proxy| match proxy {
+                        e @ EngineError::JoinRefused { .. } => e,
+                        proxy => EngineError::AutoFailed {
+                            direct,
+                            proxy: Box::new(proxy),
+                        },
+                    })
             }
         },
-        ProxyMode::On => {
-            proxy(
-                config,
-                settings,
-                MediaTransport::Auto,
-                join,
-                events,
-                started,
-            )
-            .await
-        }
-        ProxyMode::ForceUdp => {
-            proxy(
-                config,
-                settings,
-                MediaTransport::UdpOnly,
-                join,
-                events,
-                started,
-            )
-            .await
-        }
-        ProxyMode::ForceTcp => {
-            proxy(
-                config,
-                settings,
-                MediaTransport::TcpOnly,
-                join,
-                events,
-                started,
-            )
-            .await
+        mode
+        @ (ProxyMode::On | ProxyMode::ForceUdp | ProxyMode::ForceTcp | ProxyMode::ForceTls) => {
+            proxy(config, settings, mode, join, events, started).await
         }
     }
 }
@@ -251,7 +213,7 @@ async fn direct(config: &Config, join: Join<'_>) -> Result<Link, EngineError> {
                 reason: DirectFailure::Connect(e),
             })?;
         let _ = stream.set_nodelay(true);
-        let mut channel = join.channel(stream, &[]);
+        let mut channel = join.channel(Box::new(stream), &[]);
         let joined = handshake(&mut channel).await?;
         let socket = udp_to(config.edge_udp)
             .await
@@ -303,12 +265,13 @@ async fn udp_to(peer: SocketAddr) -> io::Result<UdpSocket> {
     Ok(socket)
 }
 
-/// Through the proxy: resolve, allocate, open media, open the message
-/// channel, join.
+/// Through the proxy: the transport ladder (resolve, allocate, bind the
+/// media path on each allowed rung, staggered; the first bound wins), then
+/// the message channel and the join on the winner's transport.
 async fn proxy(
     config: &Config,
     settings: &Settings,
-    transport: MediaTransport,
+    mode: ProxyMode,
     join: Join<'_>,
     events: &broadcast::Sender<Event>,
     started: Instant,
@@ -317,48 +280,37 @@ async fn proxy(
         state: ConnectionState::Connecting,
         reason: StateReason::SettingProxyServer,
     });
-    let server = settings
-        .proxy_server
-        .clone()
-        .unwrap_or_else(|| config.default_server.clone());
-    let addrs = candidates(&server, config.dns_timeout).await?;
     let client = client_config(config);
-    let (service, allocation) =
-        allocate(&client, &addrs, &config.dial)
+    let ladder = plan(config, settings, mode, &client).await?;
+    let Bound {
+        rung,
+        allocation,
+        media,
+        fallback,
+        route,
+    } = ladder.climb().await.map_err(|e| refine(config, e))?;
+    tracing::debug!(
+        ?rung,
+        session = allocation.session_id,
+        "proxy session bound"
+    );
+    let (stream, early) = match route {
+        ChannelRoute::Relay => {
+            let (stream, early) = cloudproxy_transport::tunnel::open_stream(
+                &client,
+                &allocation,
+                Address::Ip(config.edge_tcp),
+                &config.dial,
+            )
             .await
-            .map_err(|e| match e {
-                TunnelError::Refused {
-                    proxy,
-                    code: code @ ErrorCode::BAD_CREDENTIAL,
-                    ..
-                } => EngineError::CredentialRefused {
-                    app_id: config.app_id.as_str().to_owned(),
-                    proxy,
-                    code,
-                    hint: credential_hint(&config.credential),
-                },
-                other => EngineError::Tunnel(other),
-            })?;
-    tracing::debug!(%service, session = allocation.session_id, "proxy session allocated");
-    let policy = MediaPolicy {
-        transport,
-        udp_probe_timeout: config.udp_probe_timeout,
-        tcp_dial: config.dial.clone(),
-        queue_len: config.media_queue,
+            .map_err(|e| refine(config, EngineError::Tunnel(e)))?;
+            (Box::new(stream) as BoxedStream, early)
+        }
+        ChannelRoute::Tls(opener) => opener
+            .open_stream(&client, &allocation, Address::Ip(config.edge_tcp))
+            .await
+            .map_err(|e| refine(config, e))?,
     };
-    let media = open_media(&client, &allocation, Address::Ip(config.edge_udp), &policy)
-        .await
-        .map_err(|e| match e {
-            TunnelError::UdpBlocked(probe) => EngineError::UdpBlocked { probe },
-            other => EngineError::Tunnel(other),
-        })?;
-    let (stream, early) = open_stream(
-        &client,
-        &allocation,
-        Address::Ip(config.edge_tcp),
-        &config.dial,
-    )
-    .await?;
     let mut channel = join.channel(stream, &early);
     // The join and the media path's confirmation share one deadline.
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
@@ -368,11 +320,7 @@ async fn proxy(
             what: "joining the channel through the proxy",
             after: config.handshake_timeout,
         })??;
-    let proxy_type = match media.kind() {
-        MediaPathKind::Udp => ProxyType::Udp,
-        MediaPathKind::UdpOverTcp => ProxyType::Tcp,
-    };
-    let fallback = media.fallback_reason().map(str::to_owned);
+    let proxy_type = rung.proxy_type();
     let mut media = MediaLink::Relay(media);
     let early_media = confirm_media(&mut media, &joined, deadline)
         .await
@@ -383,7 +331,8 @@ async fn proxy(
                 after: config.handshake_timeout,
             }
         })?;
-    if let (Some(why), MediaTransport::Auto) = (fallback, transport) {
+    ladder.remember(rung);
+    if let Some(why) = fallback {
         let _ = events.send(Event::MediaFallbackToTcp { why });
     }
     let _ = events.send(Event::ProxyConnected {
@@ -403,7 +352,7 @@ async fn proxy(
 
 /// A hint for a refused credential that looks like the printed hex string
 /// passed as raw bytes.
-fn credential_hint(credential: &Credential) -> String {
+pub(crate) fn credential_hint(credential: &Credential) -> String {
     if credential.looks_like_hex_text() {
         format!(
             "; the credential given is {} bytes that are all hex digits: it looks like the hex string passed as raw bytes (Credential::from_bytes or a Vec<u8>) instead of parsed",
@@ -414,7 +363,7 @@ fn credential_hint(credential: &Credential) -> String {
     }
 }
 
-fn client_config(config: &Config) -> ClientConfig {
+pub(crate) fn client_config(config: &Config) -> ClientConfig {
     let unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -441,7 +390,7 @@ pub(crate) struct Join<'a> {
 impl Join<'_> {
     /// The message channel over `stream`, `Join` queued, with the bytes
     /// that arrived with the stream's opening already fed in.
-    fn channel(self, stream: TcpStream, early: &[u8]) -> Channel {
+    fn channel(self, stream: BoxedStream, early: &[u8]) -> Channel {
         let mut session = self.session.clone();
         let now = Instant::now();
         session.connect(now, self.resume);

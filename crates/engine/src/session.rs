@@ -199,7 +199,7 @@ impl Session {
 
     /// An empty `Media` tells the edge where to send this member's media
     /// (repeated with every ping, so a relay's new address is learnt).
-    async fn register_media(&self, link: &Link) {
+    async fn register_media(&self, link: &mut Link) {
         link.media.send(self.media_frame(Bytes::new())).await;
     }
 
@@ -251,7 +251,7 @@ impl Session {
         }
     }
 
-    async fn on_event(&mut self, link: &Link, event: ClientEvent) -> Option<End> {
+    async fn on_event(&mut self, link: &mut Link, event: ClientEvent) -> Option<End> {
         match event {
             ClientEvent::Message(message) => {
                 let _ = self.out.messages.send(IncomingMessage {

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use cloudproxy_params::{ENABLE_PROXY_KEY, PROXY_SERVER_KEY, Params, ProxyServer};
+use cloudproxy_params::{
+    ENABLE_PROXY_KEY, HttpProxy, PROXY_SERVER_KEY, Params, ProxyServer, TlsPin,
+};
 
 /// How the engine reaches the media network.
 ///
@@ -10,9 +12,18 @@ use cloudproxy_params::{ENABLE_PROXY_KEY, PROXY_SERVER_KEY, Params, ProxyServer}
 /// | --- | --- | --- | --- |
 /// | [`Off`](Self::Off) | direct TCP | direct UDP | — (the proxy is not used) |
 /// | [`Auto`](Self::Auto) | direct first; the proxy if the direct attempt fails or takes longer than [`EngineBuilder::direct_timeout`](crate::EngineBuilder::direct_timeout) (3 s) | as `On` once on the proxy | join fails with both reasons |
-/// | [`On`](Self::On) | TCP relay | UDP relay, UDP-over-TCP if UDP is blocked ([`Event::MediaFallbackToTcp`](crate::Event::MediaFallbackToTcp)) | join fails |
+/// | [`On`](Self::On) | the transport ladder: TCP relay, or TLS on the last two rungs | UDP relay → UDP-over-TCP ([`Event::MediaFallbackToTcp`](crate::Event::MediaFallbackToTcp)) → TLS 443 → TLS 443 through the HTTP proxy (when one is configured) | join fails |
 /// | [`ForceUdp`](Self::ForceUdp) | TCP relay | UDP relay only; join fails with [`EngineError::UdpBlocked`](crate::EngineError::UdpBlocked) if UDP is blocked | join fails |
 /// | [`ForceTcp`](Self::ForceTcp) | TCP relay | UDP-over-TCP on the TCP relay | join fails |
+/// | [`ForceTls`](Self::ForceTls) | TLS to the proxy's TLS port, directly, then through the HTTP proxy when one is configured | UDP-over-TLS on the same port | join fails |
+///
+/// **The ladder** (`On`, and `Auto` once on the proxy): each rung is started
+/// 250 ms after the one before it, or as soon as it fails; the first rung
+/// whose media path is bound wins, and the others are cancelled (their
+/// connections closed). The message channel and the join then run once, on
+/// the winner's transport. The winner is remembered for the next join on the
+/// same network (the same proxy server and HTTP proxy settings, and the same
+/// local address toward the proxy) and tried first then.
 ///
 /// `{"rtc.enable_proxy":true}` selects [`On`](Self::On) (the guide's
 /// behaviour) unless a forced mode is already set, which it keeps;
@@ -33,13 +44,19 @@ pub enum ProxyMode {
     ForceUdp,
     /// Always through the proxy; everything over TCP.
     ForceTcp,
+    /// Always through the proxy; everything over TLS to the proxy's TLS
+    /// port, directly or through the configured HTTP proxy.
+    ForceTls,
 }
 
 impl ProxyMode {
     /// Whether this mode never connects directly.
     #[must_use]
     pub fn always_proxy(self) -> bool {
-        matches!(self, Self::On | Self::ForceUdp | Self::ForceTcp)
+        matches!(
+            self,
+            Self::On | Self::ForceUdp | Self::ForceTcp | Self::ForceTls
+        )
     }
 }
 
@@ -50,7 +67,15 @@ pub(crate) struct Settings {
     pub(crate) mode: ProxyMode,
     /// `rtc.proxy_server` as last set; `None` means "the default server".
     pub(crate) proxy_server: Option<ProxyServer>,
-    /// Every other key, as canonical JSON, last value wins.
+    /// `rtc.proxy_tls_pin` as last set (it replaces the builder's trust).
+    pub(crate) tls_pin: Option<TlsPin>,
+    /// `rtc.proxy_tls_port` as last set.
+    pub(crate) tls_port: Option<u16>,
+    /// `rtc.http_proxy` as last set (it replaces the builder's and the
+    /// environment's proxy).
+    pub(crate) http_proxy: Option<HttpProxy>,
+    /// Every other key, as canonical JSON, last value wins (the transport
+    /// keys too, so they read back as set).
     pub(crate) others: BTreeMap<String, String>,
 }
 
@@ -61,6 +86,15 @@ impl Settings {
         let mut next = self.clone();
         if let Some(server) = params.proxy_server() {
             next.proxy_server = Some(server.clone());
+        }
+        if let Some(pin) = params.tls_pin() {
+            next.tls_pin = Some(pin.clone());
+        }
+        if let Some(port) = params.tls_port() {
+            next.tls_port = Some(port);
+        }
+        if let Some(proxy) = params.http_proxy() {
+            next.http_proxy = Some(proxy.clone());
         }
         match params.enable_proxy() {
             Some(true) if !next.mode.always_proxy() => next.mode = ProxyMode::On,

@@ -65,6 +65,10 @@ enum CpErrorCode
   CP_ERROR_CODE_DESTROYED = 18,
   // [`CloudProxyError::Runtime`].
   CP_ERROR_CODE_RUNTIME = 19,
+  // [`CloudProxyError::UntrustedCertificate`].
+  CP_ERROR_CODE_UNTRUSTED_CERTIFICATE = 20,
+  // [`CloudProxyError::ProxyAuthFailed`].
+  CP_ERROR_CODE_PROXY_AUTH_FAILED = 21,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -141,7 +145,7 @@ typedef uint32_t CpStateReason;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
-// Which transport the proxy carries media on.
+// Which rung of the transport ladder carries the call through the proxy.
 enum CpProxyType
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
   : uint32_t
@@ -151,6 +155,10 @@ enum CpProxyType
   CP_PROXY_TYPE_UDP = 1,
   // Media over the TCP relay (UDP-over-TCP).
   CP_PROXY_TYPE_TCP = 2,
+  // Everything over TLS to the proxy's TLS port (443 by default).
+  CP_PROXY_TYPE_TLS = 3,
+  // Everything over TLS through an HTTP proxy (`CONNECT`).
+  CP_PROXY_TYPE_HTTP_PROXY = 4,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -199,6 +207,9 @@ enum CpProxyMode
   CP_PROXY_MODE_FORCE_UDP = 3,
   // Always through the proxy; everything over TCP.
   CP_PROXY_MODE_FORCE_TCP = 4,
+  // Always through the proxy; everything over TLS to the proxy's TLS
+  // port (443), directly or through the configured HTTP proxy.
+  CP_PROXY_MODE_FORCE_TLS = 5,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

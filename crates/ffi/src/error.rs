@@ -78,6 +78,13 @@ pub enum CloudProxyError {
     /// An engine error this SDK version does not sort yet.
     #[error(transparent)]
     Other(EngineError),
+    /// The proxy's TLS certificate is not trusted: a TLS-intercepting proxy
+    /// or firewall on the way, or a missing pin for a private deployment.
+    #[error(transparent)]
+    UntrustedCertificate(EngineError),
+    /// The HTTP proxy refused the credentials (`407`).
+    #[error(transparent)]
+    ProxyAuthFailed(EngineError),
     /// The engine was destroyed; create a new one.
     #[error("{operation}: the engine was destroyed; create a new engine")]
     Destroyed {
@@ -94,7 +101,7 @@ pub enum CloudProxyError {
         what: &'static str,
     },
     /// From C: a proxy mode number that is not a `CpProxyMode`.
-    #[error("mode: expected a CpProxyMode value (0 to 4), found {value}")]
+    #[error("mode: expected a CpProxyMode value (0 to 5), found {value}")]
     UnknownProxyMode {
         /// The number given.
         value: u32,
@@ -150,6 +157,8 @@ impl From<EngineError> for CloudProxyError {
             EngineError::Timeout { .. } => Self::Timeout(e),
             EngineError::Io { .. } => Self::Io(e),
             EngineError::Disconnected(..) => Self::Disconnected(e),
+            EngineError::UntrustedCertificate { .. } => Self::UntrustedCertificate(e),
+            EngineError::ProxyAuthFailed { .. } => Self::ProxyAuthFailed(e),
             _ => Self::Other(e),
         }
     }
@@ -203,6 +212,10 @@ pub enum ErrorCode {
     Destroyed = 18,
     /// [`CloudProxyError::Runtime`].
     Runtime = 19,
+    /// [`CloudProxyError::UntrustedCertificate`].
+    UntrustedCertificate = 20,
+    /// [`CloudProxyError::ProxyAuthFailed`].
+    ProxyAuthFailed = 21,
 }
 
 impl CloudProxyError {
@@ -232,6 +245,35 @@ impl CloudProxyError {
             Self::Other(_) => ErrorCode::Other,
             Self::Destroyed { .. } => ErrorCode::Destroyed,
             Self::Runtime(_) => ErrorCode::Runtime,
+            Self::UntrustedCertificate(_) => ErrorCode::UntrustedCertificate,
+            Self::ProxyAuthFailed(_) => ErrorCode::ProxyAuthFailed,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_and_proxy_auth_errors_get_their_own_appended_codes() {
+        let untrusted = CloudProxyError::from(EngineError::UntrustedCertificate {
+            proxy: "127.0.0.1:443".into(),
+            detail: "invalid peer certificate: UnknownIssuer".into(),
+        });
+        assert_eq!(untrusted.code(), ErrorCode::UntrustedCertificate);
+        assert_eq!(untrusted.code() as i32, 20);
+        assert!(
+            untrusted.to_string().contains("TLS-intercepting"),
+            "{untrusted}"
+        );
+        let auth = CloudProxyError::from(EngineError::ProxyAuthFailed {
+            http_proxy: "http://u:***@127.0.0.1:3128".into(),
+            hint: "",
+        });
+        assert_eq!(auth.code(), ErrorCode::ProxyAuthFailed);
+        assert_eq!(auth.code() as i32, 21);
+        assert!(auth.to_string().contains("407"), "{auth}");
+        assert_eq!(ErrorCode::Runtime as i32, 19, "existing numbers stay");
     }
 }

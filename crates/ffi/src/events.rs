@@ -47,6 +47,9 @@ pub enum ProxyMode {
     ForceUdp = 3,
     /// Always through the proxy; everything over TCP.
     ForceTcp = 4,
+    /// Always through the proxy; everything over TLS to the proxy's TLS
+    /// port (443), directly or through the configured HTTP proxy.
+    ForceTls = 5,
 }
 
 impl ProxyMode {
@@ -58,6 +61,7 @@ impl ProxyMode {
             Self::On,
             Self::ForceUdp,
             Self::ForceTcp,
+            Self::ForceTls,
         ]
         .into_iter()
         .find(|mode| *mode as u32 == value)
@@ -72,11 +76,12 @@ impl From<ProxyMode> for engine::ProxyMode {
             ProxyMode::On => Self::On,
             ProxyMode::ForceUdp => Self::ForceUdp,
             ProxyMode::ForceTcp => Self::ForceTcp,
+            ProxyMode::ForceTls => Self::ForceTls,
         }
     }
 }
 
-/// Which transport the proxy carries media on.
+/// Which rung of the transport ladder carries the call through the proxy.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, uniffi::Enum)]
 pub enum ProxyType {
@@ -84,6 +89,10 @@ pub enum ProxyType {
     Udp = 1,
     /// Media over the TCP relay (UDP-over-TCP).
     Tcp = 2,
+    /// Everything over TLS to the proxy's TLS port (443 by default).
+    Tls = 3,
+    /// Everything over TLS through an HTTP proxy (`CONNECT`).
+    HttpProxy = 4,
 }
 
 impl From<engine::ProxyType> for ProxyType {
@@ -91,6 +100,8 @@ impl From<engine::ProxyType> for ProxyType {
         match t {
             engine::ProxyType::Udp => Self::Udp,
             engine::ProxyType::Tcp => Self::Tcp,
+            engine::ProxyType::Tls => Self::Tls,
+            engine::ProxyType::HttpProxy => Self::HttpProxy,
         }
     }
 }
@@ -233,5 +244,41 @@ fn deliver_event(event: engine::Event, handler: &dyn EngineEventHandler) {
             handler.on_warning(WarningKind::ParameterWarning, warning.to_string());
         }
         other => tracing::debug!(event = ?other, "an event this SDK version does not forward"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_modes_round_trip_by_number_and_keep_their_numbers() {
+        let modes = [
+            (0, engine::ProxyMode::Off),
+            (1, engine::ProxyMode::Auto),
+            (2, engine::ProxyMode::On),
+            (3, engine::ProxyMode::ForceUdp),
+            (4, engine::ProxyMode::ForceTcp),
+            (5, engine::ProxyMode::ForceTls),
+        ];
+        for (number, engine_mode) in modes {
+            let mode = ProxyMode::from_u32(number).expect("a known number");
+            assert_eq!(mode as u32, number);
+            assert_eq!(engine::ProxyMode::from(mode), engine_mode);
+        }
+        assert_eq!(ProxyMode::from_u32(6), None);
+    }
+
+    #[test]
+    fn proxy_types_keep_their_numbers_and_new_ones_are_appended() {
+        let types = [
+            (engine::ProxyType::Udp, 1),
+            (engine::ProxyType::Tcp, 2),
+            (engine::ProxyType::Tls, 3),
+            (engine::ProxyType::HttpProxy, 4),
+        ];
+        for (engine_type, number) in types {
+            assert_eq!(ProxyType::from(engine_type) as u32, number);
+        }
     }
 }

@@ -292,6 +292,37 @@ pub enum ParamError {
         /// Where.
         at: Location,
     },
+    /// `rtc.proxy_tls_pin` is neither a SHA-256 certificate fingerprint nor
+    /// a usable path to a PEM CA file.
+    #[error("\"rtc.proxy_tls_pin\" {found:?} is not a valid pin: {reason} {at}")]
+    InvalidTlsPin {
+        /// The value as given.
+        found: String,
+        /// What is wrong with it.
+        reason: String,
+        /// Where the value starts.
+        at: Location,
+    },
+    /// `rtc.http_proxy` is not an `http://[user:password@]host:port` URL.
+    #[error(
+        "\"rtc.http_proxy\" {found:?} is not an http://[user:password@]host:port URL: {reason} {at}"
+    )]
+    InvalidHttpProxy {
+        /// The value as given (a password in it is shown as `***`).
+        found: String,
+        /// What is wrong with it.
+        reason: String,
+        /// Where the value starts.
+        at: Location,
+    },
+    /// `rtc.proxy_tls_port` is not in `1..=65535`.
+    #[error("\"rtc.proxy_tls_port\" must be a port from 1 to 65535, found {found} {at}")]
+    TlsPortOutOfRange {
+        /// The number as written.
+        found: String,
+        /// Where.
+        at: Location,
+    },
     /// The input is a parameter string as written in program source — inside
     /// a string literal's outer quotes, or with its quotes escaped as `\"`
     /// — rather than the string itself. The suggestion is the string's
@@ -348,6 +379,12 @@ pub enum ErrorKind {
     PortOutOfRange,
     /// [`ParamError::Deserialize`].
     Deserialize,
+    /// [`ParamError::InvalidTlsPin`].
+    InvalidTlsPin,
+    /// [`ParamError::InvalidHttpProxy`].
+    InvalidHttpProxy,
+    /// [`ParamError::TlsPortOutOfRange`].
+    TlsPortOutOfRange,
     /// [`ParamError::SourceCodeForm`].
     SourceCodeForm,
 }
@@ -372,6 +409,9 @@ impl ParamError {
             Self::PortOutOfRange { .. } => ErrorKind::PortOutOfRange,
             Self::Deserialize { .. } => ErrorKind::Deserialize,
             Self::SourceCodeForm { .. } => ErrorKind::SourceCodeForm,
+            Self::InvalidTlsPin { .. } => ErrorKind::InvalidTlsPin,
+            Self::InvalidHttpProxy { .. } => ErrorKind::InvalidHttpProxy,
+            Self::TlsPortOutOfRange { .. } => ErrorKind::TlsPortOutOfRange,
         }
     }
 
@@ -392,7 +432,10 @@ impl ParamError {
             | Self::InvalidIp { at, .. }
             | Self::EmptyIpList { at }
             | Self::PortOutOfRange { at, .. }
-            | Self::SourceCodeForm { at, .. } => Some(at),
+            | Self::SourceCodeForm { at, .. }
+            | Self::InvalidTlsPin { at, .. }
+            | Self::InvalidHttpProxy { at, .. }
+            | Self::TlsPortOutOfRange { at, .. } => Some(at),
         }
     }
 

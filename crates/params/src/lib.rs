@@ -33,9 +33,9 @@
 //!
 //! # Known keys
 //!
-//! Two top-level keys get a typed, validated view; every other key is kept,
-//! in order, with its value ([`Params::others`], [`Params::get`]), and the
-//! whole object can be deserialized into your own serde type
+//! Five top-level keys get a typed, validated view; every key other than
+//! the guide's two is kept, in order, with its value ([`Params::others`],
+//! [`Params::get`]), and the whole object can be deserialized into your own serde type
 //! ([`Params::deserialize`]).
 //!
 //! - `rtc.enable_proxy`: a boolean → [`Params::enable_proxy`].
@@ -44,6 +44,17 @@
 //!   syntax). Type 2: `host` is a non-empty list of IPv4/IPv6 addresses.
 //!   `port` is 0 to 65535, and 0 means "the default port list"
 //!   ([`DEFAULT_PORTS`]).
+//! - `rtc.proxy_tls_pin`: a string, a SHA-256 certificate fingerprint
+//!   (`AB:CD:…`, case-insensitive, colons optional) or the path of a PEM CA
+//!   file → [`Params::tls_pin`], a [`TlsPin`].
+//! - `rtc.proxy_tls_port`: an integer 1 to 65535, the proxy's TLS port
+//!   (default [`DEFAULT_TLS_PORT`], 443) → [`Params::tls_port`].
+//! - `rtc.http_proxy`: a string `http://[user:password@]host:port`, an
+//!   explicit HTTP proxy reached with `CONNECT` → [`Params::http_proxy`], an
+//!   [`HttpProxy`].
+//!
+//! The three transport keys are also kept in [`Params::others`] (the guide's
+//! two are not), so an app reading the other keys sees them as before.
 //!
 //! The IP list of type 2 is accepted in three forms:
 //!
@@ -103,6 +114,7 @@ pub mod fuzzing;
 mod parser;
 mod proxy;
 mod serialize;
+mod transport;
 mod value;
 mod warning;
 
@@ -111,6 +123,7 @@ use std::borrow::Cow;
 pub use error::{ErrorKind, Location, MAX_DEPTH, MAX_INPUT_LEN, ParamError, Position};
 pub use proxy::{DEFAULT_PORTS, DEFAULT_PROXY_DOMAIN, ProxyKind, ProxyServer};
 pub use serialize::to_json;
+pub use transport::{DEFAULT_TLS_PORT, HttpProxy, ProxyCredentials, TlsPin, fingerprint_text};
 pub use value::{Number, Object, Value};
 pub use warning::{KNOWN_KEYS, ParamWarning, suggest_key};
 
@@ -118,6 +131,12 @@ pub use warning::{KNOWN_KEYS, ParamWarning, suggest_key};
 pub const ENABLE_PROXY_KEY: &str = parser::ENABLE_PROXY;
 /// The key of the proxy server setting, `rtc.proxy_server`.
 pub const PROXY_SERVER_KEY: &str = parser::PROXY_SERVER;
+/// The key of the TLS trust pin, `rtc.proxy_tls_pin`.
+pub const PROXY_TLS_PIN_KEY: &str = parser::PROXY_TLS_PIN;
+/// The key of the proxy server's TLS port, `rtc.proxy_tls_port`.
+pub const PROXY_TLS_PORT_KEY: &str = parser::PROXY_TLS_PORT;
+/// The key of the explicit HTTP proxy, `rtc.http_proxy`.
+pub const HTTP_PROXY_KEY: &str = parser::HTTP_PROXY;
 
 /// A parsed parameter string: every pair in order, plus the typed view of the
 /// known keys.
@@ -128,6 +147,9 @@ pub struct Params<'a> {
     object: Object<'a>,
     enable_proxy: Option<bool>,
     proxy_server: Option<ProxyServer>,
+    tls_pin: Option<TlsPin>,
+    tls_port: Option<u16>,
+    http_proxy: Option<HttpProxy>,
 }
 
 /// Parses a parameter string. Same as [`Params::parse`].
@@ -187,6 +209,9 @@ impl<'a> Params<'a> {
             object: doc.object,
             enable_proxy: typed.enable_proxy,
             proxy_server: typed.proxy_server,
+            tls_pin: typed.transport.tls_pin,
+            tls_port: typed.transport.tls_port,
+            http_proxy: typed.transport.http_proxy,
         })
     }
 
@@ -225,6 +250,26 @@ impl<'a> Params<'a> {
     #[must_use]
     pub fn proxy_server(&self) -> Option<&ProxyServer> {
         self.proxy_server.as_ref()
+    }
+
+    /// `rtc.proxy_tls_pin`, if set: what the proxy's TLS certificate must
+    /// match instead of the system roots.
+    #[must_use]
+    pub fn tls_pin(&self) -> Option<&TlsPin> {
+        self.tls_pin.as_ref()
+    }
+
+    /// `rtc.proxy_tls_port`, if set (else the TLS port is
+    /// [`DEFAULT_TLS_PORT`]).
+    #[must_use]
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// `rtc.http_proxy`, if set.
+    #[must_use]
+    pub fn http_proxy(&self) -> Option<&HttpProxy> {
+        self.http_proxy.as_ref()
     }
 
     /// The value of any top-level key, known or not, as parsed.
@@ -295,6 +340,9 @@ impl<'a> Params<'a> {
             object: self.object.into_owned(),
             enable_proxy: self.enable_proxy,
             proxy_server: self.proxy_server,
+            tls_pin: self.tls_pin,
+            tls_port: self.tls_port,
+            http_proxy: self.http_proxy,
         }
     }
 

@@ -25,6 +25,12 @@ type Res<'a, T> = IResult<&'a str, T, PErr<'a>>;
 pub(crate) const ENABLE_PROXY: &str = "rtc.enable_proxy";
 /// See [`ENABLE_PROXY`].
 pub(crate) const PROXY_SERVER: &str = "rtc.proxy_server";
+/// See [`ENABLE_PROXY`].
+pub(crate) const PROXY_TLS_PIN: &str = "rtc.proxy_tls_pin";
+/// See [`ENABLE_PROXY`].
+pub(crate) const PROXY_TLS_PORT: &str = "rtc.proxy_tls_port";
+/// See [`ENABLE_PROXY`].
+pub(crate) const HTTP_PROXY: &str = "rtc.http_proxy";
 
 /// Objects up to this many keys are checked for duplicates by a linear scan;
 /// larger ones also keep a set of key hashes.
@@ -115,6 +121,9 @@ impl<'a> ParseError<&'a str> for PErr<'a> {
 pub(crate) enum KnownKey {
     EnableProxy,
     ProxyServer,
+    TlsPin,
+    TlsPort,
+    HttpProxy,
 }
 
 /// How many element positions of an array value are recorded: the three of
@@ -151,6 +160,16 @@ struct Ctx<'a> {
     enable_proxy: Option<Known<'a>>,
     /// `rtc.proxy_server` in the top-level object, if present.
     proxy_server: Option<Known<'a>>,
+    /// `rtc.proxy_tls_pin`, `rtc.proxy_tls_port`, `rtc.http_proxy`.
+    transport: TransportKeys<'a>,
+}
+
+/// Where the transport keys (TLS and HTTP proxy) sit, if present.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct TransportKeys<'a> {
+    pub(crate) tls_pin: Option<Known<'a>>,
+    pub(crate) tls_port: Option<Known<'a>>,
+    pub(crate) http_proxy: Option<Known<'a>>,
 }
 
 /// A parsed parameter document: the top-level object and where its known keys are.
@@ -158,6 +177,7 @@ pub(crate) struct Document<'a> {
     pub(crate) object: Object<'a>,
     pub(crate) enable_proxy: Option<Known<'a>>,
     pub(crate) proxy_server: Option<Known<'a>>,
+    pub(crate) transport: TransportKeys<'a>,
 }
 
 fn check_len(input: &str) -> Result<(), ParamError> {
@@ -182,6 +202,7 @@ pub(crate) fn parse_document(input: &str) -> Result<Document<'_>, ParamError> {
         object,
         enable_proxy: cx.enable_proxy,
         proxy_server: cx.proxy_server,
+        transport: cx.transport,
     })
 }
 
@@ -310,6 +331,9 @@ fn object<'a>(i: &'a str, cx: &mut Ctx<'a>, depth: usize, top: bool) -> Res<'a, 
         match known {
             Some(KnownKey::EnableProxy) => cx.enable_proxy = Some(record),
             Some(KnownKey::ProxyServer) => cx.proxy_server = Some(record),
+            Some(KnownKey::TlsPin) => cx.transport.tls_pin = Some(record),
+            Some(KnownKey::TlsPort) => cx.transport.tls_port = Some(record),
+            Some(KnownKey::HttpProxy) => cx.transport.http_proxy = Some(record),
             None => {}
         }
         entries.push((key, v));
@@ -326,6 +350,9 @@ fn known_key(key: &str) -> Option<KnownKey> {
     match key {
         ENABLE_PROXY => Some(KnownKey::EnableProxy),
         PROXY_SERVER => Some(KnownKey::ProxyServer),
+        PROXY_TLS_PIN => Some(KnownKey::TlsPin),
+        PROXY_TLS_PORT => Some(KnownKey::TlsPort),
+        HTTP_PROXY => Some(KnownKey::HttpProxy),
         _ => None,
     }
 }

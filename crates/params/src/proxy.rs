@@ -181,7 +181,7 @@ impl fmt::Display for ProxyServer {
 /// Checks RFC 1123 host-name syntax: at most 253 characters, dot-separated
 /// labels of 1 to 63 ASCII letters, digits and hyphens, not starting or ending
 /// with a hyphen. No trailing dot.
-fn check_host_name(host: &str) -> Result<(), &'static str> {
+pub(crate) fn check_host_name(host: &str) -> Result<(), &'static str> {
     if host.is_empty() {
         return Err("it is empty");
     }
@@ -238,6 +238,7 @@ fn check_label(label: &[u8]) -> Result<(), &'static str> {
 pub(crate) struct Typed {
     pub(crate) enable_proxy: Option<bool>,
     pub(crate) proxy_server: Option<ProxyServer>,
+    pub(crate) transport: crate::transport::Transport,
 }
 
 /// Interprets the known keys of a parsed document. `input` is the whole
@@ -265,6 +266,11 @@ pub(crate) fn interpret(input: &str, doc: &Document<'_>) -> Result<Typed, ParamE
             typed.proxy_server = Some(proxy_server(value, k, &at)?);
         }
     }
+    typed.transport = crate::transport::interpret(
+        &doc.transport,
+        &|k| value_of(k).map(|v| v.clone().into_owned()),
+        &at,
+    )?;
     Ok(typed)
 }
 
@@ -476,7 +482,7 @@ fn brief(e: &ParamError) -> String {
 }
 
 /// "a string \"x\"", "the number 3", "an array", ... for messages.
-fn describe_value(value: &Value<'_>) -> String {
+pub(crate) fn describe_value(value: &Value<'_>) -> String {
     match value {
         Value::Null => "null".to_owned(),
         Value::Bool(b) => format!("the boolean {b}"),

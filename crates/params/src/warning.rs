@@ -2,10 +2,16 @@
 
 use std::fmt;
 
-use crate::parser::{ENABLE_PROXY, PROXY_SERVER};
+use crate::parser::{ENABLE_PROXY, HTTP_PROXY, PROXY_SERVER, PROXY_TLS_PIN, PROXY_TLS_PORT};
 
 /// The keys this crate gives a meaning to.
-pub const KNOWN_KEYS: [&str; 2] = [ENABLE_PROXY, PROXY_SERVER];
+pub const KNOWN_KEYS: [&str; 5] = [
+    ENABLE_PROXY,
+    PROXY_SERVER,
+    PROXY_TLS_PIN,
+    PROXY_TLS_PORT,
+    HTTP_PROXY,
+];
 
 /// Something a parameter string says that is accepted (unknown keys are kept,
 /// as the guide requires) but is most likely a mistake. See

@@ -59,6 +59,43 @@ pub async fn candidates(
         .collect())
 }
 
+/// The addresses of `server` on one `port` (its TLS port, for the TLS
+/// rung), IPv6 and IPv4 alternating; type 1 names resolved as in
+/// [`candidates`].
+pub async fn endpoints(
+    server: &ProxyServer,
+    port: u16,
+    dns_timeout: Duration,
+) -> Result<Vec<SocketAddr>, ResolveError> {
+    let ips = match server.kind() {
+        ProxyKind::IpList(ips) => ips.clone(),
+        ProxyKind::Domain(host) => resolve(host, dns_timeout).await?,
+    };
+    Ok(interleave_families(ips)
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect())
+}
+
+/// The addresses of `host` (a name, or an IP address literal, brackets
+/// allowed) on `port`, IPv6 and IPv4 alternating: an HTTP proxy's
+/// addresses.
+pub async fn host_endpoints(
+    host: &str,
+    port: u16,
+    dns_timeout: Duration,
+) -> Result<Vec<SocketAddr>, ResolveError> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let ips = match bare.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => resolve(bare, dns_timeout).await?,
+    };
+    Ok(interleave_families(ips)
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect())
+}
+
 async fn resolve(host: &str, timeout: Duration) -> Result<Vec<IpAddr>, ResolveError> {
     let lookup = tokio::net::lookup_host((host, 0));
     let addrs = tokio::time::timeout(timeout, lookup)

@@ -1,6 +1,14 @@
 //! The client's way through a proxy: allocate, then open the message channel
-//! (a TCP byte stream to the destination) and the media path (UDP datagrams,
+//! (a byte stream to the destination) and the media path (UDP datagrams,
 //! or UDP-over-TCP when UDP is blocked).
+//!
+//! Each step's connections are made by a [`Connector`]: plain TCP (the
+//! allocation services, then the allocation's relays), TLS to the proxy's
+//! TLS port, or TLS through an HTTP CONNECT proxy (every step to the one
+//! TLS address; media is then UDP-over-TCP only). [`allocate`],
+//! [`open_stream`] and [`open_media`] are the plain-TCP forms;
+//! [`allocate_via`], [`open_stream_via`] and [`open_media_via`] take any
+//! connector.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,7 +29,29 @@
 //! media.send(bytes::Bytes::from_static(b"hello")).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Over TLS:
+//!
+//! ```no_run
+//! # async fn example(config: cloudproxy_proto::client::ClientConfig) -> Result<(), Box<dyn std::error::Error>> {
+//! use cloudproxy_proto::Address;
+//! use cloudproxy_transport::connector::Connector;
+//! use cloudproxy_transport::dial::DialPolicy;
+//! use cloudproxy_transport::tls::{TlsClient, TlsTrust};
+//! use cloudproxy_transport::tunnel::{MediaPolicy, allocate_via, open_media_via, open_stream_via};
+//!
+//! let tls = TlsClient::new(&TlsTrust::SystemRoots)?;
+//! let connector = Connector::tls(tls, Some("proxy.example.com"), vec!["192.0.2.10:443".parse()?])?;
+//! let policy = DialPolicy::default();
+//! let (_, allocation) = allocate_via(&config, &connector, &policy).await?;
+//! let edge_tcp = Address::Ip("198.51.100.1:5000".parse()?);
+//! let (stream, _early) = open_stream_via(&config, &connector, &allocation, edge_tcp, &policy).await?;
+//! let edge_udp = Address::Ip("198.51.100.1:5001".parse()?);
+//! let media = open_media_via(&config, &connector, &allocation, edge_udp, &MediaPolicy::default()).await?;
+//! # Ok(()) }
+//! ```
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -37,9 +67,12 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
+use crate::connector::{BoxedStream, ConnectError, ConnectionKind, Connector};
 use crate::dial::{DialError, DialPolicy, Outcome, race};
 use crate::driver::{DatagramDriver, Driver, Next};
+use crate::http_proxy::HttpProxyError;
 use crate::net::connected_udp;
+use crate::tls::TlsError;
 
 /// A tunnel step failed. Each message says what happened once: a variant's
 /// `Display` includes its cause, so none returns that cause again as
@@ -68,6 +101,29 @@ pub enum TunnelError {
         /// Its explanation (often empty or the code's own text).
         message: String,
     },
+    /// The proxy's TLS certificate was not trusted (the first such attempt
+    /// of the race; a TLS-intercepting proxy is the likely cause).
+    #[error("{what}: {cause}")]
+    UntrustedCertificate {
+        /// Which step.
+        what: &'static str,
+        /// The address whose certificate it was.
+        addr: SocketAddr,
+        /// The handshake's error ([`TlsError::Untrusted`]), boxed to keep
+        /// the error small.
+        cause: Box<TlsError>,
+    },
+    /// The HTTP proxy refused or required credentials (407).
+    #[error("{what}: {cause}")]
+    ProxyAuthFailed {
+        /// Which step.
+        what: &'static str,
+        /// The HTTP proxy's address that answered.
+        addr: SocketAddr,
+        /// The error ([`HttpProxyError::AuthFailed`]), boxed to keep the
+        /// error small.
+        cause: Box<HttpProxyError>,
+    },
     /// The relay or service broke the exchange off.
     #[error("{what}: {cause}")]
     Session {
@@ -94,6 +150,20 @@ pub enum TunnelError {
     MediaClosed,
 }
 
+impl TunnelError {
+    /// Whether the proxy's TLS certificate was not trusted.
+    #[must_use]
+    pub fn is_untrusted_certificate(&self) -> bool {
+        matches!(self, Self::UntrustedCertificate { .. })
+    }
+
+    /// Whether an HTTP proxy refused or required credentials (407).
+    #[must_use]
+    pub fn is_proxy_auth_failed(&self) -> bool {
+        matches!(self, Self::ProxyAuthFailed { .. })
+    }
+}
+
 /// A refusal's code with its text, and the peer's message only when it adds
 /// something (proxies often send the code's own text again).
 fn refusal_text(code: ErrorCode, message: &str) -> String {
@@ -105,37 +175,96 @@ fn refusal_text(code: ErrorCode, message: &str) -> String {
     }
 }
 
-/// The first refusal with a code among a race's attempts: a proxy that
-/// answered and said no is reported as such ([`TunnelError::Refused`]), not
-/// folded into "could not reach any of N address(es)". Shared by the
-/// attempts of one race.
+/// An attempt's failure that decides the step (the peer answered, and more
+/// attempts will not change the answer): reported as itself, not folded
+/// into "could not reach any of N address(es)".
+#[derive(Debug)]
+enum Decisive {
+    Refused(SocketAddr, ErrorCode, String),
+    Untrusted(SocketAddr, TlsError),
+    ProxyAuth(SocketAddr, HttpProxyError),
+}
+
+/// The first decisive failure among a race's attempts (a refusal with a
+/// code, an untrusted certificate, a 407). Shared by the attempts of one
+/// race.
 #[derive(Debug, Clone, Default)]
-struct FirstRefusal(Arc<Mutex<Option<(SocketAddr, ErrorCode, String)>>>);
+struct FirstRefusal(Arc<Mutex<Option<Decisive>>>);
 
 impl FirstRefusal {
+    fn keep(&self, decisive: Decisive) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(decisive);
+    }
+
     /// The attempt at `addr` ended with `reason`: remember it if it is a
     /// refusal, and give the attempt's error.
     fn note(&self, addr: SocketAddr, reason: SessionError) -> AttemptError {
         match reason {
             SessionError::Refused { code, message } => {
-                self.0
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .get_or_insert((addr, code, message.clone()));
+                self.keep(Decisive::Refused(addr, code, message.clone()));
                 AttemptError::Refused { code, message }
             }
             other => AttemptError::Session(other),
         }
     }
 
-    /// The race failed: a refusal if there was one, else `Dial`.
+    /// The connection to `addr` failed: remember an untrusted certificate
+    /// or a 407, and give the attempt's error.
+    fn note_connect(&self, addr: SocketAddr, error: ConnectError) -> AttemptError {
+        match error {
+            ConnectError::Io(e) => AttemptError::Io(e),
+            ConnectError::Tls(TlsError::Untrusted { server, reason }) => {
+                self.keep(Decisive::Untrusted(
+                    addr,
+                    TlsError::Untrusted {
+                        server: server.clone(),
+                        reason: reason.clone(),
+                    },
+                ));
+                AttemptError::Tls(TlsError::Untrusted { server, reason })
+            }
+            ConnectError::Tls(e) => AttemptError::Tls(e),
+            ConnectError::HttpProxy(HttpProxyError::AuthFailed {
+                proxy,
+                had_credentials,
+            }) => {
+                self.keep(Decisive::ProxyAuth(
+                    addr,
+                    HttpProxyError::AuthFailed {
+                        proxy: proxy.clone(),
+                        had_credentials,
+                    },
+                ));
+                AttemptError::HttpProxy(HttpProxyError::AuthFailed {
+                    proxy,
+                    had_credentials,
+                })
+            }
+            ConnectError::HttpProxy(e) => AttemptError::HttpProxy(e),
+        }
+    }
+
+    /// The race failed: the decisive failure if there was one, else `Dial`.
     fn error(&self, what: &'static str, cause: DialError<AttemptError>) -> TunnelError {
         match self.0.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            Some((proxy, code, message)) => TunnelError::Refused {
+            Some(Decisive::Refused(proxy, code, message)) => TunnelError::Refused {
                 what,
                 proxy,
                 code,
                 message,
+            },
+            Some(Decisive::Untrusted(addr, cause)) => TunnelError::UntrustedCertificate {
+                what,
+                addr,
+                cause: Box::new(cause),
+            },
+            Some(Decisive::ProxyAuth(addr, cause)) => TunnelError::ProxyAuthFailed {
+                what,
+                addr,
+                cause: Box::new(cause),
             },
             None => TunnelError::Dial { what, cause },
         }
@@ -151,6 +280,12 @@ pub enum AttemptError {
     /// Connecting, reading or writing failed.
     #[error("{0}")]
     Io(io::Error),
+    /// The TLS handshake failed (an untrusted certificate among others).
+    #[error("{0}")]
+    Tls(TlsError),
+    /// The HTTP proxy did not open the tunnel.
+    #[error("{0}")]
+    HttpProxy(HttpProxyError),
     /// No random nonce for the request.
     #[error("{0}")]
     Entropy(getrandom::Error),
@@ -181,14 +316,29 @@ pub async fn allocate(
     candidates: &[SocketAddr],
     policy: &DialPolicy,
 ) -> Result<(SocketAddr, Allocation), TunnelError> {
-    let config = config.clone();
+    allocate_via(config, &Connector::tcp(candidates.to_vec()), policy).await
+}
+
+/// Allocates a session from the first of the connector's
+/// [candidates](Connector::candidates) that answers, racing them under
+/// `policy` (the attempt timeout bounds each connection, TLS handshake and
+/// HTTP CONNECT included). Returns the address that answered and the
+/// allocation.
+pub async fn allocate_via(
+    config: &ClientConfig,
+    connector: &Connector,
+    policy: &DialPolicy,
+) -> Result<(SocketAddr, Allocation), TunnelError> {
+    let (config, connector_c) = (config.clone(), connector.clone());
     let refusal = FirstRefusal::default();
     let seen = refusal.clone();
-    race(candidates, policy, move |addr| {
-        let (config, seen) = (config.clone(), seen.clone());
+    race(connector.candidates(), policy, move |addr| {
+        let (config, connector, seen) = (config.clone(), connector_c.clone(), seen.clone());
         async move {
-            let stream = TcpStream::connect(addr).await.map_err(AttemptError::Io)?;
-            let _ = stream.set_nodelay(true);
+            let stream = connector
+                .connect(addr)
+                .await
+                .map_err(|e| seen.note_connect(addr, e))?;
             let mut nonce = [0u8; 16];
             getrandom::fill(&mut nonce).map_err(AttemptError::Entropy)?;
             let allocator = Allocator::new(&config, Path::Tcp, nonce, Instant::now());
@@ -231,19 +381,78 @@ pub async fn open_stream(
     destination: Address,
     policy: &DialPolicy,
 ) -> Result<(TcpStream, Bytes), TunnelError> {
+    let dial = |addr: SocketAddr| async move {
+        let stream = TcpStream::connect(addr).await.map_err(ConnectError::Io)?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    };
+    open_stream_on(
+        config,
+        allocation.tcp_relays.clone(),
+        allocation,
+        destination,
+        policy,
+        dial,
+    )
+    .await
+}
+
+/// Opens the message channel over `connector`: a connection to one of its
+/// [relay candidates](Connector::relay_candidates), bound in stream mode to
+/// `destination`. After it returns, the stream is a plain byte pipe to the
+/// destination; `early` holds the first bytes the destination already
+/// sent.
+pub async fn open_stream_via(
+    config: &ClientConfig,
+    connector: &Connector,
+    allocation: &Allocation,
+    destination: Address,
+    policy: &DialPolicy,
+) -> Result<(BoxedStream, Bytes), TunnelError> {
+    let connector_c = connector.clone();
+    let dial = move |addr: SocketAddr| {
+        let connector = connector_c.clone();
+        async move { connector.connect(addr).await }
+    };
+    open_stream_on(
+        config,
+        connector.relay_candidates(allocation),
+        allocation,
+        destination,
+        policy,
+        dial,
+    )
+    .await
+}
+
+/// The message channel's race over `relays`, each connection made by
+/// `dial`.
+async fn open_stream_on<S, D, Fut>(
+    config: &ClientConfig,
+    relays: Vec<SocketAddr>,
+    allocation: &Allocation,
+    destination: Address,
+    policy: &DialPolicy,
+    dial: D,
+) -> Result<(S, Bytes), TunnelError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    D: Fn(SocketAddr) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<S, ConnectError>> + Send + 'static,
+{
     let (config, allocation) = (config.clone(), allocation.clone());
     let refusal = FirstRefusal::default();
     let seen = refusal.clone();
-    let (_, opened) = race(&allocation.tcp_relays.clone(), policy, move |addr| {
-        let (config, allocation, destination, seen) = (
+    let (_, opened) = race(&relays, policy, move |addr| {
+        let (config, allocation, destination, seen, dial) = (
             config.clone(),
             allocation.clone(),
             destination.clone(),
             seen.clone(),
+            dial.clone(),
         );
         async move {
-            let stream = TcpStream::connect(addr).await.map_err(AttemptError::Io)?;
-            let _ = stream.set_nodelay(true);
+            let stream = dial(addr).await.map_err(|e| seen.note_connect(addr, e))?;
             let binding = RelayBinding::new(
                 &config,
                 &allocation,
@@ -287,6 +496,7 @@ async fn drive_tcp_bind<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
 }
+
 
 /// Which path media may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -397,13 +607,46 @@ impl MediaPath {
     }
 }
 
-/// Opens the media path to `destination` under `policy`.
+/// Opens the media path to `destination` under `policy`, over plain
+/// sockets (UDP, else UDP-over-TCP to the allocation's TCP relays).
 pub async fn open_media(
     config: &ClientConfig,
     allocation: &Allocation,
     destination: Address,
     policy: &MediaPolicy,
 ) -> Result<MediaPath, TunnelError> {
+    open_media_via(
+        config,
+        &Connector::tcp(Vec::new()),
+        allocation,
+        destination,
+        policy,
+    )
+    .await
+}
+
+/// Opens the media path to `destination` over `connector` under `policy`.
+/// Over TCP as [`open_media`]; over TLS (direct or through an HTTP proxy)
+/// media is UDP-over-TCP on its own connection to the TLS address whatever
+/// `policy.transport` allows, except that [`MediaTransport::UdpOnly`] fails.
+pub async fn open_media_via(
+    config: &ClientConfig,
+    connector: &Connector,
+    allocation: &Allocation,
+    destination: Address,
+    policy: &MediaPolicy,
+) -> Result<MediaPath, TunnelError> {
+    if connector.kind() != ConnectionKind::Tcp {
+        if policy.transport == MediaTransport::UdpOnly {
+            return Err(TunnelError::Session {
+                what: "opening the UDP media path",
+                cause: SessionError::InvalidState(
+                    "UDP-only media was requested, but the connection to the proxy is TLS (datagrams go as UDP-over-TCP there)",
+                ),
+            });
+        }
+        return open_udp_over_tcp(config, connector, allocation, destination, policy).await;
+    }
     let udp_failure = match policy.transport {
         MediaTransport::TcpOnly => Some("UDP-over-TCP was requested".to_owned()),
         MediaTransport::Auto | MediaTransport::UdpOnly => {
@@ -414,7 +657,7 @@ pub async fn open_media(
             }
         }
     };
-    let mut path = open_udp_over_tcp(config, allocation, destination, policy).await?;
+    let mut path = open_udp_over_tcp(config, connector, allocation, destination, policy).await?;
     path.fallback_reason = udp_failure;
     Ok(path)
 }
@@ -507,23 +750,29 @@ async fn bind_udp(
 
 async fn open_udp_over_tcp(
     config: &ClientConfig,
+    connector: &Connector,
     allocation: &Allocation,
     destination: Address,
     policy: &MediaPolicy,
 ) -> Result<MediaPath, TunnelError> {
-    let (config, allocation_c) = (config.clone(), allocation.clone());
+    let (config, allocation_c, connector_c) =
+        (config.clone(), allocation.clone(), connector.clone());
     let refusal = FirstRefusal::default();
     let seen = refusal.clone();
-    let (relay, driver) = race(&allocation.tcp_relays, &policy.tcp_dial, move |addr| {
-        let (config, allocation, destination, seen) = (
+    let relays = connector.relay_candidates(allocation);
+    let (relay, driver) = race(&relays, &policy.tcp_dial, move |addr| {
+        let (config, allocation, connector, destination, seen) = (
             config.clone(),
             allocation_c.clone(),
+            connector_c.clone(),
             destination.clone(),
             seen.clone(),
         );
         async move {
-            let stream = TcpStream::connect(addr).await.map_err(AttemptError::Io)?;
-            let _ = stream.set_nodelay(true);
+            let stream = connector
+                .connect(addr)
+                .await
+                .map_err(|e| seen.note_connect(addr, e))?;
             let binding = RelayBinding::new(
                 &config,
                 &allocation,
@@ -551,7 +800,7 @@ async fn open_udp_over_tcp(
 /// A bound media binding on its transport.
 enum MediaDriver {
     Udp(DatagramDriver<RelayBinding>),
-    Tcp(Driver<RelayBinding, TcpStream>),
+    Tcp(Driver<RelayBinding, BoxedStream>),
 }
 
 impl MediaDriver {

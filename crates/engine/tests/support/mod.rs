@@ -33,6 +33,40 @@ fn hex(bytes: &[u8]) -> String {
 /// to loopback, closing sessions at once on shutdown. `advertise` overrides
 /// the relay address given to clients.
 pub async fn proxy_node_with(bind: &str, alloc_port: u16, advertise: Option<&str>) -> ProxyNode {
+    proxy_node_with_extra(bind, alloc_port, advertise, "").await
+}
+
+/// A node on loopback with its TLS port on (port 0) and a fresh self-signed
+/// certificate for 127.0.0.1 and localhost, written under a scratch
+/// directory named after `test`; also its relays advertised at `advertise`.
+pub async fn tls_proxy_node(test: &str, advertise: Option<&str>) -> ProxyNode {
+    let dir = std::env::temp_dir().join(format!(
+        "cloudproxy-engine-tls-{}-{test}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let made = cloudproxy_server::tls::SelfSigned::generate(&[
+        "127.0.0.1".to_owned(),
+        "localhost".to_owned(),
+    ])
+    .expect("certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    made.write(&cert, &key, true).expect("PEM files");
+    let tls = format!(
+        "[tls]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    proxy_node_with_extra("127.0.0.1", 0, advertise, &tls).await
+}
+
+async fn proxy_node_with_extra(
+    bind: &str,
+    alloc_port: u16,
+    advertise: Option<&str>,
+    extra: &str,
+) -> ProxyNode {
     let advertise = advertise.map_or(String::new(), |a| format!("advertise = \"{a}\""));
     let text = format!(
         r#"
@@ -57,6 +91,8 @@ allow = ["127.0.0.1"]
 
 [limits]
 drain_timeout_ms = 0
+
+{extra}
 "#,
         secret = hex(SECRET)
     );

@@ -1138,6 +1138,17 @@ enum CloudProxyError: Swift.Error, Equatable, Hashable, Foundation.LocalizedErro
     case Other(message: String)
     
     /**
+     * The proxy's TLS certificate is not trusted: a TLS-intercepting proxy
+     * or firewall on the way, or a missing pin for a private deployment.
+     */
+    case UntrustedCertificate(message: String)
+    
+    /**
+     * The HTTP proxy refused the credentials (`407`).
+     */
+    case ProxyAuthFailed(message: String)
+    
+    /**
      * The engine was destroyed; create a new one.
      */
     case Destroyed(message: String)
@@ -1259,23 +1270,31 @@ public struct FfiConverterTypeCloudProxyError: FfiConverterRustBuffer {
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 18: return .Destroyed(
+        case 18: return .UntrustedCertificate(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 19: return .Runtime(
+        case 19: return .ProxyAuthFailed(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 20: return .NullPointer(
+        case 20: return .Destroyed(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 21: return .UnknownProxyMode(
+        case 21: return .Runtime(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 22: return .InvalidString(
+        case 22: return .NullPointer(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 23: return .UnknownProxyMode(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 24: return .InvalidString(
             message: try FfiConverterString.read(from: &buf)
         )
         
@@ -1324,16 +1343,20 @@ public struct FfiConverterTypeCloudProxyError: FfiConverterRustBuffer {
             writeInt(&buf, Int32(16))
         case .Other(_ /* message is ignored*/):
             writeInt(&buf, Int32(17))
-        case .Destroyed(_ /* message is ignored*/):
+        case .UntrustedCertificate(_ /* message is ignored*/):
             writeInt(&buf, Int32(18))
-        case .Runtime(_ /* message is ignored*/):
+        case .ProxyAuthFailed(_ /* message is ignored*/):
             writeInt(&buf, Int32(19))
-        case .NullPointer(_ /* message is ignored*/):
+        case .Destroyed(_ /* message is ignored*/):
             writeInt(&buf, Int32(20))
-        case .UnknownProxyMode(_ /* message is ignored*/):
+        case .Runtime(_ /* message is ignored*/):
             writeInt(&buf, Int32(21))
-        case .InvalidString(_ /* message is ignored*/):
+        case .NullPointer(_ /* message is ignored*/):
             writeInt(&buf, Int32(22))
+        case .UnknownProxyMode(_ /* message is ignored*/):
+            writeInt(&buf, Int32(23))
+        case .InvalidString(_ /* message is ignored*/):
+            writeInt(&buf, Int32(24))
 
         
         }
@@ -1498,6 +1521,11 @@ public enum ProxyMode: UInt32, Equatable, Hashable {
      * Always through the proxy; everything over TCP.
      */
     case forceTcp = 4
+    /**
+     * Always through the proxy; everything over TLS to the proxy's TLS
+     * port (443), directly or through the configured HTTP proxy.
+     */
+    case forceTls = 5
 
 
 
@@ -1529,6 +1557,8 @@ public struct FfiConverterTypeProxyMode: FfiConverterRustBuffer {
         
         case 5: return .forceTcp
         
+        case 6: return .forceTls
+        
         default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
@@ -1556,6 +1586,10 @@ public struct FfiConverterTypeProxyMode: FfiConverterRustBuffer {
         case .forceTcp:
             writeInt(&buf, Int32(5))
         
+        
+        case .forceTls:
+            writeInt(&buf, Int32(6))
+        
         }
     }
 }
@@ -1578,7 +1612,7 @@ public func FfiConverterTypeProxyMode_lower(_ value: ProxyMode) -> RustBuffer {
 
 
 /**
- * Which transport the proxy carries media on.
+ * Which rung of the transport ladder carries the call through the proxy.
  */
 
 public enum ProxyType: UInt32, Equatable, Hashable {
@@ -1591,6 +1625,14 @@ public enum ProxyType: UInt32, Equatable, Hashable {
      * Media over the TCP relay (UDP-over-TCP).
      */
     case tcp = 2
+    /**
+     * Everything over TLS to the proxy's TLS port (443 by default).
+     */
+    case tls = 3
+    /**
+     * Everything over TLS through an HTTP proxy (`CONNECT`).
+     */
+    case httpProxy = 4
 
 
 
@@ -1616,6 +1658,10 @@ public struct FfiConverterTypeProxyType: FfiConverterRustBuffer {
         
         case 2: return .tcp
         
+        case 3: return .tls
+        
+        case 4: return .httpProxy
+        
         default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
@@ -1630,6 +1676,14 @@ public struct FfiConverterTypeProxyType: FfiConverterRustBuffer {
         
         case .tcp:
             writeInt(&buf, Int32(2))
+        
+        
+        case .tls:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .httpProxy:
+            writeInt(&buf, Int32(4))
         
         }
     }

@@ -193,10 +193,7 @@ impl Connector {
             Route::Tcp { .. } => Ok(Box::new(tcp)),
             Route::Tls { name, tls, .. } => {
                 let name = name.clone().unwrap_or_else(|| TlsName::ip(addr.ip()));
-                let stream = tls
-                    .handshake(&name, tcp)
-                    .await
-                    .map_err(ConnectError::Tls)?;
+                let stream = tls.handshake(&name, tcp).await.map_err(ConnectError::Tls)?;
                 Ok(Box::new(stream))
             }
             Route::HttpProxy {

@@ -192,7 +192,8 @@ impl HttpProxy {
             Some(info) => {
                 let (user, password) = info.split_once(':').unwrap_or((info, ""));
                 let decode = |s: &str| {
-                    percent_decode(s).ok_or_else(|| ProxyUrlError::BadPercentEncoding { url: shown() })
+                    percent_decode(s)
+                        .ok_or_else(|| ProxyUrlError::BadPercentEncoding { url: shown() })
                 };
                 Some(BasicAuth {
                     user: decode(user)?,
@@ -388,7 +389,9 @@ pub enum HttpProxyError {
         reason: String,
     },
     /// The response is not HTTP.
-    #[error("the HTTP proxy at {proxy} sent a malformed response: expected {expected}, found {found:?}")]
+    #[error(
+        "the HTTP proxy at {proxy} sent a malformed response: expected {expected}, found {found:?}"
+    )]
     Malformed {
         /// The proxy.
         proxy: String,
@@ -429,7 +432,9 @@ pub enum HttpProxyError {
 
 fn auth_failed_text(proxy: &str, had_credentials: bool) -> String {
     if had_credentials {
-        format!("the HTTP proxy at {proxy} refused the credentials (407 Proxy Authentication Required)")
+        format!(
+            "the HTTP proxy at {proxy} refused the credentials (407 Proxy Authentication Required)"
+        )
     } else {
         format!(
             "the HTTP proxy at {proxy} requires authentication (407), and no credentials were given (http://user:password@host:port)"
@@ -527,7 +532,9 @@ where
 
 /// The length of the header including its blank line, once it is in `buf`.
 fn find_header_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4)
+    buf.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
 }
 
 fn parse_status_line(header: &[u8], proxy: &str) -> Result<(u16, String), HttpProxyError> {

@@ -23,7 +23,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
 
@@ -415,7 +417,9 @@ pub enum UntrustedReason {
 impl fmt::Display for UntrustedReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::UnknownIssuer => f.write_str("it is not issued by a trusted certificate authority"),
+            Self::UnknownIssuer => {
+                f.write_str("it is not issued by a trusted certificate authority")
+            }
             Self::FingerprintMismatch { expected, found } => write!(
                 f,
                 "its SHA-256 fingerprint is {found}, not the pinned {expected}"
@@ -426,7 +430,9 @@ impl fmt::Display for UntrustedReason {
             Self::NameMismatch { presented } => {
                 write!(f, "it is valid only for {}", presented.join(", "))
             }
-            Self::Expired => f.write_str("it has expired or is not yet valid (or this clock is wrong)"),
+            Self::Expired => {
+                f.write_str("it has expired or is not yet valid (or this clock is wrong)")
+            }
             Self::Other(e) => write!(f, "{e}"),
         }
     }
@@ -476,7 +482,10 @@ impl TlsError {
 
     fn from_io(e: io::Error, name: &TlsName) -> Self {
         let server = name.to_string();
-        let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
+        let Some(tls) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        else {
             return Self::Io { server, cause: e };
         };
         match tls {
@@ -600,10 +609,13 @@ impl ServerCertVerifier for PinnedCaVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if matches!(server_name, ServerName::IpAddress(_)) => {

@@ -497,7 +497,6 @@ async fn drive_tcp_bind<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-
 /// Which path media may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MediaTransport {

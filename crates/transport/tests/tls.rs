@@ -79,7 +79,10 @@ async fn a_pinned_fingerprint_accepts_that_certificate_whatever_its_name() {
     let addr = tls_echo_server(&leaf, b"hi").await;
     let pin = Fingerprint::of(&leaf.der).to_string();
     let trust = TlsTrust::from_pin(&pin.to_lowercase()).unwrap();
-    assert_eq!(trust, TlsTrust::PinnedFingerprint(Fingerprint::of(&leaf.der)));
+    assert_eq!(
+        trust,
+        TlsTrust::PinnedFingerprint(Fingerprint::of(&leaf.der))
+    );
 
     for host in [Some("proxy.test"), None] {
         let mut stream = connect(&trust, host, addr).await.unwrap();

@@ -271,6 +271,11 @@ allow = ["127.0.0.1"]
 [limits]
 idle_timeout_ms = 20000
 allocation_lifetime_secs = 3600
+# The new-sessions and idle-memory rows bind thousands of connections on
+# one allocation (one session); the default of 8 bindings per session
+# refused all but the first 8.
+max_bindings_per_session = 1000000
+max_upstream_sockets_per_app = 100000
 
 [socks5]
 enabled = true

@@ -149,7 +149,7 @@ const SCENARIOS: [Scenario; 13] = [
     },
     Scenario {
         number: 13,
-        title: "TLS intercepted (squid ssl-bump): fails fast",
+        title: "TLS intercepted (ssl-bump): fails fast",
         firewall: Firewall::only_bumping_squid,
         fresh_nodes: false,
         run: scenarios::tls_intercepted,

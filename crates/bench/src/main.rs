@@ -238,7 +238,9 @@ async fn run(options: Options) -> Result<(), String> {
             Section::Tcp => {
                 tcp_section(&options, &servers, &config, &allocation, &mut report).await
             }
-            Section::Tls => tls_section(&options, &servers, &config, &allocation, &mut report).await,
+            Section::Tls => {
+                tls_section(&options, &servers, &config, &allocation, &mut report).await
+            }
             Section::Socks => socks_section(&options, &servers, &mut report),
             Section::Udp => {
                 udp_section(&options, &mut servers, &config, &allocation, &mut report).await
@@ -534,7 +536,7 @@ fn socks_section(options: &Options, s: &Servers, report: &mut Report) -> Result<
 }
 
 /// The contenders of the UDP figures and what each path includes.
-const UDP_CONTENDERS: [(&str, &str); 5] = [
+const UDP_CONTENDERS: [(&str, &str); 6] = [
     ("direct", "sender → sink, no relay"),
     (
         "socat",
@@ -551,6 +553,10 @@ const UDP_CONTENDERS: [(&str, &str); 5] = [
     (
         "cloudproxy udp-over-tcp",
         "datagram frames on a TCP connection to our TCP relay, sent as UDP to the sink",
+    ),
+    (
+        "cloudproxy udp-over-tls",
+        "the same frames on a TLS connection (pinned rustls client) to our TLS port, sent as UDP to the sink",
     ),
 ];
 
@@ -577,6 +583,13 @@ async fn udp_path(
         "cloudproxy udp" => udp::cloudproxy_udp_path(config, allocation, sink)
             .await
             .map_err(|e| e.to_string()),
+        "cloudproxy udp-over-tls" => {
+            let tls = s.tls.as_ref().map_err(|e| format!("no TLS port: {e}"))?;
+            let client = tls::client(&tls.pin)?;
+            udp::cloudproxy_tls_path(config, allocation, sink, tls.cloudproxy, &client)
+                .await
+                .map_err(|e| e.to_string())
+        }
         _ => udp::cloudproxy_tcp_path(config, allocation, sink)
             .await
             .map_err(|e| e.to_string()),

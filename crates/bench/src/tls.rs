@@ -36,7 +36,11 @@ pub(crate) fn client(pin: &str) -> Result<TlsClient, String> {
     TlsClient::new(&trust).map_err(|e| e.to_string())
 }
 
-async fn handshake(client: &TlsClient, at: SocketAddr) -> io::Result<TlsStream<TcpStream>> {
+/// A TCP connection to `at` and the pinned client's handshake over it.
+pub(crate) async fn handshake(
+    client: &TlsClient,
+    at: SocketAddr,
+) -> io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(at).await?;
     tcp.set_nodelay(true)?;
     client

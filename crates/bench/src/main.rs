@@ -6,12 +6,13 @@
 //! cloudproxy-bench run [--quick] [--only SECTION,...] --cloudproxy PATH --out DIR
 //! cloudproxy-bench helpers SINK_PORT ECHO_PORT HTTP_PORT     (a child process)
 //! ```
-//! Sections: tcp, socks, udp, sessions, idle.
+//! Sections: tcp, tls, socks, udp, sessions, idle.
 
 mod peers;
 mod procs;
 mod report;
 mod tcp;
+mod tls;
 mod udp;
 
 use std::net::SocketAddr;
@@ -97,7 +98,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: cloudproxy-bench run [--quick] [--only tcp,socks,udp,sessions,idle] --cloudproxy PATH --out DIR"
+                "usage: cloudproxy-bench run [--quick] [--only tcp,tls,socks,udp,sessions,idle] --cloudproxy PATH --out DIR"
             );
             ExitCode::from(2)
         }
@@ -218,8 +219,9 @@ async fn run(options: Options) -> Result<(), String> {
         .map_err(|e| format!("allocating from our node: {e}"))?;
     let allocation = Arc::new(allocation);
 
-    let sections: [(&str, Section); 5] = [
+    let sections: [(&str, Section); 6] = [
         ("tcp", Section::Tcp),
+        ("tls", Section::Tls),
         ("socks", Section::Socks),
         ("udp", Section::Udp),
         ("idle", Section::Idle),
@@ -235,6 +237,9 @@ async fn run(options: Options) -> Result<(), String> {
         let result = match section {
             Section::Tcp => {
                 tcp_section(&options, &servers, &config, &allocation, &mut report).await
+            }
+            Section::Tls => {
+                tls_section(&options, &servers, &config, &allocation, &mut report).await
             }
             Section::Socks => socks_section(&options, &servers, &mut report),
             Section::Udp => {
@@ -269,6 +274,7 @@ async fn run(options: Options) -> Result<(), String> {
 
 enum Section {
     Tcp,
+    Tls,
     Socks,
     Udp,
     Sessions,
@@ -295,6 +301,54 @@ fn machine_line() -> String {
             .collect::<Vec<_>>()
             .join(" ")
     )
+}
+
+/// The TLS relay, one stream and eight: our node's TLS port (stream bind to
+/// the sink) against haproxy terminating TLS in front of the same sink, the
+/// same certificate and the same pinned rustls client.
+async fn tls_section(
+    options: &Options,
+    s: &Servers,
+    config: &Arc<ClientConfig>,
+    allocation: &Arc<Allocation>,
+    report: &mut Report,
+) -> Result<(), String> {
+    let tls = s.tls.as_ref().map_err(|e| format!("no TLS rows: {e}"))?;
+    let client = tls::client(&tls.pin)?;
+    let secs = if options.quick { 2.0 } else { 5.0 };
+    let contenders = [
+        (
+            "haproxy",
+            tls::TlsTarget::Terminating(tls.haproxy_sink),
+            "haproxy 2.6 mode tcp, bind ssl crt (ECDSA P-256, ALPN cloudproxy/1), nbthread 2 → sink: one hop",
+        ),
+        (
+            "cloudproxy tls",
+            tls::TlsTarget::Cloudproxy {
+                at: tls.cloudproxy,
+                config,
+                allocation,
+                to: s.sink,
+            },
+            "rustls client → our TLS port (ticket bind, stream mode) → sink: one hop",
+        ),
+    ];
+    for streams in [1usize, 8] {
+        let figure = if streams == 1 {
+            "TLS 1 stream, one hop".to_owned()
+        } else {
+            format!("TLS {streams} streams, one hop")
+        };
+        for _ in 0..options.reps() {
+            for (name, target, note) in &contenders {
+                match tls::blast(target, &client, streams, secs).await {
+                    Ok(g) => report.add(&figure, name, "Gbit/s", true, g, note),
+                    Err(e) => report.skip(format!("{figure} via {name}: {e}")),
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn tcp_section(
@@ -482,7 +536,7 @@ fn socks_section(options: &Options, s: &Servers, report: &mut Report) -> Result<
 }
 
 /// The contenders of the UDP figures and what each path includes.
-const UDP_CONTENDERS: [(&str, &str); 5] = [
+const UDP_CONTENDERS: [(&str, &str); 6] = [
     ("direct", "sender → sink, no relay"),
     (
         "socat",
@@ -499,6 +553,10 @@ const UDP_CONTENDERS: [(&str, &str); 5] = [
     (
         "cloudproxy udp-over-tcp",
         "datagram frames on a TCP connection to our TCP relay, sent as UDP to the sink",
+    ),
+    (
+        "cloudproxy udp-over-tls",
+        "the same frames on a TLS connection (pinned rustls client) to our TLS port, sent as UDP to the sink",
     ),
 ];
 
@@ -525,6 +583,13 @@ async fn udp_path(
         "cloudproxy udp" => udp::cloudproxy_udp_path(config, allocation, sink)
             .await
             .map_err(|e| e.to_string()),
+        "cloudproxy udp-over-tls" => {
+            let tls = s.tls.as_ref().map_err(|e| format!("no TLS port: {e}"))?;
+            let client = tls::client(&tls.pin)?;
+            udp::cloudproxy_tls_path(config, allocation, sink, tls.cloudproxy, &client)
+                .await
+                .map_err(|e| e.to_string())
+        }
         _ => udp::cloudproxy_tcp_path(config, allocation, sink)
             .await
             .map_err(|e| e.to_string()),

@@ -32,6 +32,78 @@ pub(crate) struct Servers {
     pub(crate) cp_socks: SocketAddr,
     /// A destination for idle UDP bindings (nothing needs to answer).
     pub(crate) udp_echo: SocketAddr,
+    /// The TLS rows' servers; `None` when the binary under test has no
+    /// `cloudproxy cert` (a tree before issue 16), with the reason.
+    pub(crate) tls: Result<TlsServers, String>,
+}
+
+/// Where the TLS rows connect: our node's TLS port and haproxy terminating
+/// TLS with the same certificate in front of the sink, and what a client
+/// pins.
+pub(crate) struct TlsServers {
+    pub(crate) cloudproxy: SocketAddr,
+    pub(crate) haproxy_sink: SocketAddr,
+    /// The certificate's SHA-256 fingerprint (`cloudproxy cert`'s output).
+    pub(crate) pin: String,
+}
+
+/// Our node's TLS certificate and key for 127.0.0.1, made by the binary
+/// under test; returns the files and the fingerprint.
+fn make_certificate(
+    dir: &Path,
+    options: &Options,
+) -> Result<(std::path::PathBuf, std::path::PathBuf, String), String> {
+    let (cert, key) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
+    let out = Command::new(&options.cloudproxy)
+        .args(["cert", "--name", "127.0.0.1", "--force", "--cert-out"])
+        .arg(&cert)
+        .arg("--key-out")
+        .arg(&key)
+        .output()
+        .map_err(|e| format!("running cloudproxy cert: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "`cloudproxy cert` failed (a tree without TLS?): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let pin = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("sha256 fingerprint: "))
+        .ok_or_else(|| format!("`cloudproxy cert` printed no fingerprint: {stdout}"))?;
+    Ok((cert, key, pin.trim().to_owned()))
+}
+
+/// haproxy terminating TLS (`ssl crt`, ALPN `cloudproxy/1`) in `mode tcp`
+/// in front of the sink, with the same global settings as the plain one.
+fn spawn_haproxy_tls(
+    dir: &Path,
+    procs: &mut Procs,
+    cert: &Path,
+    key: &Path,
+    sink: u16,
+) -> Result<u16, String> {
+    let mut pem = std::fs::read(cert).map_err(|e| format!("reading {}: {e}", cert.display()))?;
+    pem.extend(std::fs::read(key).map_err(|e| format!("reading {}: {e}", key.display()))?);
+    let combined = dir.join("tls-haproxy.pem");
+    std::fs::write(&combined, pem).map_err(|e| format!("writing {}: {e}", combined.display()))?;
+    let front = free_port()?;
+    let cfg = write(
+        dir,
+        "haproxy-tls.cfg",
+        &format!(
+            "global\n    maxconn 9400\n    nbthread 2\n    tune.ssl.default-dh-param 2048\n\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 600s\n    timeout server 600s\n\nlisten tls\n    bind 127.0.0.1:{front} ssl crt {} alpn cloudproxy/1\n    server s1 127.0.0.1:{sink}\n",
+            combined.display()
+        ),
+    )?;
+    procs.add(procs::spawn(
+        "haproxy-tls",
+        Command::new("haproxy").arg("-db").arg("-f").arg(&cfg),
+        dir,
+    )?);
+    procs::wait_tcp(local(front), "haproxy-tls")?;
+    Ok(front)
 }
 
 fn free_port() -> Result<u16, String> {
@@ -147,8 +219,31 @@ pub(crate) fn start_servers(options: &Options) -> Result<Servers, String> {
     .ok()
     .map(|p| procs.add(p));
 
-    // Our node: fixed app and keys, loopback allowed, SOCKS5 without auth.
-    let (_, a_port, k_port) = spawn_cloudproxy(&dir, &mut procs, options, "cloudproxy-serve")?;
+    // Our node: fixed app and keys, loopback allowed, SOCKS5 without auth,
+    // and a TLS port when the binary can make a certificate.
+    let certificate = make_certificate(&dir, options);
+    let tls_port = free_port()?;
+    let (_, a_port, k_port) = spawn_cloudproxy(
+        &dir,
+        &mut procs,
+        options,
+        "cloudproxy-serve",
+        certificate
+            .as_ref()
+            .ok()
+            .map(|(cert, key, _)| (tls_port, cert.as_path(), key.as_path())),
+    )?;
+    let tls = match certificate {
+        Ok((cert, key, pin)) => {
+            procs::wait_tcp(local(tls_port), "cloudproxy tls")?;
+            spawn_haproxy_tls(&dir, &mut procs, &cert, &key, sink).map(|h| TlsServers {
+                cloudproxy: local(tls_port),
+                haproxy_sink: local(h),
+                pin,
+            })
+        }
+        Err(e) => Err(e),
+    };
     let f_port = free_port()?;
     procs.add(procs::spawn(
         "cloudproxy-forward",
@@ -205,6 +300,7 @@ pub(crate) fn start_servers(options: &Options) -> Result<Servers, String> {
         cp_allocation: local(a_port),
         cp_socks: local(k_port),
         udp_echo: local(9),
+        tls,
     })
 }
 
@@ -244,7 +340,15 @@ fn spawn_cloudproxy(
     procs: &mut Procs,
     options: &Options,
     name: &str,
+    tls: Option<(u16, &Path, &Path)>,
 ) -> Result<(u32, u16, u16), String> {
+    let tls = tls.map_or_else(String::new, |(port, cert, key)| {
+        format!(
+            "\n[tls]\nlisten = \"127.0.0.1:{port}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        )
+    });
     let (a_port, r_port, k_port) = (free_port()?, free_port()?, free_port()?);
     let ccfg = write(
         dir,
@@ -271,12 +375,17 @@ allow = ["127.0.0.1"]
 [limits]
 idle_timeout_ms = 20000
 allocation_lifetime_secs = 3600
+# The new-sessions and idle-memory rows bind thousands of connections on
+# one allocation (one session); the default of 8 bindings per session
+# refused all but the first 8.
+max_bindings_per_session = 1000000
+max_upstream_sockets_per_app = 100000
 
 [socks5]
 enabled = true
 port = {k_port}
 no_auth_app = "{APP}"
-"#
+{tls}"#
         ),
     )?;
     let pid = procs.add(procs::spawn(
@@ -314,6 +423,7 @@ impl Servers {
             &mut self.procs,
             options,
             "cloudproxy-idle",
+            None,
         )?;
         Ok((pid, local(a)))
     }

@@ -14,7 +14,7 @@ use cloudproxy_proto::{Address, Machine, Path};
 use cloudproxy_transport::dial::DialPolicy;
 use cloudproxy_transport::driver::{Driver, Next};
 use cloudproxy_transport::tunnel::open_stream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// How a load client reaches the destination.
@@ -263,6 +263,14 @@ pub(crate) async fn blast(connector: &Connector, streams: usize, secs: f64) -> R
                 .map_err(|e| format!("connect: {e}"))?,
         );
     }
+    blast_streams(conns, secs).await
+}
+
+/// [`blast`] over streams already open (plain TCP or TLS).
+pub(crate) async fn blast_streams<S>(conns: Vec<S>, secs: f64) -> Result<f64, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();

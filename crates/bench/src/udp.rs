@@ -179,6 +179,12 @@ pub(crate) enum Wire {
     },
     /// Frames on a TCP stream.
     Tcp(TcpStream),
+    /// Frames on a TLS connection: rustls encrypts, the blocking socket
+    /// writes (nothing is read back; the sink hears UDP).
+    Tls {
+        conn: Box<rustls::ClientConnection>,
+        stream: TcpStream,
+    },
 }
 
 /// How the sender hands a burst of datagrams to the kernel.
@@ -224,7 +230,7 @@ impl SendPath {
 
     /// Whether datagrams travel as frames on a TCP stream.
     pub(crate) fn is_stream(&self) -> bool {
-        matches!(self.wire, Wire::Tcp(_))
+        matches!(self.wire, Wire::Tcp(_) | Wire::Tls { .. })
     }
 
     /// Sends run `run` at `rate` datagrams/s for `secs`; returns how many
@@ -294,6 +300,12 @@ impl SendPath {
                     }
                 }
                 Wire::Tcp(stream) => stream.write_all(contents)?,
+                Wire::Tls { conn, stream } => {
+                    conn.writer().write_all(contents)?;
+                    while conn.wants_write() {
+                        conn.write_tls(stream)?;
+                    }
+                }
             }
             sent += k as u64;
         }
@@ -435,6 +447,56 @@ pub(crate) async fn cloudproxy_tcp_path(
     stream.set_nonblocking(false)?;
     Ok(SendPath {
         wire: Wire::Tcp(stream),
+        prefix,
+    })
+}
+
+/// cloudproxy's UDP-over-TLS: [`cloudproxy_tcp_path`] on a TLS connection
+/// to the node's TLS port (`at`), the client pinned as the TLS rows'.
+pub(crate) async fn cloudproxy_tls_path(
+    config: &ClientConfig,
+    allocation: &Allocation,
+    to: SocketAddr,
+    at: SocketAddr,
+    client: &cloudproxy_transport::tls::TlsClient,
+) -> io::Result<SendPath> {
+    let stream = crate::tls::handshake(client, at).await?;
+    let binding = RelayBinding::new(
+        config,
+        allocation,
+        Path::Tcp,
+        BindMode::Datagram,
+        Address::Ip(to),
+        std::time::Instant::now(),
+    )
+    .map_err(io::Error::other)?;
+    let mut driver = Driver::new(binding, stream);
+    let work = async {
+        bound(driver.next_event()).await?;
+        driver.flush().await
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .map_err(|_| io::Error::other("TLS datagram bind timed out"))??;
+    let (mut binding, stream) = driver.into_parts();
+    binding
+        .send_datagram(std::time::Instant::now(), &[0u8; PAYLOAD])
+        .map_err(io::Error::other)?;
+    let frame = binding
+        .poll_transmit()
+        .ok_or_else(|| io::Error::other("no frame for a datagram"))?;
+    if frame.len() <= PAYLOAD || frame[frame.len() - PAYLOAD..].iter().any(|b| *b != 0) {
+        return Err(io::Error::other("unexpected datagram frame layout"));
+    }
+    let prefix = frame[..frame.len() - PAYLOAD].to_vec();
+    let (tcp, conn) = stream.into_inner();
+    let stream = tcp.into_std()?;
+    stream.set_nonblocking(false)?;
+    Ok(SendPath {
+        wire: Wire::Tls {
+            conn: Box::new(conn),
+            stream,
+        },
         prefix,
     })
 }

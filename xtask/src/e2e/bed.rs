@@ -37,10 +37,21 @@ pub(super) const ALLOCATION_PORTS: [u16; 4] = [1080, 8000, 25000, 9700];
 pub(super) const TCP_RELAY_PORT: u16 = 4000;
 pub(super) const UDP_RELAY_PORTS: (u16, u16) = (4500, 4650);
 
-/// The addresses on `cloud0`. A new peer (a
-/// squid, a haproxy gateway) gets its own address here, and the firewall
-/// decides whether `corp` may reach it.
-const CLOUD_HOSTS: [&str; 3] = [NODE_A, NODE_B, EDGE];
+/// The nodes' TLS port (issue 16: one port carries everything).
+pub(super) const TLS_PORT: u16 = 443;
+/// The DPI gateway of scenario 10: haproxy passing only TLS ClientHellos
+/// on to node A's TLS port.
+pub(super) const GATEWAY: &str = "10.231.0.20";
+/// The explicit HTTP proxies of scenarios 11 (Basic auth, CONNECT to 443
+/// only) and 13 (TLS interception, ssl-bump).
+pub(super) const SQUID: &str = "10.231.0.30";
+pub(super) const SQUID_PORT: u16 = 3128;
+pub(super) const BUMP_PORT: u16 = 3129;
+
+/// The addresses on `cloud0`. Each peer (a squid, a haproxy gateway) has
+/// its own address here, and the firewall decides whether `corp` may reach
+/// it.
+const CLOUD_HOSTS: [&str; 5] = [NODE_A, NODE_B, EDGE, GATEWAY, SQUID];
 
 /// The namespaces and everything in `/etc/netns` one run created.
 pub(super) struct Network {
@@ -260,7 +271,9 @@ impl Network {
         format!(
             "    {corp}: {CLIENT}/24 on corp0 (clients; nftables whitelist, policy drop; no default route)
     {cloud}: {NODE_A} node A, {NODE_B} node B (serve: allocation {alloc:?} TCP+UDP, relay TCP {TCP_RELAY_PORT}, UDP {lo}-{hi}),
-    {pad}{EDGE}:{EDGE_PORT} edge (TCP+UDP), all on cloud0/24
+    {pad}TLS {TLS_PORT} on both nodes (pinned self-signed certificates),
+    {pad}{EDGE}:{EDGE_PORT} edge (TCP+UDP), {GATEWAY}:{TLS_PORT} DPI gateway (haproxy, scenario 10),
+    {pad}{SQUID}:{SQUID_PORT} squid Basic auth (11), {SQUID}:{BUMP_PORT} squid ssl-bump (13), all on cloud0/24
     /etc/netns/{corp}/hosts: {PROXY_NAME} -> {NODE_A}, {NODE_B}; resolv.conf -> {DEAD_DNS} (answers nothing)
 ",
             corp = self.corp,

@@ -15,6 +15,15 @@ pub(super) const RECONNECT_WINDOW_MS: f64 = 30_000.0;
 pub(super) const SILENT_FAILOVER_MS: f64 = 3000.0;
 /// What a loaded CI machine may add on top of a documented bound.
 pub(super) const SLACK_MS: f64 = 2000.0;
+/// Issue 16: a call over TLS 443 (direct or through the DPI gateway)
+/// connects within 2 s.
+pub(super) const TLS_CONNECT_MS: f64 = 2000.0;
+/// Issue 16: a wrong HTTP proxy password is a typed error within 2 s (the
+/// demo process's whole life).
+pub(super) const PROXY_AUTH_FAIL_MS: f64 = 2000.0;
+/// Issue 16: an intercepted TLS connection fails fast, never a hang (the
+/// demo process's whole life).
+pub(super) const INTERCEPTED_FAIL_MS: f64 = 5000.0;
 
 /// Collects failed expectations instead of stopping at the first.
 pub(super) struct Checks {

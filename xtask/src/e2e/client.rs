@@ -155,6 +155,9 @@ impl RunningDemo {
 pub(super) struct DemoSummary {
     pub(super) ok: bool,
     pub(super) error: Option<String>,
+    /// `untrusted_certificate` or `proxy_auth_failed` when the join failed
+    /// that way.
+    pub(super) error_kind: Option<String>,
     /// From `join_channel` to joined, the slower of the two engines.
     pub(super) connect_ms: Option<f64>,
     /// "udp" or "tcp" through the proxy, or "direct".

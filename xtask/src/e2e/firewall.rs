@@ -8,7 +8,10 @@
 
 use std::fmt::Write as _;
 
-use super::bed::{ALLOCATION_PORTS, NODE_A, NODE_B, TCP_RELAY_PORT, UDP_RELAY_PORTS};
+use super::bed::{
+    ALLOCATION_PORTS, BUMP_PORT, GATEWAY, NODE_A, NODE_B, SQUID, SQUID_PORT, TCP_RELAY_PORT,
+    TLS_PORT, UDP_RELAY_PORTS,
+};
 
 /// A transport protocol a rule matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +114,29 @@ impl Firewall {
     /// The whitelist, but node B black-holed.
     pub(super) fn black_hole_b() -> Self {
         Self::whitelist().renamed("BlackholeB").black_hole(NODE_B)
+    }
+
+    /// Scenario 9: only TCP 443 to the nodes (their TLS port); no UDP, no
+    /// 4000, no allocation port.
+    pub(super) fn only_tls() -> Self {
+        Self::named("OnlyTls443").accept(Proto::Tcp, &NODES, &[Ports::One(TLS_PORT)])
+    }
+
+    /// Scenario 10: only TCP 443 of the DPI gateway (haproxy); the nodes
+    /// themselves are out of reach.
+    pub(super) fn only_gateway() -> Self {
+        Self::named("OnlyDpiGateway443").accept(Proto::Tcp, &[GATEWAY], &[Ports::One(TLS_PORT)])
+    }
+
+    /// Scenario 11: only the explicit HTTP proxy (squid, Basic auth); no
+    /// route to the nodes, no DNS.
+    pub(super) fn only_squid() -> Self {
+        Self::named("OnlySquid3128").accept(Proto::Tcp, &[SQUID], &[Ports::One(SQUID_PORT)])
+    }
+
+    /// Scenario 13: only the TLS-intercepting proxy (squid with ssl-bump).
+    pub(super) fn only_bumping_squid() -> Self {
+        Self::named("OnlyBumpingSquid3129").accept(Proto::Tcp, &[SQUID], &[Ports::One(BUMP_PORT)])
     }
 
     fn renamed(mut self, name: &'static str) -> Self {

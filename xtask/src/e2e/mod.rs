@@ -21,6 +21,7 @@ mod bed;
 mod checks;
 mod client;
 mod firewall;
+mod middleboxes;
 mod processes;
 mod scenarios;
 
@@ -60,9 +61,8 @@ struct Scenario {
 
 /// The scenarios of docs/e2e.md, in the order they run.
 ///
-/// Numbers follow docs/e2e.md and issue 16, so they may have gaps (9, 10,
-/// 11 and 13 are not written yet).
-const SCENARIOS: [Scenario; 9] = [
+/// Numbers follow docs/e2e.md and issue 16.
+const SCENARIOS: [Scenario; 13] = [
     Scenario {
         number: 1,
         title: "proxy off: join fails within the bound",
@@ -120,13 +120,44 @@ const SCENARIOS: [Scenario; 9] = [
         run: scenarios::probe_reports_open_ports,
     },
     Scenario {
+        number: 9,
+        title: "only TCP 443 open: call over TLS",
+        firewall: Firewall::only_tls,
+        fresh_nodes: false,
+        run: scenarios::only_tls_443,
+    },
+    Scenario {
+        number: 10,
+        title: "443 only through a DPI gateway (haproxy)",
+        firewall: Firewall::only_gateway,
+        fresh_nodes: false,
+        run: scenarios::dpi_gateway,
+    },
+    Scenario {
+        number: 11,
+        title: "only squid 3128 with Basic auth, no DNS",
+        firewall: Firewall::only_squid,
+        fresh_nodes: false,
+        run: scenarios::http_proxy_basic_auth,
+    },
+    Scenario {
         number: 12,
         title: "node in use black-holed mid-call: failover",
         firewall: Firewall::whitelist,
         fresh_nodes: true,
         run: scenarios::node_black_holed_mid_call,
     },
+    Scenario {
+        number: 13,
+        title: "TLS intercepted (ssl-bump): fails fast",
+        firewall: Firewall::only_bumping_squid,
+        fresh_nodes: false,
+        run: scenarios::tls_intercepted,
+    },
 ];
+
+/// The scenarios that run Debian middleboxes (haproxy, squid).
+const WITH_MIDDLEBOXES: [u32; 3] = [10, 11, 13];
 
 pub(crate) fn run(args: &[String]) -> Result {
     let mut allow_skip = false;
@@ -156,6 +187,13 @@ pub(crate) fn run(args: &[String]) -> Result {
         } else {
             Err("e2e was skipped (pass --allow-skip to accept a skip)".into())
         };
+    }
+
+    if WITH_MIDDLEBOXES
+        .iter()
+        .any(|n| only.as_ref().is_none_or(|o| o.contains(n)))
+    {
+        middleboxes::provision()?;
     }
 
     let started = Instant::now();

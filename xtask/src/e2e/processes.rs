@@ -11,7 +11,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::bed::{
-    ALLOCATION_PORTS, CLIENT, EDGE, EDGE_PORT, NODE_A, NODE_B, TCP_RELAY_PORT, UDP_RELAY_PORTS,
+    ALLOCATION_PORTS, CLIENT, EDGE, EDGE_PORT, NODE_A, NODE_B, TCP_RELAY_PORT, TLS_PORT,
+    UDP_RELAY_PORTS,
 };
 use crate::Result;
 
@@ -185,6 +186,52 @@ impl Daemon {
         }
     }
 
+    /// Starts `program ARGS` in `ns` (stdout and stderr to `log`) and waits
+    /// (15 s at most) until something listens on TCP `listen` there: for
+    /// Debian daemons (haproxy, squid) that print no ready line.
+    pub(super) fn start_listening(
+        ns: &str,
+        program: &str,
+        args: &[&str],
+        log: PathBuf,
+        listen: &str,
+    ) -> Result<Self> {
+        let file =
+            std::fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+        let err = file
+            .try_clone()
+            .map_err(|e| format!("cloning a log handle: {e}"))?;
+        let child = in_ns(ns, program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
+        let mut daemon = Self { child, log };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && daemon.running() {
+            let ss = run_bounded(
+                in_ns(ns, "ss").args(["-Hltn", "state", "listening"]),
+                Duration::from_secs(5),
+            )?;
+            if ss.stdout.split_whitespace().any(|word| word == listen) {
+                return Ok(daemon);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        daemon.kill();
+        Err(format!(
+            "{program} did not listen on {listen} within 15 s:\n{}",
+            std::fs::read_to_string(&daemon.log).unwrap_or_default()
+        ))
+    }
+
+    /// The log so far.
+    pub(super) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -210,6 +257,13 @@ impl Daemon {
     }
 }
 
+impl Drop for Daemon {
+    /// A daemon a scenario forgot (or a failure skipped) dies with it.
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// What `cloudproxy serve` and `cloudproxy edge` print last when they are
 /// up.
 const CLOUDPROXY_READY: &str = "press Ctrl-C to stop";
@@ -229,6 +283,9 @@ pub(super) struct Peers {
     ticket_key: String,
     nodes: [Option<Daemon>; 2],
     edge: Option<Daemon>,
+    /// Each node's TLS certificate's SHA-256 fingerprint, what clients pin
+    /// (`rtc.proxy_tls_pin`).
+    pins: [String; 2],
 }
 
 impl Peers {
@@ -242,7 +299,11 @@ impl Peers {
             ticket_key: random_hex(32)?,
             nodes: [None, None],
             edge: None,
+            pins: [String::new(), String::new()],
         };
+        for node in 0..2 {
+            peers.pins[node] = peers.make_certificate(node)?;
+        }
         peers.start_edge()?;
         peers.start_node(0)?;
         peers.start_node(1)?;
@@ -270,6 +331,51 @@ impl Peers {
         Ok(())
     }
 
+    /// `cloudproxy cert --name <node address>`: the node's TLS certificate
+    /// and key in the run's directory; returns its fingerprint.
+    fn make_certificate(&self, node: Node) -> Result<String> {
+        let name = Self::node_name(node);
+        let (cert, key) = self.tls_files(node);
+        let out = run_bounded(
+            Command::new(&self.bin)
+                .args(["cert", "--name", Self::node_addr(node), "--force"])
+                .arg("--cert-out")
+                .arg(&cert)
+                .arg("--key-out")
+                .arg(&key),
+            Duration::from_secs(20),
+        )?;
+        if !out.status.is_some_and(|s| s.success()) {
+            return Err(format!(
+                "cloudproxy cert for {name} failed: {}{}",
+                out.stdout, out.stderr
+            ));
+        }
+        out.stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("sha256 fingerprint: "))
+            .map(|f| f.trim().to_owned())
+            .ok_or_else(|| {
+                format!(
+                    "cloudproxy cert printed no `sha256 fingerprint: …` line: {}",
+                    out.stdout
+                )
+            })
+    }
+
+    fn tls_files(&self, node: Node) -> (PathBuf, PathBuf) {
+        let name = Self::node_name(node);
+        (
+            self.dir.join(format!("{name}-cert.pem")),
+            self.dir.join(format!("{name}-key.pem")),
+        )
+    }
+
+    /// The fingerprint of `node`'s TLS certificate.
+    pub(super) fn pin(&self, node: Node) -> &str {
+        &self.pins[node]
+    }
+
     /// A node's address.
     pub(super) fn node_addr(node: Node) -> &'static str {
         [NODE_A, NODE_B][node]
@@ -286,6 +392,7 @@ impl Peers {
         let addr = Self::node_addr(node);
         let name = Self::node_name(node);
         let (lo, hi) = UDP_RELAY_PORTS;
+        let (cert, key) = self.tls_files(node);
         let config = format!(
             r#"# cloudproxy e2e: proxy node {name}
 [listeners]
@@ -309,10 +416,17 @@ allow = ["{EDGE}/32:{EDGE_PORT}"]
 
 [limits]
 drain_timeout_ms = 500
+
+[tls]
+listen = "{addr}:{TLS_PORT}"
+cert = "{tls_cert}"
+key = "{tls_key}"
 "#,
             ports = ALLOCATION_PORTS.map(|p| p.to_string()).join(", "),
             secret = self.secret,
             key = self.ticket_key,
+            tls_cert = cert.display(),
+            tls_key = key.display(),
         );
         let path = self.dir.join(format!("{name}.toml"));
         std::fs::write(&path, config).map_err(|e| format!("writing {}: {e}", path.display()))?;

@@ -7,13 +7,16 @@ use std::fmt::Write as _;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::bed::{ALLOCATION_PORTS, NODE_A, NODE_B, PROXY_NAME};
-use super::checks::{
-    Checks, DIRECT_TIMEOUT_MS, RECONNECT_WINDOW_MS, SILENT_FAILOVER_MS, SLACK_MS, STAGGER_MS,
-    UDP_PROBE_MS, stat,
+use super::bed::{
+    ALLOCATION_PORTS, BUMP_PORT, GATEWAY, NODE_A, NODE_B, PROXY_NAME, SQUID, SQUID_PORT, TLS_PORT,
 };
-use super::client::{Call, RunningDemo};
+use super::checks::{
+    Checks, DIRECT_TIMEOUT_MS, INTERCEPTED_FAIL_MS, PROXY_AUTH_FAIL_MS, RECONNECT_WINDOW_MS,
+    SILENT_FAILOVER_MS, SLACK_MS, STAGGER_MS, TLS_CONNECT_MS, UDP_PROBE_MS, stat,
+};
+use super::client::{Call, Demo, RunningDemo};
 use super::firewall::{Firewall, Proto};
+use super::middleboxes::{self, PROXY_USER};
 use super::processes::{Node, Peers, in_ns, run_bounded};
 use super::{Bed, Outcome};
 
@@ -439,4 +442,216 @@ pub(super) fn node_black_holed_mid_call(bed: &mut Bed) -> Outcome {
         format!("reconnect {failover_ms:?} ms"),
     ];
     c.done(|| format!("{}\nsurvivor stats: {stats}", d.dump()), timings)
+}
+
+/// The app's parameters for a client that pins node A's certificate and,
+/// with `http_proxy`, goes through that proxy.
+fn tls_params(bed: &Bed, http_proxy: Option<&str>) -> String {
+    let pin = bed.peers.pin(0);
+    match http_proxy {
+        Some(proxy) => format!(
+            r#"{{"rtc.enable_proxy":true,"rtc.proxy_tls_pin":"{pin}","rtc.http_proxy":"{proxy}"}}"#
+        ),
+        None => format!(r#"{{"rtc.enable_proxy":true,"rtc.proxy_tls_pin":"{pin}"}}"#),
+    }
+}
+
+/// What a call over a TLS rung shares: it worked, over `path`, and
+/// `ProxyConnected` names `rung`.
+fn tls_call(c: &mut Checks, d: &Demo, path: &str, rung: &str) {
+    c.call(d);
+    c.path(d, path);
+    c.check(
+        d.event("ProxyConnected").is_some_and(|e| e.contains(rung)),
+        format!(
+            "ProxyConnected reports {rung}: {:?}",
+            d.event("ProxyConnected")
+        ),
+    );
+}
+
+/// 9. Only TCP 443 to the nodes: no UDP, no 4000, no allocation port. The
+///    ladder's TLS rung (node A's certificate pinned) carries allocation,
+///    messages and media; connected within 2 s.
+pub(super) fn only_tls_443(bed: &mut Bed) -> Outcome {
+    let params = tls_params(bed, None);
+    let d = bed.client.demo(&Call {
+        params: &params,
+        ..Call::enabled(NODE_A)
+    })?;
+    let mut c = Checks::new();
+    tls_call(&mut c, &d, "tls", "Tls");
+    let connect = d.connect_ms();
+    c.check(
+        connect <= TLS_CONNECT_MS,
+        format!("connected in {connect} ms (bound {TLS_CONNECT_MS} ms)"),
+    );
+    c.done(
+        || d.dump(),
+        vec![format!("connect over TLS {connect:.0} ms")],
+    )
+}
+
+/// 10. 443 only through a DPI gateway (haproxy, `reject unless
+///     req.ssl_hello_type 1`) in front of node A's TLS port: the call works
+///     over TLS, and a connection that opens with anything but a
+///     ClientHello is closed by the gateway with nothing sent back.
+pub(super) fn dpi_gateway(bed: &mut Bed) -> Outcome {
+    let gateway = middleboxes::dpi_gateway(&bed.net.cloud, &bed.dir)?;
+    let params = tls_params(bed, None);
+    let d = bed.client.demo(&Call {
+        params: &params,
+        ..Call::enabled(GATEWAY)
+    })?;
+    let mut c = Checks::new();
+    tls_call(&mut c, &d, "tls", "Tls");
+    let connect = d.connect_ms();
+    c.check(
+        connect <= TLS_CONNECT_MS,
+        format!("connected through the gateway in {connect} ms (bound {TLS_CONNECT_MS} ms)"),
+    );
+    // Plain TCP on 443: bytes of a cloudproxy frame header, not a TLS
+    // record. socat gives up after 8 s of silence; the gateway must close
+    // first, with nothing sent back.
+    let plain = run_bounded(
+        in_ns(&bed.net.corp, "bash").args([
+            "-c",
+            &format!("printf '\\000\\030plain cloudproxy frame' | socat -T 8 - TCP:{GATEWAY}:{TLS_PORT} | wc -c"),
+        ]),
+        Duration::from_secs(12),
+    )?;
+    let plain_ms = plain.elapsed.as_secs_f64() * 1000.0;
+    let answered = plain.stdout.trim().parse::<u64>().ok();
+    c.check(
+        answered == Some(0),
+        format!(
+            "the plain-TCP attempt got nothing back (bytes: {answered:?}, {})",
+            plain.stderr.trim()
+        ),
+    );
+    c.check(
+        plain_ms < 6000.0,
+        format!(
+            "the gateway closed the plain-TCP attempt in {plain_ms:.0} ms (before socat's 8 s)"
+        ),
+    );
+    let log = gateway.log();
+    drop(gateway);
+    c.done(
+        || format!("{}\nhaproxy log:\n{log}", d.dump()),
+        vec![
+            format!("connect over TLS via gateway {connect:.0} ms"),
+            format!("plain TCP closed in {plain_ms:.0} ms"),
+        ],
+    )
+}
+
+/// 11. No route and no DNS out of corp: only squid on 3128 (Basic auth,
+///     CONNECT to 443 only). The call goes TLS-through-CONNECT to node A
+///     (given by its address: corp can resolve no name, and the client
+///     sends the address it was given in its CONNECT). A wrong password is
+///     a typed `proxy_auth_failed` within 2 s and a non-zero exit.
+pub(super) fn http_proxy_basic_auth(bed: &mut Bed) -> Outcome {
+    let password = "horse-11";
+    let (squid, access_log) = middleboxes::squid_basic_auth(&bed.net.cloud, &bed.dir, password)?;
+    let mut c = Checks::new();
+    let good = format!("http://{PROXY_USER}:horse-11@{SQUID}:{SQUID_PORT}");
+    let params = tls_params(bed, Some(&good));
+    let d = bed.client.demo(&Call {
+        params: &params,
+        ..Call::enabled(NODE_A)
+    })?;
+    tls_call(&mut c, &d, "http-proxy", "HttpProxy");
+    let connect = d.connect_ms();
+    let access = std::fs::read_to_string(&access_log).unwrap_or_default();
+    c.check(
+        access.contains(&format!("CONNECT {NODE_A}:{TLS_PORT} {PROXY_USER}")),
+        format!("squid's access log shows {PROXY_USER}'s CONNECT to {NODE_A}:{TLS_PORT}"),
+    );
+    let wrong = format!("http://{PROXY_USER}:wrong@{SQUID}:{SQUID_PORT}");
+    let params = tls_params(bed, Some(&wrong));
+    let w = bed.client.demo(&Call {
+        params: &params,
+        ..Call::enabled(NODE_A)
+    })?;
+    let kind = w.summary.error_kind.as_deref();
+    c.check(
+        !w.ok() && !w.exit_success(),
+        "with a wrong password the call fails (ok false, exit non-zero)",
+    );
+    c.check(
+        kind == Some("proxy_auth_failed"),
+        format!(
+            "error_kind proxy_auth_failed (got {kind:?}, error {:?})",
+            w.summary.error
+        ),
+    );
+    let refused_ms = w.out.elapsed.as_secs_f64() * 1000.0;
+    c.check(
+        refused_ms <= PROXY_AUTH_FAIL_MS,
+        format!("the wrong password failed in {refused_ms:.0} ms (bound {PROXY_AUTH_FAIL_MS} ms, process)"),
+    );
+    drop(squid);
+    c.done(
+        || {
+            format!(
+                "{}\n--- wrong password\n{}\nsquid access log:\n{access}",
+                d.dump(),
+                w.dump()
+            )
+        },
+        vec![
+            format!("connect via squid {connect:.0} ms"),
+            format!("wrong password refused in {refused_ms:.0} ms (process)"),
+        ],
+    )
+}
+
+/// 13. The only way out is squid-openssl bumping TLS with its own CA. The
+///     client pins node A's certificate, so the squid-made one fails at
+///     once: `untrusted_certificate`, a message that says so, exit ≠ 0.
+pub(super) fn tls_intercepted(bed: &mut Bed) -> Outcome {
+    let squid = middleboxes::squid_ssl_bump(&bed.net.cloud, &bed.dir)?;
+    let proxy = format!("http://{SQUID}:{BUMP_PORT}");
+    let params = tls_params(bed, Some(&proxy));
+    let d = bed.client.demo(&Call {
+        params: &params,
+        ..Call::enabled(NODE_A)
+    })?;
+    let mut c = Checks::new();
+    let kind = d.summary.error_kind.as_deref();
+    let error = d
+        .summary
+        .error
+        .as_deref()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    c.check(
+        !d.ok() && !d.exit_success(),
+        "the call fails (ok false, exit non-zero)",
+    );
+    c.check(
+        kind == Some("untrusted_certificate"),
+        format!("error_kind untrusted_certificate (got {kind:?})"),
+    );
+    c.check(
+        error.contains("trust") || error.contains("intercept"),
+        format!("the reason says the certificate is not trusted: {error:?}"),
+    );
+    let failed_ms = d.out.elapsed.as_secs_f64() * 1000.0;
+    c.check(
+        failed_ms <= INTERCEPTED_FAIL_MS,
+        format!("failed in {failed_ms:.0} ms (bound {INTERCEPTED_FAIL_MS} ms, process)"),
+    );
+    let log = squid.log();
+    drop(squid);
+    c.done(
+        || format!("{}\nsquid:\n{}", d.dump(), tail_lines(&log, 20)),
+        vec![format!("failed (untrusted) in {failed_ms:.0} ms (process)")],
+    )
+}
+
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }

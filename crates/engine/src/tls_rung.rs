@@ -70,7 +70,16 @@ impl TlsTarget {
     /// The connector of `rung`: TLS straight to the endpoints, or through
     /// the HTTP proxy to the server's name (or first address) and TLS port.
     async fn connector(&self, rung: Rung, config: &Config) -> Result<Connector, EngineError> {
-        let tls = self.client()?;
+        // The first use of the system roots parses the platform's store (a
+        // few hundred certificates): off the runtime's worker (the SDK's
+        // runtime has one), so the rungs already running keep going.
+        let target = self.clone();
+        let tls = tokio::task::spawn_blocking(move || target.client())
+            .await
+            .map_err(|e| EngineError::Io {
+                what: "setting up TLS to the proxy",
+                cause: std::io::Error::other(e),
+            })??;
         let bad_name = |e: cloudproxy_transport::tls::InvalidTlsName| EngineError::InvalidConfig {
             what: "proxy server",
             expected: "a name or address TLS can check",

@@ -14,12 +14,11 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, sleep_until};
 
-use crate::pump::{LiveTotals, PumpEnd, PumpOptions, PumpReport};
+use crate::pump::{Activity, LiveTotals, PumpEnd, PumpOptions, PumpReport};
 
 /// Bytes per read in each direction: one TLS record's plaintext, so a
 /// session holds two such buffers rather than two of the splice pump's
@@ -102,31 +101,6 @@ where
     }
 }
 
-/// When a byte last moved, as an offset from the pump's start (atomics, so
-/// the future stays `Send`; both directions run in one task).
-struct Activity {
-    start: Instant,
-    nanos: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            nanos: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.nanos.store(nanos, Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.start + Duration::from_nanos(self.nanos.load(Relaxed))
-    }
-}
-
 /// One side of the copy: counts what is written to it, notes activity,
 /// and remembers its own I/O error so the session's end names the side.
 struct Watched<'a, S> {
@@ -197,6 +171,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<'_, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::AsyncReadExt;
 
     fn options() -> PumpOptions {

@@ -218,26 +218,27 @@ pub async fn pump_with_totals(
     }
 }
 
-/// When a byte last moved, as an offset from the pump's start.
-struct Activity {
+/// When a byte last moved, as an offset from the pump's start (atomics, so
+/// a pump's future stays `Send`; both pumps share it).
+pub(crate) struct Activity {
     start: Instant,
     nanos: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             start: Instant::now(),
             nanos: AtomicU64::new(0),
         }
     }
 
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.nanos.store(nanos, Relaxed);
     }
 
-    fn last(&self) -> Instant {
+    pub(crate) fn last(&self) -> Instant {
         self.start + Duration::from_nanos(self.nanos.load(Relaxed))
     }
 }

@@ -404,17 +404,16 @@ pub(crate) async fn cloudproxy_udp_path(
     SendPath::udp_from(socket.into_std()?, relay, header)
 }
 
-/// cloudproxy's UDP-over-TCP (a TCP connection in datagram mode) as a send
-/// path: the frame header of a `PAYLOAD`-byte datagram is constant, so the
-/// sender writes it before each payload itself.
-pub(crate) async fn cloudproxy_tcp_path(
+/// Binds `stream` in datagram mode to `to` and returns the constant frame
+/// header of a `PAYLOAD`-byte datagram (the sender writes it before each
+/// payload itself) with the stream, every byte of the bind written.
+async fn bind_datagram_mode<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     config: &ClientConfig,
     allocation: &Allocation,
     to: SocketAddr,
-) -> io::Result<SendPath> {
-    let relay = allocation.tcp_relays[0];
-    let stream = tokio::net::TcpStream::connect(relay).await?;
-    stream.set_nodelay(true)?;
+    stream: S,
+    over: &str,
+) -> io::Result<(Vec<u8>, S)> {
     let binding = RelayBinding::new(
         config,
         allocation,
@@ -431,7 +430,7 @@ pub(crate) async fn cloudproxy_tcp_path(
     };
     tokio::time::timeout(Duration::from_secs(10), work)
         .await
-        .map_err(|_| io::Error::other("TCP datagram bind timed out"))??;
+        .map_err(|_| io::Error::other(format!("{over} datagram bind timed out")))??;
     let (mut binding, stream) = driver.into_parts();
     binding
         .send_datagram(std::time::Instant::now(), &[0u8; PAYLOAD])
@@ -443,6 +442,21 @@ pub(crate) async fn cloudproxy_tcp_path(
         return Err(io::Error::other("unexpected datagram frame layout"));
     }
     let prefix = frame[..frame.len() - PAYLOAD].to_vec();
+    Ok((prefix, stream))
+}
+
+/// cloudproxy's UDP-over-TCP (a TCP connection in datagram mode) as a send
+/// path: the frame header of a `PAYLOAD`-byte datagram is constant, so the
+/// sender writes it before each payload itself.
+pub(crate) async fn cloudproxy_tcp_path(
+    config: &ClientConfig,
+    allocation: &Allocation,
+    to: SocketAddr,
+) -> io::Result<SendPath> {
+    let relay = allocation.tcp_relays[0];
+    let stream = tokio::net::TcpStream::connect(relay).await?;
+    stream.set_nodelay(true)?;
+    let (prefix, stream) = bind_datagram_mode(config, allocation, to, stream, "TCP").await?;
     let stream = stream.into_std()?;
     stream.set_nonblocking(false)?;
     Ok(SendPath {
@@ -461,34 +475,7 @@ pub(crate) async fn cloudproxy_tls_path(
     client: &cloudproxy_transport::tls::TlsClient,
 ) -> io::Result<SendPath> {
     let stream = crate::tls::handshake(client, at).await?;
-    let binding = RelayBinding::new(
-        config,
-        allocation,
-        Path::Tcp,
-        BindMode::Datagram,
-        Address::Ip(to),
-        std::time::Instant::now(),
-    )
-    .map_err(io::Error::other)?;
-    let mut driver = Driver::new(binding, stream);
-    let work = async {
-        bound(driver.next_event()).await?;
-        driver.flush().await
-    };
-    tokio::time::timeout(Duration::from_secs(10), work)
-        .await
-        .map_err(|_| io::Error::other("TLS datagram bind timed out"))??;
-    let (mut binding, stream) = driver.into_parts();
-    binding
-        .send_datagram(std::time::Instant::now(), &[0u8; PAYLOAD])
-        .map_err(io::Error::other)?;
-    let frame = binding
-        .poll_transmit()
-        .ok_or_else(|| io::Error::other("no frame for a datagram"))?;
-    if frame.len() <= PAYLOAD || frame[frame.len() - PAYLOAD..].iter().any(|b| *b != 0) {
-        return Err(io::Error::other("unexpected datagram frame layout"));
-    }
-    let prefix = frame[..frame.len() - PAYLOAD].to_vec();
+    let (prefix, stream) = bind_datagram_mode(config, allocation, to, stream, "TLS").await?;
     let (tcp, conn) = stream.into_inner();
     let stream = tcp.into_std()?;
     stream.set_nonblocking(false)?;

@@ -305,7 +305,12 @@ fn machine_line() -> String {
 
 /// The TLS relay, one stream and eight: our node's TLS port (stream bind to
 /// the sink) against haproxy terminating TLS in front of the same sink, the
-/// same certificate and the same pinned rustls client.
+/// same certificate and the same pinned rustls client. Each run also
+/// records the proxy process's CPU time per gigabyte relayed: on a machine
+/// this small, client, proxy and sink share two cores and the throughput
+/// swings with the scheduler, while the CPU a proxy spends per byte is its
+/// own. The contenders' order alternates between runs, so neither always
+/// runs on the warmer machine.
 async fn tls_section(
     options: &Options,
     s: &Servers,
@@ -319,11 +324,13 @@ async fn tls_section(
     let contenders = [
         (
             "haproxy",
+            tls.haproxy_pid,
             tls::TlsTarget::Terminating(tls.haproxy_sink),
             "haproxy 2.6 mode tcp, bind ssl crt (ECDSA P-256, ALPN cloudproxy/1), nbthread 2 → sink: one hop",
         ),
         (
             "cloudproxy tls",
+            tls.cloudproxy_pid,
             tls::TlsTarget::Cloudproxy {
                 at: tls.cloudproxy,
                 config,
@@ -339,10 +346,28 @@ async fn tls_section(
         } else {
             format!("TLS {streams} streams, one hop")
         };
-        for _ in 0..options.reps() {
-            for (name, target, note) in &contenders {
+        let cpu_figure = format!("{figure}, proxy CPU per GB");
+        for rep in 0..options.reps() {
+            let mut order: Vec<_> = contenders.iter().collect();
+            if rep % 2 == 1 {
+                order.reverse();
+            }
+            for (name, pid, target, note) in order {
+                let before = procs::cpu_time(*pid);
                 match tls::blast(target, &client, streams, secs).await {
-                    Ok(g) => report.add(&figure, name, "Gbit/s", true, g, note),
+                    Ok(blasted) => {
+                        report.add(&figure, name, "Gbit/s", true, blasted.gbit_per_s(), note);
+                        match (before, procs::cpu_time(*pid)) {
+                            (Ok(before), Ok(after)) => {
+                                let ms = after.saturating_sub(before).as_secs_f64() * 1e3;
+                                let per_gb = ms / (blasted.bytes as f64 / 1e9);
+                                report.add(&cpu_figure, name, "ms", false, per_gb, note);
+                            }
+                            (Err(e), _) | (_, Err(e)) => {
+                                report.skip(format!("{cpu_figure} via {name}: {e}"));
+                            }
+                        }
+                    }
                     Err(e) => report.skip(format!("{figure} via {name}: {e}")),
                 }
             }

@@ -45,6 +45,10 @@ pub(crate) struct TlsServers {
     pub(crate) haproxy_sink: SocketAddr,
     /// The certificate's SHA-256 fingerprint (`cloudproxy cert`'s output).
     pub(crate) pin: String,
+    /// The processes behind `cloudproxy` and `haproxy_sink`, whose CPU
+    /// time the rows measure.
+    pub(crate) cloudproxy_pid: u32,
+    pub(crate) haproxy_pid: u32,
 }
 
 /// Our node's TLS certificate and key for 127.0.0.1, made by the binary
@@ -76,14 +80,15 @@ fn make_certificate(
 }
 
 /// haproxy terminating TLS (`ssl crt`, ALPN `cloudproxy/1`) in `mode tcp`
-/// in front of the sink, with the same global settings as the plain one.
+/// in front of the sink, with the same global settings as the plain one;
+/// returns its port and PID.
 fn spawn_haproxy_tls(
     dir: &Path,
     procs: &mut Procs,
     cert: &Path,
     key: &Path,
     sink: u16,
-) -> Result<u16, String> {
+) -> Result<(u16, u32), String> {
     let mut pem = std::fs::read(cert).map_err(|e| format!("reading {}: {e}", cert.display()))?;
     pem.extend(std::fs::read(key).map_err(|e| format!("reading {}: {e}", key.display()))?);
     let combined = dir.join("tls-haproxy.pem");
@@ -97,13 +102,13 @@ fn spawn_haproxy_tls(
             combined.display()
         ),
     )?;
-    procs.add(procs::spawn(
+    let pid = procs.add(procs::spawn(
         "haproxy-tls",
         Command::new("haproxy").arg("-db").arg("-f").arg(&cfg),
         dir,
     )?);
     procs::wait_tcp(local(front), "haproxy-tls")?;
-    Ok(front)
+    Ok((front, pid))
 }
 
 fn free_port() -> Result<u16, String> {
@@ -223,7 +228,7 @@ pub(crate) fn start_servers(options: &Options) -> Result<Servers, String> {
     // and a TLS port when the binary can make a certificate.
     let certificate = make_certificate(&dir, options);
     let tls_port = free_port()?;
-    let (_, a_port, k_port) = spawn_cloudproxy(
+    let (cp_pid, a_port, k_port) = spawn_cloudproxy(
         &dir,
         &mut procs,
         options,
@@ -236,10 +241,12 @@ pub(crate) fn start_servers(options: &Options) -> Result<Servers, String> {
     let tls = match certificate {
         Ok((cert, key, pin)) => {
             procs::wait_tcp(local(tls_port), "cloudproxy tls")?;
-            spawn_haproxy_tls(&dir, &mut procs, &cert, &key, sink).map(|h| TlsServers {
+            spawn_haproxy_tls(&dir, &mut procs, &cert, &key, sink).map(|(h, h_pid)| TlsServers {
                 cloudproxy: local(tls_port),
                 haproxy_sink: local(h),
                 pin,
+                cloudproxy_pid: cp_pid,
+                haproxy_pid: h_pid,
             })
         }
         Err(e) => Err(e),

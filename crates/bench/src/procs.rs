@@ -188,3 +188,49 @@ pub(crate) fn rss_kib(pid: u32) -> Result<u64, String> {
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| format!("no VmRSS for {pid}"))
 }
+
+/// CPU time (user and system, all threads, exited ones included) a process
+/// has used so far, from `/proc/PID/stat`. Its unit is `USER_HZ`, which
+/// Linux fixes at 100 per second in its ABI on every architecture, so the
+/// resolution is 10 ms: fine against the seconds a load run takes.
+pub(crate) fn cpu_time(pid: u32) -> Result<Duration, String> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    stat_cpu_time(&stat).ok_or_else(|| {
+        format!(
+            "{path}: expected utime and stime in fields 14 and 15, found {:?}",
+            stat.trim()
+        )
+    })
+}
+
+/// utime + stime from the text of `/proc/PID/stat`.
+fn stat_cpu_time(stat: &str) -> Option<Duration> {
+    const USER_HZ: u64 = 100;
+    // The command name (field 2) is in parentheses and may hold spaces and
+    // parentheses; the fields after its last `)` start at field 3.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let mut ticks = || fields.next()?.parse::<u64>().ok();
+    let (user, system) = (ticks()?, ticks()?);
+    Some(Duration::from_millis((user + system) * 1000 / USER_HZ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_utime_plus_stime_after_a_command_name_with_parentheses() {
+        let stat = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0";
+        assert_eq!(stat_cpu_time(stat), Some(Duration::from_millis(3250)));
+        assert_eq!(stat_cpu_time("4242 (short) S 1"), None);
+    }
+
+    #[test]
+    fn this_process_has_used_some_cpu() {
+        let used = cpu_time(std::process::id()).expect("our own /proc/PID/stat");
+        let again = cpu_time(std::process::id()).expect("our own /proc/PID/stat");
+        assert!(again >= used, "CPU time went back from {used:?} to {again:?}");
+    }
+}

@@ -263,11 +263,11 @@ pub(crate) async fn blast(connector: &Connector, streams: usize, secs: f64) -> R
                 .map_err(|e| format!("connect: {e}"))?,
         );
     }
-    blast_streams(conns, secs).await
+    blast_streams(conns, secs).await.map(|b| b.gbit_per_s())
 }
 
 /// [`blast`] over streams already open (plain TCP or TLS).
-pub(crate) async fn blast_streams<S>(conns: Vec<S>, secs: f64) -> Result<f64, String>
+pub(crate) async fn blast_streams<S>(conns: Vec<S>, secs: f64) -> Result<Blasted, String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -298,8 +298,22 @@ where
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("stream: {e}"))?;
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    Ok(total as f64 * 8.0 / elapsed / 1e9)
+    Ok(Blasted {
+        bytes: total,
+        secs: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// What [`blast_streams`] moved, every byte delivered.
+pub(crate) struct Blasted {
+    pub(crate) bytes: u64,
+    pub(crate) secs: f64,
+}
+
+impl Blasted {
+    pub(crate) fn gbit_per_s(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.secs / 1e9
+    }
 }
 
 /// Sessions per second: `workers` loops each connect, send one byte, read

@@ -97,14 +97,14 @@ impl TlsTarget<'_> {
     }
 }
 
-/// `streams` TLS connections to `target` blast into the sink for `secs`
-/// (the TCP rows' [`crate::tcp::blast_streams`]); Gbit/s of plaintext.
+/// `streams` TLS connections to `target` blast plaintext into the sink for
+/// `secs` (the TCP rows' [`crate::tcp::blast_streams`]).
 pub(crate) async fn blast(
     target: &TlsTarget<'_>,
     client: &TlsClient,
     streams: usize,
     secs: f64,
-) -> Result<f64, String> {
+) -> Result<crate::tcp::Blasted, String> {
     let mut conns = Vec::with_capacity(streams);
     for _ in 0..streams {
         conns.push(

@@ -231,6 +231,9 @@ mod tests {
     fn this_process_has_used_some_cpu() {
         let used = cpu_time(std::process::id()).expect("our own /proc/PID/stat");
         let again = cpu_time(std::process::id()).expect("our own /proc/PID/stat");
-        assert!(again >= used, "CPU time went back from {used:?} to {again:?}");
+        assert!(
+            again >= used,
+            "CPU time went back from {used:?} to {again:?}"
+        );
     }
 }

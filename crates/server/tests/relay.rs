@@ -14,7 +14,7 @@ use cloudproxy_transport::dial::DialPolicy;
 use cloudproxy_transport::tunnel::{
     MediaPathKind, MediaPolicy, MediaTransport, open_media, open_stream,
 };
-use proxy_support::{Rig, tcp_echo, udp_echo, within};
+use proxy_support::{Rig, tcp_echo, udp_echo, until, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
@@ -117,6 +117,62 @@ async fn media_over_udp_both_ways() {
         assert_eq!(&reply[..5], b"echo:");
         assert_eq!(&reply[5..], &[i; 200][..]);
     }
+}
+
+/// A UDP bind given up on while its `Bind` is in flight (the ladder's UDP
+/// rung losing to TCP) leaves no binding on the node: the `BindOk` that
+/// arrives afterwards is answered with the binding's `Close`. A relay in
+/// the middle holds the `Bind` until the caller has given up, so the order
+/// is certain.
+#[tokio::test]
+async fn a_udp_bind_given_up_in_flight_leaves_no_binding() {
+    let rig = Rig::loopback().await;
+    let echo = udp_echo().await;
+    let allocation = rig.allocate().await;
+    let node_relay = allocation.udp_relays[0];
+    let middle = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to_node = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    to_node.connect(node_relay).await.unwrap();
+    let mut through_middle = allocation.clone();
+    through_middle.udp_relays = vec![middle.local_addr().unwrap()];
+
+    let client = rig.client.clone();
+    let policy = MediaPolicy {
+        transport: MediaTransport::UdpOnly,
+        ..MediaPolicy::default()
+    };
+    let open = tokio::spawn(async move {
+        open_media(&client, &through_middle, Address::Ip(echo), &policy).await
+    });
+    let mut bind = [0u8; 2048];
+    let (len, client_addr) = within("the Bind", middle.recv_from(&mut bind))
+        .await
+        .unwrap();
+    open.abort();
+    assert!(open.await.unwrap_err().is_cancelled());
+
+    // Only now does the Bind reach the node; everything after it is passed
+    // both ways.
+    to_node.send(&bind[..len]).await.unwrap();
+    let forward = tokio::spawn(async move {
+        let (mut up, mut down) = ([0u8; 2048], [0u8; 2048]);
+        loop {
+            tokio::select! {
+                Ok((n, _)) = middle.recv_from(&mut up) => {
+                    let _ = to_node.send(&up[..n]).await;
+                }
+                Ok(n) = to_node.recv(&mut down) => {
+                    let _ = middle.send_to(&down[..n], client_addr).await;
+                }
+            }
+        }
+    });
+    until("the node made the binding, then closed it", || {
+        let stats = rig.node.stats();
+        stats.udp_bindings_total == 1 && stats.udp_bindings_active == 0
+    })
+    .await;
+    forward.abort();
 }
 
 #[tokio::test]

@@ -14,7 +14,8 @@ use cloudproxy_proto::frame::{Bind, BindMode, Frame, HEADER_LEN};
 use cloudproxy_proto::{Address, ErrorCode};
 use cloudproxy_transport::lifecycle::DrainOutcome;
 use proxy_support::{
-    APP, Rig, SECRET_HEX, bind_tcp_raw, echo_back, hex, socks_request, tcp_echo, udp_echo, within,
+    APP, Rig, SECRET_HEX, bind_tcp_raw, echo_back, hex, socks_request, soon, tcp_echo, udp_echo,
+    until, within,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -22,25 +23,6 @@ use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
 const SOCKS: &str = "[socks5]\nenabled = true\nport = 0\n";
-
-/// Bounds a wait for an end that the code under test owes well before it:
-/// shorter than `within`, so a session that never ends fails the test soon.
-async fn soon<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not happen within 10 s"))
-}
-
-/// Waits (bounded) until `done` holds. The short pause between looks only
-/// spares the CPU during second-long waits; the condition is what is awaited.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    soon(what, async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-}
 
 /// A datagram-mode binding on a connection whose receive buffer is tiny, so
 /// that a client which does not read backs the relay up quickly.

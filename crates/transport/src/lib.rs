@@ -12,6 +12,7 @@
 //!   that accepts connections (the proxy node, the reference edge).
 //! - [`net`]: small socket helpers.
 
+mod cancelled_bind;
 pub mod connector;
 pub mod dial;
 pub mod driver;

@@ -67,6 +67,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
+use crate::cancelled_bind::InFlightUdpBind;
 use crate::connector::{BoxedStream, ConnectError, ConnectionKind, Connector};
 use crate::dial::{DialError, DialPolicy, Outcome, race};
 use crate::driver::{DatagramDriver, Driver, Next};
@@ -717,7 +718,8 @@ async fn open_udp(
 }
 
 /// One UDP bind to `relay`, until `BindOk` or a refusal; unanswered
-/// datagrams and ICMP errors just wait (the race's timeout ends it).
+/// datagrams and ICMP errors just wait (the race's timeout ends it). Given
+/// up on in flight, it leaves no binding behind ([`crate::cancelled_bind`]).
 async fn bind_udp(
     relay: SocketAddr,
     config: &ClientConfig,
@@ -735,11 +737,16 @@ async fn bind_udp(
         Instant::now(),
     )
     .map_err(AttemptError::Session)?;
-    let mut driver = DatagramDriver::new(binding, socket);
+    // Dropped before the bind ends (the race moved on), this closes a
+    // binding the node may have made meanwhile.
+    let mut in_flight = InFlightUdpBind::new(DatagramDriver::new(binding, socket));
     loop {
-        match driver.next_event().await {
-            Next::Event(BindingEvent::Bound { .. }) => return Ok(driver),
-            Next::Event(BindingEvent::Closed(reason)) => return Err(refusal.note(relay, reason)),
+        match in_flight.driver().next_event().await {
+            Next::Event(BindingEvent::Bound { .. }) => return Ok(in_flight.finish()),
+            Next::Event(BindingEvent::Closed(reason)) => {
+                in_flight.finish();
+                return Err(refusal.note(relay, reason));
+            }
             // ICMP port unreachable and the like: keep waiting, as a
             // firewall that drops would make us.
             Next::Event(_) | Next::Io(_) | Next::PeerClosed => {}

@@ -196,6 +196,25 @@ use cloudproxy_proto::frame::BindMode;
 use cloudproxy_proto::{Address, ErrorCode, Path, SessionError};
 use tokio::net::TcpStream;
 
+/// Bounds a wait for an end that the code under test owes well before it:
+/// shorter than `within`, so a session that never ends fails the test soon.
+pub async fn soon<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within 10 s"))
+}
+
+/// Waits (bounded) until `done` holds. The short pause between looks only
+/// spares the CPU during second-long waits; the condition is what is awaited.
+pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    soon(what, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
 /// The refusal code inside a session error, if it is a refusal.
 pub fn refusal(e: &SessionError) -> Option<ErrorCode> {
     match e {

@@ -19,7 +19,7 @@ use cloudproxy_transport::tunnel::{
 
 use crate::config::Config;
 use crate::error::EngineError;
-use crate::ladder::{Attempt, Rung};
+use crate::ladder::{Attempt, RaceLost, Rung, race};
 use crate::rungs::{Bound, ChannelRoute, refine};
 
 /// Where and how the TLS rungs connect.
@@ -67,9 +67,11 @@ impl TlsTarget {
         })
     }
 
-    /// The connector of `rung`: TLS straight to the endpoints, or through
-    /// the HTTP proxy to the server's name (or first address) and TLS port.
-    async fn connector(&self, rung: Rung, config: &Config) -> Result<Connector, EngineError> {
+    /// The connectors of `rung`: TLS straight to the endpoints (one
+    /// connector racing them), or through the HTTP proxy to the server's
+    /// name, or to each of its addresses (one connector each: the proxy
+    /// is asked for one target per tunnel).
+    async fn connectors(&self, rung: Rung, config: &Config) -> Result<Vec<Connector>, EngineError> {
         // The first use of the system roots parses the platform's store (a
         // few hundred certificates): off the runtime's worker (the SDK's
         // runtime has one), so the rungs already running keep going.
@@ -94,22 +96,32 @@ impl TlsTarget {
                         found: "none".into(),
                     });
                 };
-                let target = match kind {
-                    ProxyKind::Domain(host) => host.clone(),
-                    ProxyKind::IpList(ips) => {
-                        ips.first().map(ToString::to_string).unwrap_or_default()
-                    }
+                let targets = match kind {
+                    ProxyKind::Domain(host) => vec![host.clone()],
+                    ProxyKind::IpList(ips) => ips.iter().map(ToString::to_string).collect(),
                 };
                 let proxy_addrs =
                     host_endpoints(&proxy.host, proxy.port, config.dns_timeout).await?;
-                Connector::http_proxy(tls, proxy, proxy_addrs, &target, self.port).map_err(bad_name)
+                targets
+                    .iter()
+                    .map(|target| {
+                        Connector::http_proxy(
+                            tls.clone(),
+                            proxy.clone(),
+                            proxy_addrs.clone(),
+                            target,
+                            self.port,
+                        )
+                        .map_err(bad_name)
+                    })
+                    .collect()
             }
-            (_, ProxyKind::Domain(host)) => {
-                Connector::tls(tls, Some(host), self.endpoints.clone()).map_err(bad_name)
-            }
-            (_, ProxyKind::IpList(_)) => {
-                Connector::tls(tls, None, self.endpoints.clone()).map_err(bad_name)
-            }
+            (_, ProxyKind::Domain(host)) => Ok(vec![
+                Connector::tls(tls, Some(host), self.endpoints.clone()).map_err(bad_name)?,
+            ]),
+            (_, ProxyKind::IpList(_)) => Ok(vec![
+                Connector::tls(tls, None, self.endpoints.clone()).map_err(bad_name)?,
+            ]),
         }
     }
 }
@@ -144,7 +156,9 @@ impl TlsOpener {
 }
 
 /// The attempt of a TLS rung (`Tls` or `HttpProxy`): allocate and bind the
-/// media path (UDP-over-TLS) over its connector.
+/// media path (UDP-over-TLS) over its connector. Through an HTTP proxy to
+/// a server given as several addresses, one attempt per address, started
+/// the dial's stagger apart: the first to bind wins, the rest are aborted.
 pub(crate) fn tls_rung(
     rung: Rung,
     client: ClientConfig,
@@ -152,32 +166,57 @@ pub(crate) fn tls_rung(
     config: Arc<Config>,
 ) -> Attempt<Bound> {
     Box::pin(async move {
-        let connector = target.connector(rung, &config).await?;
-        let (service, allocation) = allocate_via(&client, &connector, &config.dial)
+        let mut connectors = target.connectors(rung, &config).await?;
+        if connectors.len() == 1
+            && let Some(connector) = connectors.pop()
+        {
+            return bind_over(rung, client, connector, config).await;
+        }
+        let attempts = connectors
+            .into_iter()
+            .map(|connector| {
+                let attempt = bind_over(rung, client.clone(), connector, Arc::clone(&config));
+                (config.dial.stagger, Box::pin(attempt) as Attempt<Bound>)
+            })
+            .collect();
+        race(attempts)
             .await
-            .map_err(|e| refine(&config, EngineError::Tunnel(e)))?;
-        tracing::debug!(%service, ?rung, session = allocation.session_id, "proxy session allocated over TLS");
-        let policy = MediaPolicy {
-            transport: MediaTransport::TcpOnly,
-            udp_probe_timeout: config.udp_probe_timeout,
-            tcp_dial: config.dial.clone(),
-            queue_len: config.media_queue,
-        };
-        let media = open_media_via(
-            &client,
-            &connector,
-            &allocation,
-            Address::Ip(config.edge_udp),
-            &policy,
-        )
+            .map(|won| won.value)
+            .map_err(RaceLost::first)
+    })
+}
+
+/// Allocates and binds the media path over one connector.
+async fn bind_over(
+    rung: Rung,
+    client: ClientConfig,
+    connector: Connector,
+    config: Arc<Config>,
+) -> Result<Bound, EngineError> {
+    let (service, allocation) = allocate_via(&client, &connector, &config.dial)
         .await
         .map_err(|e| refine(&config, EngineError::Tunnel(e)))?;
-        Ok(Bound {
-            rung,
-            allocation,
-            media,
-            fallback: None,
-            route: ChannelRoute::Tls(TlsOpener { connector, config }),
-        })
+    tracing::debug!(%service, ?rung, session = allocation.session_id, "proxy session allocated over TLS");
+    let policy = MediaPolicy {
+        transport: MediaTransport::TcpOnly,
+        udp_probe_timeout: config.udp_probe_timeout,
+        tcp_dial: config.dial.clone(),
+        queue_len: config.media_queue,
+    };
+    let media = open_media_via(
+        &client,
+        &connector,
+        &allocation,
+        Address::Ip(config.edge_udp),
+        &policy,
+    )
+    .await
+    .map_err(|e| refine(&config, EngineError::Tunnel(e)))?;
+    Ok(Bound {
+        rung,
+        allocation,
+        media,
+        fallback: None,
+        route: ChannelRoute::Tls(TlsOpener { connector, config }),
     })
 }

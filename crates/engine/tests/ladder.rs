@@ -346,3 +346,27 @@ async fn the_http_proxy_rung_carries_a_call_and_a_407_fails_fast() {
     node.shutdown().await;
     edge.shutdown().await;
 }
+
+/// Through an HTTP proxy, a server given as several addresses is tried at
+/// each: the proxy cannot reach the first (nothing listens at 127.0.0.3),
+/// the second carries the call.
+#[tokio::test]
+async fn the_http_proxy_rung_tries_each_address_of_the_server() {
+    let edge = edge().await;
+    let node = tls_proxy_node("http-proxy-addresses", None).await;
+    let proxy = connect_proxy().await;
+    let port = alloc_addr(&node).port();
+    let engine = tls_engine_at(&edge, &node, "127.0.0.2", port, Duration::from_secs(2));
+    engine
+        .set_parameters(&proxy_server_param(&["127.0.0.3", "127.0.0.2"], port))
+        .unwrap();
+    engine
+        .set_parameters(&format!(r#"{{"rtc.http_proxy":"http://user:pw@{proxy}"}}"#))
+        .unwrap();
+    let (proxy_type, _, _) = join_via(&engine, "http-proxy-addresses", 1).await;
+    assert_eq!(proxy_type, ProxyType::HttpProxy);
+    engine.leave_channel().await.unwrap();
+    no_sessions_left(&node).await;
+    node.shutdown().await;
+    edge.shutdown().await;
+}

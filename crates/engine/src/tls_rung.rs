@@ -167,6 +167,13 @@ pub(crate) fn tls_rung(
 ) -> Attempt<Bound> {
     Box::pin(async move {
         let mut connectors = target.connectors(rung, &config).await?;
+        if connectors.is_empty() {
+            return Err(EngineError::InvalidConfig {
+                what: "proxy server",
+                expected: "at least one address for the TLS rungs",
+                found: "an empty address list".into(),
+            });
+        }
         if connectors.len() == 1
             && let Some(connector) = connectors.pop()
         {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use cloudproxy_engine::{
     Bytes, ConnectionState, Credential, Engine, EngineError, Event, ProxyMode, ProxyType,
+    StateReason,
 };
 use serde::Serialize;
 
@@ -59,7 +60,9 @@ pub(crate) struct Summary {
     pub(crate) media_received: u64,
     pub(crate) failovers: u64,
     pub(crate) failover_ms: Vec<f64>,
-    pub(crate) events: Vec<String>,
+    /// Every engine event in arrival order, each a JSON object of a stable
+    /// shape (see [`event_json`]).
+    pub(crate) events: Vec<serde_json::Value>,
 }
 
 const PING: u8 = b'P';
@@ -72,6 +75,10 @@ const MEDIA_RATE: u64 = 50;
 const PLAIN_PROGRESS_EVERY: u64 = 5;
 /// After the last send, how long to wait for what is in flight.
 const DRAIN: Duration = Duration::from_secs(5);
+/// After the last send, media still missing is counted lost once none has
+/// arrived for this long (UDP says nothing of a loss; a datagram still in
+/// flight on a busy machine is not one).
+const MEDIA_QUIET: Duration = Duration::from_millis(500);
 
 fn message(kind: u8, seq: u64, sent_at: Duration) -> Bytes {
     let mut m = Vec::with_capacity(17);
@@ -231,11 +238,25 @@ async fn call(spec: &CallSpec, summary: &mut Summary) -> Result<(), String> {
     let redraw = std::io::stderr().is_terminal();
     let mut progress_ticks = 0u64;
 
+    let mut last_media = tokio::time::Instant::now();
     loop {
-        let sending = tokio::time::Instant::now() < sending_until;
-        if !sending && alice_pongs.received >= pings_sent && bob_pings.received >= pings_sent {
+        let now = tokio::time::Instant::now();
+        let sending = now < sending_until;
+        let drained = Drain {
+            messages_sent: pings_sent,
+            pongs_received: alice_pongs.received,
+            pings_received: bob_pings.received,
+            media_sent: summary.media_sent,
+            media_received: alice_media + bob_media,
+        };
+        if !sending && drained.done(now.saturating_duration_since(last_media.max(sending_until))) {
             break;
         }
+        // Wakes the loop when the media quiet period ends (armed only while
+        // media is missing and the period runs, so it never spins).
+        let quiet_until = last_media.max(sending_until) + MEDIA_QUIET;
+        let awaiting_media =
+            !sending && drained.media_received < drained.media_sent && now < quiet_until;
         tokio::select! {
             _ = ping_tick.tick(), if sending => {
                 pings_sent += 1;
@@ -260,8 +281,15 @@ async fn call(spec: &CallSpec, summary: &mut Summary) -> Result<(), String> {
                     rtts.push(started.elapsed().saturating_sub(sent_at));
                 }
             }
-            Some(_) = alice.recv_media() => alice_media += 1,
-            Some(_) = bob.recv_media() => bob_media += 1,
+            Some(_) = alice.recv_media() => {
+                alice_media += 1;
+                last_media = tokio::time::Instant::now();
+            }
+            Some(_) = bob.recv_media() => {
+                bob_media += 1;
+                last_media = tokio::time::Instant::now();
+            }
+            () = tokio::time::sleep_until(quiet_until), if awaiting_media => {}
             Some(event) = alice_events.recv() => tracker.note("alice", &event, summary),
             Some(event) = bob_events.recv() => tracker.note("bob", &event, summary),
             _ = progress_tick.tick(), if spec.progress => {
@@ -316,6 +344,29 @@ async fn call(spec: &CallSpec, summary: &mut Summary) -> Result<(), String> {
     Ok(())
 }
 
+/// What has been sent and received when the sending stops: the call is
+/// over once every message is answered and every media datagram arrived,
+/// or no media has arrived for [`MEDIA_QUIET`] (the rest is lost).
+#[derive(Debug, Clone, Copy)]
+struct Drain {
+    messages_sent: u64,
+    pongs_received: u64,
+    pings_received: u64,
+    media_sent: u64,
+    media_received: u64,
+}
+
+impl Drain {
+    /// `quiet`: how long since the later of the last media arrival and the
+    /// end of sending.
+    fn done(self, quiet: Duration) -> bool {
+        let messages =
+            self.pongs_received >= self.messages_sent && self.pings_received >= self.messages_sent;
+        let media = self.media_received >= self.media_sent || quiet >= MEDIA_QUIET;
+        messages && media
+    }
+}
+
 async fn timed<T>(fut: impl std::future::Future<Output = T>) -> (Duration, T) {
     let started = Instant::now();
     let out = fut.await;
@@ -330,19 +381,11 @@ struct EventTracker {
 
 impl EventTracker {
     fn note(&mut self, who: &'static str, event: &Event, summary: &mut Summary) {
-        summary.events.push(format!("{who}: {event:?}"));
+        summary.events.push(event_json(who, event));
         let slot = usize::from(who == "bob");
         match event {
             Event::ProxyConnected { proxy_type, .. } => {
-                summary.path = Some(
-                    match proxy_type {
-                        ProxyType::Udp => "udp",
-                        ProxyType::Tcp => "tcp",
-                        ProxyType::Tls => "tls",
-                        ProxyType::HttpProxy => "http-proxy",
-                    }
-                    .into(),
-                );
+                summary.path = Some(path_name(*proxy_type).into());
             }
             Event::MediaFallbackToTcp { why } => summary.fallback_reason = Some(why.clone()),
             Event::ConnectionStateChanged {
@@ -365,6 +408,97 @@ impl EventTracker {
     }
 }
 
+/// The summary's name for a rung: "udp", "tcp", "tls" or "http-proxy".
+fn path_name(proxy_type: ProxyType) -> &'static str {
+    match proxy_type {
+        ProxyType::Udp => "udp",
+        ProxyType::Tcp => "tcp",
+        ProxyType::Tls => "tls",
+        ProxyType::HttpProxy => "http-proxy",
+    }
+}
+
+/// An engine event as `demo --json` reports it: an object naming the
+/// engine (`"alice"` or `"bob"`) and the event in snake case, with the
+/// event's fields by name (durations in milliseconds). Scripts can rely
+/// on this shape; a kind this version does not know is `"other"`.
+fn event_json(who: &str, event: &Event) -> serde_json::Value {
+    use serde_json::json;
+    match event {
+        Event::ConnectionStateChanged { state, reason } => json!({
+            "engine": who,
+            "event": "connection_state_changed",
+            "state": state_name(*state),
+            "reason": reason_name(*reason),
+        }),
+        Event::ProxyConnected {
+            proxy_type,
+            elapsed,
+        } => json!({
+            "engine": who,
+            "event": "proxy_connected",
+            "proxy_type": path_name(*proxy_type),
+            "elapsed_ms": ms(*elapsed),
+        }),
+        Event::MediaFallbackToTcp { why } => json!({
+            "engine": who,
+            "event": "media_fallback_to_tcp",
+            "why": why,
+        }),
+        Event::DirectPathFailed { why } => json!({
+            "engine": who,
+            "event": "direct_path_failed",
+            "why": why,
+        }),
+        Event::UserJoined { uid, member_id } => json!({
+            "engine": who,
+            "event": "user_joined",
+            "uid": uid,
+            "member_id": member_id,
+        }),
+        Event::UserLeft { uid, member_id } => json!({
+            "engine": who,
+            "event": "user_left",
+            "uid": uid,
+            "member_id": member_id,
+        }),
+        Event::ParameterWarning { warning } => json!({
+            "engine": who,
+            "event": "parameter_warning",
+            "warning": warning.to_string(),
+        }),
+        _ => json!({ "engine": who, "event": "other" }),
+    }
+}
+
+fn state_name(state: ConnectionState) -> &'static str {
+    match state {
+        ConnectionState::Disconnected => "disconnected",
+        ConnectionState::Connecting => "connecting",
+        ConnectionState::Connected => "connected",
+        ConnectionState::Reconnecting => "reconnecting",
+        ConnectionState::Failed => "failed",
+        _ => "other",
+    }
+}
+
+fn reason_name(reason: StateReason) -> &'static str {
+    match reason {
+        StateReason::Joining => "joining",
+        StateReason::SettingProxyServer => "setting_proxy_server",
+        StateReason::Joined => "joined",
+        StateReason::Interrupted => "interrupted",
+        StateReason::KeepaliveTimeout => "keepalive_timeout",
+        StateReason::RelaySilent => "relay_silent",
+        StateReason::Resumed => "resumed",
+        StateReason::Rejoined => "rejoined",
+        StateReason::JoinFailed => "join_failed",
+        StateReason::ReconnectFailed => "reconnect_failed",
+        StateReason::Left => "left",
+        _ => "other",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,6 +510,62 @@ mod tests {
             s.see(seq);
         }
         assert_eq!((s.received, s.duplicates, s.out_of_order), (5, 2, 1));
+    }
+
+    #[test]
+    fn media_in_flight_when_sending_stops_is_waited_for() {
+        let in_flight = Drain {
+            messages_sent: 50,
+            pongs_received: 50,
+            pings_received: 50,
+            media_sent: 102,
+            media_received: 100,
+        };
+        // Every message answered, two datagrams still on their way: not
+        // over until they arrive or the media has been quiet long enough.
+        assert!(!in_flight.done(Duration::ZERO));
+        assert!(!in_flight.done(MEDIA_QUIET / 2));
+        assert!(in_flight.done(MEDIA_QUIET));
+        let all_there = Drain {
+            media_received: 102,
+            ..in_flight
+        };
+        assert!(all_there.done(Duration::ZERO));
+        let message_missing = Drain {
+            pongs_received: 49,
+            ..all_there
+        };
+        assert!(!message_missing.done(MEDIA_QUIET));
+    }
+
+    #[test]
+    fn events_have_a_stable_json_shape() {
+        let event = Event::ConnectionStateChanged {
+            state: ConnectionState::Connecting,
+            reason: StateReason::Joining,
+        };
+        assert_eq!(
+            event_json("alice", &event),
+            serde_json::json!({
+                "engine": "alice",
+                "event": "connection_state_changed",
+                "state": "connecting",
+                "reason": "joining",
+            })
+        );
+        let event = Event::ProxyConnected {
+            proxy_type: ProxyType::HttpProxy,
+            elapsed: Duration::from_micros(2500),
+        };
+        assert_eq!(
+            event_json("bob", &event),
+            serde_json::json!({
+                "engine": "bob",
+                "event": "proxy_connected",
+                "proxy_type": "http-proxy",
+                "elapsed_ms": 2.5,
+            })
+        );
     }
 
     #[test]

@@ -221,3 +221,102 @@ fn force_tls_through_a_proxy_that_refuses_the_credentials_fails_with_a_stable_ki
     let error = summary["error"].as_str().unwrap();
     assert!(error.contains("407"), "{error}");
 }
+
+/// A UDP relay in front of `target` that holds every datagram, both ways,
+/// for `delay` before passing it on: a slow media path. Each client
+/// address gets a socket of its own towards `target`, so the far side sees
+/// one stable address per client. Runs until the test process ends.
+fn delaying_udp_relay(target: std::net::SocketAddr, delay: std::time::Duration) -> String {
+    use std::collections::HashMap;
+    use std::net::UdpSocket;
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = front.local_addr().unwrap();
+    // (when to send, through which socket, to where, what): one sender
+    // thread sends them in order, each at its time.
+    let (queue, due) = mpsc::channel::<(Instant, UdpSocket, std::net::SocketAddr, Vec<u8>)>();
+    std::thread::spawn(move || {
+        for (at, socket, to, datagram) in due {
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            let _ = socket.send_to(&datagram, to);
+        }
+    });
+    std::thread::spawn(move || {
+        let mut backs: HashMap<std::net::SocketAddr, UdpSocket> = HashMap::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, client)) = front.recv_from(&mut buf) {
+            let back = backs.entry(client).or_insert_with(|| {
+                let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+                // The far side's answers come back to the client, as late.
+                let (reply_to, front, queue) = (client, front.try_clone().unwrap(), queue.clone());
+                let answers = back.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n) = answers.recv(&mut buf) {
+                        let front = front.try_clone().unwrap();
+                        let at = Instant::now() + delay;
+                        if queue
+                            .send((at, front, reply_to, buf[..n].to_vec()))
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+                back.connect(target).unwrap();
+                back
+            });
+            let at = Instant::now() + delay;
+            if queue
+                .send((at, back.try_clone().unwrap(), target, buf[..n].to_vec()))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    addr.to_string()
+}
+
+/// Media still in flight when the sending stops is waited for, not counted
+/// lost: with 150 ms more each way on the media path (and none on the
+/// message path), the last 300 ms of media are always in flight when the
+/// last message is answered, and every datagram still arrives.
+#[test]
+fn media_in_flight_at_the_end_is_not_counted_lost() {
+    let local = local_edge();
+    let (edge_tcp, edge_udp) = local.addrs.split_once(',').unwrap();
+    let slow_udp = delaying_udp_relay(
+        edge_udp.parse().unwrap(),
+        std::time::Duration::from_millis(150),
+    );
+    let serve_node = dev_proxy(&[]);
+    let (output, summary) = demo(&[
+        "--proxy",
+        &serve_node.server,
+        "--edge",
+        &format!("{edge_tcp},{slow_udp}"),
+        "--app-id",
+        "dev-app",
+        "--credential",
+        &serve_node.secret,
+        "--seconds",
+        "1",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{summary:#}");
+    assert_delivered(&summary);
+    assert_eq!(
+        summary["media_received"], summary["media_sent"],
+        "{summary:#}"
+    );
+    // The events are objects of a stable shape, not debug strings.
+    let events = summary["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e["engine"] == "alice"
+            && e["event"] == "proxy_connected"
+            && e["proxy_type"] == "udp"),
+        "{events:#?}"
+    );
+}

@@ -171,8 +171,9 @@ pub(super) struct DemoSummary {
     pub(super) media_received: u64,
     pub(super) failovers: u64,
     pub(super) failover_ms: Vec<f64>,
-    /// The engines' events, as `Debug` lines.
-    pub(super) events: Vec<String>,
+    /// The engines' events: objects with `engine`, `event` (snake case)
+    /// and the event's fields (`crates/cli/src/call.rs`, `event_json`).
+    pub(super) events: Vec<serde_json::Value>,
 }
 
 /// A finished demo: the process and its summary.
@@ -204,13 +205,9 @@ impl Demo {
         self.summary.connect_ms.unwrap_or(f64::NAN)
     }
 
-    /// The first event whose line contains `needle`.
-    pub(super) fn event(&self, needle: &str) -> Option<&str> {
-        self.summary
-            .events
-            .iter()
-            .map(String::as_str)
-            .find(|e| e.contains(needle))
+    /// The first event of this kind (`"proxy_connected"`, ...).
+    pub(super) fn event(&self, kind: &str) -> Option<&serde_json::Value> {
+        self.summary.events.iter().find(|e| e["event"] == kind)
     }
 
     /// `ok` true in the summary.
@@ -298,13 +295,14 @@ mod tests {
 
     #[test]
     fn reads_the_demo_summary_after_progress_lines() {
-        let text = "progress {not json}\n{\n  \"ok\": true, \"error\": null, \"connect_ms\": 6.5,\n  \"path\": \"udp\", \"fallback_reason\": null, \"messages_sent\": 150,\n  \"messages_received\": 150, \"duplicates\": 0, \"out_of_order\": 0,\n  \"messages_missing\": 0, \"rtt_p50_ms\": 1.0, \"rtt_p99_ms\": null,\n  \"media_sent\": 300, \"media_received\": 298, \"failovers\": 1,\n  \"failover_ms\": [1.1, 2], \"events\": [\"ProxyConnected { proxy_type: Udp }\", \"a\\\"b\\u00e9\"]\n}\n";
+        let text = "progress {not json}\n{\n  \"ok\": true, \"error\": null, \"connect_ms\": 6.5,\n  \"path\": \"udp\", \"fallback_reason\": null, \"messages_sent\": 150,\n  \"messages_received\": 150, \"duplicates\": 0, \"out_of_order\": 0,\n  \"messages_missing\": 0, \"rtt_p50_ms\": 1.0, \"rtt_p99_ms\": null,\n  \"media_sent\": 300, \"media_received\": 298, \"failovers\": 1,\n  \"failover_ms\": [1.1, 2], \"events\": [{\"engine\": \"alice\", \"event\": \"proxy_connected\", \"proxy_type\": \"udp\"}, {\"event\": \"a\\\"b\\u00e9\"}]\n}\n";
         let s: DemoSummary = last_json_object(text).unwrap();
         assert!(s.ok);
         assert_eq!(s.connect_ms, Some(6.5));
         assert_eq!(s.path.as_deref(), Some("udp"));
         assert_eq!(s.failover_ms, [1.1, 2.0]);
-        assert_eq!(s.events[1], "a\"bé");
+        assert_eq!(s.events[0]["proxy_type"], "udp");
+        assert_eq!(s.events[1]["event"], "a\"bé");
     }
 
     #[test]

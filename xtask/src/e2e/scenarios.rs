@@ -53,11 +53,11 @@ pub(super) fn udp_relay(bed: &mut Bed) -> Outcome {
     c.call(&d);
     c.path(&d, "udp");
     c.check(
-        d.event("ProxyConnected")
-            .is_some_and(|e| e.contains("UDP") || e.contains("Udp")),
+        d.event("proxy_connected")
+            .is_some_and(|e| e["proxy_type"] == "udp"),
         format!(
-            "ProxyConnected reports UDP: {:?}",
-            d.event("ProxyConnected")
+            "proxy_connected reports udp: {:?}",
+            d.event("proxy_connected")
         ),
     );
     c.check(d.summary.fallback_reason.is_none(), "no fallback");
@@ -77,10 +77,10 @@ pub(super) fn tcp_fallback(bed: &mut Bed) -> Outcome {
     let reason = d.summary.fallback_reason.as_deref().unwrap_or("");
     c.check(!reason.is_empty(), format!("fallback reason: {reason:?}"));
     c.check(
-        d.event("MediaFallbackToTcp").is_some(),
+        d.event("media_fallback_to_tcp").is_some(),
         format!(
-            "MediaFallbackToTcp event: {:?}",
-            d.event("MediaFallbackToTcp")
+            "media_fallback_to_tcp event: {:?}",
+            d.event("media_fallback_to_tcp")
         ),
     );
     let connect = d.connect_ms();
@@ -406,7 +406,7 @@ pub(super) fn node_black_holed_mid_call(bed: &mut Bed) -> Outcome {
         .summary
         .events
         .iter()
-        .filter(|e| e.contains("Reconnecting") && e.contains("RelaySilent"))
+        .filter(|e| e["state"] == "reconnecting" && e["reason"] == "relay_silent")
         .count();
     c.check(
         silent >= 1,
@@ -456,16 +456,17 @@ fn tls_params(bed: &Bed, http_proxy: Option<&str>) -> String {
     }
 }
 
-/// What a call over a TLS rung shares: it worked, over `path`, and
-/// `ProxyConnected` names `rung`.
-fn tls_call(c: &mut Checks, d: &Demo, path: &str, rung: &str) {
+/// What a call over a TLS rung shares: it worked, over `path`, and the
+/// `proxy_connected` event names the same rung.
+fn tls_call(c: &mut Checks, d: &Demo, path: &str) {
     c.call(d);
     c.path(d, path);
     c.check(
-        d.event("ProxyConnected").is_some_and(|e| e.contains(rung)),
+        d.event("proxy_connected")
+            .is_some_and(|e| e["proxy_type"] == path),
         format!(
-            "ProxyConnected reports {rung}: {:?}",
-            d.event("ProxyConnected")
+            "proxy_connected reports {path}: {:?}",
+            d.event("proxy_connected")
         ),
     );
 }
@@ -480,7 +481,7 @@ pub(super) fn only_tls_443(bed: &mut Bed) -> Outcome {
         ..Call::enabled(NODE_A)
     })?;
     let mut c = Checks::new();
-    tls_call(&mut c, &d, "tls", "Tls");
+    tls_call(&mut c, &d, "tls");
     let connect = d.connect_ms();
     c.check(
         connect <= TLS_CONNECT_MS,
@@ -504,7 +505,7 @@ pub(super) fn dpi_gateway(bed: &mut Bed) -> Outcome {
         ..Call::enabled(GATEWAY)
     })?;
     let mut c = Checks::new();
-    tls_call(&mut c, &d, "tls", "Tls");
+    tls_call(&mut c, &d, "tls");
     let connect = d.connect_ms();
     c.check(
         connect <= TLS_CONNECT_MS,
@@ -561,7 +562,7 @@ pub(super) fn http_proxy_basic_auth(bed: &mut Bed) -> Outcome {
         params: &params,
         ..Call::enabled(NODE_A)
     })?;
-    tls_call(&mut c, &d, "http-proxy", "HttpProxy");
+    tls_call(&mut c, &d, "http-proxy");
     let connect = d.connect_ms();
     let access = std::fs::read_to_string(&access_log).unwrap_or_default();
     c.check(

@@ -269,9 +269,87 @@ fn names_flag(text: &str, flag: &str) -> bool {
     })
 }
 
+/// The release binary as `cargo install` and the container ship it: no
+/// DWARF (the release profile strips it; `--profile profiling` keeps line
+/// tables), but its symbol table, so perf and backtraces name functions.
+/// Read with binutils' `readelf`, which comes with gcc.
+pub(crate) fn shipped_binary(bin: &Path) -> Result {
+    let out = Command::new("readelf")
+        .args(["--section-headers", "--wide"])
+        .arg(bin)
+        .output()
+        .map_err(|e| format!("readelf (binutils, installed with gcc): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "readelf {}: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let size = fs::metadata(bin)
+        .map_err(|e| format!("{}: {e}", bin.display()))?
+        .len();
+    let headers = String::from_utf8_lossy(&out.stdout);
+    let sections = section_names(&headers);
+    shipped_sections(&sections).map_err(|e| format!("{}: {e}", bin.display()))?;
+    println!(
+        "==> release binary {}: {:.1} MB, symbols and no debug info",
+        bin.display(),
+        size as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// Section names from `readelf --section-headers --wide`.
+fn section_names(readelf: &str) -> Vec<&str> {
+    readelf
+        .lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once(']')?;
+            let name = rest.split_whitespace().next()?;
+            name.starts_with('.').then_some(name)
+        })
+        .collect()
+}
+
+fn shipped_sections(sections: &[&str]) -> Result {
+    // `.debug_gdb_scripts` is a loaded section naming a pretty-printer
+    // script, not debug info.
+    let dwarf: Vec<&str> = sections
+        .iter()
+        .copied()
+        .filter(|s| s.starts_with(".debug_") && *s != ".debug_gdb_scripts")
+        .collect();
+    if !dwarf.is_empty() {
+        return Err(format!(
+            "expected no debug info in the release profile's binary (strip = \"debuginfo\"), found {}",
+            dwarf.join(", ")
+        ));
+    }
+    if !sections.contains(&".symtab") {
+        return Err(
+            "expected the symbol table kept for profilers (strip = \"debuginfo\", not \"symbols\"), found no .symtab".into(),
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shipped_binary_has_symbols_and_no_dwarf() {
+        let readelf = "Section Headers:\n  [Nr] Name Type Address Off Size ES Flg Lk Inf Al\n  [ 0]                   NULL            0000 000000 000000 00      0   0  0\n  [11] .rodata           PROGBITS        005d000 05d000 0eddf8 00 AMS  0   0 4096\n  [13] .debug_gdb_scripts PROGBITS       1d1ad4 1d1ad4 000022 01 AMS  0   0  1\n  [34] .symtab           SYMTAB          0000 dab7c0 1a2b3c 18     35 9 8\n";
+        let names = section_names(readelf);
+        assert_eq!(names, [".rodata", ".debug_gdb_scripts", ".symtab"]);
+        assert!(shipped_sections(&names).is_ok());
+        let with_lines = [".rodata", ".debug_line", ".debug_info", ".symtab"];
+        let e = shipped_sections(&with_lines).unwrap_err();
+        assert!(e.contains(".debug_line, .debug_info"), "{e}");
+        let e = shipped_sections(&[".rodata"]).unwrap_err();
+        assert!(e.contains("no .symtab"), "{e}");
+    }
 
     #[test]
     fn reads_clap_help() {

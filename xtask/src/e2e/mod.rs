@@ -206,6 +206,7 @@ pub(crate) fn run(args: &[String]) -> Result {
         return Err(format!("the build did not produce {}", bin.display()));
     }
     client::require_demo(&bin)?;
+    crate::checks::shipped_binary(&bin)?;
 
     bed::remove_leftovers();
     let mut bed = Bed::create(bin)?;

@@ -272,13 +272,17 @@ fn names_flag(text: &str, flag: &str) -> bool {
 /// The release binary as `cargo install` and the container ship it: no
 /// DWARF (the release profile strips it; `--profile profiling` keeps line
 /// tables), but its symbol table, so perf and backtraces name functions.
-/// Read with binutils' `readelf`, which comes with gcc.
+/// Read with binutils' `readelf` (gcc's own dependency; installed when
+/// missing).
 pub(crate) fn shipped_binary(bin: &Path) -> Result {
+    if crate::provision::find_on_path("readelf").is_none() {
+        crate::provision::apt_install("reading the release binary's sections", &["binutils"])?;
+    }
     let out = Command::new("readelf")
         .args(["--section-headers", "--wide"])
         .arg(bin)
         .output()
-        .map_err(|e| format!("readelf (binutils, installed with gcc): {e}"))?;
+        .map_err(|e| format!("readelf (binutils): {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "readelf {}: {}",

@@ -110,7 +110,7 @@ fn python_imports(python: &Path, modules: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn find_on_path(bin: &str) -> Option<PathBuf> {
+pub(crate) fn find_on_path(bin: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH")?;
     env::split_paths(&path)
         .map(|dir| dir.join(bin))

@@ -608,7 +608,9 @@ public protocol CloudProxyEngineProtocol: AnyObject, Sendable {
     func parameter(key: String)  -> String?
     
     /**
-     * The guide's `destroy`: leaves any channel, stops the runtime,
+     * The guide's `destroy`: ends a join or leave blocked on another
+     * thread (it fails with [`CloudProxyError::Destroyed`]) and waits for
+     * it to return, leaves any channel, stops the runtime,
      * delivers the events still queued and ends the event thread (waiting
      * for it unless called from a callback). Idempotent; also done when the
      * engine is dropped.
@@ -795,7 +797,9 @@ open func parameter(key: String) -> String?  {
 }
     
     /**
-     * The guide's `destroy`: leaves any channel, stops the runtime,
+     * The guide's `destroy`: ends a join or leave blocked on another
+     * thread (it fails with [`CloudProxyError::Destroyed`]) and waits for
+     * it to return, leaves any channel, stops the runtime,
      * delivers the events still queued and ends the event thread (waiting
      * for it unless called from a callback). Idempotent; also done when the
      * engine is dropped.
@@ -1901,6 +1905,12 @@ public enum WarningKind: UInt32, Equatable, Hashable {
      * `Auto`: the direct path failed; the proxy is tried next.
      */
     case directPathFailed = 3
+    /**
+     * One of the app's callbacks threw (Kotlin, Python, Swift) or
+     * panicked (Rust); events are still delivered. Reported once per
+     * callback; the message names it and says why.
+     */
+    case callbackFailed = 4
 
 
 
@@ -1928,6 +1938,8 @@ public struct FfiConverterTypeWarningKind: FfiConverterRustBuffer {
         
         case 3: return .directPathFailed
         
+        case 4: return .callbackFailed
+        
         default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
@@ -1946,6 +1958,10 @@ public struct FfiConverterTypeWarningKind: FfiConverterRustBuffer {
         
         case .directPathFailed:
             writeInt(&buf, Int32(3))
+        
+        
+        case .callbackFailed:
+            writeInt(&buf, Int32(4))
         
         }
     }
@@ -2372,7 +2388,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_cloudproxy_ffi_checksum_method_cloudproxyengine_parameter() != 58220) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cloudproxy_ffi_checksum_method_cloudproxyengine_release() != 29120) {
+    if (uniffi_cloudproxy_ffi_checksum_method_cloudproxyengine_release() != 51214) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cloudproxy_ffi_checksum_method_cloudproxyengine_send_media() != 26152) {

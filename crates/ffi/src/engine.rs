@@ -113,7 +113,7 @@ impl CloudProxyEngine {
     /// [`CloudProxyError::InvalidParameters`] (nothing applied),
     /// [`CloudProxyError::InvalidState`] while in a channel.
     pub fn set_parameters(&self, parameters: String) -> Result<(), CloudProxyError> {
-        Ok(self.with_live("set_parameters", |live| {
+        Ok(self.with_live("setting parameters", |live| {
             live.engine.set_parameters(&parameters)
         })??)
     }
@@ -124,7 +124,7 @@ impl CloudProxyEngine {
     /// # Errors
     /// [`CloudProxyError::InvalidState`] while in a channel.
     pub fn set_cloud_proxy(&self, mode: ProxyMode) -> Result<(), CloudProxyError> {
-        Ok(self.with_live("set_cloud_proxy", |live| {
+        Ok(self.with_live("setting the proxy mode", |live| {
             live.engine.set_cloud_proxy(mode.into())
         })??)
     }
@@ -133,7 +133,7 @@ impl CloudProxyEngine {
     /// `rtc.proxy_server`, or any key set), `None` when never set or after
     /// destroy.
     pub fn parameter(&self, key: String) -> Option<String> {
-        self.with_live("parameter", |live| live.engine.parameter(&key))
+        self.with_live("reading a parameter", |live| live.engine.parameter(&key))
             .ok()
             .flatten()
     }
@@ -148,10 +148,12 @@ impl CloudProxyEngine {
     /// [`CloudProxyError::InvalidArgument`] for a bad channel name, or why
     /// the media network could not be reached.
     pub fn join_channel(&self, channel: String, uid: u32) -> Result<(), CloudProxyError> {
-        let (engine, handle, destroyed) = self.with_live("join_channel", Live::handles)?;
-        handle.block_on(until_destroyed("join_channel", destroyed, async move {
-            engine.join_channel(&channel, uid).await
-        }))
+        let (engine, handle, destroyed) = self.with_live("joining a channel", Live::handles)?;
+        handle.block_on(until_destroyed(
+            "joining a channel",
+            destroyed,
+            async move { engine.join_channel(&channel, uid).await },
+        ))
     }
 
     /// Sends a reliable message to the channel (delivered in order, exactly
@@ -161,7 +163,7 @@ impl CloudProxyEngine {
     /// [`CloudProxyError::InvalidState`] outside a channel,
     /// [`CloudProxyError::PayloadTooLarge`].
     pub fn send_message(&self, payload: Vec<u8>) -> Result<(), CloudProxyError> {
-        Ok(self.with_live("send_message", |live| {
+        Ok(self.with_live("sending a message", |live| {
             live.engine.send_message(Bytes::from(payload))
         })??)
     }
@@ -173,7 +175,7 @@ impl CloudProxyEngine {
     /// [`CloudProxyError::InvalidArgument`] when empty,
     /// [`CloudProxyError::PayloadTooLarge`].
     pub fn send_media(&self, payload: Vec<u8>) -> Result<(), CloudProxyError> {
-        Ok(self.with_live("send_media", |live| {
+        Ok(self.with_live("sending media", |live| {
             live.engine.send_media(Bytes::from(payload))
         })??)
     }
@@ -184,10 +186,12 @@ impl CloudProxyEngine {
     /// # Errors
     /// [`CloudProxyError::InvalidState`] while a join is still running.
     pub fn leave_channel(&self) -> Result<(), CloudProxyError> {
-        let (engine, handle, destroyed) = self.with_live("leave_channel", Live::handles)?;
-        handle.block_on(until_destroyed("leave_channel", destroyed, async move {
-            engine.leave_channel().await
-        }))
+        let (engine, handle, destroyed) = self.with_live("leaving the channel", Live::handles)?;
+        handle.block_on(until_destroyed(
+            "leaving the channel",
+            destroyed,
+            async move { engine.leave_channel().await },
+        ))
     }
 
     /// The guide's `destroy`: ends a join or leave blocked on another
@@ -260,9 +264,8 @@ impl Live {
         // them (they drop their receivers) so none of them sees the runtime
         // stop under it.
         destroyed.send_replace(true);
-        let calls_ended = runtime.block_on(async {
-            tokio::time::timeout(CALLS_GRACE, destroyed.closed()).await
-        });
+        let calls_ended =
+            runtime.block_on(async { tokio::time::timeout(CALLS_GRACE, destroyed.closed()).await });
         if calls_ended.is_err() {
             tracing::warn!("destroy: a blocking call did not return within {CALLS_GRACE:?}");
         }

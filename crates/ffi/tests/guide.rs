@@ -213,6 +213,12 @@ fn errors_are_typed_codes_with_messages() {
         ..config(&rig)
     });
     assert_eq!(bad_hex.code(), ErrorCode::InvalidCredential, "{bad_hex}");
+    let short = create(EngineConfig {
+        credential_hex: "abcd".into(),
+        ..config(&rig)
+    });
+    assert_eq!(short.code(), ErrorCode::InvalidCredential, "{short}");
+    assert!(short.to_string().contains("found 2 bytes"), "{short}");
     let bad_addr = create(EngineConfig {
         media_udp: "localhost".into(),
         ..config(&rig)
@@ -233,6 +239,19 @@ fn errors_are_typed_codes_with_messages() {
     assert_eq!(parse.code(), ErrorCode::InvalidParameters, "{parse}");
     let outside = engine.send_message(b"x".to_vec()).expect_err("not joined");
     assert_eq!(outside.code(), ErrorCode::InvalidState, "{outside}");
+    // Messages name no API of one language (Kotlin's joinChannel, Python's
+    // join_channel, Rust's Credential::from_hex).
+    assert!(!outside.to_string().contains("join_channel"), "{outside}");
+    let nul = engine
+        .join_channel("ab\0cd".into(), 1)
+        .expect_err("a NUL in the name");
+    assert_eq!(nul.code(), ErrorCode::InvalidArgument, "{nul}");
+    assert!(nul.to_string().contains("at byte 2"), "{nul}");
+    let long = engine
+        .join_channel("x".repeat(4999), 1)
+        .expect_err("a long name");
+    assert!(long.to_string().contains("4999 bytes"), "{long}");
+    assert!(long.to_string().len() < 300, "echoed in full: {long}");
     engine.set_cloud_proxy(ProxyMode::ForceTcp).expect("mode");
     engine.destroy();
     engine.destroy();
@@ -383,7 +402,9 @@ fn a_failing_callback_does_not_silence_the_engine() {
     wait_for(&bob_rx, "Connected after the failure", |s| {
         *s == Seen::State(ConnectionState::Connected, StateReason::Joined)
     });
-    alice.join_channel("failing".into(), 1).expect("alice joins");
+    alice
+        .join_channel("failing".into(), 1)
+        .expect("alice joins");
     wait_for(&bob_rx, "alice joining", |s| *s == Seen::UserJoined(1));
     for text in ["lost in the failing callback", "delivered"] {
         alice.send_message(text.as_bytes().to_vec()).expect("send");

@@ -223,7 +223,9 @@ impl Delivery {
         match self {
             Self::Message(_) => "onMessage (on_message)",
             Self::Media(_) => "onMedia (on_media)",
-            Self::Event(Event::ConnectionStateChanged { .. }) => "onConnectionStateChanged (on_connection_state_changed)",
+            Self::Event(Event::ConnectionStateChanged { .. }) => {
+                "onConnectionStateChanged (on_connection_state_changed)"
+            }
             Self::Event(Event::ProxyConnected { .. }) => "onProxyConnected (on_proxy_connected)",
             Self::Event(Event::UserJoined { .. }) => "onUserJoined (on_user_joined)",
             Self::Event(Event::UserLeft { .. }) => "onUserLeft (on_user_left)",

@@ -69,6 +69,8 @@ enum CpErrorCode
   CP_ERROR_CODE_UNTRUSTED_CERTIFICATE = 20,
   // [`CloudProxyError::ProxyAuthFailed`].
   CP_ERROR_CODE_PROXY_AUTH_FAILED = 21,
+  // [`CloudProxyError::MediaUnreachable`].
+  CP_ERROR_CODE_MEDIA_UNREACHABLE = 22,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -27,6 +27,8 @@ commands:
                            docs -D warnings, fuzz corpus replay, cargo package of every crate,
                            deploy/ checks (systemd-analyze, kubernetes-validate, Containerfile,
                            promtool check rules)
+  sdk                      the SDK step of `ci` alone: committed header and bindings current, the
+                           guide's flow from C (valgrind), Python, Kotlin and C on Windows (wine)
   fuzz [TARGET] [--secs N] coverage-guided fuzzing with cargo-fuzz on nightly (default: every target, 60 s each)
   bench [--quick] [--only SECTIONS]
                            whole-system benchmarks against haproxy, socat, dante, coturn (release
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") if args.len() == 1 => ci(),
+        Some("sdk") if args.len() == 1 => sdk::check(),
         Some("fuzz") => fuzz(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("e2e") => e2e::run(&args[1..]),

@@ -300,9 +300,9 @@ impl Engine {
     /// cannot carry (1–64 bytes of UTF-8, no control characters); otherwise
     /// why the media network could not be joined, by each path tried.
     pub async fn join_channel(&self, channel: &str, uid: u32) -> Result<(), EngineError> {
-        let channel_name = ChannelName::new(channel).map_err(|e| EngineError::InvalidArgument {
+        let channel_name = ChannelName::new(channel).map_err(|_| EngineError::InvalidArgument {
             what: "channel name",
-            reason: format!("{channel:?}: {e}"),
+            reason: channel_problem(channel),
         })?;
         let settings = {
             let mut phase = self.phase();
@@ -312,7 +312,7 @@ impl Engine {
                     return Err(EngineError::InvalidState {
                         operation: "join_channel",
                         state: other.describe(),
-                        hint: "cannot join a second channel; call leave_channel first",
+                        hint: "cannot join a second channel; leave the current one first",
                     });
                 }
             }
@@ -390,7 +390,7 @@ impl Engine {
                     return Err(EngineError::InvalidState {
                         operation: "leave_channel",
                         state: phase.describe(),
-                        hint: "must wait for join_channel to finish",
+                        hint: "must wait for the join to finish",
                     });
                 }
                 Phase::InChannel { commands, .. } => commands.clone(),
@@ -420,7 +420,7 @@ impl Engine {
             other => Err(EngineError::InvalidState {
                 operation,
                 state: other.describe(),
-                hint: "needs a joined channel; call join_channel first",
+                hint: "needs a joined channel; join one first",
             }),
         }
     }
@@ -510,5 +510,57 @@ impl Drop for JoiningGuard<'_> {
                 *phase = Phase::Idle;
             }
         }
+    }
+}
+
+/// Why `channel` is not a channel name the protocol carries, naming what
+/// was expected, what was found and where (the byte offset of a control
+/// character), echoing at most the first [`ECHO_LEN`] bytes of the name.
+fn channel_problem(channel: &str) -> String {
+    use cloudproxy_proto::MAX_CHANNEL_LEN;
+    if channel.is_empty() || channel.len() > MAX_CHANNEL_LEN {
+        return format!(
+            "expected 1 to {MAX_CHANNEL_LEN} bytes of UTF-8, found {} bytes ({})",
+            channel.len(),
+            echo(channel)
+        );
+    }
+    match channel.char_indices().find(|(_, c)| c.is_control()) {
+        Some((at, c)) => format!(
+            "expected no control characters, found {c:?} at byte {at} of {}",
+            echo(channel)
+        ),
+        None => format!("expected a channel name, found {}", echo(channel)),
+    }
+}
+
+/// How many bytes of a bad argument an error message repeats.
+const ECHO_LEN: usize = 64;
+
+/// `text` quoted, cut to [`ECHO_LEN`] bytes (on a character boundary).
+fn echo(text: &str) -> String {
+    if text.len() <= ECHO_LEN {
+        return format!("{text:?}");
+    }
+    let end = (0..=ECHO_LEN)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{:?}… (the first {end} bytes)", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_channel_name_is_located_and_not_echoed_in_full() {
+        let nul = channel_problem("ab\0cd");
+        assert!(nul.contains("at byte 2"), "{nul}");
+        let long = "x".repeat(4999);
+        let too_long = channel_problem(&long);
+        assert!(too_long.contains("found 4999 bytes"), "{too_long}");
+        assert!(too_long.len() < 200, "{too_long}");
+        assert!(channel_problem("").contains("found 0 bytes"));
     }
 }

@@ -68,7 +68,7 @@ pub enum EngineError {
     /// The proxy was reached and refused the app id or its credential
     /// (`BAD_CREDENTIAL`, 200).
     #[error(
-        "the proxy at {proxy} refused app id {app_id:?} or its credential ({code_name}, {code_number}): check that the app id is the one the proxy's operator configured, and that the credential is the app secret given as the hex string that `cloudproxy serve` prints (or the proxy's configuration lists under [[apps]] secrets), parsed with Credential::from_hex{hint}",
+        "the proxy at {proxy} refused app id {app_id:?} or its credential ({code_name}, {code_number}): check that the app id is the one the proxy's operator configured, and that the credential is the app secret given as the hex string that `cloudproxy serve` prints (or the proxy's configuration lists under [[apps]] secrets){hint}",
         code_name = code.name().unwrap_or("unknown code"),
         code_number = code.0
     )]

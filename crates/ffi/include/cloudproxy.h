@@ -69,6 +69,8 @@ enum CpErrorCode
   CP_ERROR_CODE_UNTRUSTED_CERTIFICATE = 20,
   // [`CloudProxyError::ProxyAuthFailed`].
   CP_ERROR_CODE_PROXY_AUTH_FAILED = 21,
+  // [`CloudProxyError::MediaUnreachable`].
+  CP_ERROR_CODE_MEDIA_UNREACHABLE = 22,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -181,6 +183,10 @@ enum CpWarningKind
   CP_WARNING_KIND_MEDIA_FALLBACK_TO_TCP = 2,
   // `Auto`: the direct path failed; the proxy is tried next.
   CP_WARNING_KIND_DIRECT_PATH_FAILED = 3,
+  // One of the app's callbacks threw (Kotlin, Python, Swift) or
+  // panicked (Rust); events are still delivered. Reported once per
+  // callback; the message names it and says why.
+  CP_WARNING_KIND_CALLBACK_FAILED = 4,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

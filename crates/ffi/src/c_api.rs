@@ -6,7 +6,7 @@
 //! ```c
 //! CpError err = {0};
 //! CpEngine *engine = NULL;
-//! CpEngineConfig config = {"my-app", "5e3a9c0d...", "198.51.100.1:7000", "198.51.100.1:7000", NULL};
+//! CpEngineConfig config = {"dev-app", "1552e01a...", "198.51.100.1:7000", "198.51.100.1:7000", NULL};
 //! CpEventHandler handler = {.user_data = &app, .on_proxy_connected = on_proxy_connected};
 //! if (cloudproxy_engine_create(&config, &handler, &engine, &err) != CP_ERROR_CODE_OK) { puts(err.message); }
 //! cloudproxy_engine_set_parameters(engine, "{\"rtc.enable_proxy\":true}", &err);

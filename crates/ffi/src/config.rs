@@ -7,6 +7,10 @@ use cloudproxy_engine::{Credential, Engine, EngineBuilder};
 
 use crate::error::CloudProxyError;
 
+/// The shortest app secret a proxy accepts (the server's configuration
+/// refuses shorter ones).
+const MIN_SECRET_LEN: usize = 16;
+
 /// What an engine is created with: the app id and credential the proxy
 /// knows the app by, and the media network's addresses.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
@@ -31,6 +35,13 @@ impl EngineConfig {
     pub(crate) fn builder(&self) -> Result<EngineBuilder, CloudProxyError> {
         let credential = Credential::from_hex(&self.credential_hex)
             .map_err(CloudProxyError::InvalidCredential)?;
+        // Refused here rather than by the proxy at join time.
+        if credential.len() < MIN_SECRET_LEN {
+            return Err(CloudProxyError::CredentialTooShort {
+                min: MIN_SECRET_LEN,
+                found: credential.len(),
+            });
+        }
         let tcp = parse_addr("media_tcp", &self.media_tcp)?;
         let udp = parse_addr("media_udp", &self.media_udp)?;
         let mut builder = Engine::builder(self.app_id.clone(), credential).media_network(tcp, udp);

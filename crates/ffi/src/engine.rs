@@ -2,16 +2,19 @@
 //! runtime and event thread.
 
 use std::cell::Cell;
+use std::collections::HashSet;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Mutex, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use cloudproxy_engine::{Bytes, Engine};
 use tokio::runtime::Runtime;
+use tokio::sync::watch;
 
 use crate::config::EngineConfig;
 use crate::error::CloudProxyError;
-use crate::events::{Delivery, EngineEventHandler, ProxyMode};
+use crate::events::{Delivery, EngineEventHandler, ProxyMode, WarningKind};
 
 /// The name of the thread every callback runs on.
 pub const EVENT_THREAD_NAME: &str = "cloudproxy-events";
@@ -25,6 +28,10 @@ thread_local! {
 
 /// How long `destroy` lets the runtime's tasks wind down after leaving.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// How long `destroy` waits for blocking calls on other threads (a join)
+/// to give up and return `Destroyed` before it shuts the runtime down.
+const CALLS_GRACE: Duration = Duration::from_secs(5);
 
 /// A cloud proxy engine for one app (the guide's `RtcEngine`): set the
 /// proxy up with the guide's strings, join a channel, send messages and
@@ -44,6 +51,10 @@ struct Live {
     engine: Engine,
     runtime: Runtime,
     events_thread: JoinHandle<()>,
+    /// Set to `true` by `destroy`; every blocking call holds a receiver
+    /// while it waits, so destroy can end those calls with `Destroyed`
+    /// and know when they have returned.
+    destroyed: watch::Sender<bool>,
 }
 
 #[uniffi::export]
@@ -79,9 +90,7 @@ impl CloudProxyEngine {
             .name(EVENT_THREAD_NAME.into())
             .spawn(move || {
                 ON_EVENT_THREAD.with(|flag| flag.set(true));
-                for delivery in rx {
-                    delivery.deliver(handler.as_ref());
-                }
+                deliver_all(&rx, handler.as_ref());
             })
             .map_err(CloudProxyError::Runtime)?;
         spawn_pumps(&runtime, &engine, &tx);
@@ -90,6 +99,7 @@ impl CloudProxyEngine {
                 engine,
                 runtime,
                 events_thread,
+                destroyed: watch::Sender::new(false),
             })),
         })
     }
@@ -103,7 +113,7 @@ impl CloudProxyEngine {
     /// [`CloudProxyError::InvalidParameters`] (nothing applied),
     /// [`CloudProxyError::InvalidState`] while in a channel.
     pub fn set_parameters(&self, parameters: String) -> Result<(), CloudProxyError> {
-        Ok(self.with_live("set_parameters", |live| {
+        Ok(self.with_live("setting parameters", |live| {
             live.engine.set_parameters(&parameters)
         })??)
     }
@@ -114,7 +124,7 @@ impl CloudProxyEngine {
     /// # Errors
     /// [`CloudProxyError::InvalidState`] while in a channel.
     pub fn set_cloud_proxy(&self, mode: ProxyMode) -> Result<(), CloudProxyError> {
-        Ok(self.with_live("set_cloud_proxy", |live| {
+        Ok(self.with_live("setting the proxy mode", |live| {
             live.engine.set_cloud_proxy(mode.into())
         })??)
     }
@@ -123,7 +133,7 @@ impl CloudProxyEngine {
     /// `rtc.proxy_server`, or any key set), `None` when never set or after
     /// destroy.
     pub fn parameter(&self, key: String) -> Option<String> {
-        self.with_live("parameter", |live| live.engine.parameter(&key))
+        self.with_live("reading a parameter", |live| live.engine.parameter(&key))
             .ok()
             .flatten()
     }
@@ -138,8 +148,12 @@ impl CloudProxyEngine {
     /// [`CloudProxyError::InvalidArgument`] for a bad channel name, or why
     /// the media network could not be reached.
     pub fn join_channel(&self, channel: String, uid: u32) -> Result<(), CloudProxyError> {
-        let (engine, handle) = self.with_live("join_channel", Live::handles)?;
-        Ok(handle.block_on(engine.join_channel(&channel, uid))?)
+        let (engine, handle, destroyed) = self.with_live("joining a channel", Live::handles)?;
+        handle.block_on(until_destroyed(
+            "joining a channel",
+            destroyed,
+            async move { engine.join_channel(&channel, uid).await },
+        ))
     }
 
     /// Sends a reliable message to the channel (delivered in order, exactly
@@ -149,7 +163,7 @@ impl CloudProxyEngine {
     /// [`CloudProxyError::InvalidState`] outside a channel,
     /// [`CloudProxyError::PayloadTooLarge`].
     pub fn send_message(&self, payload: Vec<u8>) -> Result<(), CloudProxyError> {
-        Ok(self.with_live("send_message", |live| {
+        Ok(self.with_live("sending a message", |live| {
             live.engine.send_message(Bytes::from(payload))
         })??)
     }
@@ -161,7 +175,7 @@ impl CloudProxyEngine {
     /// [`CloudProxyError::InvalidArgument`] when empty,
     /// [`CloudProxyError::PayloadTooLarge`].
     pub fn send_media(&self, payload: Vec<u8>) -> Result<(), CloudProxyError> {
-        Ok(self.with_live("send_media", |live| {
+        Ok(self.with_live("sending media", |live| {
             live.engine.send_media(Bytes::from(payload))
         })??)
     }
@@ -172,11 +186,17 @@ impl CloudProxyEngine {
     /// # Errors
     /// [`CloudProxyError::InvalidState`] while a join is still running.
     pub fn leave_channel(&self) -> Result<(), CloudProxyError> {
-        let (engine, handle) = self.with_live("leave_channel", Live::handles)?;
-        Ok(handle.block_on(engine.leave_channel())?)
+        let (engine, handle, destroyed) = self.with_live("leaving the channel", Live::handles)?;
+        handle.block_on(until_destroyed(
+            "leaving the channel",
+            destroyed,
+            async move { engine.leave_channel().await },
+        ))
     }
 
-    /// The guide's `destroy`: leaves any channel, stops the runtime,
+    /// The guide's `destroy`: ends a join or leave blocked on another
+    /// thread (it fails with [`CloudProxyError::Destroyed`]) and waits for
+    /// it to return, leaves any channel, stops the runtime,
     /// delivers the events still queued and ends the event thread (waiting
     /// for it unless called from a callback). Idempotent; also done when the
     /// engine is dropped.
@@ -225,8 +245,12 @@ impl Drop for CloudProxyEngine {
 impl Live {
     /// What a blocking call needs, so the lock is not held while it waits
     /// (other calls, and callbacks', go on meanwhile).
-    fn handles(&self) -> (Engine, tokio::runtime::Handle) {
-        (self.engine.clone(), self.runtime.handle().clone())
+    fn handles(&self) -> (Engine, tokio::runtime::Handle, watch::Receiver<bool>) {
+        (
+            self.engine.clone(),
+            self.runtime.handle().clone(),
+            self.destroyed.subscribe(),
+        )
     }
 
     fn shut_down(self) {
@@ -234,7 +258,17 @@ impl Live {
             engine,
             runtime,
             events_thread,
+            destroyed,
         } = self;
+        // Blocking calls still running return `Destroyed` now; wait for
+        // them (they drop their receivers) so none of them sees the runtime
+        // stop under it.
+        destroyed.send_replace(true);
+        let calls_ended =
+            runtime.block_on(async { tokio::time::timeout(CALLS_GRACE, destroyed.closed()).await });
+        if calls_ended.is_err() {
+            tracing::warn!("destroy: a blocking call did not return within {CALLS_GRACE:?}");
+        }
         if let Err(e) = runtime.block_on(engine.leave_channel()) {
             tracing::debug!(error = %e, "leaving on destroy");
         }
@@ -250,6 +284,62 @@ impl Live {
             let _ = events_thread.join();
         }
     }
+}
+
+/// Runs `call` until it finishes or the engine is destroyed, whichever
+/// comes first; the latter fails with `Destroyed` naming `operation`.
+async fn until_destroyed(
+    operation: &'static str,
+    mut destroyed: watch::Receiver<bool>,
+    call: impl Future<Output = Result<(), cloudproxy_engine::EngineError>>,
+) -> Result<(), CloudProxyError> {
+    tokio::select! {
+        result = call => Ok(result?),
+        // A dropped sender is a destroyed engine too.
+        _ = destroyed.wait_for(|destroyed| *destroyed) => Err(CloudProxyError::Destroyed { operation }),
+    }
+}
+
+/// The event thread's loop: every delivery reaches the handler, even after
+/// a callback failed. A Kotlin or Python exception in a callback arrives
+/// here as a panic of UniFFI's callback proxy (a Rust handler's own panic
+/// too), raised on this side of the foreign call, so catching it never
+/// unwinds through foreign frames. Each kind of failing callback is logged
+/// once and reported once through `on_warning`.
+fn deliver_all(rx: &mpsc::Receiver<Delivery>, handler: &dyn EngineEventHandler) {
+    let mut failed: HashSet<&'static str> = HashSet::new();
+    for delivery in rx {
+        let callback = delivery.callback();
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| delivery.deliver(handler)));
+        let Err(payload) = outcome else { continue };
+        if !failed.insert(callback) {
+            continue;
+        }
+        let why = panic_message(payload.as_ref());
+        let message = format!(
+            "the app's event handler failed in {callback}: {why}; later events are still \
+             delivered, and further failures of this callback are not reported again"
+        );
+        tracing::error!("{message}");
+        if callback != Delivery::WARNING_CALLBACK {
+            // A failing on_warning is not asked to report itself.
+            let report = panic::catch_unwind(AssertUnwindSafe(|| {
+                handler.on_warning(WarningKind::CallbackFailed, message.clone());
+            }));
+            if report.is_err() {
+                failed.insert(Delivery::WARNING_CALLBACK);
+            }
+        }
+    }
+}
+
+/// The text of a panic payload (UniFFI's panics carry a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message")
 }
 
 /// Forwards the engine's events, messages and media to the event thread.

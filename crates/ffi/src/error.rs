@@ -3,7 +3,7 @@
 
 use std::net::AddrParseError;
 
-use cloudproxy_engine::{CredentialError, EngineError};
+use cloudproxy_engine::{CredentialError, EngineError, ErrorCode as ProtoCode, TunnelError};
 
 /// Why an SDK call failed. Kotlin, Swift and Python see one exception class
 /// per variant whose message is this error's `Display` (what was expected,
@@ -22,6 +22,18 @@ pub enum CloudProxyError {
     /// `credential_hex` is not the hex string `cloudproxy serve` prints.
     #[error("invalid credential_hex: {0}")]
     InvalidCredential(CredentialError),
+    /// `credential_hex` is hex but shorter than any secret a proxy accepts
+    /// (code [`ErrorCode::InvalidCredential`]).
+    #[error(
+        "invalid credential_hex: expected the app secret as `cloudproxy serve` prints it, at least {min} bytes ({} hex digits), found {found} bytes",
+        min * 2
+    )]
+    CredentialTooShort {
+        /// The shortest secret a proxy accepts, in bytes.
+        min: usize,
+        /// The length given, in bytes.
+        found: usize,
+    },
     /// A media network address that is not `ip:port`.
     #[error("invalid {what}: expected an `ip:port` socket address, found {found:?} ({cause})")]
     InvalidAddress {
@@ -50,6 +62,11 @@ pub enum CloudProxyError {
     /// The proxy could not be resolved or reached, or refused the session.
     #[error(transparent)]
     ProxyUnreachable(EngineError),
+    /// The proxy answered but could not reach the media network
+    /// (`DESTINATION_UNREACHABLE`, 303): the media addresses are wrong, or
+    /// the media network is down or not reachable from the proxy.
+    #[error(transparent)]
+    MediaUnreachable(EngineError),
     /// The proxy refused the app id or its credential.
     #[error(transparent)]
     CredentialRefused(EngineError),
@@ -148,6 +165,11 @@ impl From<EngineError> for CloudProxyError {
             EngineError::InvalidState { .. } => Self::InvalidState(e),
             EngineError::InvalidArgument { .. } => Self::InvalidArgument(e),
             EngineError::PayloadTooLarge { .. } => Self::PayloadTooLarge(e),
+            EngineError::Tunnel(TunnelError::Refused { code, .. })
+                if code == ProtoCode::DESTINATION_UNREACHABLE =>
+            {
+                Self::MediaUnreachable(e)
+            }
             EngineError::Resolve(..) | EngineError::Tunnel(..) => Self::ProxyUnreachable(e),
             EngineError::CredentialRefused { .. } => Self::CredentialRefused(e),
             EngineError::UdpBlocked { .. } => Self::UdpBlocked(e),
@@ -216,6 +238,8 @@ pub enum ErrorCode {
     UntrustedCertificate = 20,
     /// [`CloudProxyError::ProxyAuthFailed`].
     ProxyAuthFailed = 21,
+    /// [`CloudProxyError::MediaUnreachable`].
+    MediaUnreachable = 22,
 }
 
 impl CloudProxyError {
@@ -224,7 +248,9 @@ impl CloudProxyError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::InvalidConfig(_) => ErrorCode::InvalidConfig,
-            Self::InvalidCredential(_) => ErrorCode::InvalidCredential,
+            Self::InvalidCredential(_) | Self::CredentialTooShort { .. } => {
+                ErrorCode::InvalidCredential
+            }
             Self::InvalidAddress { .. } => ErrorCode::InvalidAddress,
             Self::InvalidParameters(_) => ErrorCode::InvalidParameters,
             Self::InvalidState(_) => ErrorCode::InvalidState,
@@ -234,6 +260,7 @@ impl CloudProxyError {
             | Self::UnknownProxyMode { .. } => ErrorCode::InvalidArgument,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Self::ProxyUnreachable(_) => ErrorCode::ProxyUnreachable,
+            Self::MediaUnreachable(_) => ErrorCode::MediaUnreachable,
             Self::CredentialRefused(_) => ErrorCode::CredentialRefused,
             Self::UdpBlocked(_) => ErrorCode::UdpBlocked,
             Self::DirectFailed(_) => ErrorCode::DirectFailed,
@@ -275,5 +302,26 @@ mod tests {
         assert_eq!(auth.code() as i32, 21);
         assert!(auth.to_string().contains("407"), "{auth}");
         assert_eq!(ErrorCode::Runtime as i32, 19, "existing numbers stay");
+    }
+
+    #[test]
+    fn a_proxy_that_cannot_reach_the_media_network_is_not_proxy_unreachable() {
+        let refused = |code| {
+            CloudProxyError::from(EngineError::Tunnel(TunnelError::Refused {
+                what: "allocating a proxy session",
+                proxy: "127.0.0.1:19700".parse().expect("address"),
+                code,
+                message: String::new(),
+            }))
+        };
+        let edge_down = refused(ProtoCode::DESTINATION_UNREACHABLE);
+        assert_eq!(edge_down.code(), ErrorCode::MediaUnreachable, "{edge_down}");
+        assert_eq!(edge_down.code() as i32, 22);
+        assert!(
+            edge_down.to_string().contains("127.0.0.1:19700"),
+            "{edge_down}"
+        );
+        let other = refused(ProtoCode(300));
+        assert_eq!(other.code(), ErrorCode::ProxyUnreachable, "{other}");
     }
 }

@@ -198,6 +198,10 @@ pub enum WarningKind {
     MediaFallbackToTcp = 2,
     /// `Auto`: the direct path failed; the proxy is tried next.
     DirectPathFailed = 3,
+    /// One of the app's callbacks threw (Kotlin, Python, Swift) or
+    /// panicked (Rust); events are still delivered. Reported once per
+    /// callback; the message names it and says why.
+    CallbackFailed = 4,
 }
 
 /// One thing for the event thread to hand to the handler.
@@ -209,6 +213,26 @@ pub(crate) enum Delivery {
 }
 
 impl Delivery {
+    /// [`Self::callback`] for the warning callback.
+    pub(crate) const WARNING_CALLBACK: &'static str = "onWarning (on_warning)";
+
+    /// The callback this delivery goes to, by its Kotlin/Swift and its
+    /// Python/C/Rust name.
+    pub(crate) fn callback(&self) -> &'static str {
+        use engine::Event;
+        match self {
+            Self::Message(_) => "onMessage (on_message)",
+            Self::Media(_) => "onMedia (on_media)",
+            Self::Event(Event::ConnectionStateChanged { .. }) => {
+                "onConnectionStateChanged (on_connection_state_changed)"
+            }
+            Self::Event(Event::ProxyConnected { .. }) => "onProxyConnected (on_proxy_connected)",
+            Self::Event(Event::UserJoined { .. }) => "onUserJoined (on_user_joined)",
+            Self::Event(Event::UserLeft { .. }) => "onUserLeft (on_user_left)",
+            Self::Event(_) => Self::WARNING_CALLBACK,
+        }
+    }
+
     /// Calls the handler's callback for this delivery.
     pub(crate) fn deliver(self, handler: &dyn EngineEventHandler) {
         match self {

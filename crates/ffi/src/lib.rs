@@ -34,8 +34,8 @@
 //! # fn demo() -> Result<(), cloudproxy_ffi::CloudProxyError> {
 //! let engine = CloudProxyEngine::new(
 //!     EngineConfig {
-//!         app_id: "my-app".into(),
-//!         credential_hex: "5e3a9c0d41b2f7e6a8c9d0e1f2a3b4c5".into(),
+//!         app_id: "dev-app".into(),
+//!         credential_hex: "1552e01a33f40abbfeba320203792acd".into(),
 //!         media_tcp: "198.51.100.1:7000".into(),
 //!         media_udp: "198.51.100.1:7000".into(),
 //!         default_proxy_domain: None,

@@ -213,6 +213,12 @@ fn errors_are_typed_codes_with_messages() {
         ..config(&rig)
     });
     assert_eq!(bad_hex.code(), ErrorCode::InvalidCredential, "{bad_hex}");
+    let short = create(EngineConfig {
+        credential_hex: "abcd".into(),
+        ..config(&rig)
+    });
+    assert_eq!(short.code(), ErrorCode::InvalidCredential, "{short}");
+    assert!(short.to_string().contains("found 2 bytes"), "{short}");
     let bad_addr = create(EngineConfig {
         media_udp: "localhost".into(),
         ..config(&rig)
@@ -233,6 +239,19 @@ fn errors_are_typed_codes_with_messages() {
     assert_eq!(parse.code(), ErrorCode::InvalidParameters, "{parse}");
     let outside = engine.send_message(b"x".to_vec()).expect_err("not joined");
     assert_eq!(outside.code(), ErrorCode::InvalidState, "{outside}");
+    // Messages name no API of one language (Kotlin's joinChannel, Python's
+    // join_channel, Rust's Credential::from_hex).
+    assert!(!outside.to_string().contains("join_channel"), "{outside}");
+    let nul = engine
+        .join_channel("ab\0cd".into(), 1)
+        .expect_err("a NUL in the name");
+    assert_eq!(nul.code(), ErrorCode::InvalidArgument, "{nul}");
+    assert!(nul.to_string().contains("at byte 2"), "{nul}");
+    let long = engine
+        .join_channel("x".repeat(4999), 1)
+        .expect_err("a long name");
+    assert!(long.to_string().contains("4999 bytes"), "{long}");
+    assert!(long.to_string().len() < 300, "echoed in full: {long}");
     engine.set_cloud_proxy(ProxyMode::ForceTcp).expect("mode");
     engine.destroy();
     engine.destroy();
@@ -312,5 +331,133 @@ fn a_callback_may_destroy_its_engine() {
     let refused = bob.send_message(b"x".to_vec()).expect_err("destroyed");
     assert_eq!(refused.code(), ErrorCode::Destroyed, "{refused}");
     alice.destroy();
+    runtime.block_on(rig.shutdown());
+}
+
+/// Panics in the first callback of each kind, as a Kotlin or Python handler
+/// that throws arrives in Rust (UniFFI's callback proxy panics), then
+/// records like [`Recorder`].
+#[derive(Debug)]
+struct PanicsOnce {
+    recorder: Box<Recorder>,
+    panicked: Mutex<std::collections::HashSet<&'static str>>,
+}
+
+impl PanicsOnce {
+    fn first_time(&self, callback: &'static str) {
+        if self.panicked.lock().expect("panicked").insert(callback) {
+            panic!("app bug in {callback}");
+        }
+    }
+}
+
+impl EngineEventHandler for PanicsOnce {
+    fn on_connection_state_changed(&self, state: ConnectionState, reason: StateReason) {
+        self.first_time("state");
+        self.recorder.on_connection_state_changed(state, reason);
+    }
+    fn on_proxy_connected(&self, proxy_type: ProxyType, elapsed_ms: u64) {
+        self.first_time("proxy");
+        self.recorder.on_proxy_connected(proxy_type, elapsed_ms);
+    }
+    fn on_user_joined(&self, uid: u32) {
+        self.recorder.on_user_joined(uid);
+    }
+    fn on_user_left(&self, uid: u32) {
+        self.recorder.on_user_left(uid);
+    }
+    fn on_message(&self, uid: Option<u32>, payload: Vec<u8>) {
+        self.first_time("message");
+        self.recorder.on_message(uid, payload);
+    }
+    fn on_media(&self, uid: Option<u32>, payload: Vec<u8>) {
+        self.recorder.on_media(uid, payload);
+    }
+    fn on_warning(&self, kind: WarningKind, message: String) {
+        self.recorder.on_warning(kind, message);
+    }
+}
+
+#[test]
+fn a_failing_callback_does_not_silence_the_engine() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let rig = runtime.block_on(Rig::start());
+    let (alice, _alice_rx) = proxied(&rig);
+    let (recorder, bob_rx) = Recorder::new();
+    let handler = PanicsOnce {
+        recorder,
+        panicked: Mutex::default(),
+    };
+    let bob = CloudProxyEngine::new(config(&rig), Box::new(handler)).expect("engine");
+    bob.set_cloud_proxy(ProxyMode::On).expect("proxy on");
+    bob.set_parameters(rig.proxy_server_param())
+        .expect("server");
+
+    // Bob's first state callback (Connecting) fails: reported once, and
+    // the events behind it still arrive.
+    bob.join_channel("failing".into(), 2).expect("bob joins");
+    wait_for(&bob_rx, "the failure reported", |s| {
+        *s == Seen::Warning(WarningKind::CallbackFailed)
+    });
+    wait_for(&bob_rx, "Connected after the failure", |s| {
+        *s == Seen::State(ConnectionState::Connected, StateReason::Joined)
+    });
+    alice
+        .join_channel("failing".into(), 1)
+        .expect("alice joins");
+    wait_for(&bob_rx, "alice joining", |s| *s == Seen::UserJoined(1));
+    for text in ["lost in the failing callback", "delivered"] {
+        alice.send_message(text.as_bytes().to_vec()).expect("send");
+    }
+    wait_for(&bob_rx, "the second message", |s| {
+        *s == Seen::Message(Some(1), b"delivered".to_vec())
+    });
+    bob.leave_channel().expect("bob leaves");
+    bob.destroy();
+    let rest: Vec<Seen> = bob_rx.try_iter().collect();
+    assert!(
+        rest.contains(&Seen::State(
+            ConnectionState::Disconnected,
+            StateReason::Left
+        )),
+        "{rest:?}"
+    );
+    alice.destroy();
+    runtime.block_on(rig.shutdown());
+}
+
+#[test]
+fn destroy_ends_a_join_blocked_on_another_thread_with_destroyed() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let rig = runtime.block_on(Rig::start());
+    // A proxy that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("silent proxy");
+    let silent_addr = silent.local_addr().expect("address");
+    let (recorder, rx) = Recorder::new();
+    let engine = CloudProxyEngine::new(config(&rig), recorder).expect("engine");
+    engine.set_cloud_proxy(ProxyMode::On).expect("proxy on");
+    engine
+        .set_parameters(format!(
+            r#"{{"rtc.proxy_server":[2, "[\"{}\"]", {}]}}"#,
+            silent_addr.ip(),
+            silent_addr.port()
+        ))
+        .expect("server");
+    let (done_tx, done_rx) = mpsc::channel();
+    thread::scope(|scope| {
+        let engine = &engine;
+        scope.spawn(move || {
+            let _ = done_tx.send(engine.join_channel("silent".into(), 1));
+        });
+        wait_for(&rx, "Connecting", |s| {
+            *s == Seen::State(ConnectionState::Connecting, StateReason::Joining)
+        });
+        engine.destroy();
+        let joined = done_rx.recv_timeout(WAIT).expect("the join returned");
+        let refused = joined.expect_err("destroyed mid-join");
+        assert_eq!(refused.code(), ErrorCode::Destroyed, "{refused}");
+        assert!(refused.to_string().contains("join"), "{refused}");
+    });
+    drop(silent);
     runtime.block_on(rig.shutdown());
 }

@@ -608,7 +608,9 @@ public protocol CloudProxyEngineProtocol: AnyObject, Sendable {
     func parameter(key: String)  -> String?
     
     /**
-     * The guide's `destroy`: leaves any channel, stops the runtime,
+     * The guide's `destroy`: ends a join or leave blocked on another
+     * thread (it fails with [`CloudProxyError::Destroyed`]) and waits for
+     * it to return, leaves any channel, stops the runtime,
      * delivers the events still queued and ends the event thread (waiting
      * for it unless called from a callback). Idempotent; also done when the
      * engine is dropped.
@@ -795,7 +797,9 @@ open func parameter(key: String) -> String?  {
 }
     
     /**
-     * The guide's `destroy`: leaves any channel, stops the runtime,
+     * The guide's `destroy`: ends a join or leave blocked on another
+     * thread (it fails with [`CloudProxyError::Destroyed`]) and waits for
+     * it to return, leaves any channel, stops the runtime,
      * delivers the events still queued and ends the event thread (waiting
      * for it unless called from a callback). Idempotent; also done when the
      * engine is dropped.
@@ -1059,6 +1063,12 @@ enum CloudProxyError: Swift.Error, Equatable, Hashable, Foundation.LocalizedErro
     case InvalidCredential(message: String)
     
     /**
+     * `credential_hex` is hex but shorter than any secret a proxy accepts
+     * (code [`ErrorCode::InvalidCredential`]).
+     */
+    case CredentialTooShort(message: String)
+    
+    /**
      * A media network address that is not `ip:port`.
      */
     case InvalidAddress(message: String)
@@ -1090,6 +1100,13 @@ enum CloudProxyError: Swift.Error, Equatable, Hashable, Foundation.LocalizedErro
      * The proxy could not be resolved or reached, or refused the session.
      */
     case ProxyUnreachable(message: String)
+    
+    /**
+     * The proxy answered but could not reach the media network
+     * (`DESTINATION_UNREACHABLE`, 303): the media addresses are wrong, or
+     * the media network is down or not reachable from the proxy.
+     */
+    case MediaUnreachable(message: String)
     
     /**
      * The proxy refused the app id or its credential.
@@ -1210,91 +1227,99 @@ public struct FfiConverterTypeCloudProxyError: FfiConverterRustBuffer {
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 3: return .InvalidAddress(
+        case 3: return .CredentialTooShort(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 4: return .InvalidParameters(
+        case 4: return .InvalidAddress(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 5: return .InvalidState(
+        case 5: return .InvalidParameters(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 6: return .InvalidArgument(
+        case 6: return .InvalidState(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 7: return .PayloadTooLarge(
+        case 7: return .InvalidArgument(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 8: return .ProxyUnreachable(
+        case 8: return .PayloadTooLarge(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 9: return .CredentialRefused(
+        case 9: return .ProxyUnreachable(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 10: return .UdpBlocked(
+        case 10: return .MediaUnreachable(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 11: return .DirectFailed(
+        case 11: return .CredentialRefused(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 12: return .JoinRefused(
+        case 12: return .UdpBlocked(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 13: return .Protocol(
+        case 13: return .DirectFailed(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 14: return .Timeout(
+        case 14: return .JoinRefused(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 15: return .Io(
+        case 15: return .Protocol(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 16: return .Disconnected(
+        case 16: return .Timeout(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 17: return .Other(
+        case 17: return .Io(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 18: return .UntrustedCertificate(
+        case 18: return .Disconnected(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 19: return .ProxyAuthFailed(
+        case 19: return .Other(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 20: return .Destroyed(
+        case 20: return .UntrustedCertificate(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 21: return .Runtime(
+        case 21: return .ProxyAuthFailed(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 22: return .NullPointer(
+        case 22: return .Destroyed(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 23: return .UnknownProxyMode(
+        case 23: return .Runtime(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 24: return .InvalidString(
+        case 24: return .NullPointer(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 25: return .UnknownProxyMode(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 26: return .InvalidString(
             message: try FfiConverterString.read(from: &buf)
         )
         
@@ -1313,50 +1338,54 @@ public struct FfiConverterTypeCloudProxyError: FfiConverterRustBuffer {
             writeInt(&buf, Int32(1))
         case .InvalidCredential(_ /* message is ignored*/):
             writeInt(&buf, Int32(2))
-        case .InvalidAddress(_ /* message is ignored*/):
+        case .CredentialTooShort(_ /* message is ignored*/):
             writeInt(&buf, Int32(3))
-        case .InvalidParameters(_ /* message is ignored*/):
+        case .InvalidAddress(_ /* message is ignored*/):
             writeInt(&buf, Int32(4))
-        case .InvalidState(_ /* message is ignored*/):
+        case .InvalidParameters(_ /* message is ignored*/):
             writeInt(&buf, Int32(5))
-        case .InvalidArgument(_ /* message is ignored*/):
+        case .InvalidState(_ /* message is ignored*/):
             writeInt(&buf, Int32(6))
-        case .PayloadTooLarge(_ /* message is ignored*/):
+        case .InvalidArgument(_ /* message is ignored*/):
             writeInt(&buf, Int32(7))
-        case .ProxyUnreachable(_ /* message is ignored*/):
+        case .PayloadTooLarge(_ /* message is ignored*/):
             writeInt(&buf, Int32(8))
-        case .CredentialRefused(_ /* message is ignored*/):
+        case .ProxyUnreachable(_ /* message is ignored*/):
             writeInt(&buf, Int32(9))
-        case .UdpBlocked(_ /* message is ignored*/):
+        case .MediaUnreachable(_ /* message is ignored*/):
             writeInt(&buf, Int32(10))
-        case .DirectFailed(_ /* message is ignored*/):
+        case .CredentialRefused(_ /* message is ignored*/):
             writeInt(&buf, Int32(11))
-        case .JoinRefused(_ /* message is ignored*/):
+        case .UdpBlocked(_ /* message is ignored*/):
             writeInt(&buf, Int32(12))
-        case .Protocol(_ /* message is ignored*/):
+        case .DirectFailed(_ /* message is ignored*/):
             writeInt(&buf, Int32(13))
-        case .Timeout(_ /* message is ignored*/):
+        case .JoinRefused(_ /* message is ignored*/):
             writeInt(&buf, Int32(14))
-        case .Io(_ /* message is ignored*/):
+        case .Protocol(_ /* message is ignored*/):
             writeInt(&buf, Int32(15))
-        case .Disconnected(_ /* message is ignored*/):
+        case .Timeout(_ /* message is ignored*/):
             writeInt(&buf, Int32(16))
-        case .Other(_ /* message is ignored*/):
+        case .Io(_ /* message is ignored*/):
             writeInt(&buf, Int32(17))
-        case .UntrustedCertificate(_ /* message is ignored*/):
+        case .Disconnected(_ /* message is ignored*/):
             writeInt(&buf, Int32(18))
-        case .ProxyAuthFailed(_ /* message is ignored*/):
+        case .Other(_ /* message is ignored*/):
             writeInt(&buf, Int32(19))
-        case .Destroyed(_ /* message is ignored*/):
+        case .UntrustedCertificate(_ /* message is ignored*/):
             writeInt(&buf, Int32(20))
-        case .Runtime(_ /* message is ignored*/):
+        case .ProxyAuthFailed(_ /* message is ignored*/):
             writeInt(&buf, Int32(21))
-        case .NullPointer(_ /* message is ignored*/):
+        case .Destroyed(_ /* message is ignored*/):
             writeInt(&buf, Int32(22))
-        case .UnknownProxyMode(_ /* message is ignored*/):
+        case .Runtime(_ /* message is ignored*/):
             writeInt(&buf, Int32(23))
-        case .InvalidString(_ /* message is ignored*/):
+        case .NullPointer(_ /* message is ignored*/):
             writeInt(&buf, Int32(24))
+        case .UnknownProxyMode(_ /* message is ignored*/):
+            writeInt(&buf, Int32(25))
+        case .InvalidString(_ /* message is ignored*/):
+            writeInt(&buf, Int32(26))
 
         
         }
@@ -1901,6 +1930,12 @@ public enum WarningKind: UInt32, Equatable, Hashable {
      * `Auto`: the direct path failed; the proxy is tried next.
      */
     case directPathFailed = 3
+    /**
+     * One of the app's callbacks threw (Kotlin, Python, Swift) or
+     * panicked (Rust); events are still delivered. Reported once per
+     * callback; the message names it and says why.
+     */
+    case callbackFailed = 4
 
 
 
@@ -1928,6 +1963,8 @@ public struct FfiConverterTypeWarningKind: FfiConverterRustBuffer {
         
         case 3: return .directPathFailed
         
+        case 4: return .callbackFailed
+        
         default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
@@ -1946,6 +1983,10 @@ public struct FfiConverterTypeWarningKind: FfiConverterRustBuffer {
         
         case .directPathFailed:
             writeInt(&buf, Int32(3))
+        
+        
+        case .callbackFailed:
+            writeInt(&buf, Int32(4))
         
         }
     }
@@ -2372,7 +2413,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_cloudproxy_ffi_checksum_method_cloudproxyengine_parameter() != 58220) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cloudproxy_ffi_checksum_method_cloudproxyengine_release() != 29120) {
+    if (uniffi_cloudproxy_ffi_checksum_method_cloudproxyengine_release() != 51214) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cloudproxy_ffi_checksum_method_cloudproxyengine_send_media() != 26152) {

@@ -23,13 +23,17 @@ class Recorder(private val name: String) : EngineEventHandler {
     private val lock = ReentrantLock()
     private val changed = lock.newCondition()
     val seen = mutableListOf<List<Any?>>()
-    // Native thread ids: JNA attaches the event thread to the JVM for each
-    // callback, so the Java `Thread` object differs from call to call.
+    // Native thread ids, and the Java `Thread` objects: the SDK keeps its
+    // event thread attached to the JVM, so both are one per engine.
     val threads = mutableSetOf<String>()
+    val javaThreads: MutableSet<Thread> = java.util.Collections.newSetFromMap(java.util.IdentityHashMap())
+    // Throw from the next state callback, as an app bug would.
+    @Volatile var throwOnState = false
 
     private fun record(vararg event: Any?) {
         lock.withLock {
             threads.add(nativeThreadId())
+            javaThreads.add(Thread.currentThread())
             seen.add(event.toList())
             changed.signalAll()
             if (event[0] != "media" || seen.count { it[0] == "media" } == 1) {
@@ -38,7 +42,13 @@ class Recorder(private val name: String) : EngineEventHandler {
         }
     }
 
-    override fun onConnectionStateChanged(state: ConnectionState, reason: StateReason) = record("state", state, reason)
+    override fun onConnectionStateChanged(state: ConnectionState, reason: StateReason) {
+        if (throwOnState) {
+            throwOnState = false
+            throw RuntimeException("app bug in callback")
+        }
+        record("state", state, reason)
+    }
     override fun onProxyConnected(proxyType: ProxyType, elapsedMs: ULong) = record("proxy_connected", proxyType, elapsedMs)
     override fun onUserJoined(uid: UInt) = record("user_joined", uid)
     override fun onUserLeft(uid: UInt) = record("user_left", uid)
@@ -71,8 +81,9 @@ fun env(key: String): String = System.getenv(key) ?: run {
     ""
 }
 
-fun engine(name: String): Pair<CloudProxyEngine, Recorder> {
+fun engine(name: String, throwOnFirstState: Boolean = false): Pair<CloudProxyEngine, Recorder> {
     val recorder = Recorder(name)
+    recorder.throwOnState = throwOnFirstState
     val config = EngineConfig(
         appId = env("CLOUDPROXY_APP_ID"),
         credentialHex = env("CLOUDPROXY_CREDENTIAL"),
@@ -141,10 +152,79 @@ fun main() {
         check(false) { "a released engine accepted a call" }
     } catch (e: CloudProxyException.Destroyed) {
     }
+    // close() is release(): a later call is the SDK's Destroyed.
+    try {
+        bob.sendMessage("late".toByteArray())
+        check(false) { "a closed engine accepted a call" }
+    } catch (e: CloudProxyException.Destroyed) {
+        println("Kotlin: after close(): ${e.javaClass.simpleName}: ${e.message}")
+    }
     alice.close()
     for (r in listOf(a, b)) {
         check(r.threads.size == 1 && nativeThreadId() !in r.threads) { "callback threads ${r.threads}" }
+        check(r.javaThreads.size == 1) { "callbacks on ${r.javaThreads.size} Thread objects: ${r.javaThreads.map { it.name }}" }
+        val thread = r.javaThreads.single()
+        check(thread.name == "cloudproxy-events") { "callbacks on Thread ${thread.name}" }
     }
+    println("Kotlin: ${a.seen.size} callbacks of alice on one Thread object, ${a.javaThreads.single().name}")
+    aThrowingCallbackThenEventsStillDelivered()
+    aLoneSurrogateIsTheSdksError()
+    closeDuringAJoinOnAnotherThread()
     val elapsed = a.seen.first { it[0] == "proxy_connected" }[2]
     println("Kotlin: the guide's flow passed (onProxyConnected over UDP in $elapsed ms; 3 messages; media; callbacks on one event thread, not the caller's)")
+}
+
+fun aThrowingCallbackThenEventsStillDelivered() {
+    val (carol, c) = engine("carol", throwOnFirstState = true)
+    carol.joinChannel("throwing", 3u)
+    c.expect("the failure reported") { it[0] == "warning" && it[1] == WarningKind.CALLBACK_FAILED }
+    c.expect("Connected after the failure") { it == listOf("state", ConnectionState.CONNECTED, StateReason.JOINED) }
+    val (dave, _) = engine("dave")
+    dave.joinChannel("throwing", 4u)
+    c.expect("dave joining") { it == listOf("user_joined", 4u) }
+    dave.sendMessage("after the failure".toByteArray())
+    c.expect("a message") { it == listOf("message", 4u, "after the failure") }
+    dave.close()
+    carol.leaveChannel()
+    carol.close()
+    check(c.seen.contains(listOf("state", ConnectionState.DISCONNECTED, StateReason.LEFT))) { "no Left after the failure: ${c.seen}" }
+    val warning = c.seen.first { it[0] == "warning" }
+    check((warning[2] as String).contains("app bug in callback")) { "warning $warning" }
+    println("Kotlin: a throwing callback was reported and events went on")
+}
+
+fun aLoneSurrogateIsTheSdksError() {
+    val (erin, _) = engine("erin")
+    try {
+        erin.joinChannel("room\uD800", 5u)
+        check(false) { "a lone surrogate was accepted" }
+    } catch (e: CloudProxyException.InvalidArgument) {
+        println("Kotlin: lone surrogate: ${e.javaClass.simpleName}: ${e.message}")
+    }
+    erin.close()
+}
+
+fun closeDuringAJoinOnAnotherThread() {
+    // A proxy that accepts and never answers: the join blocks.
+    java.net.ServerSocket(0, 50, java.net.InetAddress.getByName("127.0.0.1")).use { silent ->
+        val (frank, f) = engine("frank")
+        frank.setCloudProxy(ProxyMode.ON)
+        frank.setParameters("{\"rtc.proxy_server\":[2, \"[\\\"127.0.0.1\\\"]\", ${silent.localPort}]}")
+        val outcome = java.util.concurrent.atomic.AtomicReference<Any?>()
+        val joiner = Thread {
+            try {
+                frank.joinChannel("silent", 6u)
+                outcome.set("joined")
+            } catch (e: Exception) {
+                outcome.set(e)
+            }
+        }
+        joiner.start()
+        f.expect("Connecting") { it == listOf("state", ConnectionState.CONNECTING, StateReason.JOINING) }
+        frank.close()
+        joiner.join(WAIT_MS)
+        check(!joiner.isAlive) { "the join still blocks after close()" }
+        check(outcome.get() is CloudProxyException.Destroyed) { "join after close(): ${outcome.get()}" }
+        println("Kotlin: close() during a join: ${(outcome.get() as Exception).message}")
+    }
 }

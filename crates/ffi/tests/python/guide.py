@@ -6,6 +6,7 @@ one directory on PYTHONPATH and runs it; it exits non-zero on the first
 failed check."""
 
 import os
+import socket
 import threading
 
 from cloudproxy_ffi import (
@@ -14,8 +15,10 @@ from cloudproxy_ffi import (
     ConnectionState,
     EngineConfig,
     EngineEventHandler,
+    ProxyMode,
     ProxyType,
     StateReason,
+    WarningKind,
 )
 
 WAIT_SECONDS = 20
@@ -67,8 +70,22 @@ class Recorder(EngineEventHandler):
         assert found, f"{self.name}: no {what} within {timeout} s; seen {self.seen}"
 
 
-def engine(name):
-    recorder = Recorder(name)
+class ThrowsOnce(Recorder):
+    """Raises from the first state callback, as an app bug would."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.thrown = False
+
+    def on_connection_state_changed(self, state, reason):
+        if not self.thrown:
+            self.thrown = True
+            raise RuntimeError("app bug in callback")
+        super().on_connection_state_changed(state, reason)
+
+
+def engine(name, recorder=None):
+    recorder = recorder or Recorder(name)
     config = EngineConfig(
         app_id=os.environ["CLOUDPROXY_APP_ID"],
         credential_hex=os.environ["CLOUDPROXY_CREDENTIAL"],
@@ -137,6 +154,9 @@ def main():
     except CloudProxyError.Destroyed:
         pass
     main_thread = threading.get_ident()
+    throwing_callback_then_events_still_delivered()
+    release_during_a_join_on_another_thread()
+    the_with_statement_releases()
     for r in (a, b):
         assert len(r.threads) == 1 and main_thread not in r.threads, r.threads
     elapsed = next(e[2] for e in a.seen if e[0] == "proxy_connected")
@@ -145,6 +165,63 @@ def main():
         "3 messages; media; callbacks on one event thread, not the caller's)",
         flush=True,
     )
+
+
+def throwing_callback_then_events_still_delivered():
+    carol, c = engine("carol", ThrowsOnce("carol"))
+    carol.join_channel("throwing", 3)
+    c.wait_for("the failure reported", lambda e: e[:2] == ("warning", WarningKind.CALLBACK_FAILED))
+    c.wait_for("Connected after the failure", lambda e: e == ("state", ConnectionState.CONNECTED, StateReason.JOINED))
+    dave, _ = engine("dave")
+    dave.join_channel("throwing", 4)
+    c.wait_for("dave joining", lambda e: e == ("user_joined", 4))
+    dave.send_message(b"after the failure")
+    c.wait_for("a message", lambda e: e == ("message", 4, b"after the failure"))
+    dave.release()
+    carol.leave_channel()
+    carol.release()
+    assert ("state", ConnectionState.DISCONNECTED, StateReason.LEFT) in c.seen, c.seen
+    warning = next(e for e in c.seen if e[0] == "warning")
+    assert "app bug in callback" in warning[2], warning
+    print(f"Python: a throwing callback was reported ({warning[2]!r}) and events went on", flush=True)
+
+
+def release_during_a_join_on_another_thread():
+    # A proxy that accepts and never answers: the join blocks.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        erin, e = engine("erin")
+        erin.set_cloud_proxy(ProxyMode.ON)
+        erin.set_parameters('{"rtc.proxy_server":[2, "[\\"127.0.0.1\\"]", %d]}' % port)
+        outcome = []
+
+        def join():
+            try:
+                erin.join_channel("silent", 5)
+                outcome.append("joined")
+            except CloudProxyError as error:
+                outcome.append(error)
+
+        joiner = threading.Thread(target=join)
+        joiner.start()
+        e.wait_for("Connecting", lambda ev: ev == ("state", ConnectionState.CONNECTING, StateReason.JOINING))
+        erin.release()
+        joiner.join(WAIT_SECONDS)
+        assert not joiner.is_alive(), "the join still blocks after release"
+        assert len(outcome) == 1 and isinstance(outcome[0], CloudProxyError.Destroyed), outcome
+        print(f"Python: release during a join: {type(outcome[0]).__name__}: {outcome[0]}", flush=True)
+
+
+def the_with_statement_releases():
+    with engine("frank")[0] as frank:
+        assert frank.parameter("rtc.enable_proxy") == "true"
+    try:
+        frank.send_message(b"late")
+        raise AssertionError("an engine released by `with` accepted a call")
+    except CloudProxyError.Destroyed:
+        pass
 
 
 if __name__ == "__main__":

@@ -405,7 +405,10 @@ async fn join_rules_and_payload_limits() {
     ));
     engine.join_channel("limits", 1).await.unwrap();
     let err = engine.join_channel("other", 1).await.unwrap_err();
-    assert!(err.to_string().contains("leave the current one first"), "{err}");
+    assert!(
+        err.to_string().contains("leave the current one first"),
+        "{err}"
+    );
     let err = engine
         .send_message(Bytes::from(vec![
             0u8;

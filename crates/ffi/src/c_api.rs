@@ -41,7 +41,8 @@ use crate::config::EngineConfig;
 use crate::engine::CloudProxyEngine;
 use crate::error::{CloudProxyError, ErrorCode, InvalidStringKind};
 use crate::events::{
-    ConnectionState, EngineEventHandler, ProxyMode, ProxyType, StateReason, WarningKind,
+    CallbackError, ConnectionState, EngineEventHandler, ProxyMode, ProxyType, StateReason,
+    WarningKind,
 };
 
 /// What `cloudproxy_engine_create` needs (`CpEngineConfig`): NUL-terminated
@@ -155,49 +156,64 @@ impl CHandler {
 }
 
 impl EngineEventHandler for CHandler {
-    fn on_connection_state_changed(&self, state: ConnectionState, reason: StateReason) {
+    fn on_connection_state_changed(
+        &self,
+        state: ConnectionState,
+        reason: StateReason,
+    ) -> Result<(), CallbackError> {
         if let Some(f) = self.0.on_connection_state_changed {
             // SAFETY: the app's function of this signature (header contract).
             unsafe { f(self.0.user_data, state, reason) }
         }
+        Ok(())
     }
 
-    fn on_proxy_connected(&self, proxy_type: ProxyType, elapsed_ms: u64) {
+    fn on_proxy_connected(
+        &self,
+        proxy_type: ProxyType,
+        elapsed_ms: u64,
+    ) -> Result<(), CallbackError> {
         if let Some(f) = self.0.on_proxy_connected {
             // SAFETY: the app's function of this signature (header contract).
             unsafe { f(self.0.user_data, proxy_type, elapsed_ms) }
         }
+        Ok(())
     }
 
-    fn on_user_joined(&self, uid: u32) {
+    fn on_user_joined(&self, uid: u32) -> Result<(), CallbackError> {
         if let Some(f) = self.0.on_user_joined {
             // SAFETY: the app's function of this signature (header contract).
             unsafe { f(self.0.user_data, uid) }
         }
+        Ok(())
     }
 
-    fn on_user_left(&self, uid: u32) {
+    fn on_user_left(&self, uid: u32) -> Result<(), CallbackError> {
         if let Some(f) = self.0.on_user_left {
             // SAFETY: the app's function of this signature (header contract).
             unsafe { f(self.0.user_data, uid) }
         }
+        Ok(())
     }
 
-    fn on_message(&self, uid: Option<u32>, payload: Vec<u8>) {
+    fn on_message(&self, uid: Option<u32>, payload: Vec<u8>) -> Result<(), CallbackError> {
         self.payload(self.0.on_message, uid, &payload);
+        Ok(())
     }
 
-    fn on_media(&self, uid: Option<u32>, payload: Vec<u8>) {
+    fn on_media(&self, uid: Option<u32>, payload: Vec<u8>) -> Result<(), CallbackError> {
         self.payload(self.0.on_media, uid, &payload);
+        Ok(())
     }
 
-    fn on_warning(&self, kind: WarningKind, message: String) {
+    fn on_warning(&self, kind: WarningKind, message: String) -> Result<(), CallbackError> {
         if let Some(f) = self.0.on_warning {
             let message = c_string(message);
             // SAFETY: the app's function of this signature (header
             // contract); `message` outlives the call.
             unsafe { f(self.0.user_data, kind, message.as_ptr()) }
         }
+        Ok(())
     }
 }
 

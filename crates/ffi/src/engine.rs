@@ -310,12 +310,17 @@ fn deliver_all(rx: &mpsc::Receiver<Delivery>, handler: &dyn EngineEventHandler) 
     let mut failed: HashSet<&'static str> = HashSet::new();
     for delivery in rx {
         let callback = delivery.callback();
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| delivery.deliver(handler)));
-        let Err(payload) = outcome else { continue };
+        // A foreign exception arrives as `Err` (UniFFI converts it into a
+        // `CallbackError`); a Rust handler's panic is caught too, so no
+        // failure ends this thread.
+        let why = match panic::catch_unwind(AssertUnwindSafe(|| delivery.deliver(handler))) {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(payload) => panic_message(payload.as_ref()).to_owned(),
+        };
         if !failed.insert(callback) {
             continue;
         }
-        let why = panic_message(payload.as_ref());
         let message = format!(
             "the app's event handler failed in {callback}: {why}; later events are still \
              delivered, and further failures of this callback are not reported again"
@@ -324,9 +329,9 @@ fn deliver_all(rx: &mpsc::Receiver<Delivery>, handler: &dyn EngineEventHandler) 
         if callback != Delivery::WARNING_CALLBACK {
             // A failing on_warning is not asked to report itself.
             let report = panic::catch_unwind(AssertUnwindSafe(|| {
-                handler.on_warning(WarningKind::CallbackFailed, message.clone());
+                handler.on_warning(WarningKind::CallbackFailed, message.clone())
             }));
-            if report.is_err() {
+            if !matches!(report, Ok(Ok(()))) {
                 failed.insert(Delivery::WARNING_CALLBACK);
             }
         }

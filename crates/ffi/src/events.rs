@@ -14,22 +14,49 @@ use cloudproxy_engine as engine;
 #[uniffi::export(callback_interface)]
 pub trait EngineEventHandler: Send + Sync {
     /// The connection state changed (`onConnectionStateChanged`).
-    fn on_connection_state_changed(&self, state: ConnectionState, reason: StateReason);
+    fn on_connection_state_changed(
+        &self,
+        state: ConnectionState,
+        reason: StateReason,
+    ) -> Result<(), CallbackError>;
     /// The engine is connected through the proxy (`onProxyConnected`):
     /// media travels over `proxy_type`, `elapsed_ms` after the join started.
-    fn on_proxy_connected(&self, proxy_type: ProxyType, elapsed_ms: u64);
+    fn on_proxy_connected(
+        &self,
+        proxy_type: ProxyType,
+        elapsed_ms: u64,
+    ) -> Result<(), CallbackError>;
     /// Another user is in the channel (`onUserJoined`; also for everyone
     /// already there when joining).
-    fn on_user_joined(&self, uid: u32);
+    fn on_user_joined(&self, uid: u32) -> Result<(), CallbackError>;
     /// A user left the channel or timed out (`onUserOffline`).
-    fn on_user_left(&self, uid: u32);
+    fn on_user_left(&self, uid: u32) -> Result<(), CallbackError>;
     /// A reliable message from another member, in order, exactly once
     /// (`uid` is `None` when the media network did not say who sent it).
-    fn on_message(&self, uid: Option<u32>, payload: Vec<u8>);
+    fn on_message(&self, uid: Option<u32>, payload: Vec<u8>) -> Result<(), CallbackError>;
     /// A media datagram from another member.
-    fn on_media(&self, uid: Option<u32>, payload: Vec<u8>);
+    fn on_media(&self, uid: Option<u32>, payload: Vec<u8>) -> Result<(), CallbackError>;
     /// Something that works but is probably not what the app wanted.
-    fn on_warning(&self, kind: WarningKind, message: String);
+    fn on_warning(&self, kind: WarningKind, message: String) -> Result<(), CallbackError>;
+}
+
+/// A callback's failure: what a Kotlin, Swift or Python exception thrown
+/// in a callback becomes (any exception, not only this type), or what a
+/// Rust handler returns. The engine reports it and keeps delivering.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
+pub enum CallbackError {
+    /// The callback failed.
+    #[error("{reason}")]
+    Failed {
+        /// Why: the exception's text.
+        reason: String,
+    },
+}
+
+impl From<uniffi::UnexpectedUniFFICallbackError> for CallbackError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        Self::Failed { reason: e.reason }
+    }
 }
 
 /// How the engine reaches the media network (`setCloudProxy`).
@@ -234,7 +261,7 @@ impl Delivery {
     }
 
     /// Calls the handler's callback for this delivery.
-    pub(crate) fn deliver(self, handler: &dyn EngineEventHandler) {
+    pub(crate) fn deliver(self, handler: &dyn EngineEventHandler) -> Result<(), CallbackError> {
         match self {
             Self::Message(m) => handler.on_message(m.uid, m.payload.to_vec()),
             Self::Media(m) => handler.on_media(m.uid, m.payload.to_vec()),
@@ -243,11 +270,14 @@ impl Delivery {
     }
 }
 
-fn deliver_event(event: engine::Event, handler: &dyn EngineEventHandler) {
+fn deliver_event(
+    event: engine::Event,
+    handler: &dyn EngineEventHandler,
+) -> Result<(), CallbackError> {
     use engine::Event;
     match event {
         Event::ConnectionStateChanged { state, reason } => {
-            handler.on_connection_state_changed(state.into(), reason.into());
+            handler.on_connection_state_changed(state.into(), reason.into())
         }
         Event::ProxyConnected {
             proxy_type,
@@ -259,15 +289,18 @@ fn deliver_event(event: engine::Event, handler: &dyn EngineEventHandler) {
         Event::UserJoined { uid, .. } => handler.on_user_joined(uid),
         Event::UserLeft { uid, .. } => handler.on_user_left(uid),
         Event::MediaFallbackToTcp { why } => {
-            handler.on_warning(WarningKind::MediaFallbackToTcp, why.to_string());
+            handler.on_warning(WarningKind::MediaFallbackToTcp, why.to_string())
         }
         Event::DirectPathFailed { why } => {
-            handler.on_warning(WarningKind::DirectPathFailed, why.to_string());
+            handler.on_warning(WarningKind::DirectPathFailed, why.to_string())
         }
         Event::ParameterWarning { warning } => {
-            handler.on_warning(WarningKind::ParameterWarning, warning.to_string());
+            handler.on_warning(WarningKind::ParameterWarning, warning.to_string())
         }
-        other => tracing::debug!(event = ?other, "an event this SDK version does not forward"),
+        other => {
+            tracing::debug!(event = ?other, "an event this SDK version does not forward");
+            Ok(())
+        }
     }
 }
 

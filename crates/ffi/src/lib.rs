@@ -18,17 +18,17 @@
 //!
 //! ```no_run
 //! use cloudproxy_ffi::{CloudProxyEngine, EngineConfig, EngineEventHandler};
-//! # use cloudproxy_ffi::{ConnectionState, ProxyType, StateReason, WarningKind};
+//! # use cloudproxy_ffi::{CallbackError, ConnectionState, ProxyType, StateReason, WarningKind};
 //! # #[derive(Debug)]
 //! # struct Printer;
 //! # impl EngineEventHandler for Printer {
-//! #     fn on_connection_state_changed(&self, _: ConnectionState, _: StateReason) {}
-//! #     fn on_proxy_connected(&self, _: ProxyType, _: u64) {}
-//! #     fn on_user_joined(&self, _: u32) {}
-//! #     fn on_user_left(&self, _: u32) {}
-//! #     fn on_message(&self, _: Option<u32>, _: Vec<u8>) {}
-//! #     fn on_media(&self, _: Option<u32>, _: Vec<u8>) {}
-//! #     fn on_warning(&self, _: WarningKind, _: String) {}
+//! #     fn on_connection_state_changed(&self, _: ConnectionState, _: StateReason) -> Result<(), CallbackError> { Ok(()) }
+//! #     fn on_proxy_connected(&self, _: ProxyType, _: u64) -> Result<(), CallbackError> { Ok(()) }
+//! #     fn on_user_joined(&self, _: u32) -> Result<(), CallbackError> { Ok(()) }
+//! #     fn on_user_left(&self, _: u32) -> Result<(), CallbackError> { Ok(()) }
+//! #     fn on_message(&self, _: Option<u32>, _: Vec<u8>) -> Result<(), CallbackError> { Ok(()) }
+//! #     fn on_media(&self, _: Option<u32>, _: Vec<u8>) -> Result<(), CallbackError> { Ok(()) }
+//! #     fn on_warning(&self, _: WarningKind, _: String) -> Result<(), CallbackError> { Ok(()) }
 //! # }
 //!
 //! # fn demo() -> Result<(), cloudproxy_ffi::CloudProxyError> {
@@ -74,7 +74,8 @@ pub use config::EngineConfig;
 pub use engine::{CloudProxyEngine, EVENT_THREAD_NAME};
 pub use error::{CloudProxyError, ErrorCode};
 pub use events::{
-    ConnectionState, EngineEventHandler, ProxyMode, ProxyType, StateReason, WarningKind,
+    CallbackError, ConnectionState, EngineEventHandler, ProxyMode, ProxyType, StateReason,
+    WarningKind,
 };
 
 uniffi::setup_scaffolding!();

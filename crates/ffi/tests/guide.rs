@@ -10,8 +10,8 @@ use std::thread;
 use std::time::Duration;
 
 use cloudproxy_ffi::{
-    CloudProxyEngine, CloudProxyError, ConnectionState, EVENT_THREAD_NAME, EngineConfig,
-    EngineEventHandler, ErrorCode, ProxyMode, ProxyType, StateReason, WarningKind,
+    CallbackError, CloudProxyEngine, CloudProxyError, ConnectionState, EVENT_THREAD_NAME,
+    EngineConfig, EngineEventHandler, ErrorCode, ProxyMode, ProxyType, StateReason, WarningKind,
 };
 use support::Rig;
 
@@ -63,26 +63,41 @@ impl Recorder {
 }
 
 impl EngineEventHandler for Recorder {
-    fn on_connection_state_changed(&self, state: ConnectionState, reason: StateReason) {
+    fn on_connection_state_changed(
+        &self,
+        state: ConnectionState,
+        reason: StateReason,
+    ) -> Result<(), CallbackError> {
         self.record(Seen::State(state, reason));
+        Ok(())
     }
-    fn on_proxy_connected(&self, proxy_type: ProxyType, _elapsed_ms: u64) {
+    fn on_proxy_connected(
+        &self,
+        proxy_type: ProxyType,
+        _elapsed_ms: u64,
+    ) -> Result<(), CallbackError> {
         self.record(Seen::ProxyConnected(proxy_type));
+        Ok(())
     }
-    fn on_user_joined(&self, uid: u32) {
+    fn on_user_joined(&self, uid: u32) -> Result<(), CallbackError> {
         self.record(Seen::UserJoined(uid));
+        Ok(())
     }
-    fn on_user_left(&self, uid: u32) {
+    fn on_user_left(&self, uid: u32) -> Result<(), CallbackError> {
         self.record(Seen::UserLeft(uid));
+        Ok(())
     }
-    fn on_message(&self, uid: Option<u32>, payload: Vec<u8>) {
+    fn on_message(&self, uid: Option<u32>, payload: Vec<u8>) -> Result<(), CallbackError> {
         self.record(Seen::Message(uid, payload));
+        Ok(())
     }
-    fn on_media(&self, uid: Option<u32>, payload: Vec<u8>) {
+    fn on_media(&self, uid: Option<u32>, payload: Vec<u8>) -> Result<(), CallbackError> {
         self.record(Seen::Media(uid, payload));
+        Ok(())
     }
-    fn on_warning(&self, kind: WarningKind, _message: String) {
+    fn on_warning(&self, kind: WarningKind, _message: String) -> Result<(), CallbackError> {
         self.record(Seen::Warning(kind));
+        Ok(())
     }
 }
 
@@ -267,32 +282,41 @@ struct DestroyOnMessage {
 }
 
 impl EngineEventHandler for DestroyOnMessage {
-    fn on_connection_state_changed(&self, state: ConnectionState, reason: StateReason) {
-        self.recorder.on_connection_state_changed(state, reason);
+    fn on_connection_state_changed(
+        &self,
+        state: ConnectionState,
+        reason: StateReason,
+    ) -> Result<(), CallbackError> {
+        self.recorder.on_connection_state_changed(state, reason)
     }
-    fn on_proxy_connected(&self, proxy_type: ProxyType, elapsed_ms: u64) {
-        self.recorder.on_proxy_connected(proxy_type, elapsed_ms);
+    fn on_proxy_connected(
+        &self,
+        proxy_type: ProxyType,
+        elapsed_ms: u64,
+    ) -> Result<(), CallbackError> {
+        self.recorder.on_proxy_connected(proxy_type, elapsed_ms)
     }
-    fn on_user_joined(&self, uid: u32) {
-        self.recorder.on_user_joined(uid);
+    fn on_user_joined(&self, uid: u32) -> Result<(), CallbackError> {
+        self.recorder.on_user_joined(uid)
     }
-    fn on_user_left(&self, uid: u32) {
-        self.recorder.on_user_left(uid);
+    fn on_user_left(&self, uid: u32) -> Result<(), CallbackError> {
+        self.recorder.on_user_left(uid)
     }
-    fn on_message(&self, uid: Option<u32>, payload: Vec<u8>) {
-        self.recorder.on_message(uid, payload);
+    fn on_message(&self, uid: Option<u32>, payload: Vec<u8>) -> Result<(), CallbackError> {
+        self.recorder.on_message(uid, payload)?;
         // Taken out first: the engine's last reference must not be dropped
         // while the lock is held.
         let engine = self.engine.lock().expect("engine slot").take();
         if let Some(engine) = engine {
             engine.destroy();
         }
+        Ok(())
     }
-    fn on_media(&self, uid: Option<u32>, payload: Vec<u8>) {
-        self.recorder.on_media(uid, payload);
+    fn on_media(&self, uid: Option<u32>, payload: Vec<u8>) -> Result<(), CallbackError> {
+        self.recorder.on_media(uid, payload)
     }
-    fn on_warning(&self, kind: WarningKind, message: String) {
-        self.recorder.on_warning(kind, message);
+    fn on_warning(&self, kind: WarningKind, message: String) -> Result<(), CallbackError> {
+        self.recorder.on_warning(kind, message)
     }
 }
 
@@ -352,29 +376,43 @@ impl PanicsOnce {
 }
 
 impl EngineEventHandler for PanicsOnce {
-    fn on_connection_state_changed(&self, state: ConnectionState, reason: StateReason) {
+    fn on_connection_state_changed(
+        &self,
+        state: ConnectionState,
+        reason: StateReason,
+    ) -> Result<(), CallbackError> {
         self.first_time("state");
-        self.recorder.on_connection_state_changed(state, reason);
+        self.recorder.on_connection_state_changed(state, reason)
     }
-    fn on_proxy_connected(&self, proxy_type: ProxyType, elapsed_ms: u64) {
+    fn on_proxy_connected(
+        &self,
+        proxy_type: ProxyType,
+        elapsed_ms: u64,
+    ) -> Result<(), CallbackError> {
         self.first_time("proxy");
-        self.recorder.on_proxy_connected(proxy_type, elapsed_ms);
+        self.recorder.on_proxy_connected(proxy_type, elapsed_ms)
     }
-    fn on_user_joined(&self, uid: u32) {
-        self.recorder.on_user_joined(uid);
+    fn on_user_joined(&self, uid: u32) -> Result<(), CallbackError> {
+        self.recorder.on_user_joined(uid)
     }
-    fn on_user_left(&self, uid: u32) {
-        self.recorder.on_user_left(uid);
+    fn on_user_left(&self, uid: u32) -> Result<(), CallbackError> {
+        self.recorder.on_user_left(uid)
     }
-    fn on_message(&self, uid: Option<u32>, payload: Vec<u8>) {
-        self.first_time("message");
-        self.recorder.on_message(uid, payload);
+    fn on_message(&self, uid: Option<u32>, payload: Vec<u8>) -> Result<(), CallbackError> {
+        // A failure returned, as a foreign exception arrives, rather than
+        // a panic.
+        if self.panicked.lock().expect("panicked").insert("message") {
+            return Err(CallbackError::Failed {
+                reason: "app bug in message".into(),
+            });
+        }
+        self.recorder.on_message(uid, payload)
     }
-    fn on_media(&self, uid: Option<u32>, payload: Vec<u8>) {
-        self.recorder.on_media(uid, payload);
+    fn on_media(&self, uid: Option<u32>, payload: Vec<u8>) -> Result<(), CallbackError> {
+        self.recorder.on_media(uid, payload)
     }
-    fn on_warning(&self, kind: WarningKind, message: String) {
-        self.recorder.on_warning(kind, message);
+    fn on_warning(&self, kind: WarningKind, message: String) -> Result<(), CallbackError> {
+        self.recorder.on_warning(kind, message)
     }
 }
 
@@ -409,6 +447,11 @@ fn a_failing_callback_does_not_silence_the_engine() {
     for text in ["lost in the failing callback", "delivered"] {
         alice.send_message(text.as_bytes().to_vec()).expect("send");
     }
+    // The first message's callback returned an error: reported, and the
+    // next message still arrives.
+    wait_for(&bob_rx, "the returned error reported", |s| {
+        *s == Seen::Warning(WarningKind::CallbackFailed)
+    });
     wait_for(&bob_rx, "the second message", |s| {
         *s == Seen::Message(Some(1), b"delivered".to_vec())
     });

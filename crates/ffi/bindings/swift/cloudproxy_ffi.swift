@@ -1038,6 +1038,92 @@ public func FfiConverterTypeEngineConfig_lower(_ value: EngineConfig) -> RustBuf
 
 
 /**
+ * A callback's failure: what a Kotlin, Swift or Python exception thrown
+ * in a callback becomes (any exception, not only this type), or what a
+ * Rust handler returns. The engine reports it and keeps delivering.
+ */
+public 
+enum CallbackError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
+
+    
+    
+    /**
+     * The callback failed.
+     */
+    case Failed(
+        /**
+         * Why: the exception's text.
+         */reason: String
+    )
+
+    
+
+    
+
+    
+    public var errorDescription: String? {
+        String(reflecting: self)
+    }
+    
+}
+
+#if compiler(>=6)
+extension CallbackError: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeCallbackError: FfiConverterRustBuffer {
+    typealias SwiftType = CallbackError
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> CallbackError {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+
+        
+
+        
+        case 1: return .Failed(
+            reason: try FfiConverterString.read(from: &buf)
+            )
+
+         default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: CallbackError, into buf: inout [UInt8]) {
+        switch value {
+
+        
+
+        
+        
+        case let .Failed(reason):
+            writeInt(&buf, Int32(1))
+            FfiConverterString.write(reason, into: &buf)
+            
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeCallbackError_lift(_ buf: RustBuffer) throws -> CallbackError {
+    return try FfiConverterTypeCallbackError.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeCallbackError_lower(_ value: CallbackError) -> RustBuffer {
+    return FfiConverterTypeCallbackError.lower(value)
+}
+
+
+/**
  * Why an SDK call failed. Kotlin, Swift and Python see one exception class
  * per variant whose message is this error's `Display` (what was expected,
  * what was found, where); C sees [`CloudProxyError::code`] and the same
@@ -2024,40 +2110,40 @@ public protocol EngineEventHandler: AnyObject, Sendable {
     /**
      * The connection state changed (`onConnectionStateChanged`).
      */
-    func onConnectionStateChanged(state: ConnectionState, reason: StateReason) 
+    func onConnectionStateChanged(state: ConnectionState, reason: StateReason) throws 
     
     /**
      * The engine is connected through the proxy (`onProxyConnected`):
      * media travels over `proxy_type`, `elapsed_ms` after the join started.
      */
-    func onProxyConnected(proxyType: ProxyType, elapsedMs: UInt64) 
+    func onProxyConnected(proxyType: ProxyType, elapsedMs: UInt64) throws 
     
     /**
      * Another user is in the channel (`onUserJoined`; also for everyone
      * already there when joining).
      */
-    func onUserJoined(uid: UInt32) 
+    func onUserJoined(uid: UInt32) throws 
     
     /**
      * A user left the channel or timed out (`onUserOffline`).
      */
-    func onUserLeft(uid: UInt32) 
+    func onUserLeft(uid: UInt32) throws 
     
     /**
      * A reliable message from another member, in order, exactly once
      * (`uid` is `None` when the media network did not say who sent it).
      */
-    func onMessage(uid: UInt32?, payload: Data) 
+    func onMessage(uid: UInt32?, payload: Data) throws 
     
     /**
      * A media datagram from another member.
      */
-    func onMedia(uid: UInt32?, payload: Data) 
+    func onMedia(uid: UInt32?, payload: Data) throws 
     
     /**
      * Something that works but is probably not what the app wanted.
      */
-    func onWarning(kind: WarningKind, message: String) 
+    func onWarning(kind: WarningKind, message: String) throws 
     
 }
 
@@ -2096,7 +2182,7 @@ fileprivate struct UniffiCallbackInterfaceEngineEventHandler {
                 guard let uniffiObj = try? FfiConverterCallbackInterfaceEngineEventHandler.handleMap.get(handle: uniffiHandle) else {
                     throw UniffiInternalError.unexpectedStaleHandle
                 }
-                return uniffiObj.onConnectionStateChanged(
+                return try uniffiObj.onConnectionStateChanged(
                      state: try FfiConverterTypeConnectionState_lift(state),
                      reason: try FfiConverterTypeStateReason_lift(reason)
                 )
@@ -2104,10 +2190,11 @@ fileprivate struct UniffiCallbackInterfaceEngineEventHandler {
 
             
             let writeReturn = { () }
-            uniffiTraitInterfaceCall(
+            uniffiTraitInterfaceCallWithError(
                 callStatus: uniffiCallStatus,
                 makeCall: makeCall,
-                writeReturn: writeReturn
+                writeReturn: writeReturn,
+                lowerError: FfiConverterTypeCallbackError_lower
             )
         },
         onProxyConnected: { (
@@ -2122,7 +2209,7 @@ fileprivate struct UniffiCallbackInterfaceEngineEventHandler {
                 guard let uniffiObj = try? FfiConverterCallbackInterfaceEngineEventHandler.handleMap.get(handle: uniffiHandle) else {
                     throw UniffiInternalError.unexpectedStaleHandle
                 }
-                return uniffiObj.onProxyConnected(
+                return try uniffiObj.onProxyConnected(
                      proxyType: try FfiConverterTypeProxyType_lift(proxyType),
                      elapsedMs: try FfiConverterUInt64.lift(elapsedMs)
                 )
@@ -2130,10 +2217,11 @@ fileprivate struct UniffiCallbackInterfaceEngineEventHandler {
 
             
             let writeReturn = { () }
-            uniffiTraitInterfaceCall(
+            uniffiTraitInterfaceCallWithError(
                 callStatus: uniffiCallStatus,
                 makeCall: makeCall,
-                writeReturn: writeReturn
+                writeReturn: writeReturn,
+                lowerError: FfiConverterTypeCallbackError_lower
             )
         },
         onUserJoined: { (
@@ -2147,17 +2235,18 @@ fileprivate struct UniffiCallbackInterfaceEngineEventHandler {
                 guard let uniffiObj = try? FfiConverterCallbackInterfaceEngineEventHandler.handleMap.get(handle: uniffiHandle) else {
                     throw UniffiInternalError.unexpectedStaleHandle
                 }
-                return uniffiObj.onUserJoined(
+                return try uniffiObj.onUserJoined(
                      uid: try FfiConverterUInt32.lift(uid)
                 )
             }
 
             
             let writeReturn = { () }
-            uniffiTraitInterfaceCall(
+            uniffiTraitInterfaceCallWithError(
                 callStatus: uniffiCallStatus,
                 makeCall: makeCall,
-                writeReturn: writeReturn
+                writeReturn: writeReturn,
+                lowerError: FfiConverterTypeCallbackError_lower
             )
         },
         onUserLeft: { (
@@ -2171,17 +2260,18 @@ fileprivate struct UniffiCallbackInterfaceEngineEventHandler {
                 guard let uniffiObj = try? FfiConverterCallbackInterfaceEngineEventHandler.handleMap.get(handle: uniffiHandle) else {
                     throw UniffiInternalError.unexpectedStaleHandle
                 }
-                return uniffiObj.onUserLeft(
+                return try uniffiObj.onUserLeft(
                      uid: try FfiConverterUInt32.lift(uid)
                 )
             }
 
             
             let writeReturn = { () }
-            uniffiTraitInterfaceCall(
+            uniffiTraitInterfaceCallWithError(
                 callStatus: uniffiCallStatus,
                 makeCall: makeCall,
-                writeReturn: writeReturn
+                writeReturn: writeReturn,
+                lowerError: FfiConverterTypeCallbackError_lower
             )
         },
         onMessage: { (
@@ -2196,7 +2286,7 @@ fileprivate struct UniffiCallbackInterfaceEngineEventHandler {
                 guard let uniffiObj = try? FfiConverterCallbackInterfaceEngineEventHandler.handleMap.get(handle: uniffiHandle) else {
                     throw UniffiInternalError.unexpectedStaleHandle
                 }
-                return uniffiObj.onMessage(
+                return try uniffiObj.onMessage(
                      uid: try FfiConverterOptionUInt32.lift(uid),
                      payload: try FfiConverterData.lift(payload)
                 )
@@ -2204,10 +2294,11 @@ fileprivate struct UniffiCallbackInterfaceEngineEventHandler {
 
             
             let writeReturn = { () }
-            uniffiTraitInterfaceCall(
+            uniffiTraitInterfaceCallWithError(
                 callStatus: uniffiCallStatus,
                 makeCall: makeCall,
-                writeReturn: writeReturn
+                writeReturn: writeReturn,
+                lowerError: FfiConverterTypeCallbackError_lower
             )
         },
         onMedia: { (
@@ -2222,7 +2313,7 @@ fileprivate struct UniffiCallbackInterfaceEngineEventHandler {
                 guard let uniffiObj = try? FfiConverterCallbackInterfaceEngineEventHandler.handleMap.get(handle: uniffiHandle) else {
                     throw UniffiInternalError.unexpectedStaleHandle
                 }
-                return uniffiObj.onMedia(
+                return try uniffiObj.onMedia(
                      uid: try FfiConverterOptionUInt32.lift(uid),
                      payload: try FfiConverterData.lift(payload)
                 )
@@ -2230,10 +2321,11 @@ fileprivate struct UniffiCallbackInterfaceEngineEventHandler {
 
             
             let writeReturn = { () }
-            uniffiTraitInterfaceCall(
+            uniffiTraitInterfaceCallWithError(
                 callStatus: uniffiCallStatus,
                 makeCall: makeCall,
-                writeReturn: writeReturn
+                writeReturn: writeReturn,
+                lowerError: FfiConverterTypeCallbackError_lower
             )
         },
         onWarning: { (
@@ -2248,7 +2340,7 @@ fileprivate struct UniffiCallbackInterfaceEngineEventHandler {
                 guard let uniffiObj = try? FfiConverterCallbackInterfaceEngineEventHandler.handleMap.get(handle: uniffiHandle) else {
                     throw UniffiInternalError.unexpectedStaleHandle
                 }
-                return uniffiObj.onWarning(
+                return try uniffiObj.onWarning(
                      kind: try FfiConverterTypeWarningKind_lift(kind),
                      message: try FfiConverterString.lift(message)
                 )
@@ -2256,10 +2348,11 @@ fileprivate struct UniffiCallbackInterfaceEngineEventHandler {
 
             
             let writeReturn = { () }
-            uniffiTraitInterfaceCall(
+            uniffiTraitInterfaceCallWithError(
                 callStatus: uniffiCallStatus,
                 makeCall: makeCall,
-                writeReturn: writeReturn
+                writeReturn: writeReturn,
+                lowerError: FfiConverterTypeCallbackError_lower
             )
         }
     )
@@ -2431,25 +2524,25 @@ private let initializationResult: InitializationResult = {
     if (uniffi_cloudproxy_ffi_checksum_constructor_cloudproxyengine_new() != 14515) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cloudproxy_ffi_checksum_method_engineeventhandler_on_connection_state_changed() != 19986) {
+    if (uniffi_cloudproxy_ffi_checksum_method_engineeventhandler_on_connection_state_changed() != 2174) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cloudproxy_ffi_checksum_method_engineeventhandler_on_proxy_connected() != 62929) {
+    if (uniffi_cloudproxy_ffi_checksum_method_engineeventhandler_on_proxy_connected() != 39031) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cloudproxy_ffi_checksum_method_engineeventhandler_on_user_joined() != 64549) {
+    if (uniffi_cloudproxy_ffi_checksum_method_engineeventhandler_on_user_joined() != 27884) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cloudproxy_ffi_checksum_method_engineeventhandler_on_user_left() != 19201) {
+    if (uniffi_cloudproxy_ffi_checksum_method_engineeventhandler_on_user_left() != 9078) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cloudproxy_ffi_checksum_method_engineeventhandler_on_message() != 63539) {
+    if (uniffi_cloudproxy_ffi_checksum_method_engineeventhandler_on_message() != 59258) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cloudproxy_ffi_checksum_method_engineeventhandler_on_media() != 7887) {
+    if (uniffi_cloudproxy_ffi_checksum_method_engineeventhandler_on_media() != 60734) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cloudproxy_ffi_checksum_method_engineeventhandler_on_warning() != 49861) {
+    if (uniffi_cloudproxy_ffi_checksum_method_engineeventhandler_on_warning() != 27903) {
         return InitializationResult.apiChecksumMismatch
     }
 

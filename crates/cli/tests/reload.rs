@@ -180,6 +180,96 @@ fn sighup_reloads_the_config_file_and_a_bad_edit_keeps_the_node_serving() {
     std::fs::remove_file(&path).unwrap();
 }
 
+/// Every log line from now up to and including the first that contains
+/// `what` (an error's excerpt spans several lines).
+fn lines_until(node: &Node, what: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        match node.log.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => {
+                let done = line.contains(what);
+                seen.push(line);
+                if done {
+                    return seen;
+                }
+            }
+            Err(e) => panic!(
+                "no log line with {what:?} ({e}); logged:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
+
+#[test]
+fn a_typo_next_to_a_secret_is_reported_without_the_secret() {
+    let path = std::env::temp_dir().join(format!(
+        "cloudproxy-reload-secret-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&path, config_text(false)).unwrap();
+    let node = Node::start(&path);
+    node.wait_for("proxy node started");
+
+    // The ticket key's closing quote missing, then a comma missing between
+    // an app's secrets: each refused with its excerpt and caret, the values
+    // masked. A good reload after each collects every line of the error.
+    let typos = [
+        config_text(false).replace(&format!("\"{TICKET_KEY}\""), &format!("\"{TICKET_KEY}")),
+        config_text(false).replace(
+            &format!("[\"{APP_SECRET}\"]"),
+            &format!("[\"{APP_SECRET}\" \"{NEW_APP_SECRET}\"]"),
+        ),
+    ];
+    for (typo, key) in typos.iter().zip(["secret = \"", "secrets = [\""]) {
+        assert_ne!(typo, &config_text(false));
+        std::fs::write(&path, typo).unwrap();
+        node.signal("-HUP");
+        // The excerpt follows on the lines after this one; a good reload
+        // marks their end.
+        let refused = lines_until(&node, "configuration not reloaded");
+        std::fs::write(&path, config_text(false)).unwrap();
+        node.signal("-HUP");
+        let mut log = refused.clone();
+        log.extend(lines_until(&node, "configuration reloaded"));
+        let log = log.join("\n");
+        for secret in [
+            TICKET_KEY,
+            APP_SECRET,
+            NEW_APP_SECRET,
+            &TICKET_KEY[..16],
+            &APP_SECRET[..16],
+        ] {
+            assert!(!log.contains(secret), "a secret in the log:\n{log}");
+        }
+        assert!(
+            log.contains(&format!("{key}****")),
+            "no masked excerpt:\n{log}"
+        );
+        assert!(log.contains('^'), "no caret:\n{log}");
+
+        // `serve --check` on the same file says the same, as masked.
+        std::fs::write(&path, typo).unwrap();
+        let check = Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
+            .args(["serve", "--check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        assert!(!check.status.success(), "{printed}");
+        assert!(printed.contains(&format!("{key}****")), "{printed}");
+        for secret in [TICKET_KEY, APP_SECRET, NEW_APP_SECRET] {
+            assert!(!printed.contains(secret), "a secret printed:\n{printed}");
+        }
+        std::fs::write(&path, config_text(false)).unwrap();
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
 #[test]
 fn sighup_in_development_mode_says_there_is_nothing_to_reload() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cloudproxy"))

@@ -7,6 +7,7 @@ mod admission;
 pub mod allowlist;
 mod bucket;
 pub mod config;
+mod config_mask;
 mod conn;
 mod copy_pump;
 mod descriptors;

@@ -465,3 +465,132 @@ fn a_port_in_use_is_logged_as_one_json_error_under_log_format_json() {
         "the error names the port:\n{stderr}"
     );
 }
+
+/// A ClientHello (TLS 1.2 record) whose SNI is `host`: what a scanner or
+/// an attacker sends before any login.
+fn client_hello_with_sni(host: &[u8]) -> Vec<u8> {
+    let mut sni = Vec::new();
+    sni.extend_from_slice(&(u16::try_from(host.len() + 3).unwrap()).to_be_bytes());
+    sni.push(0); // host_name
+    sni.extend_from_slice(&(u16::try_from(host.len()).unwrap()).to_be_bytes());
+    sni.extend_from_slice(host);
+    let mut extensions = vec![0, 0]; // server_name
+    extensions.extend_from_slice(&(u16::try_from(sni.len()).unwrap()).to_be_bytes());
+    extensions.extend_from_slice(&sni);
+    let mut hello = vec![3, 3]; // legacy version TLS 1.2
+    hello.extend_from_slice(&[7; 32]); // random
+    hello.push(0); // no session id
+    hello.extend_from_slice(&[0, 2, 0x13, 0x01]); // TLS_AES_128_GCM_SHA256
+    hello.extend_from_slice(&[1, 0]); // null compression
+    hello.extend_from_slice(&(u16::try_from(extensions.len()).unwrap()).to_be_bytes());
+    hello.extend_from_slice(&extensions);
+    let mut handshake = vec![1]; // client_hello
+    handshake.extend_from_slice(&(u32::try_from(hello.len()).unwrap()).to_be_bytes()[1..]);
+    handshake.extend_from_slice(&hello);
+    let mut record = vec![22, 3, 1]; // handshake record
+    record.extend_from_slice(&(u16::try_from(handshake.len()).unwrap()).to_be_bytes());
+    record.extend_from_slice(&handshake);
+    record
+}
+
+/// Sends `bytes` on a new connection to `addr` and reads until the node
+/// closes it: by then the node has logged whatever it logs about it.
+fn send_and_wait_for_close(addr: &str, bytes: &[u8]) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = stream.write_all(bytes);
+    let mut sink = Vec::new();
+    let _ = stream.read_to_end(&mut sink);
+}
+
+#[test]
+fn a_flood_of_bad_client_hellos_before_any_login_is_logged_within_the_budget() {
+    let mut child = cloudproxy()
+        .args(LOCAL_SERVE)
+        .args(["--tls-bind", "127.0.0.1:0", "--log", "info"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let stop = |child: &mut Child| {
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = child.wait();
+    };
+    let (tx, stderr_lines) = mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut banner = String::new();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    while !banner.contains("press Ctrl-C") {
+        use std::io::BufRead;
+        if stdout.read_line(&mut banner).unwrap() == 0 {
+            stop(&mut child);
+            panic!("serve ended before its banner: {banner}");
+        }
+    }
+    let tls = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("TLS port            TCP "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no TLS port in the banner: {banner}"))
+        .to_owned();
+    // What the node logged while starting.
+    while stderr_lines.try_recv().is_ok() {}
+
+    // 500 ClientHellos with an 8,000-byte SNI that is no host name, and
+    // 1,000 records that are no TLS handshake at all.
+    let started = std::time::Instant::now();
+    let hello = client_hello_with_sni(&[b'_'; 8000]);
+    for _ in 0..500 {
+        send_and_wait_for_close(&tls, &hello);
+    }
+    for _ in 0..1000 {
+        send_and_wait_for_close(&tls, &[23, 3, 3, 0, 5, b'h', b'e', b'l', b'l', b'o']);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // A line of the binary's own after the flood marks its end.
+    let _ = Command::new("kill").args(["-HUP", &pid]).status();
+    let mut flood = Vec::new();
+    loop {
+        match stderr_lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.contains("nothing to reload") => break,
+            Ok(line) => flood.push(line),
+            Err(e) => {
+                stop(&mut child);
+                panic!(
+                    "no SIGHUP line after the flood ({e}); logged {} lines",
+                    flood.len()
+                );
+            }
+        }
+    }
+    stop(&mut child);
+    // Two budgets (the node's refusals and the libraries' events), each
+    // a burst of 20 lines and 5 a second; lines are cut at 2,048
+    // characters per value (plus the line's own fields).
+    let budget = 2.0 * (20.0 + 5.0 * (elapsed + 1.0)) + 2.0;
+    let bytes: usize = flood.iter().map(|l| l.len() + 1).sum();
+    assert!(
+        (flood.len() as f64) <= budget,
+        "{} lines in {elapsed:.1} s (budget {budget:.0}); the first:\n{}",
+        flood.len(),
+        flood.iter().take(5).cloned().collect::<Vec<_>>().join("\n")
+    );
+    let longest = flood.iter().map(String::len).max().unwrap_or(0);
+    assert!(longest <= 4096, "a line of {longest} bytes");
+    eprintln!(
+        "flood of 1,500 bad TLS connections in {elapsed:.1} s: {} log lines, {bytes} bytes",
+        flood.len()
+    );
+}

@@ -609,6 +609,8 @@ where
     let mut authorization: Option<String> = None;
     let mut handshake: Option<(AuthScheme, Handshake)> = None;
     let mut offered: Vec<String> = Vec::new();
+    // Whether the request about to go is a handshake's first leg.
+    let mut restartable = false;
     let auth_failed = |scheme: Option<AuthScheme>, offered: &[String], detail: String| {
         HttpProxyError::AuthFailed {
             proxy: shown.clone(),
@@ -628,13 +630,17 @@ where
         // Ask to keep the connection for the next leg (HTTP/1.1's default;
         // some proxies want it said).
         request.push_str("Proxy-Connection: Keep-Alive\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(io_error)?;
-        stream.flush().await.map_err(io_error)?;
-
-        let head = read_head(&mut stream, &mut pending, &shown).await?;
+        let head = match exchange(&mut stream, &request, &mut pending, &shown).await {
+            // A proxy that closed a connection it said it kept, before a
+            // handshake's first leg: that leg can start on a new one.
+            Err(HttpProxyError::Closed { .. } | HttpProxyError::Io { .. }) if restartable => {
+                pending.clear();
+                stream = redial().await.map_err(io_error)?;
+                exchange(&mut stream, &request, &mut pending, &shown).await?
+            }
+            other => other?,
+        };
+        restartable = false;
         match head.status {
             200..=299 => {
                 let early = Bytes::from(std::mem::take(&mut pending));
@@ -683,6 +689,7 @@ where
                     .await
                     .map_err(|detail| auth_failed(Some(scheme), &offered, detail))?;
                 handshake = Some((scheme, started));
+                restartable = true;
                 first
             }
             Some((scheme, running)) => {
@@ -734,6 +741,25 @@ where
         &offered,
         format!("the handshake did not end within {MAX_LEGS} legs"),
     ))
+}
+
+/// Sends `request` and reads the response's header.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &str,
+    pending: &mut Vec<u8>,
+    shown: &str,
+) -> Result<Head, HttpProxyError> {
+    let io_error = |cause| HttpProxyError::Io {
+        proxy: shown.to_owned(),
+        cause,
+    };
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(io_error)?;
+    stream.flush().await.map_err(io_error)?;
+    read_head(stream, pending, shown).await
 }
 
 /// A response's status line and header fields.

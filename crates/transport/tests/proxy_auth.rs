@@ -33,6 +33,9 @@ enum Mode {
     MalformedChallenge,
     /// Basic only, closing the connection after each 407.
     BasicClosing,
+    /// Basic only, closing the connection after a 407 that does not say
+    /// so (no `Connection: close`, a `Content-Length`).
+    BasicDropping,
     /// Offers Basic, NTLM and Negotiate; answers 403 naming the scheme of
     /// the first `Proxy-Authorization` it gets.
     RecordScheme,
@@ -108,13 +111,14 @@ async fn serve(mut client: TcpStream, mode: Mode) {
                 let _ = client.write_all(reply.as_bytes()).await;
                 return;
             }
-            (Mode::BasicClosing, None) => {
+            (Mode::BasicClosing | Mode::BasicDropping, None) => {
+                let close = mode == Mode::BasicClosing;
                 let _ = client
-                    .write_all(&answer_407(&["Basic realm=\"corp\"".into()], true))
+                    .write_all(&answer_407(&["Basic realm=\"corp\"".into()], close))
                     .await;
                 return;
             }
-            (Mode::BasicClosing, Some(value)) => {
+            (Mode::BasicClosing | Mode::BasicDropping, Some(value)) => {
                 let expected = format!("Basic {}", b64(format!("{USER}:{PASSWORD}").as_bytes()));
                 if value == expected {
                     established(&mut client).await;
@@ -404,6 +408,17 @@ async fn basic_to_a_proxy_that_closes_after_the_407_reconnects() {
         ),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn basic_to_a_proxy_that_drops_a_connection_it_said_it_kept_reconnects() {
+    let p = proxy(Mode::BasicDropping).await;
+    let proxy = proxy_for(p.addr, USER, PASSWORD);
+    let mut tunnel = through(&proxy, p.addr).await.unwrap();
+    tunnel.write_all(b"ok").await.unwrap();
+    let mut echo = [0u8; 2];
+    tunnel.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ok");
 }
 
 #[tokio::test]

@@ -609,6 +609,10 @@ where
     let mut authorization: Option<String> = None;
     let mut handshake: Option<(AuthScheme, Handshake)> = None;
     let mut offered: Vec<String> = Vec::new();
+    // Schemes that failed, and the first (strongest) failure, reported
+    // when every offered scheme has failed.
+    let mut tried: Vec<AuthScheme> = Vec::new();
+    let mut first_failure: Option<(AuthScheme, String)> = None;
     // Whether the request about to go is a handshake's first leg.
     let mut restartable = false;
     let auth_failed = |scheme: Option<AuthScheme>, offered: &[String], detail: String| {
@@ -670,42 +674,24 @@ where
         let Some(credentials) = &proxy.auth else {
             return Err(auth_failed(None, &offered, String::new()));
         };
-        authorization = Some(match handshake.as_mut() {
-            None => {
-                let Some(scheme) = challenges.iter().filter_map(Challenge::known_scheme).max()
-                else {
-                    return Err(auth_failed(
-                        None,
-                        &offered,
-                        "none of its schemes is one the client can do (Negotiate, NTLM, Basic)"
-                            .to_owned(),
-                    ));
-                };
-                tracing::debug!(proxy = %shown, %scheme, offered = ?offered, "authenticating to the HTTP proxy");
-                let mut started = Handshake::start(scheme, credentials, &proxy.host)
-                    .map_err(|detail| auth_failed(Some(scheme), &offered, detail))?;
-                let first = started
-                    .step(credentials, None)
-                    .await
-                    .map_err(|detail| auth_failed(Some(scheme), &offered, detail))?;
-                handshake = Some((scheme, started));
-                restartable = true;
-                first
-            }
-            Some((scheme, running)) => {
-                let scheme = *scheme;
-                let token = challenges
-                    .iter()
-                    .filter(|c| c.known_scheme() == Some(scheme))
-                    .find_map(|c| c.token.clone());
-                let Some(token) = token else {
-                    return Err(auth_failed(
-                        Some(scheme),
-                        &offered,
-                        "it refused the user name or password".to_owned(),
-                    ));
-                };
-                if !kept {
+        // The running handshake's next leg; a scheme the proxy refused
+        // gives way to the next weaker one it offered (as browsers do: a
+        // proxy offering Negotiate, NTLM and Basic may accept only some).
+        let mut next = None;
+        if let Some((scheme, running)) = handshake.as_mut() {
+            let scheme = *scheme;
+            let token = challenges
+                .iter()
+                .filter(|c| c.known_scheme() == Some(scheme))
+                .find_map(|c| c.token.clone());
+            match token {
+                None => {
+                    let detail = "it refused the user name or password".to_owned();
+                    first_failure.get_or_insert((scheme, detail));
+                    tried.push(scheme);
+                    handshake = None;
+                }
+                Some(_) if !kept => {
                     return Err(auth_failed(
                         Some(scheme),
                         &offered,
@@ -714,22 +700,72 @@ where
                         ),
                     ));
                 }
-                let Some(token) = base64_decode(&token) else {
-                    return Err(auth_failed(
-                        Some(scheme),
-                        &offered,
-                        format!(
-                            "expected a base64 {scheme} token in Proxy-Authenticate, found {:?}",
-                            token.chars().take(32).collect::<String>()
-                        ),
-                    ));
-                };
-                running
-                    .step(credentials, Some(token))
-                    .await
-                    .map_err(|detail| auth_failed(Some(scheme), &offered, detail))?
+                Some(token) => {
+                    let Some(token) = base64_decode(&token) else {
+                        return Err(auth_failed(
+                            Some(scheme),
+                            &offered,
+                            format!(
+                                "expected a base64 {scheme} token in Proxy-Authenticate, found {:?}",
+                                token.chars().take(32).collect::<String>()
+                            ),
+                        ));
+                    };
+                    next = Some(
+                        running
+                            .step(credentials, Some(token))
+                            .await
+                            .map_err(|detail| auth_failed(Some(scheme), &offered, detail))?,
+                    );
+                }
             }
-        });
+        }
+        if next.is_none() {
+            // Strongest first, skipping what failed; a scheme that cannot
+            // even start here (no KDC for Kerberos) gives way too.
+            let mut candidates: Vec<AuthScheme> = challenges
+                .iter()
+                .filter_map(Challenge::known_scheme)
+                .filter(|s| !tried.contains(s))
+                .collect();
+            candidates.sort_unstable_by(|a, b| b.cmp(a));
+            candidates.dedup();
+            for scheme in candidates {
+                tracing::debug!(proxy = %shown, %scheme, offered = ?offered, "authenticating to the HTTP proxy");
+                let started = match Handshake::start(scheme, credentials, &proxy.host) {
+                    Ok(mut started) => started
+                        .step(credentials, None)
+                        .await
+                        .map(|first| (started, first)),
+                    Err(detail) => Err(detail),
+                };
+                match started {
+                    Ok((started, first)) => {
+                        handshake = Some((scheme, started));
+                        restartable = true;
+                        next = Some(first);
+                        break;
+                    }
+                    Err(detail) => {
+                        tracing::debug!(proxy = %shown, %scheme, %detail, "this scheme cannot start; trying the next");
+                        first_failure.get_or_insert((scheme, detail));
+                        tried.push(scheme);
+                    }
+                }
+            }
+        }
+        let Some(value) = next else {
+            return Err(match first_failure.take() {
+                Some((scheme, detail)) => auth_failed(Some(scheme), &offered, detail),
+                None => auth_failed(
+                    None,
+                    &offered,
+                    "none of its schemes is one the client can do (Negotiate, NTLM, Basic)"
+                        .to_owned(),
+                ),
+            });
+        };
+        authorization = Some(value);
         if !kept {
             pending.clear();
             stream = redial().await.map_err(io_error)?;

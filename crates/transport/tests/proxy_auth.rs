@@ -39,6 +39,10 @@ enum Mode {
     /// Offers Basic, NTLM and Negotiate; answers 403 naming the scheme of
     /// the first `Proxy-Authorization` it gets.
     RecordScheme,
+    /// Offers Negotiate and Basic, refuses every Negotiate token (as squid
+    /// with a Kerberos-only helper refuses NTLM inside SPNEGO), accepts
+    /// Basic.
+    NegotiateRefused,
 }
 
 struct Proxy {
@@ -110,6 +114,14 @@ async fn serve(mut client: TcpStream, mode: Mode) {
                 let reply = format!("HTTP/1.1 403 {scheme}\r\nContent-Length: 0\r\n\r\n");
                 let _ = client.write_all(reply.as_bytes()).await;
                 return;
+            }
+            (Mode::NegotiateRefused, value) => {
+                let expected = format!("Basic {}", b64(format!("{USER}:{PASSWORD}").as_bytes()));
+                if value == Some(expected.as_str()) {
+                    established(&mut client).await;
+                    return;
+                }
+                answer_407(&["Negotiate".into(), "Basic realm=\"corp\"".into()], false)
             }
             (Mode::BasicClosing | Mode::BasicDropping, None) => {
                 let close = mode == Mode::BasicClosing;
@@ -433,6 +445,33 @@ async fn the_strongest_offered_scheme_is_chosen() {
         } => assert_eq!(reason, "Negotiate"),
         other => panic!("expected the recording 403, got {other}"),
     }
+}
+
+#[tokio::test]
+async fn a_refused_scheme_gives_way_to_the_next_one_offered() {
+    let p = proxy(Mode::NegotiateRefused).await;
+    let proxy = proxy_for(p.addr, USER, PASSWORD);
+    let mut tunnel = through(&proxy, p.addr).await.unwrap();
+    tunnel.write_all(b"ok").await.unwrap();
+    let mut echo = [0u8; 2];
+    tunnel.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ok");
+    assert_eq!(p.connections.load(Ordering::SeqCst), 1);
+
+    // Both refused: the failure names the strongest scheme tried.
+    let err = through(&proxy_for(p.addr, USER, "nope"), p.addr)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HttpProxyError::AuthFailed {
+                scheme: Some(AuthScheme::Negotiate),
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]

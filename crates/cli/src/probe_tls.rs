@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use cloudproxy_params::{ProxyKind, ProxyServer};
-use cloudproxy_transport::http_proxy::{HttpProxy, HttpProxyError, connect};
+use cloudproxy_transport::http_proxy::{HttpProxy, HttpProxyError, connect_with};
 use cloudproxy_transport::tls::{ALPN, TlsClient, TlsError, TlsName};
 use tokio::net::TcpStream;
 
@@ -89,12 +89,15 @@ pub(crate) async fn http_proxy_check(
             .map_err(|e| Outcome::Blocked {
                 reason: format!("the HTTP proxy: {e}"),
             })?;
-        let tunnel = connect(stream, proxy, &host, target.port())
+        // A proxy that closes after its 407 gets a new connection.
+        let redial = || TcpStream::connect(proxy_addr);
+        let tunnel = connect_with(stream, redial, proxy, &host, target.port())
             .await
             .map_err(|e| match e {
+                // The message names the schemes offered and the one tried.
                 HttpProxyError::AuthFailed { .. } => Outcome::Refused {
                     code: 407,
-                    reason: format!("the HTTP proxy refused the credentials (407): {e}"),
+                    reason: e.to_string(),
                 },
                 other => Outcome::Blocked {
                     reason: other.to_string(),

@@ -267,17 +267,45 @@ pub(crate) fn refine(config: &Config, e: EngineError) -> EngineError {
             }
         }
         EngineError::Tunnel(TunnelError::ProxyAuthFailed { addr, cause, .. }) => {
+            // The transport's words (the scheme, the reason) go to the log;
+            // the engine's error names the scheme in a fixed hint, as its
+            // shape is shared with the C ABI.
+            tracing::info!(proxy = %addr, error = %cause, "HTTP proxy authentication failed");
             EngineError::ProxyAuthFailed {
                 http_proxy: addr.to_string(),
-                hint: match *cause {
-                    cloudproxy_transport::http_proxy::HttpProxyError::AuthFailed {
-                        had_credentials: false,
-                        ..
-                    } => ": it wants credentials; give them as http://user:password@host:port",
-                    _ => ": check the user name and password",
-                },
+                hint: proxy_auth_hint(&cause),
             }
         }
         other => other,
+    }
+}
+
+/// What to check after a 407, naming the scheme that was tried.
+fn proxy_auth_hint(cause: &cloudproxy_transport::http_proxy::HttpProxyError) -> &'static str {
+    use cloudproxy_transport::http_proxy::HttpProxyError;
+    use cloudproxy_transport::proxy_auth::AuthScheme;
+    match cause {
+        HttpProxyError::AuthFailed {
+            had_credentials: false,
+            ..
+        } => ": it wants credentials; give them as http://[DOMAIN%5C]user:password@host:port",
+        HttpProxyError::AuthFailed {
+            scheme: Some(AuthScheme::Negotiate),
+            ..
+        } => {
+            ": Negotiate (Kerberos, else NTLM) failed; check the user name (REALM\\user) and password, and that the KDC of the realm is reachable"
+        }
+        HttpProxyError::AuthFailed {
+            scheme: Some(AuthScheme::Ntlm),
+            ..
+        } => ": NTLM failed; check the user name (DOMAIN\\user) and password",
+        HttpProxyError::AuthFailed {
+            scheme: Some(AuthScheme::Basic),
+            ..
+        } => ": Basic failed; check the user name and password",
+        HttpProxyError::AuthFailed { scheme: None, .. } => {
+            ": it offered no scheme the client can do (Negotiate, NTLM, Basic)"
+        }
+        _ => ": check the user name and password",
     }
 }

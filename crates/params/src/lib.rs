@@ -51,7 +51,9 @@
 //!   (default [`DEFAULT_TLS_PORT`], 443) → [`Params::tls_port`].
 //! - `rtc.http_proxy`: a string `http://[user:password@]host:port`, an
 //!   explicit HTTP proxy reached with `CONNECT` → [`Params::http_proxy`], an
-//!   [`HttpProxy`].
+//!   [`HttpProxy`]. The user may be `DOMAIN\\user` (NTLM, Negotiate; the
+//!   backslash as is or as `%5C`); the credentials serve whichever scheme
+//!   the proxy asks for (Negotiate, NTLM or Basic).
 //!
 //! The three transport keys are also kept in [`Params::others`] (the guide's
 //! two are not), so an app reading the other keys sees them as before.

@@ -103,7 +103,8 @@ pub fn fingerprint_text(bytes: &[u8]) -> String {
     pairs.join(":")
 }
 
-/// Basic credentials for an HTTP proxy. `Debug` hides the password.
+/// Credentials for an HTTP proxy (Negotiate, NTLM or Basic, whichever it
+/// asks for; the user may be `DOMAIN\\user`). `Debug` hides the password.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ProxyCredentials {
     /// The user name.
@@ -140,7 +141,7 @@ pub struct HttpProxy {
     pub host: String,
     /// The proxy's port.
     pub port: u16,
-    /// Basic authentication, when the URL has `user:password@`.
+    /// Credentials, when the URL has `user:password@`.
     pub credentials: Option<ProxyCredentials>,
 }
 

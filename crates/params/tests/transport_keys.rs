@@ -49,6 +49,24 @@ fn an_http_proxy_with_basic_credentials() {
 }
 
 #[test]
+fn an_http_proxy_with_a_windows_domain_user() {
+    // `DOMAIN\user` for NTLM and Negotiate: the backslash as it is (escaped
+    // for JSON) or percent-encoded as %5C.
+    for json in [
+        r#"{"rtc.http_proxy":"http://CORP\\alice:pa%40ss@proxy.corp:3128"}"#,
+        r#"{"rtc.http_proxy":"http://CORP%5Calice:pa%40ss@proxy.corp:3128"}"#,
+    ] {
+        let p = parse(json).unwrap();
+        let proxy = p.http_proxy().unwrap();
+        let credentials = proxy.credentials.as_ref().unwrap();
+        assert_eq!(credentials.user, "CORP\\alice", "{json}");
+        assert_eq!(credentials.password, "pa@ss", "{json}");
+        assert_eq!(proxy.to_string(), "http://CORP\\alice:***@proxy.corp:3128");
+        assert!(!format!("{proxy:?} {proxy}").contains("pa@ss"));
+    }
+}
+
+#[test]
 fn a_tls_port() {
     let p = parse(r#"{"rtc.proxy_tls_port":8443}"#).unwrap();
     assert_eq!(p.tls_port(), Some(8443));

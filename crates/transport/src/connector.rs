@@ -204,9 +204,17 @@ impl Connector {
                 tls,
                 ..
             } => {
-                let tunnel = http_proxy::connect(tcp, proxy, target_host, *target_port)
-                    .await
-                    .map_err(ConnectError::HttpProxy)?;
+                // A proxy that closes after a 407 gets a new connection
+                // for the next leg.
+                let redial = || async move {
+                    let tcp = TcpStream::connect(addr).await?;
+                    let _ = tcp.set_nodelay(true);
+                    Ok(tcp)
+                };
+                let tunnel =
+                    http_proxy::connect_with(tcp, redial, proxy, target_host, *target_port)
+                        .await
+                        .map_err(ConnectError::HttpProxy)?;
                 let stream = tls
                     .handshake(name, tunnel)
                     .await

@@ -1,5 +1,6 @@
-//! Through an explicit HTTP proxy: `CONNECT host:port`, Basic
-//! authentication, and the `HTTPS_PROXY`/`NO_PROXY` convention.
+//! Through an explicit HTTP proxy: `CONNECT host:port`, authentication
+//! (Negotiate, NTLM, Basic: [`crate::proxy_auth`]), and the
+//! `HTTPS_PROXY`/`NO_PROXY` convention.
 //!
 //! The CONNECT target is always a name (`host:port`), never resolved here:
 //! behind such a proxy the client often has no DNS of its own. Only
@@ -15,6 +16,8 @@ use bytes::{Buf, Bytes};
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::proxy_auth::{AuthScheme, Challenge, Handshake, base64_decode, parse_challenges};
+
 /// The most a proxy's response header may take.
 pub const MAX_RESPONSE_HEADER: usize = 8 * 1024;
 
@@ -25,14 +28,17 @@ pub struct HttpProxy {
     pub host: String,
     /// Its port.
     pub port: u16,
-    /// Basic credentials, if it needs them.
+    /// Credentials, if it needs them (for whichever scheme it asks for).
     pub auth: Option<BasicAuth>,
 }
 
-/// Basic authentication credentials (`Proxy-Authorization: Basic …`).
+/// Credentials for the proxy, whichever scheme it asks for (the name is
+/// from when Basic was the only one). `Debug` hides the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BasicAuth {
-    /// The user name.
+    /// The user name: `DOMAIN\user` (NTLM; for Kerberos `REALM\user`, as
+    /// `user@REALM` is sent as an enterprise name MIT's KDC refuses),
+    /// `user@domain`, or `user`.
     pub user: String,
     /// The password.
     pub password: String,
@@ -368,13 +374,21 @@ fn strip_port(entry: &str) -> &str {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HttpProxyError {
-    /// The proxy answered 407.
-    #[error("{}", auth_failed_text(proxy, *had_credentials))]
+    /// The proxy answered 407 and the client could not authenticate: no
+    /// credentials, no scheme in common, the credentials refused, or the
+    /// handshake broken off. Never carries the credentials.
+    #[error("{}", auth_failed_text(self))]
     AuthFailed {
         /// The proxy (`http://host:port`).
         proxy: String,
-        /// Whether credentials were sent.
+        /// Whether credentials were given.
         had_credentials: bool,
+        /// The scheme tried, once one was chosen.
+        scheme: Option<AuthScheme>,
+        /// The schemes the proxy offered, as it spelled them.
+        offered: Vec<String>,
+        /// What went wrong, in words.
+        detail: String,
     },
     /// The proxy answered another status than 2xx.
     #[error("the HTTP proxy at {proxy} refused CONNECT {target}: {status} {reason}")]
@@ -430,15 +444,32 @@ pub enum HttpProxyError {
     },
 }
 
-fn auth_failed_text(proxy: &str, had_credentials: bool) -> String {
-    if had_credentials {
-        format!(
-            "the HTTP proxy at {proxy} refused the credentials (407 Proxy Authentication Required)"
-        )
+fn auth_failed_text(e: &HttpProxyError) -> String {
+    let HttpProxyError::AuthFailed {
+        proxy,
+        had_credentials,
+        scheme,
+        offered,
+        detail,
+    } = e
+    else {
+        return String::new();
+    };
+    let offered = if offered.is_empty() {
+        "no scheme".to_owned()
     } else {
-        format!(
-            "the HTTP proxy at {proxy} requires authentication (407), and no credentials were given (http://user:password@host:port)"
-        )
+        offered.join(", ")
+    };
+    match (scheme, had_credentials) {
+        (Some(scheme), _) => format!(
+            "the HTTP proxy at {proxy} refused the {scheme} authentication (407 Proxy Authentication Required): {detail} (it offered {offered})"
+        ),
+        (None, true) => format!(
+            "the HTTP proxy at {proxy} requires authentication (407) by {offered}: {detail}"
+        ),
+        (None, false) => format!(
+            "the HTTP proxy at {proxy} requires authentication (407) by {offered}, and no credentials were given (http://[DOMAIN%5C]user:password@host:port, or the app's proxy-authentication callback)"
+        ),
     }
 }
 
@@ -448,14 +479,76 @@ impl HttpProxyError {
     pub fn is_auth_failed(&self) -> bool {
         matches!(self, Self::AuthFailed { .. })
     }
+
+    /// A copy (`Io` keeps the kind and message of its cause).
+    #[must_use]
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Self::AuthFailed {
+                proxy,
+                had_credentials,
+                scheme,
+                offered,
+                detail,
+            } => Self::AuthFailed {
+                proxy: proxy.clone(),
+                had_credentials: *had_credentials,
+                scheme: *scheme,
+                offered: offered.clone(),
+                detail: detail.clone(),
+            },
+            Self::Refused {
+                proxy,
+                target,
+                status,
+                reason,
+            } => Self::Refused {
+                proxy: proxy.clone(),
+                target: target.clone(),
+                status: *status,
+                reason: reason.clone(),
+            },
+            Self::Malformed {
+                proxy,
+                expected,
+                found,
+            } => Self::Malformed {
+                proxy: proxy.clone(),
+                expected,
+                found: found.clone(),
+            },
+            Self::HeaderTooLarge { proxy, limit } => Self::HeaderTooLarge {
+                proxy: proxy.clone(),
+                limit: *limit,
+            },
+            Self::Closed { proxy } => Self::Closed {
+                proxy: proxy.clone(),
+            },
+            Self::BadTarget { target } => Self::BadTarget {
+                target: target.clone(),
+            },
+            Self::Io { proxy, cause } => Self::Io {
+                proxy: proxy.clone(),
+                cause: io::Error::new(cause.kind(), cause.to_string()),
+            },
+        }
+    }
 }
 
+/// The most legs an authentication handshake may take (NTLM takes two,
+/// Negotiate one or two, Basic one).
+const MAX_LEGS: usize = 6;
+
+/// The largest 407 body read and thrown away to keep the connection; a
+/// larger one (or one delimited by the close) costs a new connection.
+const MAX_DISCARDED_BODY: usize = 64 * 1024;
+
 /// Asks `proxy`, already connected as `stream`, to open a tunnel to
-/// `target_host:target_port` (a name, not resolved here). Returns the
-/// tunnel; bytes that came after the proxy's response header are read from
-/// it first. Not bounded in time: the caller's attempt timeout bounds it.
+/// `target_host:target_port` (a name, not resolved here), authenticating
+/// as [`connect_with`] does; if the proxy closes the connection between
+/// legs, this fails ([`HttpProxyError::Closed`]) instead of reconnecting.
 pub async fn connect<S>(
-    mut stream: S,
+    stream: S,
     proxy: &HttpProxy,
     target_host: &str,
     target_port: u16,
@@ -463,21 +556,238 @@ pub async fn connect<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    connect_with(
+        stream,
+        || {
+            std::future::ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the proxy closed the connection between authentication legs, and there is no way to reconnect here",
+            )))
+        },
+        proxy,
+        target_host,
+        target_port,
+    )
+    .await
+}
+
+/// Asks `proxy`, already connected as `stream`, to open a tunnel to
+/// `target_host:target_port` (a name, not resolved here). Returns the
+/// tunnel; bytes that came after the proxy's response header are read from
+/// it first. Not bounded in time: the caller's attempt timeout bounds it.
+///
+/// The first `CONNECT` carries no credentials. On a `407` the strongest
+/// scheme the proxy offers and the client can do (Negotiate > NTLM > Basic)
+/// is chosen and its handshake runs leg by leg on the same connection (the
+/// 407's body is read and thrown away to keep it). When the proxy closes the
+/// connection after a 407, `redial` makes a new one: before a handshake or
+/// at its start (NTLM and Negotiate cannot continue on another connection).
+pub async fn connect_with<S, F, Fut>(
+    stream: S,
+    mut redial: F,
+    proxy: &HttpProxy,
+    target_host: &str,
+    target_port: u16,
+) -> Result<Prefixed<S>, HttpProxyError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = io::Result<S>>,
+{
     let shown = proxy.to_string();
     let target = authority(target_host, target_port);
     if target.chars().any(char::is_control) {
         return Err(HttpProxyError::BadTarget { target });
     }
-    let mut request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
-    if let Some(auth) = &proxy.auth {
-        let credentials = format!("{}:{}", auth.user, auth.password);
-        request.push_str("Proxy-Authorization: Basic ");
-        request.push_str(&base64(credentials.as_bytes()));
-        request.push_str("\r\n");
-    }
-    request.push_str("\r\n");
     let io_error = |cause| HttpProxyError::Io {
         proxy: shown.clone(),
+        cause,
+    };
+    let mut stream = stream;
+    // Bytes read past the last response (kept for the next one).
+    let mut pending: Vec<u8> = Vec::new();
+    let mut authorization: Option<String> = None;
+    let mut handshake: Option<(AuthScheme, Handshake)> = None;
+    let mut offered: Vec<String> = Vec::new();
+    // Schemes that failed, and the first (strongest) failure, reported
+    // when every offered scheme has failed.
+    let mut tried: Vec<AuthScheme> = Vec::new();
+    let mut first_failure: Option<(AuthScheme, String)> = None;
+    // Whether the request about to go is a handshake's first leg.
+    let mut restartable = false;
+    let auth_failed = |scheme: Option<AuthScheme>, offered: &[String], detail: String| {
+        HttpProxyError::AuthFailed {
+            proxy: shown.clone(),
+            had_credentials: proxy.auth.is_some(),
+            scheme,
+            offered: offered.to_vec(),
+            detail,
+        }
+    };
+    for _ in 0..MAX_LEGS {
+        let mut request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+        if let Some(value) = &authorization {
+            request.push_str("Proxy-Authorization: ");
+            request.push_str(value);
+            request.push_str("\r\n");
+        }
+        // Ask to keep the connection for the next leg (HTTP/1.1's default;
+        // some proxies want it said).
+        request.push_str("Proxy-Connection: Keep-Alive\r\n\r\n");
+        let head = match exchange(&mut stream, &request, &mut pending, &shown).await {
+            // A proxy that closed a connection it said it kept, before a
+            // handshake's first leg: that leg can start on a new one.
+            Err(HttpProxyError::Closed { .. } | HttpProxyError::Io { .. }) if restartable => {
+                pending.clear();
+                stream = redial().await.map_err(io_error)?;
+                exchange(&mut stream, &request, &mut pending, &shown).await?
+            }
+            other => other?,
+        };
+        restartable = false;
+        match head.status {
+            200..=299 => {
+                let early = Bytes::from(std::mem::take(&mut pending));
+                return Ok(Prefixed::new(early, stream));
+            }
+            407 => {}
+            status => {
+                return Err(HttpProxyError::Refused {
+                    proxy: shown,
+                    target,
+                    status,
+                    reason: head.reason,
+                });
+            }
+        }
+        let challenges: Vec<Challenge> = head
+            .headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("proxy-authenticate"))
+            .flat_map(|(_, value)| parse_challenges(value))
+            .collect();
+        offered = challenges.iter().map(|c| c.scheme.clone()).collect();
+        offered.dedup();
+        let kept = discard_body(&mut stream, &mut pending, &head)
+            .await
+            .map_err(io_error)?;
+        let Some(credentials) = &proxy.auth else {
+            return Err(auth_failed(None, &offered, String::new()));
+        };
+        // The running handshake's next leg; a scheme the proxy refused
+        // gives way to the next weaker one it offered (as browsers do: a
+        // proxy offering Negotiate, NTLM and Basic may accept only some).
+        let mut next = None;
+        if let Some((scheme, running)) = handshake.as_mut() {
+            let scheme = *scheme;
+            let token = challenges
+                .iter()
+                .filter(|c| c.known_scheme() == Some(scheme))
+                .find_map(|c| c.token.clone());
+            match token {
+                None => {
+                    let detail = "it refused the user name or password".to_owned();
+                    first_failure.get_or_insert((scheme, detail));
+                    tried.push(scheme);
+                    handshake = None;
+                }
+                Some(_) if !kept => {
+                    return Err(auth_failed(
+                        Some(scheme),
+                        &offered,
+                        format!(
+                            "it closed the connection in the middle of the {scheme} handshake, which needs one kept-alive connection"
+                        ),
+                    ));
+                }
+                Some(token) => {
+                    let Some(token) = base64_decode(&token) else {
+                        return Err(auth_failed(
+                            Some(scheme),
+                            &offered,
+                            format!(
+                                "expected a base64 {scheme} token in Proxy-Authenticate, found {:?}",
+                                token.chars().take(32).collect::<String>()
+                            ),
+                        ));
+                    };
+                    next = Some(
+                        running
+                            .step(credentials, Some(token))
+                            .await
+                            .map_err(|detail| auth_failed(Some(scheme), &offered, detail))?,
+                    );
+                }
+            }
+        }
+        if next.is_none() {
+            // Strongest first, skipping what failed; a scheme that cannot
+            // even start here (no KDC for Kerberos) gives way too.
+            let mut candidates: Vec<AuthScheme> = challenges
+                .iter()
+                .filter_map(Challenge::known_scheme)
+                .filter(|s| !tried.contains(s))
+                .collect();
+            candidates.sort_unstable_by(|a, b| b.cmp(a));
+            candidates.dedup();
+            for scheme in candidates {
+                tracing::debug!(proxy = %shown, %scheme, offered = ?offered, "authenticating to the HTTP proxy");
+                let started = match Handshake::start(scheme, credentials, &proxy.host) {
+                    Ok(mut started) => started
+                        .step(credentials, None)
+                        .await
+                        .map(|first| (started, first)),
+                    Err(detail) => Err(detail),
+                };
+                match started {
+                    Ok((started, first)) => {
+                        handshake = Some((scheme, started));
+                        restartable = true;
+                        next = Some(first);
+                        break;
+                    }
+                    Err(detail) => {
+                        tracing::debug!(proxy = %shown, %scheme, %detail, "this scheme cannot start; trying the next");
+                        first_failure.get_or_insert((scheme, detail));
+                        tried.push(scheme);
+                    }
+                }
+            }
+        }
+        let Some(value) = next else {
+            return Err(match first_failure.take() {
+                Some((scheme, detail)) => auth_failed(Some(scheme), &offered, detail),
+                None => auth_failed(
+                    None,
+                    &offered,
+                    "none of its schemes is one the client can do (Negotiate, NTLM, Basic)"
+                        .to_owned(),
+                ),
+            });
+        };
+        authorization = Some(value);
+        if !kept {
+            pending.clear();
+            stream = redial().await.map_err(io_error)?;
+        }
+    }
+    let scheme = handshake.map(|(scheme, _)| scheme);
+    Err(auth_failed(
+        scheme,
+        &offered,
+        format!("the handshake did not end within {MAX_LEGS} legs"),
+    ))
+}
+
+/// Sends `request` and reads the response's header.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &str,
+    pending: &mut Vec<u8>,
+    shown: &str,
+) -> Result<Head, HttpProxyError> {
+    let io_error = |cause| HttpProxyError::Io {
+        proxy: shown.to_owned(),
         cause,
     };
     stream
@@ -485,48 +795,196 @@ where
         .await
         .map_err(io_error)?;
     stream.flush().await.map_err(io_error)?;
+    read_head(stream, pending, shown).await
+}
 
-    let mut buf = Vec::with_capacity(1024);
+/// A response's status line and header fields.
+struct Head {
+    status: u16,
+    reason: String,
+    /// Whether the response is HTTP/1.0.
+    http10: bool,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether a `Connection`/`Proxy-Connection` field has `token`.
+    fn connection_has(&self, token: &str) -> bool {
+        self.headers.iter().any(|(n, v)| {
+            (n.eq_ignore_ascii_case("connection") || n.eq_ignore_ascii_case("proxy-connection"))
+                && v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
+        })
+    }
+}
+
+/// Reads one response header (starting with `pending`); leaves what follows
+/// it in `pending`.
+async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    pending: &mut Vec<u8>,
+    shown: &str,
+) -> Result<Head, HttpProxyError> {
     let header_len = loop {
-        if let Some(end) = find_header_end(&buf) {
+        if let Some(end) = find_header_end(pending) {
             break end;
         }
-        if buf.len() >= MAX_RESPONSE_HEADER {
+        if pending.len() >= MAX_RESPONSE_HEADER {
             return Err(HttpProxyError::HeaderTooLarge {
-                proxy: shown,
+                proxy: shown.to_owned(),
                 limit: MAX_RESPONSE_HEADER,
             });
         }
         let mut chunk = [0u8; 1024];
-        let room = (MAX_RESPONSE_HEADER + 4 - buf.len()).min(chunk.len());
-        let n = stream.read(&mut chunk[..room]).await.map_err(io_error)?;
+        let room = (MAX_RESPONSE_HEADER + 4 - pending.len()).min(chunk.len());
+        let n = stream
+            .read(&mut chunk[..room])
+            .await
+            .map_err(|cause| HttpProxyError::Io {
+                proxy: shown.to_owned(),
+                cause,
+            })?;
         if n == 0 {
-            return Err(HttpProxyError::Closed { proxy: shown });
+            return Err(HttpProxyError::Closed {
+                proxy: shown.to_owned(),
+            });
         }
-        buf.extend_from_slice(&chunk[..n]);
+        pending.extend_from_slice(&chunk[..n]);
     };
     if header_len > MAX_RESPONSE_HEADER {
         return Err(HttpProxyError::HeaderTooLarge {
-            proxy: shown,
+            proxy: shown.to_owned(),
             limit: MAX_RESPONSE_HEADER,
         });
     }
-    let (status, reason) = parse_status_line(&buf[..header_len], &shown)?;
-    match status {
-        200..=299 => {
-            let early = Bytes::copy_from_slice(&buf[header_len..]);
-            Ok(Prefixed::new(early, stream))
+    let header: Vec<u8> = pending.drain(..header_len).collect();
+    let (status, reason) = parse_status_line(&header, shown)?;
+    let text = String::from_utf8_lossy(&header);
+    let headers = text
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Ok(Head {
+        status,
+        reason,
+        http10: header.starts_with(b"HTTP/1.0"),
+        headers,
+    })
+}
+
+/// Reads and drops a 407's body; whether the connection can carry the next
+/// leg (false: the proxy closes it, or its body is delimited by the close
+/// or too large to read).
+async fn discard_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    pending: &mut Vec<u8>,
+    head: &Head,
+) -> io::Result<bool> {
+    if head.connection_has("close") || head.http10 && !head.connection_has("keep-alive") {
+        return Ok(false);
+    }
+    if head
+        .header("transfer-encoding")
+        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"))
+    {
+        return discard_chunked(stream, pending).await;
+    }
+    let Some(length) = head.header("content-length") else {
+        return Ok(false);
+    };
+    let Ok(length) = length.parse::<usize>() else {
+        return Ok(false);
+    };
+    if length > MAX_DISCARDED_BODY {
+        return Ok(false);
+    }
+    fill(stream, pending, length).await
+}
+
+/// Reads until `pending` holds `n` bytes, then drops them; false if the
+/// connection ended first.
+async fn fill<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    pending: &mut Vec<u8>,
+    n: usize,
+) -> io::Result<bool> {
+    while pending.len() < n {
+        let mut chunk = [0u8; 4096];
+        let got = stream.read(&mut chunk).await?;
+        if got == 0 {
+            return Ok(false);
         }
-        407 => Err(HttpProxyError::AuthFailed {
-            proxy: shown,
-            had_credentials: proxy.auth.is_some(),
-        }),
-        _ => Err(HttpProxyError::Refused {
-            proxy: shown,
-            target,
-            status,
-            reason,
-        }),
+        pending.extend_from_slice(&chunk[..got]);
+    }
+    pending.drain(..n);
+    Ok(true)
+}
+
+/// Drops a chunked body (bounded by [`MAX_DISCARDED_BODY`] in all).
+async fn discard_chunked<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    pending: &mut Vec<u8>,
+) -> io::Result<bool> {
+    let mut total = 0usize;
+    loop {
+        // The chunk-size line.
+        let line_end = loop {
+            if let Some(at) = pending.windows(2).position(|w| w == b"\r\n") {
+                break at;
+            }
+            if pending.len() > 1024 {
+                return Ok(false);
+            }
+            let mut chunk = [0u8; 1024];
+            let got = stream.read(&mut chunk).await?;
+            if got == 0 {
+                return Ok(false);
+            }
+            pending.extend_from_slice(&chunk[..got]);
+        };
+        let line = String::from_utf8_lossy(&pending[..line_end]).into_owned();
+        pending.drain(..line_end + 2);
+        let size = line.split(';').next().unwrap_or_default().trim();
+        let Ok(size) = usize::from_str_radix(size, 16) else {
+            return Ok(false);
+        };
+        total = total.saturating_add(size);
+        if total > MAX_DISCARDED_BODY {
+            return Ok(false);
+        }
+        if size == 0 {
+            // Trailers (none expected) end with a blank line.
+            loop {
+                if pending.starts_with(b"\r\n") {
+                    pending.drain(..2);
+                    return Ok(true);
+                }
+                if let Some(end) = find_header_end(pending) {
+                    pending.drain(..end);
+                    return Ok(true);
+                }
+                if pending.len() > 1024 {
+                    return Ok(false);
+                }
+                let mut chunk = [0u8; 1024];
+                let got = stream.read(&mut chunk).await?;
+                if got == 0 {
+                    return Ok(false);
+                }
+                pending.extend_from_slice(&chunk[..got]);
+            }
+        }
+        if !fill(stream, pending, size + 2).await? {
+            return Ok(false);
+        }
     }
 }
 
@@ -561,28 +1019,6 @@ fn parse_status_line(header: &[u8], proxy: &str) -> Result<(u16, String), HttpPr
     let status = code.parse::<u16>().map_err(|_| malformed())?;
     let reason = parts.next().unwrap_or_default().trim().to_owned();
     Ok((status, reason))
-}
-
-/// Standard base64 with padding (RFC 4648), for the Basic credentials.
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// A stream whose first reads return `prefix` (bytes already read from
@@ -660,22 +1096,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_rfc_4648_vectors() {
-        for (input, expected) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-            ("Aladdin:open sesame", "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="),
-        ] {
-            assert_eq!(base64(input.as_bytes()), expected, "{input:?}");
-        }
-    }
 
     #[test]
     fn ports_are_stripped_from_no_proxy_entries() {

@@ -19,6 +19,7 @@ pub mod driver;
 pub mod http_proxy;
 pub mod lifecycle;
 pub mod net;
+pub mod proxy_auth;
 pub mod resolve;
 pub mod tls;
 pub mod tunnel;

@@ -228,21 +228,9 @@ impl FirstRefusal {
                 AttemptError::Tls(TlsError::Untrusted { server, reason })
             }
             ConnectError::Tls(e) => AttemptError::Tls(e),
-            ConnectError::HttpProxy(HttpProxyError::AuthFailed {
-                proxy,
-                had_credentials,
-            }) => {
-                self.keep(Decisive::ProxyAuth(
-                    addr,
-                    HttpProxyError::AuthFailed {
-                        proxy: proxy.clone(),
-                        had_credentials,
-                    },
-                ));
-                AttemptError::HttpProxy(HttpProxyError::AuthFailed {
-                    proxy,
-                    had_credentials,
-                })
+            ConnectError::HttpProxy(e @ HttpProxyError::AuthFailed { .. }) => {
+                self.keep(Decisive::ProxyAuth(addr, e.duplicate()));
+                AttemptError::HttpProxy(e)
             }
             ConnectError::HttpProxy(e) => AttemptError::HttpProxy(e),
         }

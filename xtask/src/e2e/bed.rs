@@ -47,6 +47,9 @@ pub(super) const GATEWAY: &str = "10.231.0.20";
 pub(super) const SQUID: &str = "10.231.0.30";
 pub(super) const SQUID_PORT: u16 = 3128;
 pub(super) const BUMP_PORT: u16 = 3129;
+/// Scenario 14 (A1): squid demanding NTLM, checked by the project's own
+/// NTLMv2-verifying helper.
+pub(super) const NTLM_PORT: u16 = 3130;
 
 /// The addresses on `cloud0`. Each peer (a squid, a haproxy gateway) has
 /// its own address here, and the firewall decides whether `corp` may reach
@@ -273,7 +276,7 @@ impl Network {
     {cloud}: {NODE_A} node A, {NODE_B} node B (serve: allocation {alloc:?} TCP+UDP, relay TCP {TCP_RELAY_PORT}, UDP {lo}-{hi}),
     {pad}TLS {TLS_PORT} on both nodes (pinned self-signed certificates),
     {pad}{EDGE}:{EDGE_PORT} edge (TCP+UDP), {GATEWAY}:{TLS_PORT} DPI gateway (haproxy, scenario 10),
-    {pad}{SQUID}:{SQUID_PORT} squid Basic auth (11), {SQUID}:{BUMP_PORT} squid ssl-bump (13), all on cloud0/24
+    {pad}{SQUID}:{SQUID_PORT} squid Basic auth (11), {SQUID}:{BUMP_PORT} squid ssl-bump (13), {SQUID}:{NTLM_PORT} squid NTLM (14), all on cloud0/24
     /etc/netns/{corp}/hosts: {PROXY_NAME} -> {NODE_A}, {NODE_B}; resolv.conf -> {DEAD_DNS} (answers nothing)
 ",
             corp = self.corp,

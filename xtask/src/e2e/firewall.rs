@@ -9,8 +9,8 @@
 use std::fmt::Write as _;
 
 use super::bed::{
-    ALLOCATION_PORTS, BUMP_PORT, GATEWAY, NODE_A, NODE_B, SQUID, SQUID_PORT, TCP_RELAY_PORT,
-    TLS_PORT, UDP_RELAY_PORTS,
+    ALLOCATION_PORTS, BUMP_PORT, GATEWAY, NODE_A, NODE_B, NTLM_PORT, SQUID, SQUID_PORT,
+    TCP_RELAY_PORT, TLS_PORT, UDP_RELAY_PORTS,
 };
 
 /// A transport protocol a rule matches.
@@ -132,6 +132,11 @@ impl Firewall {
     /// route to the nodes, no DNS.
     pub(super) fn only_squid() -> Self {
         Self::named("OnlySquid3128").accept(Proto::Tcp, &[SQUID], &[Ports::One(SQUID_PORT)])
+    }
+
+    /// Scenario 14 (A1): only squid demanding NTLM.
+    pub(super) fn only_ntlm_squid() -> Self {
+        Self::named("OnlyNtlmSquid3130").accept(Proto::Tcp, &[SQUID], &[Ports::One(NTLM_PORT)])
     }
 
     /// Scenario 13: only the TLS-intercepting proxy (squid with ssl-bump).

@@ -16,14 +16,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::bed::{BUMP_PORT, GATEWAY, NODE_A, SQUID, SQUID_PORT, TLS_PORT};
+use super::bed::{BUMP_PORT, GATEWAY, NODE_A, NTLM_PORT, SQUID, SQUID_PORT, TLS_PORT};
 use super::processes::{Daemon, must, run_bounded};
 use crate::Result;
 
 /// What the scenarios run, and the Debian package each comes from.
 /// `squid-openssl` conflicts with (and replaces) `squid`; it serves both
 /// squid scenarios.
-pub(super) const DEBIAN_TOOLS: [(&str, &str); 5] = [
+pub(super) const DEBIAN_TOOLS: [(&str, &str); 6] = [
+    ("/usr/bin/python3", "python3"),
     ("/usr/sbin/haproxy", "haproxy"),
     ("/usr/sbin/squid", "squid-openssl"),
     (CERTGEN, "squid-openssl"),
@@ -182,6 +183,42 @@ http_access deny all
         passwd = passwd.display(),
     );
     let squid = start_squid(cloud, &home, &config, SQUID_PORT)?;
+    Ok((squid, home.join("access.log")))
+}
+
+/// The project's NTLM helper for squid: a challenge with target info, and
+/// the NTLMv2 response checked against one user and password. squid's own
+/// `ntlm_fake_auth` accepts any password (and sends a malformed challenge).
+const NTLMV2_HELPER: &str = include_str!("helpers/ntlmv2_auth.py");
+
+/// The NTLM domain of scenario 14.
+pub(super) const NTLM_DOMAIN: &str = "CORP";
+
+/// squid on 3130 demanding NTLM (no other scheme) from `CORP\e2e-user`
+/// with `password`; CONNECT only to port 443 and only when authenticated.
+pub(super) fn squid_ntlm(cloud: &str, dir: &Path, password: &str) -> Result<(Daemon, PathBuf)> {
+    let home = squid_dir(dir, "squid-ntlm")?;
+    let helper = home.join("ntlmv2_auth.py");
+    std::fs::write(&helper, NTLMV2_HELPER)
+        .map_err(|e| format!("writing {}: {e}", helper.display()))?;
+    let config = format!(
+        "# cloudproxy e2e scenario 14 (A1): an explicit proxy demanding NTLM
+http_port {SQUID}:{NTLM_PORT}
+{common}auth_param ntlm program /usr/bin/python3 {helper} {NTLM_DOMAIN} {PROXY_USER} {password}
+auth_param ntlm children 2
+acl authenticated proxy_auth REQUIRED
+acl tls_port port 443
+acl CONNECT method CONNECT
+http_access deny !CONNECT
+http_access deny CONNECT !tls_port
+http_access allow CONNECT authenticated
+http_access deny all
+",
+        common = squid_common(&home),
+        helper = helper.display(),
+    );
+    must(Command::new("chown").args(["-R", "proxy:proxy"]).arg(&home))?;
+    let squid = start_squid(cloud, &home, &config, NTLM_PORT)?;
     Ok((squid, home.join("access.log")))
 }
 

@@ -62,7 +62,7 @@ struct Scenario {
 /// The scenarios of docs/e2e.md, in the order they run.
 ///
 /// Numbers follow docs/e2e.md and issue 16.
-const SCENARIOS: [Scenario; 13] = [
+const SCENARIOS: [Scenario; 14] = [
     Scenario {
         number: 1,
         title: "proxy off: join fails within the bound",
@@ -154,10 +154,17 @@ const SCENARIOS: [Scenario; 13] = [
         fresh_nodes: false,
         run: scenarios::tls_intercepted,
     },
+    Scenario {
+        number: 14,
+        title: "A1 NTLM: squid 3130 demands NTLMv2",
+        firewall: Firewall::only_ntlm_squid,
+        fresh_nodes: false,
+        run: scenarios::http_proxy_ntlm,
+    },
 ];
 
 /// The scenarios that run Debian middleboxes (haproxy, squid).
-const WITH_MIDDLEBOXES: [u32; 3] = [10, 11, 13];
+const WITH_MIDDLEBOXES: [u32; 4] = [10, 11, 13, 14];
 
 pub(crate) fn run(args: &[String]) -> Result {
     let mut allow_skip = false;

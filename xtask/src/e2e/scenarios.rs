@@ -8,7 +8,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::bed::{
-    ALLOCATION_PORTS, BUMP_PORT, GATEWAY, NODE_A, NODE_B, PROXY_NAME, SQUID, SQUID_PORT, TLS_PORT,
+    ALLOCATION_PORTS, BUMP_PORT, GATEWAY, NODE_A, NODE_B, NTLM_PORT, PROXY_NAME, SQUID, SQUID_PORT,
+    TLS_PORT,
 };
 use super::checks::{
     Checks, DIRECT_TIMEOUT_MS, INTERCEPTED_FAIL_MS, PROXY_AUTH_FAIL_MS, RECONNECT_WINDOW_MS,
@@ -16,7 +17,7 @@ use super::checks::{
 };
 use super::client::{Call, Demo, RunningDemo};
 use super::firewall::{Firewall, Proto};
-use super::middleboxes::{self, PROXY_USER};
+use super::middleboxes::{self, NTLM_DOMAIN, PROXY_USER};
 use super::processes::{Node, Peers, in_ns, run_bounded};
 use super::{Bed, Outcome};
 
@@ -604,6 +605,71 @@ pub(super) fn http_proxy_basic_auth(bed: &mut Bed) -> Outcome {
         vec![
             format!("connect via squid {connect:.0} ms"),
             format!("wrong password refused in {refused_ms:.0} ms (process)"),
+        ],
+    )
+}
+
+/// 14 (A1). The only way out is squid demanding NTLM, verified by the
+///     project's NTLMv2 helper: `CORP\e2e-user` with the right password
+///     connects over TLS through CONNECT (three legs on one connection); a
+///     wrong password fails as `proxy_auth_failed` naming NTLM within 2 s.
+pub(super) fn http_proxy_ntlm(bed: &mut Bed) -> Outcome {
+    let password = "ntlm-14-pw";
+    let (squid, access_log) = middleboxes::squid_ntlm(&bed.net.cloud, &bed.dir, password)?;
+    let mut c = Checks::new();
+    // The backslash percent-encoded, as in a URL.
+    let good = format!("http://{NTLM_DOMAIN}%5C{PROXY_USER}:{password}@{SQUID}:{NTLM_PORT}");
+    let params = tls_params(bed, Some(&good));
+    let d = bed.client.demo(&Call {
+        params: &params,
+        ..Call::enabled(NODE_A)
+    })?;
+    tls_call(&mut c, &d, "http-proxy");
+    let connect = d.connect_ms();
+    let access = std::fs::read_to_string(&access_log).unwrap_or_default();
+    c.check(
+        access.contains(&format!("CONNECT {NODE_A}:{TLS_PORT} {PROXY_USER}")),
+        format!("squid's access log shows {PROXY_USER}'s CONNECT to {NODE_A}:{TLS_PORT}"),
+    );
+    let wrong = format!("http://{NTLM_DOMAIN}%5C{PROXY_USER}:wrong-pw@{SQUID}:{NTLM_PORT}");
+    let params = tls_params(bed, Some(&wrong));
+    let w = bed.client.demo(&Call {
+        params: &params,
+        ..Call::enabled(NODE_A)
+    })?;
+    let kind = w.summary.error_kind.as_deref();
+    let error = w.summary.error.clone().unwrap_or_default();
+    c.check(
+        !w.ok() && !w.exit_success(),
+        "with a wrong password the call fails (ok false, exit non-zero)",
+    );
+    c.check(
+        kind == Some("proxy_auth_failed") && error.contains("NTLM"),
+        format!("error_kind proxy_auth_failed naming NTLM (got {kind:?}, error {error:?})"),
+    );
+    c.check(
+        !error.contains("wrong-pw") && !w.out.stdout.contains("wrong-pw"),
+        "the password appears in no error or event",
+    );
+    let refused_ms = w.out.elapsed.as_secs_f64() * 1000.0;
+    c.check(
+        refused_ms <= PROXY_AUTH_FAIL_MS,
+        format!("the wrong password failed in {refused_ms:.0} ms (bound {PROXY_AUTH_FAIL_MS} ms, process)"),
+    );
+    let log = squid.log();
+    drop(squid);
+    c.done(
+        || {
+            format!(
+                "{}\n--- wrong password\n{}\nsquid access log:\n{access}\nsquid:\n{}",
+                d.dump(),
+                w.dump(),
+                tail_lines(&log, 20)
+            )
+        },
+        vec![
+            format!("connect via NTLM {connect:.0} ms"),
+            format!("wrong password refused (NTLM) in {refused_ms:.0} ms (process)"),
         ],
     )
 }

@@ -6,17 +6,11 @@
 use std::fmt::{self, Write as _};
 use std::io::IsTerminal as _;
 
-use std::time::Instant;
-
-use cloudproxy_server::log_limit::LogLimiter;
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
-use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -59,58 +53,16 @@ impl LogArgs {
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr);
-        let budget = LibraryEventBudget::new(Instant::now());
         let _ = match self.log_format {
             LogFormat::Text => builder
                 .with_ansi(std::io::stderr().is_terminal())
                 .fmt_fields(EscapedFields)
-                .finish()
-                .with(budget)
                 .try_init(),
-            LogFormat::Json => builder
-                .json()
-                .flatten_event(true)
-                .finish()
-                .with(budget)
-                .try_init(),
+            LogFormat::Json => builder.json().flatten_event(true).try_init(),
         };
         Ok(())
     }
 }
-
-/// The libraries' own log events (rustls, hickory, tokio and the rest)
-/// spend one log budget, of the size the node gives its refusals: a burst
-/// of [`LOG_BURST`](cloudproxy_server::log_limit::LOG_BURST) lines, then
-/// [`LOG_PER_SEC`](cloudproxy_server::log_limit::LOG_PER_SEC) a second;
-/// the rest are dropped. rustls reports every malformed ClientHello at
-/// `warn`, before any login, so without this anyone who can reach the TLS
-/// port could fill the operator's disk. cloudproxy's own events are not
-/// touched: those about outside input already spend the node's budget.
-struct LibraryEventBudget {
-    limiter: LogLimiter,
-}
-
-impl LibraryEventBudget {
-    fn new(now: Instant) -> Self {
-        Self {
-            limiter: LogLimiter::new(now),
-        }
-    }
-
-    fn admit(&self, target: &str, now: Instant) -> bool {
-        target.starts_with("cloudproxy") || self.limiter.admit(now).is_some()
-    }
-}
-
-impl<S: Subscriber> Layer<S> for LibraryEventBudget {
-    fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
-        self.admit(event.metadata().target(), Instant::now())
-    }
-}
-
-/// The longest value a log line carries, in characters; the rest is cut
-/// and counted, so no outside string (an 8,000-byte SNI) makes a huge line.
-const MAX_VALUE_CHARS: usize = 2048;
 
 /// Formats an event's fields and message on one line: `message key=value …`.
 /// Every value is escaped (see [`escape_into`]), whatever the log site wrote,
@@ -143,11 +95,7 @@ impl EscapingVisitor<'_> {
         if self.result.is_err() || name.starts_with("log.") {
             return;
         }
-        let (value, cut) = match value.char_indices().nth(MAX_VALUE_CHARS) {
-            Some((at, _)) => (&value[..at], value.len() - at),
-            None => (value, 0),
-        };
-        let mut line = String::with_capacity(name.len() + value.len() + 24);
+        let mut line = String::with_capacity(name.len() + value.len() + 4);
         if !self.first {
             line.push(' ');
         }
@@ -158,9 +106,6 @@ impl EscapingVisitor<'_> {
             line.push_str(name);
             line.push('=');
             quote_into(&mut line, value);
-        }
-        if cut > 0 {
-            let _ = write!(line, "… ({cut} more bytes)");
         }
         self.result = self.writer.write_str(&line);
     }
@@ -257,22 +202,6 @@ mod tests {
             "a\\nb\\rc\\td\\u{1b}[31me\\u{7f}\\u{85}\\u{2028}\\\\"
         );
         assert_eq!(escaped("media.example:443"), "media.example:443");
-    }
-
-    #[test]
-    fn the_libraries_events_spend_one_budget_ours_none() {
-        let t0 = Instant::now();
-        let budget = LibraryEventBudget::new(t0);
-        let admitted = (0..1000)
-            .filter(|_| budget.admit("rustls::msgs::handshake", t0))
-            .count();
-        assert_eq!(admitted, cloudproxy_server::log_limit::LOG_BURST as usize);
-        assert!(
-            !budget.admit("hickory_proto::udp", t0),
-            "one budget for all"
-        );
-        assert!(budget.admit("cloudproxy_server::tls::listener", t0));
-        assert!(budget.admit("rustls::check", t0 + std::time::Duration::from_secs(1)));
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod copy_pump;
 mod descriptors;
 pub mod destination;
 mod entropy;
-pub mod log_limit;
+mod log_limit;
 mod login_limit;
 pub mod lookups;
 mod metrics;

@@ -2,23 +2,6 @@
 //! worth a line, but a flood of them must not fill the operator's disk. One
 //! token bucket per node; lines over it are counted, and the next line that
 //! gets through is preceded by "N similar lines suppressed".
-//!
-//! The `cloudproxy` command also spends a budget of the same size on every
-//! log event of the libraries the node uses (rustls reports a malformed
-//! ClientHello at `warn`, before any login), so no unauthenticated source
-//! writes more than this many lines on any port.
-//!
-//! ```
-//! use std::time::{Duration, Instant};
-//! use cloudproxy_server::log_limit::LogLimiter;
-//!
-//! let t0 = Instant::now();
-//! let limiter = LogLimiter::with_rate(2, 1.0, t0);
-//! assert_eq!(limiter.admit(t0), Some(0));
-//! assert_eq!(limiter.admit(t0), Some(0));
-//! assert_eq!(limiter.admit(t0), None, "over the burst: counted, not logged");
-//! assert_eq!(limiter.admit(t0 + Duration::from_secs(1)), Some(1));
-//! ```
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -26,27 +9,22 @@ use std::time::Instant;
 use crate::bucket::TokenBucket;
 
 /// Lines logged at once before the limit engages.
-pub const LOG_BURST: u32 = 20;
+pub(crate) const LOG_BURST: u32 = 20;
 /// Lines a second after that.
-pub const LOG_PER_SEC: f64 = 5.0;
+pub(crate) const LOG_PER_SEC: f64 = 5.0;
 
-/// A log budget: a burst of lines, then a steady rate; lines over it are
-/// counted.
+/// The per-node refusal log budget.
 #[derive(Debug)]
-pub struct LogLimiter {
+pub(crate) struct LogLimiter {
     state: Mutex<(TokenBucket, u64)>,
 }
 
 impl LogLimiter {
-    /// The node's budget: [`LOG_BURST`] lines, then [`LOG_PER_SEC`] a second.
-    #[must_use]
-    pub fn new(now: Instant) -> Self {
+    pub(crate) fn new(now: Instant) -> Self {
         Self::with_rate(LOG_BURST, LOG_PER_SEC, now)
     }
 
-    /// A budget of `burst` lines, then `per_sec` a second.
-    #[must_use]
-    pub fn with_rate(burst: u32, per_sec: f64, now: Instant) -> Self {
+    pub(crate) fn with_rate(burst: u32, per_sec: f64, now: Instant) -> Self {
         Self {
             state: Mutex::new((TokenBucket::new(burst, per_sec, now), 0)),
         }
@@ -54,7 +32,7 @@ impl LogLimiter {
 
     /// Whether a line may be logged at `now`: `Some(n)` with the number of
     /// lines suppressed since the last one that was, or `None` (counted).
-    pub fn admit(&self, now: Instant) -> Option<u64> {
+    pub(crate) fn admit(&self, now: Instant) -> Option<u64> {
         let mut state = self
             .state
             .lock()
@@ -70,7 +48,7 @@ impl LogLimiter {
 
     /// Runs `log` (which writes one line) if the budget allows, after a
     /// summary of what was suppressed before it.
-    pub fn log(&self, log: impl FnOnce()) {
+    pub(crate) fn log(&self, log: impl FnOnce()) {
         if let Some(suppressed) = self.admit(Instant::now()) {
             if suppressed > 0 {
                 tracing::warn!(

@@ -7,7 +7,6 @@ mod admission;
 pub mod allowlist;
 mod bucket;
 pub mod config;
-mod config_mask;
 mod conn;
 mod copy_pump;
 mod descriptors;

@@ -197,7 +197,7 @@ fn udp_over_tcp_datagrams_both_ways_and_ping() {
         evs,
         vec![ServerEvent::Datagram(Bytes::from_static(b"media up"))]
     );
-    conn.send_datagram(b"media down").unwrap();
+    conn.send_datagram(p.now, b"media down").unwrap();
     p.pump_tcp(&mut b, &mut conn, &mut accept_all);
     assert_eq!(
         events(&mut b),
@@ -962,7 +962,7 @@ fn a_client_that_neither_reads_nor_sends_datagrams_is_closed_as_not_reading() {
 }
 
 #[test]
-fn only_datagrams_keep_a_datagram_binding_alive() {
+fn only_the_bindings_traffic_keeps_a_datagram_binding_alive() {
     let mut p = Pair::new();
     let (mut b, mut conn) = bound_datagram_connection(&mut p);
     // A client that only pings, and reads its pongs, is idle.
@@ -976,7 +976,12 @@ fn only_datagrams_keep_a_datagram_binding_alive() {
         conn.handle_timeout(p.now);
         assert!(!conn.is_closed());
     }
-    // A datagram at 50 s moves the idle deadline to 110 s.
+    // A datagram for a client that only listens (a muted participant)
+    // is the binding's traffic too: at 50 s it moves the deadline to 110 s.
+    conn.send_datagram(p.now, b"media down").unwrap();
+    assert_eq!(conn.poll_timeout(), Some(p.now + Duration::from_secs(60)));
+    let _ = conn.poll_transmit();
+    // So does one from the client, at 50 s.
     b.send_datagram(p.now, b"media").unwrap();
     let evs = p.pump_tcp(&mut b, &mut conn, &mut accept_all);
     assert_eq!(
@@ -1006,17 +1011,17 @@ fn datagrams_for_a_client_that_does_not_read_are_refused_at_the_bound() {
     let (_b, mut conn) = bound_datagram_connection(&mut p);
     let payload = [0u8; 1000];
     let mut sent = 0;
-    while conn.send_datagram(&payload).is_ok() {
+    while conn.send_datagram(p.now, &payload).is_ok() {
         sent += 1;
         assert!(sent < 100, "never refused");
     }
     // Four 1 008-byte frames fit below 4 096; the fifth crosses it.
     assert_eq!(sent, 5);
     assert!(matches!(
-        conn.send_datagram(&payload),
+        conn.send_datagram(p.now, &payload),
         Err(SessionError::NotReading { queued }) if queued == 5 * 1008
     ));
     // Taken by the transport: room again.
     assert_eq!(conn.poll_transmit().unwrap().len(), 5 * 1008);
-    conn.send_datagram(&payload).unwrap();
+    conn.send_datagram(p.now, &payload).unwrap();
 }

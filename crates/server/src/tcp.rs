@@ -499,7 +499,7 @@ pub(crate) async fn datagram_session<S: NativeStream>(
                     // Refused while the client is not keeping up (UDP may
                     // drop): counted below.
                     Ok(n) if n <= MAX_DATAGRAM_PAYLOAD
-                        && driver.machine_mut().send_datagram(&datagram[..n]).is_ok() =>
+                        && driver.machine_mut().send_datagram(Instant::now(), &datagram[..n]).is_ok() =>
                     {
                         packets_down += 1;
                         bytes_down += n as u64;

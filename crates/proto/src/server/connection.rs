@@ -85,8 +85,9 @@ pub struct Connection {
     server: Arc<Server>,
     role: Role,
     state: ConnState,
-    /// When traffic for the binding last arrived (from the bind on): in
-    /// datagram mode a `Datagram` frame. A `Ping` keeps no binding alive.
+    /// When the binding last carried traffic (from the bind on): in
+    /// datagram mode a `Datagram` frame either way. A `Ping` keeps no
+    /// binding alive.
     last_recv: Instant,
     buf: BytesMut,
     codec: FrameCodec,
@@ -239,8 +240,8 @@ impl Connection {
     fn handle_datagram_mode(&mut self, now: Instant, frame: Frame) {
         match frame {
             Frame::Datagram(p) => {
-                // Only traffic for the destination is activity: a client
-                // that only pings goes idle.
+                // Only the binding's traffic (this, or a datagram for the
+                // client) is activity: a client that only pings goes idle.
                 self.last_recv = now;
                 self.events.push_back(ServerEvent::Datagram(p));
             }
@@ -365,8 +366,9 @@ impl Connection {
     /// Datagram mode: queues a datagram from the destination to the client.
     /// Refused with [`SessionError::NotReading`] while the connection
     /// [is backed up](Self::is_backed_up): the datagram is dropped, as UDP
-    /// may drop it.
-    pub fn send_datagram(&mut self, payload: &[u8]) -> Result<(), SessionError> {
+    /// may drop it. A datagram queued is the binding's traffic: it keeps
+    /// the binding alive (a client that only listens is not idle).
+    pub fn send_datagram(&mut self, now: Instant, payload: &[u8]) -> Result<(), SessionError> {
         if !matches!(self.state, ConnState::Datagram { .. }) {
             return Err(SessionError::InvalidState(
                 "send_datagram needs a bound datagram-mode connection",
@@ -384,6 +386,7 @@ impl Connection {
         }
         let f = Frame::Datagram(Bytes::copy_from_slice(payload));
         self.queue(&f);
+        self.last_recv = self.last_recv.max(now);
         Ok(())
     }
 

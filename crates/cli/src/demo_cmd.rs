@@ -83,7 +83,10 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run_cmd(args: Args) -> ExitCode {
-    if let Err(e) = args.logging.init("error") {
+    if let Err(e) = args
+        .logging
+        .init("error", cloudproxy_server::LogBudget::new())
+    {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }

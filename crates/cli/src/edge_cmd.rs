@@ -33,7 +33,10 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
-    if let Err(e) = args.logging.init("info") {
+    if let Err(e) = args
+        .logging
+        .init("info", cloudproxy_server::LogBudget::new())
+    {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }

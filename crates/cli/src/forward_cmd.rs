@@ -64,7 +64,10 @@ fn parse_destination(text: &str) -> Result<Address, String> {
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
-    if let Err(e) = args.logging.init("info") {
+    if let Err(e) = args
+        .logging
+        .init("info", cloudproxy_server::LogBudget::new())
+    {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }

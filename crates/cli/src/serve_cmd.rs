@@ -88,7 +88,10 @@ fn parse_range(text: &str) -> Result<PortRange, String> {
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
-    if let Err(e) = args.logging.init("info") {
+    // One budget for the node's refusal lines and for what other crates
+    // (rustls, …) log about unauthenticated peers.
+    let log_budget = cloudproxy_server::LogBudget::new();
+    if let Err(e) = args.logging.init("info", log_budget.clone()) {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -138,7 +141,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
             },
             None => None,
         };
-        let node = match ProxyNode::start(&config).await {
+        let node = match ProxyNode::start_with_log_budget(&config, log_budget).await {
             Ok(node) => node,
             Err(e) => {
                 // Logging runs: a log line, so `--log-format json` gets JSON.

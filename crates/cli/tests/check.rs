@@ -183,6 +183,43 @@ fn a_file_that_does_not_parse_fails_the_check_with_the_parsers_report() {
     );
 }
 
+/// Issue 23: the parser's excerpt of a line holding a secret shows the key
+/// and the caret, never the secret; start-up errors print the same.
+#[test]
+fn a_parse_error_next_to_a_secret_does_not_print_the_secret() {
+    let key = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
+    let secret = "a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5";
+    let file = TempFile::new(
+        "secret-typo",
+        &format!(
+            "[listeners]\nbind = \"127.0.0.1\"\n[[apps]]\nid = \"a\"\nsecrets = [\"{secret}\",\n\
+             [[ticket_keys]]\nkey_id = 1\nsecret = \"{key}\n"
+        ),
+    );
+    for args in [
+        &["serve", "--check", "--config", file.path()][..],
+        &["serve", "--config", file.path()][..],
+    ] {
+        let output = cloudproxy(args);
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(
+            stderr.starts_with(&format!("error: {}:", file.path())),
+            "{stderr}"
+        );
+        assert!(stderr.contains("<redacted>"), "{stderr}");
+        assert!(stderr.contains('^'), "{stderr}");
+        assert!(
+            !stderr.contains(key) && !stderr.contains(&key[..16]),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains(secret) && !stderr.contains(&secret[..16]),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn flags_are_checked_together_with_the_file() {
     let allocation = free_tcp_port();

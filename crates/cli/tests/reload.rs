@@ -180,6 +180,56 @@ fn sighup_reloads_the_config_file_and_a_bad_edit_keeps_the_node_serving() {
     std::fs::remove_file(&path).unwrap();
 }
 
+/// Issue 23: a typo next to a secret at SIGHUP is reported with its line
+/// and caret, the secret not: neither the running ticket key nor an app
+/// secret reaches the log.
+#[test]
+fn a_reload_error_near_a_secret_does_not_log_the_secret() {
+    let path = std::env::temp_dir().join(format!(
+        "cloudproxy-reload-secret-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&path, config_text(false)).unwrap();
+    let node = Node::start(&path);
+    node.wait_for("proxy node started");
+
+    // The ticket key's closing quote lost.
+    let typo = config_text(false).replace(&format!("\"{TICKET_KEY}\""), &format!("\"{TICKET_KEY}"));
+    std::fs::write(&path, &typo).unwrap();
+    node.signal("-HUP");
+    let line = node.wait_for("configuration not reloaded");
+    let at = typo
+        .lines()
+        .position(|l| l.starts_with("secret ="))
+        .unwrap()
+        + 1;
+    assert!(
+        line.contains(&format!("{}:{at}:", path.display())),
+        "{line}"
+    );
+    assert!(line.contains("secret = <redacted>"), "{line}");
+    assert!(line.contains('^'), "{line}");
+    assert!(!line.contains(TICKET_KEY), "{line}");
+    assert!(!line.contains(&TICKET_KEY[..16]), "{line}");
+
+    // An app's second secret without the comma before it.
+    let typo = config_text(false).replace(
+        &format!("secrets = [\"{APP_SECRET}\"]"),
+        &format!("secrets = [\"{APP_SECRET}\" \"{NEW_APP_SECRET}\"]"),
+    );
+    std::fs::write(&path, &typo).unwrap();
+    node.signal("-HUP");
+    let line = node.wait_for("configuration not reloaded");
+    assert!(line.contains("secrets = <redacted>"), "{line}");
+    for secret in [APP_SECRET, NEW_APP_SECRET] {
+        assert!(!line.contains(secret), "{line}");
+        assert!(!line.contains(&secret[..16]), "{line}");
+    }
+    // The node kept its configuration.
+    assert_eq!(node.probe("first-app", APP_SECRET), "works_over_udp");
+    std::fs::remove_file(&path).unwrap();
+}
+
 #[test]
 fn sighup_in_development_mode_says_there_is_nothing_to_reload() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cloudproxy"))

@@ -372,6 +372,15 @@ pub enum SessionError {
     /// This side closed the session.
     #[error("closed locally")]
     ClosedLocally,
+    /// The peer does not read what this side sends: more than the machine's
+    /// bound of frames waits for it. Returned by a send that was refused for
+    /// it, and the reason a connection closes when its idle timer runs out
+    /// while it is so backed up (its input is then no longer read).
+    #[error("peer not reading: {queued} bytes wait for it")]
+    NotReading {
+        /// Bytes queued for the peer and not yet taken by the transport.
+        queued: usize,
+    },
     /// The peer went silent while it should have spoken (a message waiting
     /// for its acknowledgement, or a peer that had been talking often), and
     /// a probe got no answer either.

@@ -268,7 +268,7 @@ impl Harness {
                         }
                     }
                     ServerEvent::Datagram(p) => {
-                        let _ = conn.send_datagram(&p);
+                        let _ = conn.send_datagram(now, &p);
                     }
                     ServerEvent::Closed(_) => closed = true,
                     _ => {}

@@ -10,7 +10,8 @@
 //! 3. wait for input or [`poll_timeout`](Machine::poll_timeout), whichever
 //!    comes first, and feed it back with
 //!    [`handle_input`](Machine::handle_input) or
-//!    [`handle_timeout`](Machine::handle_timeout).
+//!    [`handle_timeout`](Machine::handle_timeout) — reading only while the
+//!    machine [`wants_input`](Machine::wants_input).
 
 use std::time::Instant;
 
@@ -64,4 +65,18 @@ pub trait Machine {
 
     /// Runs the timers due at `now`.
     fn handle_timeout(&mut self, now: Instant);
+
+    /// Whether the machine takes more input now (by default always). A
+    /// machine whose own queued output is over its bound says no, so a peer
+    /// that does not read what it is sent is not read either, and may keep
+    /// input it already has undecoded. A driver then reads nothing more;
+    /// once the machine says yes again (its transmits were taken), the
+    /// driver calls [`handle_input`](Self::handle_input) — with new bytes,
+    /// or with none — so the machine picks up what it held back.
+    ///
+    /// A machine may say no only while it has transmits for its driver to
+    /// take, or a driver would wait for nothing.
+    fn wants_input(&self) -> bool {
+        true
+    }
 }

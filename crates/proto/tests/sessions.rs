@@ -197,7 +197,7 @@ fn udp_over_tcp_datagrams_both_ways_and_ping() {
         evs,
         vec![ServerEvent::Datagram(Bytes::from_static(b"media up"))]
     );
-    conn.send_datagram(b"media down").unwrap();
+    conn.send_datagram(p.now, b"media down").unwrap();
     p.pump_tcp(&mut b, &mut conn, &mut accept_all);
     assert_eq!(
         events(&mut b),
@@ -839,4 +839,189 @@ fn configured_max_frame_len_holds_after_a_datagram_bind() {
         "{}",
         e.message.as_str()
     );
+}
+
+/// A datagram-mode connection bound through `p`, its `BindOk` taken.
+fn bound_datagram_connection(p: &mut Pair) -> (RelayBinding, Connection) {
+    let alloc = p.allocate();
+    let mut b = RelayBinding::new(
+        &p.client,
+        &alloc,
+        Path::Tcp,
+        BindMode::Datagram,
+        edge_udp(),
+        p.now,
+    )
+    .unwrap();
+    let mut conn = Connection::new(p.server.clone(), Role::Relay, p.now);
+    p.pump_tcp(&mut b, &mut conn, &mut accept_all);
+    assert!(b.is_bound());
+    assert_eq!(conn.queued_bytes(), 0);
+    (b, conn)
+}
+
+/// The frames one after another in `bytes`.
+fn frames(mut bytes: &[u8]) -> Vec<Frame> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let len =
+            8 + (usize::from(bytes[5]) << 16 | usize::from(bytes[6]) << 8 | usize::from(bytes[7]));
+        out.push(Frame::parse(&bytes[..len]).unwrap());
+        bytes = &bytes[len..];
+    }
+    out
+}
+
+/// 1 MiB of `Ping` frames, in 16 KiB reads.
+fn ping_flood() -> Vec<Vec<u8>> {
+    let pings: Vec<u8> = (0..65_536u64)
+        .flat_map(|i| Frame::Ping(i).to_bytes())
+        .collect();
+    pings.chunks(16 * 1024).map(<[u8]>::to_vec).collect()
+}
+
+#[test]
+fn pings_from_a_client_that_does_not_read_stop_at_the_queue_bound() {
+    const BOUND: usize = 4096;
+    const PONG: usize = 16;
+    let mut p = Pair::new();
+    p.server = make_server_with(p.now, UNIX0, KEY, 1, |cfg| cfg.max_queued_bytes = BOUND);
+    let (_b, mut conn) = bound_datagram_connection(&mut p);
+    // A driver feeds reads while the connection wants them; the client
+    // never reads, so nothing is taken.
+    let mut fed = 0;
+    for read in ping_flood() {
+        if !conn.wants_input() {
+            break;
+        }
+        conn.handle_input(p.now, &read);
+        fed += 1;
+    }
+    assert_eq!(fed, 1, "one 16 KiB read of pings fills a 4 KiB queue");
+    assert!(!conn.wants_input());
+    assert!(conn.is_backed_up());
+    assert!(
+        conn.queued_bytes() >= BOUND && conn.queued_bytes() < BOUND + PONG,
+        "{} bytes queued",
+        conn.queued_bytes()
+    );
+    // Even a driver that keeps feeding gets no further answers.
+    conn.handle_input(p.now, &ping_flood()[1]);
+    assert!(conn.queued_bytes() < BOUND + PONG);
+    assert_eq!(conn.poll_event(), None);
+
+    // The client reads: the held pings are answered, in order.
+    let mut answers = frames(&conn.poll_transmit().unwrap());
+    assert!(conn.wants_input());
+    conn.handle_input(p.now, &[]);
+    answers.extend(frames(&conn.poll_transmit().unwrap()));
+    assert!(answers.len() > BOUND / PONG, "{}", answers.len());
+    assert!(
+        answers
+            .iter()
+            .enumerate()
+            .all(|(i, f)| *f == Frame::Pong(i as u64))
+    );
+}
+
+#[test]
+fn a_client_that_neither_reads_nor_sends_datagrams_is_closed_as_not_reading() {
+    let mut p = Pair::new();
+    p.server = make_server_with(p.now, UNIX0, KEY, 1, |cfg| cfg.max_queued_bytes = 4096);
+    let (_b, mut conn) = bound_datagram_connection(&mut p);
+    for read in ping_flood().iter().take(3) {
+        p.advance(Duration::from_secs(1));
+        conn.handle_input(p.now, read);
+    }
+    // Its pings did not refresh the idle timer: it runs from the bind.
+    assert_eq!(
+        conn.poll_timeout(),
+        Some(p.now - Duration::from_secs(3) + Duration::from_secs(60))
+    );
+    p.advance(Duration::from_secs(57));
+    conn.handle_timeout(p.now);
+    assert!(conn.is_closed());
+    let queued = conn.queued_bytes();
+    match conn.poll_event() {
+        Some(ServerEvent::Closed(SessionError::NotReading { queued: q })) => {
+            assert!(q >= 4096 && q < queued, "{q} of {queued}");
+        }
+        other => panic!("expected a NotReading close, got {other:?}"),
+    }
+    // The Error frame went through the same queue, behind the answers.
+    let out = frames(&conn.poll_transmit().unwrap());
+    assert!(
+        out[..out.len() - 1]
+            .iter()
+            .all(|f| matches!(f, Frame::Pong(_)))
+    );
+    let Some(Frame::Error(e)) = out.last() else {
+        panic!("expected an Error frame last, got {:?}", out.last())
+    };
+    assert_eq!(e.code, ErrorCode::IDLE_TIMEOUT);
+}
+
+#[test]
+fn only_the_bindings_traffic_keeps_a_datagram_binding_alive() {
+    let mut p = Pair::new();
+    let (mut b, mut conn) = bound_datagram_connection(&mut p);
+    // A client that only pings, and reads its pongs, is idle.
+    for _ in 0..5 {
+        p.advance(Duration::from_secs(10));
+        conn.handle_input(p.now, &Frame::Ping(7).to_bytes());
+        assert_eq!(
+            Frame::parse(&conn.poll_transmit().unwrap()).unwrap(),
+            Frame::Pong(7)
+        );
+        conn.handle_timeout(p.now);
+        assert!(!conn.is_closed());
+    }
+    // A datagram for a client that only listens (a muted participant)
+    // is the binding's traffic too: at 50 s it moves the deadline to 110 s.
+    conn.send_datagram(p.now, b"media down").unwrap();
+    assert_eq!(conn.poll_timeout(), Some(p.now + Duration::from_secs(60)));
+    let _ = conn.poll_transmit();
+    // So does one from the client, at 50 s.
+    b.send_datagram(p.now, b"media").unwrap();
+    let evs = p.pump_tcp(&mut b, &mut conn, &mut accept_all);
+    assert_eq!(
+        evs,
+        vec![ServerEvent::Datagram(Bytes::from_static(b"media"))]
+    );
+    assert_eq!(conn.poll_timeout(), Some(p.now + Duration::from_secs(60)));
+    p.advance(Duration::from_secs(59));
+    conn.handle_input(p.now, &Frame::Ping(8).to_bytes());
+    let _ = conn.poll_transmit();
+    p.advance(Duration::from_secs(1));
+    conn.handle_timeout(p.now);
+    assert!(conn.is_closed());
+    assert_eq!(
+        conn.poll_event(),
+        Some(ServerEvent::Closed(SessionError::Timeout {
+            which: "idle",
+            after: Duration::from_secs(60),
+        }))
+    );
+}
+
+#[test]
+fn datagrams_for_a_client_that_does_not_read_are_refused_at_the_bound() {
+    let mut p = Pair::new();
+    p.server = make_server_with(p.now, UNIX0, KEY, 1, |cfg| cfg.max_queued_bytes = 4096);
+    let (_b, mut conn) = bound_datagram_connection(&mut p);
+    let payload = [0u8; 1000];
+    let mut sent = 0;
+    while conn.send_datagram(p.now, &payload).is_ok() {
+        sent += 1;
+        assert!(sent < 100, "never refused");
+    }
+    // Four 1 008-byte frames fit below 4 096; the fifth crosses it.
+    assert_eq!(sent, 5);
+    assert!(matches!(
+        conn.send_datagram(p.now, &payload),
+        Err(SessionError::NotReading { queued }) if queued == 5 * 1008
+    ));
+    // Taken by the transport: room again.
+    assert_eq!(conn.poll_transmit().unwrap().len(), 5 * 1008);
+    conn.send_datagram(p.now, &payload).unwrap();
 }

@@ -42,6 +42,8 @@ use toml::Spanned;
 
 use crate::allowlist::Allowlist;
 
+mod redact;
+
 /// The whole configuration of one proxy node.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -278,7 +280,15 @@ impl fmt::Debug for Secret {
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        let bytes = decode_hex(&text).map_err(serde::de::Error::custom)?;
+        let bytes = decode_hex(&text).map_err(|e| {
+            serde::de::Error::custom(match e {
+                // Not the digits themselves: the others are the secret's.
+                HexError::NotHex { at, .. } => {
+                    format!("expected hex digits, found a character that is not one at digit {at}")
+                }
+                other => other.to_string(),
+            })
+        })?;
         if bytes.len() < Self::MIN_LEN {
             return Err(serde::de::Error::custom(format!(
                 "expected a secret of at least {} bytes ({} hex digits), found {} bytes",
@@ -493,7 +503,9 @@ pub enum ConfigError {
         line: usize,
         /// 1-based column of the fault.
         column: usize,
-        /// The parser's report, with the offending line and a caret under it.
+        /// The parser's report, with the offending line and a caret under
+        /// it; secret values (app secrets, ticket keys, any long run of hex
+        /// digits) are shown as `<redacted>`, key names and caret kept.
         message: String,
     },
     /// The values parse but do not make a usable configuration.
@@ -598,7 +610,7 @@ impl ConfigDraft {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e.to_string().trim_end().to_owned(),
+                message: redact::redact_report(e.to_string().trim_end(), text),
             }
         })?;
         Ok(Self {

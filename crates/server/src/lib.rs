@@ -33,5 +33,6 @@ mod udp_batch;
 mod upstream;
 
 pub use entropy::OsEntropy;
+pub use log_limit::LogBudget;
 pub use node::{BoundAddrs, ProxyNode, ServeError};
 pub use reload::{FixedChange, ReloadError, ReloadSummary};

@@ -2,8 +2,14 @@
 //! worth a line, but a flood of them must not fill the operator's disk. One
 //! token bucket per node; lines over it are counted, and the next line that
 //! gets through is preceded by "N similar lines suppressed".
+//!
+//! The budget is a [`LogBudget`], which the process's logger can share: the
+//! events other crates (rustls, …) log about what unauthenticated peers sent
+//! then count against the same budget ([`LogBudget::admit`]), and
+//! [`clip`] keeps what peers sent from making any one line long.
 
-use std::sync::Mutex;
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::bucket::TokenBucket;
@@ -12,6 +18,62 @@ use crate::bucket::TokenBucket;
 pub(crate) const LOG_BURST: u32 = 20;
 /// Lines a second after that.
 pub(crate) const LOG_PER_SEC: f64 = 5.0;
+
+/// Characters of a peer's text (an offered ALPN list, an error quoting a
+/// peer) one refusal line shows at most; [`clip`] cuts the rest.
+pub(crate) const PEER_TEXT_MAX: usize = 256;
+
+/// The refusal log budget: 20 lines at once, then 5 a second, for a node's
+/// refusal lines and for whatever else the process's logger counts against
+/// it. Cheap to clone (every clone is the same budget).
+///
+/// ```
+/// use cloudproxy_server::LogBudget;
+///
+/// let budget = LogBudget::new();
+/// let passed = (0..100).filter(|_| budget.admit().is_some()).count();
+/// assert_eq!(passed, 20, "the burst, then nothing in the same instant");
+/// ```
+#[derive(Debug, Clone)]
+pub struct LogBudget(Arc<LogLimiter>);
+
+impl LogBudget {
+    /// A fresh budget, full.
+    #[must_use]
+    pub fn new() -> Self {
+        Self(Arc::new(LogLimiter::new(Instant::now())))
+    }
+
+    /// Takes one line from the budget: `Some(n)` with the number of lines
+    /// suppressed since the last one that got through (the caller says so
+    /// on its line), or `None` when the budget is spent (the line is
+    /// counted as suppressed).
+    #[must_use]
+    pub fn admit(&self) -> Option<u64> {
+        self.0.admit(Instant::now())
+    }
+
+    /// Runs `log` (which writes one line) if the budget allows, after a
+    /// summary of what was suppressed before it.
+    pub(crate) fn log(&self, log: impl FnOnce()) {
+        self.0.log(log);
+    }
+}
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `text` cut to at most `max` characters, saying how much was cut: for
+/// text a peer controls on a log line.
+pub(crate) fn clip(text: &str, max: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => Cow::Borrowed(text),
+        Some((at, _)) => Cow::Owned(format!("{}… ({} more bytes)", &text[..at], text.len() - at)),
+    }
+}
 
 /// The per-node refusal log budget.
 #[derive(Debug)]
@@ -78,5 +140,14 @@ mod tests {
             "the next line carries the count of the ones dropped"
         );
         assert_eq!(limiter.admit(t0 + Duration::from_secs(2)), Some(0));
+    }
+
+    #[test]
+    fn peer_text_is_clipped_on_a_character_boundary() {
+        assert_eq!(clip("h2,http/1.1", 256), "h2,http/1.1");
+        let long = "é".repeat(300);
+        let clipped = clip(&long, 256);
+        assert!(clipped.starts_with(&"é".repeat(256)), "{clipped}");
+        assert!(clipped.ends_with("… (88 more bytes)"), "{clipped}");
     }
 }

@@ -323,6 +323,10 @@ impl Collector for NodeCollector {
                     s.tcp_sessions_cancelled,
                 ),
                 (
+                    &[("transport", "tcp"), ("outcome", "not_reading")],
+                    s.tcp_sessions_not_reading,
+                ),
+                (
                     &[("transport", "udp"), ("outcome", "closed")],
                     s.udp_sessions_closed,
                 ),

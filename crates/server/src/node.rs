@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use crate::config::{ServerConfig, UnusableConfig};
 use crate::descriptors::{raise_nofile, upstream_budget};
 use crate::entropy::OsEntropy;
-use crate::log_limit::LogLimiter;
+use crate::log_limit::LogBudget;
 use crate::login_limit::{LoginLimiter, LoginLimits};
 use crate::lookups::{LookupLimits, Lookups, Resolve};
 use crate::policy::{Policy, PolicyCell};
@@ -136,6 +136,25 @@ impl ProxyNode {
         config: &ServerConfig,
         resolver: Arc<dyn Resolve>,
     ) -> Result<Self, ServeError> {
+        Self::start_with(config, resolver, LogBudget::new()).await
+    }
+
+    /// [`ProxyNode::start`] whose refusal lines (failed logins, malformed
+    /// input) take from `log_budget`, which the process's logger may share
+    /// so that what other crates log about unauthenticated peers counts
+    /// against the same budget (`cloudproxy serve` does).
+    pub async fn start_with_log_budget(
+        config: &ServerConfig,
+        log_budget: LogBudget,
+    ) -> Result<Self, ServeError> {
+        Self::start_with(config, Arc::new(DnsResolver::from_system()), log_budget).await
+    }
+
+    async fn start_with(
+        config: &ServerConfig,
+        resolver: Arc<dyn Resolve>,
+        log_budget: LogBudget,
+    ) -> Result<Self, ServeError> {
         let nofile = raise_nofile();
         let listeners = &config.listeners;
         let bind = listeners.bind;
@@ -234,7 +253,7 @@ impl ProxyNode {
             ),
             logins: LoginLimiter::new(login_limits),
             udp_logins: LoginLimiter::new(login_limits),
-            refusal_log: LogLimiter::new(Instant::now()),
+            refusal_log: log_budget,
             tls: tls.as_ref().map(|(port, _)| port.clone()),
         });
 

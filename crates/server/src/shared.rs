@@ -9,7 +9,7 @@ use cloudproxy_proto::server::Server;
 use cloudproxy_transport::lifecycle::Lifecycle;
 
 use crate::config::Limits;
-use crate::log_limit::LogLimiter;
+use crate::log_limit::LogBudget;
 use crate::login_limit::LoginLimiter;
 use crate::lookups::Lookups;
 use crate::policy::PolicyCell;
@@ -37,8 +37,9 @@ pub(crate) struct Shared {
     /// Login failures per source address over UDP (sources may be forged):
     /// gates UDP only, never TCP or SOCKS5.
     pub(crate) udp_logins: LoginLimiter,
-    /// The budget of refusal log lines (failed logins, malformed input).
-    pub(crate) refusal_log: LogLimiter,
+    /// The budget of refusal log lines (failed logins, malformed input),
+    /// shared with the process's logger when it was given one.
+    pub(crate) refusal_log: LogBudget,
     /// The TLS port's configuration and certificate, when it is on.
     pub(crate) tls: Option<TlsPort>,
 }

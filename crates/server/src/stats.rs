@@ -132,6 +132,10 @@ counters! {
     tcp_sessions_upstream_error,
     /// TCP sessions closed by the node (drain deadline, shutdown).
     tcp_sessions_cancelled,
+    /// UDP-over-TCP sessions closed at their idle timeout while their
+    /// client did not read what it was sent (its queue full, so it was not
+    /// read either).
+    tcp_sessions_not_reading,
     /// UDP bindings that ended with a `Close` from the client.
     udp_sessions_closed,
     /// UDP bindings that ended idle.
@@ -202,6 +206,7 @@ impl Stats {
         Self::bump(match reason {
             None => &self.tcp_sessions_client_error,
             Some(SessionError::Timeout { which: "idle", .. }) => &self.tcp_sessions_idle_timeout,
+            Some(SessionError::NotReading { .. }) => &self.tcp_sessions_not_reading,
             Some(SessionError::Timeout {
                 which: "session lifetime",
                 ..

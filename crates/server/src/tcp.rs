@@ -406,20 +406,19 @@ pub(crate) struct DatagramSession<'a> {
     pub(crate) transport: &'static str,
 }
 
-/// Bytes of frames waiting for a datagram-mode client above which the relay
-/// stops reading that client and drops its destination's datagrams: a client
-/// that does not read cannot make the relay queue without bound.
-const OUTBOX_LIMIT: usize = 64 * 1024;
-
 /// UDP-over-TCP: `Datagram` frames from the client go to the destination as
 /// UDP datagrams, and the destination's datagrams come back as frames.
 ///
 /// Every wait — the client's reads and writes and the connection's idle
 /// and lifetime timers (all in the driver), the destination, the forced
 /// close on shutdown — is one arm of the same `select!`: a client that
-/// stops reading holds no write open past any of them. While its frames
-/// back up beyond [`OUTBOX_LIMIT`], the client is not read (so its idle
-/// timer runs) and the destination's datagrams are dropped (counted).
+/// stops reading holds no write open past any of them. What the client is
+/// sent is bounded by the connection itself: the driver takes at most
+/// 64 KiB ahead of the socket, and once another
+/// `max_queued_bytes` (64 KiB) wait in the connection — answers to its
+/// pings included — the connection decodes and reads no more of the
+/// client (so its idle timer runs out: `NotReading`) and refuses the
+/// destination's datagrams, which are dropped and counted.
 pub(crate) async fn datagram_session<S: NativeStream>(
     shared: &Shared,
     client: S,
@@ -451,10 +450,6 @@ pub(crate) async fn datagram_session<S: NativeStream>(
     let destination = upstream.peer_addr().ok();
     let mut driver = Driver::new(conn, client);
     let reason: String = loop {
-        // Not while the client's frames back up: every frame read may
-        // queue an answer (a Pong).
-        let backed_up = driver.queued_bytes() >= OUTBOX_LIMIT;
-        driver.pause_reads(backed_up);
         let closed = tokio::select! {
             next = driver.next_event() => match next {
                 driver::Next::Event(ServerEvent::Datagram(first)) => {
@@ -501,17 +496,18 @@ pub(crate) async fn datagram_session<S: NativeStream>(
             },
             received = upstream.recv(&mut datagram) => {
                 match received {
-                    Ok(n) if n <= MAX_DATAGRAM_PAYLOAD && !backed_up => {
-                        if driver.machine_mut().send_datagram(&datagram[..n]).is_ok() {
-                            packets_down += 1;
-                            bytes_down += n as u64;
-                            Stats::bump(&shared.stats.udp_packets_down);
-                            Stats::add(&shared.stats.udp_bytes_down, n as u64);
-                        }
+                    // Refused while the client is not keeping up (UDP may
+                    // drop): counted below.
+                    Ok(n) if n <= MAX_DATAGRAM_PAYLOAD
+                        && driver.machine_mut().send_datagram(Instant::now(), &datagram[..n]).is_ok() =>
+                    {
+                        packets_down += 1;
+                        bytes_down += n as u64;
+                        Stats::bump(&shared.stats.udp_packets_down);
+                        Stats::add(&shared.stats.udp_bytes_down, n as u64);
                     }
-                    // Too large for a Datagram frame, the client is not
-                    // keeping up (UDP may drop), or an ICMP error surfacing:
-                    // count it and go on.
+                    // Too large for a Datagram frame, refused, or an ICMP
+                    // error surfacing: count it and go on.
                     Ok(_) | Err(_) => Stats::bump(&shared.stats.udp_dropped),
                 }
                 None

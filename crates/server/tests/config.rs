@@ -71,6 +71,35 @@ fn secrets_are_never_printed() {
     assert!(shown.contains("redacted"));
 }
 
+/// Issue 23: a typo anywhere in the full file — on a secret's own line or
+/// next to it — never shows a secret in the error (the excerpt keeps the
+/// key name and the caret).
+#[test]
+fn parse_errors_never_print_secrets() {
+    let full = full();
+    let typos = [
+        // The ticket key's closing quote lost.
+        full.replace(&format!("{SECRET}{SECRET}\""), &format!("{SECRET}{SECRET}")),
+        // A second app secret without its comma.
+        full.replace(
+            &format!("[\"{SECRET}\"]"),
+            &format!("[\"{SECRET}\" \"{SECRET}\"]"),
+        ),
+        // The line after the ticket key.
+        full.replace("[allowlist]", "[allowlist"),
+        // A misspelt key holding the secret.
+        full.replace("secret = ", "secert = "),
+    ];
+    for text in &typos {
+        let err = ServerConfig::from_toml_str("full.toml", text).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        let shown = err.to_string();
+        assert!(!shown.contains(&SECRET[..16]), "{shown}");
+        assert!(!shown.contains(&SECRET[16..]), "{shown}");
+        assert!(shown.contains('^'), "{shown}");
+    }
+}
+
 /// (what the file says, expected line, expected key or text in the message)
 fn assert_error(text: &str, line: usize, needle: &str) {
     let err = ServerConfig::from_toml_str("bad.toml", text).unwrap_err();

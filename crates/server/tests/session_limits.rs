@@ -14,13 +14,11 @@ use cloudproxy_proto::frame::{Bind, BindMode, Frame, HEADER_LEN};
 use cloudproxy_proto::{Address, ErrorCode};
 use cloudproxy_transport::lifecycle::DrainOutcome;
 use proxy_support::{
-    APP, Rig, SECRET_HEX, bind_tcp_raw, echo_back, hex, socks_request, soon, tcp_echo, udp_echo,
-    until, within,
+    APP, NODE_QUEUE_BOUND, Rig, SECRET_HEX, bind_tcp_raw, echo_back, hex, kernel_buffers_bound,
+    ping_without_reading, socks_request, soon, tcp_echo, udp_echo, until, within,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
-use tokio::task::JoinHandle;
 
 const SOCKS: &str = "[socks5]\nenabled = true\nport = 0\n";
 
@@ -54,21 +52,8 @@ async fn datagram_binding(rig: &Rig, allocation: &Allocation) -> TcpStream {
     stream
 }
 
-/// Sends pings, never reading the pongs, until the relay closes the
-/// connection (a write fails) or 64 MiB went out. Counts the bytes written.
-fn ping_without_reading(mut writer: OwnedWriteHalf, written: Arc<AtomicU64>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let chunk: Vec<u8> = (0..1024u64)
-            .flat_map(|i| Frame::Ping(i).to_bytes())
-            .collect();
-        for _ in 0..4096 {
-            if writer.write_all(&chunk).await.is_err() {
-                return;
-            }
-            written.fetch_add(chunk.len() as u64, Relaxed);
-        }
-    })
-}
+/// 64 MiB: more pings than any test's node reads.
+const PINGS_CAP: u64 = 64 << 20;
 
 #[tokio::test]
 async fn datagram_client_that_stops_reading_is_closed_at_idle_timeout() {
@@ -77,7 +62,7 @@ async fn datagram_client_that_stops_reading_is_closed_at_idle_timeout() {
     let stream = datagram_binding(&rig, &allocation).await;
     let (_never_read, writer) = stream.into_split();
     let started = Instant::now();
-    let pinger = ping_without_reading(writer, Arc::default());
+    let pinger = ping_without_reading(writer, PINGS_CAP, Arc::default());
     // The relay stops reading a client whose answers back up, so its idle
     // timer runs out and the connection closes: the pinger's writes fail.
     // Before the relay's buffers fill, it answers megabytes of pings: seconds
@@ -101,7 +86,7 @@ async fn datagram_client_that_stops_reading_is_closed_at_session_lifetime() {
     let allocation = rig.allocate().await;
     let stream = datagram_binding(&rig, &allocation).await;
     let (_never_read, writer) = stream.into_split();
-    let pinger = ping_without_reading(writer, Arc::default());
+    let pinger = ping_without_reading(writer, PINGS_CAP, Arc::default());
     within("the pinger's end", pinger).await.unwrap();
     until("the session's end", || {
         rig.node.stats().tcp_sessions_active == 0
@@ -116,7 +101,7 @@ async fn drain_completes_with_a_datagram_client_that_stops_reading() {
     let stream = datagram_binding(&rig, &allocation).await;
     let (_never_read, writer) = stream.into_split();
     let written = Arc::new(AtomicU64::new(0));
-    let pinger = ping_without_reading(writer, Arc::clone(&written));
+    let pinger = ping_without_reading(writer, PINGS_CAP, Arc::clone(&written));
     // Under way (the relay has answered pings) before the node is told to
     // stop; within the drain's second the relay is stuck behind answers the
     // client does not read.
@@ -127,6 +112,86 @@ async fn drain_completes_with_a_datagram_client_that_stops_reading() {
         "{outcome:?}"
     );
     soon("the pinger's end", pinger).await.unwrap();
+}
+
+/// Issue 23: a client that floods `Ping`s and never reads the `Pong`s makes
+/// the node queue no more than a bound (it stops decoding, and reading, that
+/// client), and is closed at its idle timeout as not reading: its pings are
+/// no activity.
+#[tokio::test]
+async fn a_ping_flood_that_is_never_read_is_bounded_and_cut_as_not_reading() {
+    let rig = Rig::start(r#""127.0.0.1""#, 10, "[limits]\nidle_timeout_ms = 1000\n").await;
+    let allocation = rig.allocate().await;
+    let stream = datagram_binding(&rig, &allocation).await;
+    let (_never_read, writer) = stream.into_split();
+    let written = Arc::new(AtomicU64::new(0));
+    // Far more than the kernel's buffers and the node's bound can take: a
+    // node that went on reading (and answering) would take it all.
+    let bound = kernel_buffers_bound() + NODE_QUEUE_BOUND;
+    let started = Instant::now();
+    let pinger = ping_without_reading(writer, bound + (16 << 20), Arc::clone(&written));
+    let ended = within("the pinger's end", pinger).await.unwrap();
+    assert!(
+        ended.is_some(),
+        "the node took {} bytes of pings and never cut the client",
+        written.load(Relaxed)
+    );
+    assert!(
+        written.load(Relaxed) <= bound,
+        "{} bytes of pings taken, more than the kernel's buffers and the node's bound ({bound})",
+        written.load(Relaxed)
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    until("the session's end", || {
+        rig.node.stats().tcp_sessions_active == 0
+    })
+    .await;
+    let stats = rig.node.stats();
+    assert_eq!(stats.tcp_sessions_not_reading, 1, "{stats}");
+    assert_eq!(stats.tcp_sessions_idle_timeout, 0, "{stats}");
+}
+
+/// Issue 23: pings alone, read or not, do not keep a datagram-mode session
+/// past its idle timeout; only datagrams for the destination do.
+#[tokio::test]
+async fn a_client_that_only_pings_is_closed_at_the_idle_timeout() {
+    let rig = Rig::start(r#""127.0.0.1""#, 10, "[limits]\nidle_timeout_ms = 1000\n").await;
+    let allocation = rig.allocate().await;
+    let mut stream = datagram_binding(&rig, &allocation).await;
+    let started = Instant::now();
+    let mut n = 0u64;
+    let code = within("the idle close", async {
+        loop {
+            n += 1;
+            if stream.write_all(&Frame::Ping(n).to_bytes()).await.is_err() {
+                return None;
+            }
+            let mut frame = vec![0u8; HEADER_LEN];
+            if stream.read_exact(&mut frame).await.is_err() {
+                return None;
+            }
+            let len =
+                usize::from(frame[5]) << 16 | usize::from(frame[6]) << 8 | usize::from(frame[7]);
+            frame.resize(HEADER_LEN + len, 0);
+            stream.read_exact(&mut frame[HEADER_LEN..]).await.unwrap();
+            match Frame::parse(&frame).unwrap() {
+                Frame::Pong(m) => assert_eq!(m, n),
+                Frame::Error(e) => return Some(e.code),
+                other => panic!("unexpected {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(code, Some(ErrorCode::IDLE_TIMEOUT));
+    assert!(n >= 5, "the pings were answered meanwhile ({n})");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
+    until("the session's end", || {
+        rig.node.stats().tcp_sessions_active == 0
+    })
+    .await;
+    assert_eq!(rig.node.stats().tcp_sessions_idle_timeout, 1);
 }
 
 /// Reads until the relay closes the connection (EOF or reset).

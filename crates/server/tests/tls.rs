@@ -19,7 +19,10 @@ use cloudproxy_server::ProxyNode;
 use cloudproxy_server::config::ServerConfig;
 use cloudproxy_server::tls::{ALPN, CertificateError, Identity, SelfSigned, fingerprint};
 use cloudproxy_transport::driver::{Driver, Next};
-use proxy_support::{SECRET_HEX, client_config, config_text, refusal, tcp_echo, udp_echo, within};
+use proxy_support::{
+    NODE_QUEUE_BOUND, SECRET_HEX, client_config, config_text, kernel_buffers_bound,
+    ping_without_reading, refusal, tcp_echo, udp_echo, until, within,
+};
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -270,6 +273,41 @@ async fn a_datagram_bind_over_tls_carries_udp_both_ways() {
     }
     assert_eq!(node.stats().media_fallbacks, 1);
     assert!(node.stats().udp_packets_up >= 20);
+}
+
+/// Issue 23 over TLS: a datagram-mode client that floods `Ping`s and never
+/// reads is held to the node's bound (no more TLS records are read from
+/// it) and closed at its idle timeout as not reading.
+#[tokio::test]
+async fn a_ping_flood_over_tls_that_is_never_read_is_bounded_and_cut_as_not_reading() {
+    let (node, _cert, _dir) =
+        node_with_tls_and("ping-flood", "[limits]\nidle_timeout_ms = 1000\n").await;
+    let addr = node.addrs().tls.unwrap();
+    let allocation = allocate(addr).await;
+    let (driver, _) = bind(addr, &allocation, BindMode::Datagram, udp_echo().await).await;
+    let (_, stream) = driver.into_parts();
+    let (_never_read, writer) = tokio::io::split(stream);
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let bound = kernel_buffers_bound() + NODE_QUEUE_BOUND;
+    let started = Instant::now();
+    let pinger = ping_without_reading(writer, bound + (16 << 20), Arc::clone(&written));
+    let ended = within("the pinger's end", pinger).await.unwrap();
+    let written = written.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        ended.is_some(),
+        "the node took {written} bytes of pings over TLS and never cut the client"
+    );
+    assert!(
+        written <= bound,
+        "{written} bytes of pings taken, more than the kernel's buffers and the node's bound ({bound})"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+    until("the session's end", || {
+        node.stats().tcp_sessions_active == 0
+    })
+    .await;
+    let stats = node.stats();
+    assert_eq!(stats.tcp_sessions_not_reading, 1, "{stats}");
 }
 
 #[tokio::test]

@@ -15,6 +15,12 @@
 //! `next_event` against their own work (an app's send, a deadline) and call
 //! it again.
 //!
+//! A peer that sends but does not read cannot make the driver queue without
+//! bound: it takes the machine's transmits only while fewer than 64 KiB it
+//! took are unwritten, so the rest waits in the machine, which sees it; and
+//! it reads nothing while the machine does not
+//! [want input](Machine::wants_input) (every read may queue an answer).
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> std::io::Result<()> {
@@ -68,6 +74,12 @@ const READ_BUF: usize = 16 * 1024;
 /// Transmits gathered into one vectored write at most.
 const MAX_GATHER: usize = 64;
 
+/// The driver takes the machine's transmits only while fewer than this many
+/// bytes it took are unwritten: what a peer does not read beyond that stays
+/// in the machine, which sees it and can bound it
+/// ([`Machine::wants_input`]).
+const TAKE_AHEAD: usize = 64 * 1024;
+
 /// What ended a wait for the machine's next event.
 #[derive(Debug)]
 pub enum Next<E> {
@@ -86,12 +98,17 @@ pub struct Driver<M, S> {
     machine: M,
     stream: S,
     /// Transmits taken from the machine and not yet written, the first
-    /// from its first unwritten byte.
+    /// from its first unwritten byte; taken only while fewer than
+    /// [`TAKE_AHEAD`] bytes wait here.
     outbox: VecDeque<Bytes>,
     /// Bytes in `outbox`.
     queued: usize,
     /// The owner asked not to read for now.
     reads_paused: bool,
+    /// The machine did not want input after its last input (or when a
+    /// read was due): when it wants it again, it is first given the chance
+    /// to resume what it may have held back.
+    held: bool,
     /// Bytes were written since the last completed `poll_flush`.
     unflushed: bool,
     /// The stream reached its end.
@@ -117,6 +134,7 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
             outbox: VecDeque::new(),
             queued: 0,
             reads_paused: false,
+            held: false,
             unflushed: false,
             eof: false,
             read_buf: vec![0; read_buf.max(1)].into_boxed_slice(),
@@ -153,7 +171,8 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
     }
 
     /// Bytes taken from the machine and not yet written: how far a peer
-    /// that does not read is behind.
+    /// that does not read is behind (at most 64 KiB and one
+    /// transmit; the rest waits in the machine).
     pub fn queued_bytes(&self) -> usize {
         self.queued
     }
@@ -217,6 +236,19 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
                 self.machine.handle_timeout(now());
                 continue;
             }
+            if !self.machine.wants_input() {
+                // Woken by the write that makes room (the machine says no
+                // only while it has transmits), or by its timer.
+                self.held = true;
+                return Poll::Pending;
+            }
+            if self.held {
+                // The machine may hold input it did not decode: let it
+                // resume before anything new arrives (or if nothing does,
+                // the peer's close included).
+                self.feed(0);
+                continue;
+            }
             if self.eof {
                 return Poll::Ready(Next::PeerClosed);
             }
@@ -232,7 +264,7 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
                 }
                 Poll::Ready(Ok(())) => {
                     let n = buf.filled().len();
-                    self.machine.handle_input(now(), &self.read_buf[..n]);
+                    self.feed(n);
                 }
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Next::Io(e)),
@@ -241,16 +273,37 @@ impl<M: Machine, S: AsyncRead + AsyncWrite + Unpin> Driver<M, S> {
         }
     }
 
-    /// Writes every queued transmit, gathered into one system call where
-    /// the stream supports it, then flushes.
-    fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while let Some(bytes) = self.machine.poll_transmit() {
+    /// Gives the machine the first `n` bytes of the read buffer (none: a
+    /// chance to resume input it held back).
+    fn feed(&mut self, n: usize) {
+        self.machine.handle_input(now(), &self.read_buf[..n]);
+        // It may have stopped short of the end of its input: once its
+        // transmits are taken, it gets to resume.
+        self.held = !self.machine.wants_input();
+    }
+
+    /// Takes the machine's transmits while fewer than [`TAKE_AHEAD`] bytes
+    /// wait unwritten.
+    fn take_transmits(&mut self) {
+        while self.queued < TAKE_AHEAD {
+            let Some(bytes) = self.machine.poll_transmit() else {
+                return;
+            };
             if !bytes.is_empty() {
                 self.queued += bytes.len();
                 self.outbox.push_back(bytes);
             }
         }
-        while let Some(first) = self.outbox.front() {
+    }
+
+    /// Writes every queued transmit, gathered into one system call where
+    /// the stream supports it, then flushes.
+    fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            self.take_transmits();
+            let Some(first) = self.outbox.front() else {
+                break;
+            };
             let n = if self.outbox.len() > 1 && self.stream.is_write_vectored() {
                 let mut slices = [IoSlice::new(&[]); MAX_GATHER];
                 let mut count = 0;

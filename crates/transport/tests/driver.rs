@@ -261,3 +261,97 @@ impl<E: std::fmt::Debug> EventOf<E> for Next<E> {
         }
     }
 }
+
+/// Answers each input byte with 1 KiB, like a server answering pings; holds
+/// input undecoded while `bound` bytes of answers wait to be taken.
+struct Answerer {
+    held: VecDeque<u8>,
+    out: VecDeque<Bytes>,
+    unsent: usize,
+    bound: usize,
+    answered: usize,
+    /// The largest `unsent` seen.
+    peak: usize,
+}
+
+impl Answerer {
+    fn answer(&mut self) {
+        while self.unsent < self.bound {
+            let Some(b) = self.held.pop_front() else {
+                return;
+            };
+            self.out.push_back(Bytes::from(vec![b; 1024]));
+            self.unsent += 1024;
+            self.answered += 1;
+            self.peak = self.peak.max(self.unsent);
+        }
+    }
+}
+
+impl Machine for Answerer {
+    type Event = ();
+    fn handle_input(&mut self, _now: Instant, data: &[u8]) {
+        self.held.extend(data);
+        self.answer();
+    }
+    fn poll_transmit(&mut self) -> Option<Bytes> {
+        let b = self.out.pop_front()?;
+        self.unsent -= b.len();
+        Some(b)
+    }
+    fn poll_event(&mut self) -> Option<()> {
+        None
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    fn handle_timeout(&mut self, _now: Instant) {}
+    fn wants_input(&self) -> bool {
+        self.unsent < self.bound
+    }
+}
+
+/// A peer that sends without reading gets no further than the driver's
+/// take-ahead plus the machine's bound: the driver stops reading when the
+/// machine says so, and resumes the held input once the peer reads.
+#[tokio::test]
+async fn a_machine_that_wants_no_input_is_not_read_until_its_answers_are_taken() {
+    let (ours, theirs) = tokio::io::duplex(4096);
+    let answerer = Answerer {
+        held: VecDeque::new(),
+        out: VecDeque::new(),
+        unsent: 0,
+        bound: 8 * 1024,
+        answered: 0,
+        peak: 0,
+    };
+    let mut driver = Driver::new(answerer, ours);
+    let (mut their_reads, mut their_writes) = tokio::io::split(theirs);
+    // 200 requests, 200 KiB of answers; the peer reads none of them yet.
+    their_writes.write_all(&[7u8; 200]).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(200), driver.next_event()).await;
+    assert!(waited.is_err(), "no event, and no end");
+    let machine = driver.machine();
+    assert!(!machine.held.is_empty(), "input was held back");
+    assert!(machine.peak <= 8 * 1024, "{}", machine.peak);
+    assert!(
+        driver.queued_bytes() <= 64 * 1024 + 1024,
+        "{}",
+        driver.queued_bytes()
+    );
+    // The peer reads: every request is answered.
+    let reader = tokio::spawn(async move {
+        let mut got = vec![0u8; 200 * 1024];
+        their_reads.read_exact(&mut got).await.unwrap();
+        got
+    });
+    tokio::pin!(reader);
+    let got = loop {
+        tokio::select! {
+            _ = driver.next_event() => {}
+            got = &mut reader => break got.unwrap(),
+        }
+    };
+    assert!(got.iter().all(|b| *b == 7));
+    assert_eq!(driver.machine().answered, 200);
+}

@@ -27,6 +27,12 @@ pub(crate) fn cloudproxy() -> Command {
 /// A child process that is stopped (SIGTERM) when the test ends, pass or fail.
 pub(crate) struct Running(Child);
 
+impl From<Child> for Running {
+    fn from(child: Child) -> Self {
+        Self(child)
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = Command::new("kill")

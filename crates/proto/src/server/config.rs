@@ -89,7 +89,18 @@ pub struct ServerConfig {
     /// `Error` 100 and the connection closes, before anything is reserved
     /// for its body (`docs/protocol.md` §3.1).
     pub max_frame_len: usize,
+    /// Most bytes of frames a bound datagram-mode connection queues for its
+    /// client and its transport has not taken yet (default
+    /// [`DEFAULT_MAX_QUEUED_BYTES`]). Every frame the connection sends counts:
+    /// its answers (`Pong`, `Error`) and the destination's datagrams. At the
+    /// bound the connection decodes no further input (a `Ping` read would
+    /// add an answer), asks not to be read, and refuses datagrams for the
+    /// client; a client that stays there is closed at its idle timeout.
+    pub max_queued_bytes: usize,
 }
+
+/// The default [`ServerConfig::max_queued_bytes`]: 64 KiB.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 * 1024;
 
 impl ServerConfig {
     /// A configuration with the defaults of `docs/protocol.md` and no relays.
@@ -109,6 +120,7 @@ impl ServerConfig {
             capabilities: Capabilities::ALL,
             max_pending_binds: 1024,
             max_frame_len: MAX_PAYLOAD,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
         }
     }
 }

@@ -85,11 +85,17 @@ pub struct Connection {
     server: Arc<Server>,
     role: Role,
     state: ConnState,
+    /// When the binding last carried traffic (from the bind on): in
+    /// datagram mode a `Datagram` frame either way. A `Ping` keeps no
+    /// binding alive.
     last_recv: Instant,
     buf: BytesMut,
     codec: FrameCodec,
+    /// Every frame queued for the client and not yet taken by
+    /// [`poll_transmit`](Machine::poll_transmit), in order, in one buffer:
+    /// a burst of small answers costs its bytes and nothing per frame. Its
+    /// length is what `max_queued_bytes` bounds.
     out: BytesMut,
-    transmits: VecDeque<Bytes>,
     events: VecDeque<ServerEvent>,
     /// The app the first request named (unverified), for the I/O layer's log.
     claimed_app: Option<AppId>,
@@ -113,7 +119,6 @@ impl Connection {
             buf: BytesMut::new(),
             codec: FrameCodec::with_max_payload(handshake_max),
             out: BytesMut::new(),
-            transmits: VecDeque::new(),
             events: VecDeque::new(),
             claimed_app: None,
         }
@@ -139,9 +144,29 @@ impl Connection {
         matches!(self.state, ConnState::Closed)
     }
 
+    /// Bytes of frames queued for the client and not yet taken by
+    /// [`poll_transmit`](Machine::poll_transmit).
+    #[must_use]
+    pub fn queued_bytes(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Whether a bound datagram-mode connection has reached its bound of
+    /// queued bytes
+    /// ([`ServerConfig::max_queued_bytes`](super::ServerConfig::max_queued_bytes)):
+    /// it then decodes no further input, asks not to be read
+    /// ([`wants_input`](Machine::wants_input)) and refuses datagrams for the
+    /// client ([`send_datagram`](Self::send_datagram)) until its transmits
+    /// are taken.
+    #[must_use]
+    pub fn is_backed_up(&self) -> bool {
+        matches!(self.state, ConnState::Datagram { .. })
+            && self.out.len() >= self.server.config.max_queued_bytes
+    }
+
     fn handle_frame(&mut self, now: Instant, frame: Frame) {
         let ConnState::Handshake { deadline } = self.state else {
-            return self.handle_datagram_mode(frame);
+            return self.handle_datagram_mode(now, frame);
         };
         self.claimed_app = match &frame {
             Frame::AllocateRequest(r) => Some(r.app_id.clone()),
@@ -212,9 +237,16 @@ impl Connection {
         }
     }
 
-    fn handle_datagram_mode(&mut self, frame: Frame) {
+    fn handle_datagram_mode(&mut self, now: Instant, frame: Frame) {
         match frame {
-            Frame::Datagram(p) => self.events.push_back(ServerEvent::Datagram(p)),
+            Frame::Datagram(p) => {
+                // Only the binding's traffic (this, or a datagram for the
+                // client) is activity: a client that only pings goes idle.
+                self.last_recv = now;
+                self.events.push_back(ServerEvent::Datagram(p));
+            }
+            // Answered through the same bounded queue as everything else;
+            // `handle_input` decodes no `Ping` while that queue is full.
             Frame::Ping(n) => self.queue(&Frame::Pong(n)),
             Frame::Pong(_) => {}
             Frame::Close => {
@@ -244,11 +276,10 @@ impl Connection {
         }
     }
 
+    /// Queues a frame for the client: the one way anything is sent.
     fn queue(&mut self, f: &Frame) {
         self.out.reserve(f.encoded_len());
         f.encode(&mut self.out);
-        let b = self.out.split().freeze();
-        self.transmits.push_back(b);
     }
 
     fn fail(&mut self, code: ErrorCode, message: Option<&str>, reason: SessionError) {
@@ -333,11 +364,20 @@ impl Connection {
     }
 
     /// Datagram mode: queues a datagram from the destination to the client.
-    pub fn send_datagram(&mut self, payload: &[u8]) -> Result<(), SessionError> {
+    /// Refused with [`SessionError::NotReading`] while the connection
+    /// [is backed up](Self::is_backed_up): the datagram is dropped, as UDP
+    /// may drop it. A datagram queued is the binding's traffic: it keeps
+    /// the binding alive (a client that only listens is not idle).
+    pub fn send_datagram(&mut self, now: Instant, payload: &[u8]) -> Result<(), SessionError> {
         if !matches!(self.state, ConnState::Datagram { .. }) {
             return Err(SessionError::InvalidState(
                 "send_datagram needs a bound datagram-mode connection",
             ));
+        }
+        if self.is_backed_up() {
+            return Err(SessionError::NotReading {
+                queued: self.out.len(),
+            });
         }
         if payload.len() > MAX_DATAGRAM_PAYLOAD {
             return Err(SessionError::InvalidState(
@@ -346,6 +386,7 @@ impl Connection {
         }
         let f = Frame::Datagram(Bytes::copy_from_slice(payload));
         self.queue(&f);
+        self.last_recv = self.last_recv.max(now);
         Ok(())
     }
 
@@ -376,11 +417,14 @@ impl Machine for Connection {
             ) {
                 return;
             }
+            // So do frames that arrive while the client does not read what
+            // it was sent: a `Ping` decoded now would add to that queue.
+            // They are decoded once it is taken (`wants_input`).
+            if self.is_backed_up() {
+                return;
+            }
             match self.codec.decode(&mut self.buf) {
-                Ok(Some(frame)) => {
-                    self.last_recv = now;
-                    self.handle_frame(now, frame);
-                }
+                Ok(Some(frame)) => self.handle_frame(now, frame),
                 Ok(None) => return,
                 Err(e) => {
                     return self.fail(
@@ -394,7 +438,12 @@ impl Machine for Connection {
     }
 
     fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.transmits.pop_front()
+        // Everything queued, as one transmit.
+        (!self.out.is_empty()).then(|| self.out.split().freeze())
+    }
+
+    fn wants_input(&self) -> bool {
+        !self.is_backed_up()
     }
 
     fn poll_event(&mut self) -> Option<ServerEvent> {
@@ -433,14 +482,19 @@ impl Machine for Connection {
             }
             ConnState::Datagram { deadline } => {
                 if now >= self.last_recv + cfg_idle {
-                    self.fail(
-                        ErrorCode::IDLE_TIMEOUT,
-                        None,
+                    // Idle either way; a client that also left its queue
+                    // full (and so was not read) gets the reason that says so.
+                    let reason = if self.is_backed_up() {
+                        SessionError::NotReading {
+                            queued: self.out.len(),
+                        }
+                    } else {
                         SessionError::Timeout {
                             which: "idle",
                             after: cfg_idle,
-                        },
-                    );
+                        }
+                    };
+                    self.fail(ErrorCode::IDLE_TIMEOUT, None, reason);
                 } else if now >= *deadline {
                     self.fail(
                         ErrorCode::SESSION_TOO_OLD,

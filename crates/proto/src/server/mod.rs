@@ -60,7 +60,9 @@ mod udp_relay;
 
 pub use admission::{AllocationRequest, BindRequest, Grant, Server};
 pub use allocation::{PendingAllocation, UdpAllocation};
-pub use config::{AppCredentials, CredentialStore, Entropy, ServerConfig};
+pub use config::{
+    AppCredentials, CredentialStore, DEFAULT_MAX_QUEUED_BYTES, Entropy, ServerConfig,
+};
 pub use connection::{Connection, HANDSHAKE_MAX_PAYLOAD, Role, ServerEvent};
 pub use udp_relay::{
     BindRequestId, DropReason, RelayInput, SliceInput, Transmit, UdpBinding, UdpRelay,

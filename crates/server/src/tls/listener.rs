@@ -15,6 +15,7 @@ use tokio_rustls::server::TlsStream;
 use super::ALPN;
 use super::prefixed::Prefixed;
 use crate::conn::{Bounds, Cut};
+use crate::log_limit::{PEER_TEXT_MAX, clip};
 use crate::relay_session::{StreamSession, relay_copied};
 use crate::shared::Shared;
 use crate::stats::Stats;
@@ -77,7 +78,9 @@ async fn open(
             // scanner), or a close before any ClientHello.
             Stats::bump(&shared.stats.tls_handshake_failures);
             shared.refusal_log.log(|| {
-                tracing::info!(%peer, error = %e, "TLS connection closed: no TLS ClientHello");
+                let error = e.to_string();
+                let error = clip(&error, PEER_TEXT_MAX);
+                tracing::info!(%peer, error = %error, "TLS connection closed: no TLS ClientHello");
             });
             return None;
         }
@@ -92,8 +95,11 @@ async fn open(
         .is_some_and(|offered| offered.iter().any(|p| p.as_bytes() == ALPN));
     if !ours {
         Stats::bump(&shared.stats.tls_alpn_refused);
-        let offered = offered.map_or_else(|| "none".to_owned(), |offered| format!("{offered:?}"));
         shared.refusal_log.log(|| {
+            // The peer's own list, up to 64 KiB: only its beginning.
+            let offered =
+                offered.map_or_else(|| "none".to_owned(), |offered| format!("{offered:?}"));
+            let offered = clip(&offered, PEER_TEXT_MAX);
             tracing::warn!(%peer, alpn_offered = %offered, expected = "cloudproxy/1", "TLS connection refused: its ALPN is not cloudproxy/1");
         });
     }
@@ -105,7 +111,9 @@ async fn open(
             if ours {
                 Stats::bump(&shared.stats.tls_handshake_failures);
                 shared.refusal_log.log(|| {
-                    tracing::info!(%peer, error = %e, "TLS handshake failed");
+                    let error = e.to_string();
+                    let error = clip(&error, PEER_TEXT_MAX);
+                    tracing::info!(%peer, error = %error, "TLS handshake failed");
                 });
             }
             return None;

@@ -388,3 +388,50 @@ pub fn socks_request(cmd: u8, addr: SocketAddr) -> Vec<u8> {
     r.extend_from_slice(&v4.port().to_be_bytes());
     r
 }
+
+/// Sends `Ping` frames, never reading the `Pong`s, until a write fails (the
+/// node closed the connection: the error is returned) or `cap` bytes went
+/// out (`None`). Counts the bytes written in `written`.
+pub fn ping_without_reading<W>(
+    mut writer: W,
+    cap: u64,
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> tokio::task::JoinHandle<Option<std::io::Error>>
+where
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use std::sync::atomic::Ordering::Relaxed;
+    tokio::spawn(async move {
+        let chunk: Vec<u8> = (0..1024u64)
+            .flat_map(|i| cloudproxy_proto::frame::Frame::Ping(i).to_bytes())
+            .collect();
+        while written.load(Relaxed) < cap {
+            if let Err(e) = writer.write_all(&chunk).await {
+                return Some(e);
+            }
+            written.fetch_add(chunk.len() as u64, Relaxed);
+        }
+        None
+    })
+}
+
+/// The most bytes the kernel may hold for one loopback TCP connection whose
+/// receiver stopped reading, both ways, at the system's buffer maxima
+/// (`tcp_rmem` and `tcp_wmem`): what a client that floods a node which
+/// reads no more can still get written, whatever the node keeps itself.
+pub fn kernel_buffers_bound() -> u64 {
+    let max = |path: &str| -> u64 {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.split_whitespace().nth(2)?.parse().ok())
+            .unwrap_or(64 << 20)
+    };
+    // The node's receive and the client's send buffer (requests), the
+    // node's send and the client's receive buffer (answers).
+    2 * (max("/proc/sys/net/ipv4/tcp_rmem") + max("/proc/sys/net/ipv4/tcp_wmem"))
+}
+
+/// What a node keeps for one datagram-mode connection at most, beside the
+/// kernel's buffers, with room to spare: the driver's 64 KiB take-ahead,
+/// the connection's 64 KiB queue, a read, TLS records.
+pub const NODE_QUEUE_BOUND: u64 = 1 << 20;

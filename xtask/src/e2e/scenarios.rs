@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -556,83 +557,45 @@ pub(super) fn dpi_gateway(bed: &mut Bed) -> Outcome {
 pub(super) fn http_proxy_basic_auth(bed: &mut Bed) -> Outcome {
     let password = "horse-11";
     let (squid, access_log) = middleboxes::squid_basic_auth(&bed.net.cloud, &bed.dir, password)?;
-    let mut c = Checks::new();
-    let good = format!("http://{PROXY_USER}:horse-11@{SQUID}:{SQUID_PORT}");
-    let params = tls_params(bed, Some(&good));
-    let d = bed.client.demo(&Call {
-        params: &params,
-        ..Call::enabled(NODE_A)
-    })?;
-    tls_call(&mut c, &d, "http-proxy");
-    let connect = d.connect_ms();
-    let access = std::fs::read_to_string(&access_log).unwrap_or_default();
-    c.check(
-        access.contains(&format!("CONNECT {NODE_A}:{TLS_PORT} {PROXY_USER}")),
-        format!("squid's access log shows {PROXY_USER}'s CONNECT to {NODE_A}:{TLS_PORT}"),
-    );
-    let wrong = format!("http://{PROXY_USER}:wrong@{SQUID}:{SQUID_PORT}");
-    let params = tls_params(bed, Some(&wrong));
-    let w = bed.client.demo(&Call {
-        params: &params,
-        ..Call::enabled(NODE_A)
-    })?;
-    let kind = w.summary.error_kind.as_deref();
-    c.check(
-        !w.ok() && !w.exit_success(),
-        "with a wrong password the call fails (ok false, exit non-zero)",
-    );
-    c.check(
-        kind == Some("proxy_auth_failed"),
-        format!(
-            "error_kind proxy_auth_failed (got {kind:?}, error {:?})",
-            w.summary.error
-        ),
-    );
-    let refused_ms = w.out.elapsed.as_secs_f64() * 1000.0;
-    c.check(
-        refused_ms <= PROXY_AUTH_FAIL_MS,
-        format!("the wrong password failed in {refused_ms:.0} ms (bound {PROXY_AUTH_FAIL_MS} ms, process)"),
-    );
+    let wrong = "wrong-pw-11";
+    let run = through_authenticating_squid(
+        bed,
+        &format!("http://{PROXY_USER}:{password}@{SQUID}:{SQUID_PORT}"),
+        &format!("http://{PROXY_USER}:{wrong}@{SQUID}:{SQUID_PORT}"),
+        wrong,
+        None,
+        &access_log,
+    )?;
     drop(squid);
-    c.done(
-        || {
-            format!(
-                "{}\n--- wrong password\n{}\nsquid access log:\n{access}",
-                d.dump(),
-                w.dump()
-            )
-        },
-        vec![
-            format!("connect via squid {connect:.0} ms"),
-            format!("wrong password refused in {refused_ms:.0} ms (process)"),
-        ],
-    )
+    run.done("", "connect via squid", "wrong password refused")
 }
 
-/// 14 (A1). The only way out is squid demanding NTLM, verified by the
-///     project's NTLMv2 helper: `CORP\e2e-user` with the right password
-///     connects over TLS through CONNECT (three legs on one connection); a
-///     wrong password fails as `proxy_auth_failed` naming NTLM within 2 s.
-pub(super) fn http_proxy_ntlm(bed: &mut Bed) -> Outcome {
-    let password = "ntlm-14-pw";
-    let (squid, access_log) = middleboxes::squid_ntlm(&bed.net.cloud, &bed.dir, password)?;
+/// What scenarios 11 and 14 run through an authenticating squid: with the
+/// right password the call goes TLS-through-CONNECT to node A and squid's
+/// access log shows the user; with `wrong` it fails as `proxy_auth_failed`
+/// (naming `scheme` when given) within the bound, exit non-zero, and
+/// `wrong` appears in no error or event.
+fn through_authenticating_squid(
+    bed: &mut Bed,
+    good_proxy: &str,
+    wrong_proxy: &str,
+    wrong: &str,
+    scheme: Option<&str>,
+    access_log: &Path,
+) -> crate::Result<AuthRun> {
     let mut c = Checks::new();
-    // The backslash percent-encoded, as in a URL.
-    let good = format!("http://{NTLM_DOMAIN}%5C{PROXY_USER}:{password}@{SQUID}:{NTLM_PORT}");
-    let params = tls_params(bed, Some(&good));
+    let params = tls_params(bed, Some(good_proxy));
     let d = bed.client.demo(&Call {
         params: &params,
         ..Call::enabled(NODE_A)
     })?;
     tls_call(&mut c, &d, "http-proxy");
-    let connect = d.connect_ms();
-    let access = std::fs::read_to_string(&access_log).unwrap_or_default();
+    let access = std::fs::read_to_string(access_log).unwrap_or_default();
     c.check(
         access.contains(&format!("CONNECT {NODE_A}:{TLS_PORT} {PROXY_USER}")),
         format!("squid's access log shows {PROXY_USER}'s CONNECT to {NODE_A}:{TLS_PORT}"),
     );
-    let wrong = format!("http://{NTLM_DOMAIN}%5C{PROXY_USER}:wrong-pw@{SQUID}:{NTLM_PORT}");
-    let params = tls_params(bed, Some(&wrong));
+    let params = tls_params(bed, Some(wrong_proxy));
     let w = bed.client.demo(&Call {
         params: &params,
         ..Call::enabled(NODE_A)
@@ -644,11 +607,14 @@ pub(super) fn http_proxy_ntlm(bed: &mut Bed) -> Outcome {
         "with a wrong password the call fails (ok false, exit non-zero)",
     );
     c.check(
-        kind == Some("proxy_auth_failed") && error.contains("NTLM"),
-        format!("error_kind proxy_auth_failed naming NTLM (got {kind:?}, error {error:?})"),
+        kind == Some("proxy_auth_failed") && scheme.is_none_or(|s| error.contains(s)),
+        format!(
+            "error_kind proxy_auth_failed{} (got {kind:?}, error {error:?})",
+            scheme.map_or(String::new(), |s| format!(" naming {s}"))
+        ),
     );
     c.check(
-        !error.contains("wrong-pw") && !w.out.stdout.contains("wrong-pw"),
+        !error.contains(wrong) && !w.out.stdout.contains(wrong),
         "the password appears in no error or event",
     );
     let refused_ms = w.out.elapsed.as_secs_f64() * 1000.0;
@@ -656,21 +622,75 @@ pub(super) fn http_proxy_ntlm(bed: &mut Bed) -> Outcome {
         refused_ms <= PROXY_AUTH_FAIL_MS,
         format!("the wrong password failed in {refused_ms:.0} ms (bound {PROXY_AUTH_FAIL_MS} ms, process)"),
     );
+    Ok(AuthRun {
+        checks: c,
+        good: d,
+        wrong: w,
+        access,
+        refused_ms,
+    })
+}
+
+/// One run of [`through_authenticating_squid`].
+struct AuthRun {
+    checks: Checks,
+    good: Demo,
+    wrong: Demo,
+    access: String,
+    refused_ms: f64,
+}
+
+impl AuthRun {
+    /// The scenario's outcome; `squid_log` (its cache log's tail) goes into
+    /// the failure dump.
+    fn done(self, squid_log: &str, connected: &str, refused: &str) -> Outcome {
+        let Self {
+            checks,
+            good,
+            wrong,
+            access,
+            refused_ms,
+        } = self;
+        let connect = good.connect_ms();
+        checks.done(
+            || {
+                format!(
+                    "{}\n--- wrong password\n{}\nsquid access log:\n{access}\nsquid:\n{squid_log}",
+                    good.dump(),
+                    wrong.dump(),
+                )
+            },
+            vec![
+                format!("{connected} {connect:.0} ms"),
+                format!("{refused} in {refused_ms:.0} ms (process)"),
+            ],
+        )
+    }
+}
+
+/// 14 (A1). The only way out is squid demanding NTLM, verified by the
+///     project's NTLMv2 helper: `CORP\e2e-user` with the right password
+///     connects over TLS through CONNECT (three legs on one connection); a
+///     wrong password fails as `proxy_auth_failed` naming NTLM within 2 s.
+pub(super) fn http_proxy_ntlm(bed: &mut Bed) -> Outcome {
+    let password = "ntlm-14-pw";
+    let (squid, access_log) = middleboxes::squid_ntlm(&bed.net.cloud, &bed.dir, password)?;
+    let wrong = "wrong-pw";
+    // The backslash percent-encoded, as in a URL.
+    let run = through_authenticating_squid(
+        bed,
+        &format!("http://{NTLM_DOMAIN}%5C{PROXY_USER}:{password}@{SQUID}:{NTLM_PORT}"),
+        &format!("http://{NTLM_DOMAIN}%5C{PROXY_USER}:{wrong}@{SQUID}:{NTLM_PORT}"),
+        wrong,
+        Some("NTLM"),
+        &access_log,
+    )?;
     let log = squid.log();
     drop(squid);
-    c.done(
-        || {
-            format!(
-                "{}\n--- wrong password\n{}\nsquid access log:\n{access}\nsquid:\n{}",
-                d.dump(),
-                w.dump(),
-                tail_lines(&log, 20)
-            )
-        },
-        vec![
-            format!("connect via NTLM {connect:.0} ms"),
-            format!("wrong password refused (NTLM) in {refused_ms:.0} ms (process)"),
-        ],
+    run.done(
+        &tail_lines(&log, 20),
+        "connect via NTLM",
+        "wrong password refused (NTLM)",
     )
 }
 

@@ -74,6 +74,28 @@ fn send(to: SocketAddr, bytes: &[u8]) {
     while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
 }
 
+/// Waits (bounded: 30 s) until the log from byte `from` on holds a line
+/// with `needle`; returns the offset just past that line.
+fn wait_for_log(log: &Mutex<Vec<u8>>, from: usize, needle: &str) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        {
+            let log = log.lock().unwrap();
+            let text = String::from_utf8_lossy(&log[from.min(log.len())..]);
+            if let Some(at) = text.find(needle) {
+                let end = text[at..].find('\n').map_or(text.len(), |n| at + n + 1);
+                return from + end;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {needle:?} within 30 s"
+        );
+        // Polling a buffer another thread fills, for a condition.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn a_flood_of_bad_client_hellos_and_garbage_logs_within_the_budget() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cloudproxy"))
@@ -96,7 +118,8 @@ fn a_flood_of_bad_client_hellos_and_garbage_logs_within_the_budget() {
             sink.lock().unwrap().extend_from_slice(&buf[..n]);
         }
     });
-    let mut out = Lines::new(child.stdout.take().unwrap(), child.id());
+    let pid = child.id();
+    let mut out = Lines::new(child.stdout.take().unwrap(), pid);
     let _node = Running::from(child);
     let banner = read_until(&mut out, "press Ctrl-C");
     let tls: SocketAddr = field(&banner, "TLS port            TCP")
@@ -107,9 +130,9 @@ fn a_flood_of_bad_client_hellos_and_garbage_logs_within_the_budget() {
         .unwrap();
     let allocation: SocketAddr = field(&banner, "allocation service  TCP").parse().unwrap();
     let relay: SocketAddr = field(&banner, "message-data relay  TCP").parse().unwrap();
-    // The start's own lines are written before the banner; let them land.
-    std::thread::sleep(Duration::from_millis(300));
-    let before = log.lock().unwrap().len();
+    // The start's own lines, up to the node's "started" line, are not
+    // the flood's.
+    let before = wait_for_log(&log, 0, "proxy node started");
     let started = Instant::now();
 
     let bad_sni = client_hello(8000, &[]);
@@ -128,13 +151,28 @@ fn a_flood_of_bad_client_hellos_and_garbage_logs_within_the_budget() {
             send(relay, &[0x43, 0x50, 1, 0x7f, 0, 0, 0, 0]);
         }
     }
-    // Once the budget has refilled a little, one more refusal gets its
-    // line, after the summary of what was suppressed.
+    // Once the budget has refilled a little (time must pass for that),
+    // one more refusal gets its line, after the summary of what was
+    // suppressed.
     std::thread::sleep(Duration::from_millis(500));
     send(relay, b"GET / HTTP/1.1\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(300));
+    // A line of the binary's own marks the end of what the flood logged:
+    // SIGHUP in development mode says there is nothing to reload.
+    let end = log.lock().unwrap().len();
+    let status = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let marker = wait_for_log(&log, end, "nothing to reload");
     let elapsed = started.elapsed().as_secs_f64();
-    let text = String::from_utf8_lossy(&log.lock().unwrap()[before..]).into_owned();
+    let flood = &log.lock().unwrap()[before..marker];
+    let text = String::from_utf8_lossy(flood).into_owned();
+    // Everything before the marker's own line.
+    let body = text.strip_suffix('\n').unwrap_or(&text);
+    let text = body
+        .rfind('\n')
+        .map_or(String::new(), |end| body[..=end].to_owned());
     let lines: Vec<&str> = text.lines().collect();
     // Each line the budget lets through may be preceded by one summary of
     // what it suppressed.

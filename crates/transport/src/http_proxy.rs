@@ -928,6 +928,22 @@ async fn fill<S: AsyncRead + Unpin>(
     Ok(true)
 }
 
+/// Reads more of a chunked body's size or trailer line into `pending`;
+/// `false` when the stream ended or the line would pass 1 KiB (no proxy
+/// sends such a line: the body is abandoned, not the connection's reader).
+async fn read_more_of_a_line<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    pending: &mut Vec<u8>,
+) -> io::Result<bool> {
+    if pending.len() > 1024 {
+        return Ok(false);
+    }
+    let mut chunk = [0u8; 1024];
+    let got = stream.read(&mut chunk).await?;
+    pending.extend_from_slice(&chunk[..got]);
+    Ok(got > 0)
+}
+
 /// Drops a chunked body (bounded by [`MAX_DISCARDED_BODY`] in all).
 async fn discard_chunked<S: AsyncRead + Unpin>(
     stream: &mut S,
@@ -940,15 +956,9 @@ async fn discard_chunked<S: AsyncRead + Unpin>(
             if let Some(at) = pending.windows(2).position(|w| w == b"\r\n") {
                 break at;
             }
-            if pending.len() > 1024 {
+            if !read_more_of_a_line(stream, pending).await? {
                 return Ok(false);
             }
-            let mut chunk = [0u8; 1024];
-            let got = stream.read(&mut chunk).await?;
-            if got == 0 {
-                return Ok(false);
-            }
-            pending.extend_from_slice(&chunk[..got]);
         };
         let line = String::from_utf8_lossy(&pending[..line_end]).into_owned();
         pending.drain(..line_end + 2);
@@ -971,15 +981,9 @@ async fn discard_chunked<S: AsyncRead + Unpin>(
                     pending.drain(..end);
                     return Ok(true);
                 }
-                if pending.len() > 1024 {
+                if !read_more_of_a_line(stream, pending).await? {
                     return Ok(false);
                 }
-                let mut chunk = [0u8; 1024];
-                let got = stream.read(&mut chunk).await?;
-                if got == 0 {
-                    return Ok(false);
-                }
-                pending.extend_from_slice(&chunk[..got]);
             }
         }
         if !fill(stream, pending, size + 2).await? {
@@ -1096,6 +1100,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_chunked_407_body_is_dropped_and_what_follows_kept() {
+        let mut stream: &[u8] = b"lo\r\n0\r\n\r\nHTTP/1.1 200";
+        let mut pending = b"5;ext=1\r\nhel".to_vec();
+        assert!(discard_chunked(&mut stream, &mut pending).await.unwrap());
+        assert_eq!(pending, b"HTTP/1.1 200");
+        // A size line that never ends gives up on the body, bounded.
+        let long = vec![b'1'; 4096];
+        let mut stream: &[u8] = &long;
+        let mut pending = Vec::new();
+        assert!(!discard_chunked(&mut stream, &mut pending).await.unwrap());
+        // So does a stream that ends inside the trailer.
+        let mut stream: &[u8] = b"0\r\nX-T";
+        assert!(!discard_chunked(&mut stream, &mut Vec::new()).await.unwrap());
+    }
 
     #[test]
     fn ports_are_stripped_from_no_proxy_entries() {
